@@ -1,0 +1,207 @@
+// Small-footprint GEMM for the RNN kernels: B packed into column strips of NR,
+// A read in place through (row, column) strides, an MR x NR register tile.
+//
+// Included inside namespace rnnfast::core::<isa> by a kernels_<isa>.cpp after
+// `KIsa` (ScalarIsa or SimdIsa) is defined, so every instruction set gets its
+// own copy compiled for its own target.
+
+constexpr int MR = 6;    // rows per register tile
+constexpr int MB = 48;   // rows per parallel task (a multiple of MR)
+
+template <class T>
+using Vec = typename KIsa::template Vec<T>;
+template <class T>
+constexpr int kNR = KIsa::template NR<T>;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// 64-byte aligned scratch memory owned by one kernel call.
+template <class T>
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(int64_t n) { reset(n); }
+  ~Buffer() { std::free(p_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  void reset(int64_t n) {
+    std::free(p_);
+    p_ = nullptr;
+    if (n <= 0) return;
+    size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
+    p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    if (!p_) throw std::bad_alloc();
+  }
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+// Flush denormals to zero on this thread while in scope: denormal arithmetic
+// is 10-100x slower on x86 and RNN states decay into that range.
+struct DenormalGuard {
+#if defined(__SSE__) || defined(__x86_64__)
+  unsigned saved;
+  DenormalGuard() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+  ~DenormalGuard() { _mm_setcsr(saved); }
+#endif
+};
+
+// Runs f(begin, end) over [0, n) on the executor; on the calling thread alone
+// when the work is too small to pay for a fork.
+template <class F>
+void parallel_for(const Executor& ex, int64_t n, bool worth_it, F&& f) {
+  if (n <= 0) return;
+  if (n == 1 || !worth_it || ex.num_threads() <= 1) {
+    f(int64_t(0), n);
+    return;
+  }
+  ex.run(
+      n,
+      [](void* ctx, int64_t b, int64_t e) {
+        DenormalGuard g;
+        (*static_cast<F*>(ctx))(b, e);
+      },
+      &f);
+}
+
+// Packs rows [k0, k0 + kc) and columns [n0, n0 + n) of the K x N operand B
+// into strips [s_begin, s_end) of kc x NR values (columns past n are zero).
+//   B      [K, N] with row stride ldb, or [N, K] if b_trans   read
+//   out    [ceil(n / NR), kc, NR]                            written
+template <class T>
+void pack_b(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64_t n0, int64_t n,
+            T* out, int64_t s_begin, int64_t s_end) {
+  constexpr int NR = kNR<T>;
+  for (int64_t s = s_begin; s < s_end; ++s) {
+    T* dst = out + s * kc * NR;
+    const int64_t c0 = n0 + s * NR;
+    const int64_t nc = imin(NR, n0 + n - c0);
+    for (int64_t k = 0; k < kc; ++k) {
+      T* d = dst + k * NR;
+      if (b_trans) {
+        const T* src = B + c0 * ldb + (k0 + k);
+        for (int64_t c = 0; c < nc; ++c) d[c] = src[c * ldb];
+      } else {
+        const T* src = B + (k0 + k) * ldb + c0;
+        for (int64_t c = 0; c < nc; ++c) d[c] = src[c];
+      }
+      for (int64_t c = nc; c < NR; ++c) d[c] = T(0);
+    }
+  }
+}
+
+// C[M x ncols] (+)= A[M x kc] * Bp[kc x NR] for M <= MR rows, one register tile.
+//   A   element (r, k) at A[r * a_rs + k * a_cs]   read
+//   Bp  one packed strip [kc, NR]                  read
+//   C   [M, ncols] with row stride ldc             written (added to if acc)
+template <class T, int M>
+void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp, T* C,
+                int64_t ldc, int64_t ncols, bool acc) {
+  using V = Vec<T>;
+  constexpr int NR = kNR<T>;
+  constexpr int NV = NR / V::W;
+  V c[M][NV];
+  for (int r = 0; r < M; ++r)
+    for (int v = 0; v < NV; ++v) c[r][v] = V::zero();
+  for (int64_t k = 0; k < kc; ++k) {
+    V b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = V::load(Bp + k * NR + v * V::W);
+    const T* ak = A + k * a_cs;
+    for (int r = 0; r < M; ++r) {
+      V av = V::set1(ak[r * a_rs]);
+      for (int v = 0; v < NV; ++v) c[r][v] = V::fmadd(av, b[v], c[r][v]);
+    }
+  }
+  if (ncols == NR) {
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) {
+        T* p = C + r * ldc + v * V::W;
+        V out = acc ? c[r][v] + V::load(p) : c[r][v];
+        out.store(p);
+      }
+  } else {
+    alignas(64) T tile[NR];
+    for (int r = 0; r < M; ++r) {
+      for (int v = 0; v < NV; ++v) c[r][v].store(tile + v * V::W);
+      T* p = C + r * ldc;
+      for (int64_t j = 0; j < ncols; ++j) p[j] = acc ? p[j] + tile[j] : tile[j];
+    }
+  }
+}
+
+// Rows [0, M) of C = A * Bp for one strip, M arbitrary (tiles of MR rows).
+template <class T>
+void strip_rows(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp, T* C,
+                int64_t ldc, int64_t ncols, bool acc) {
+  int64_t r = 0;
+  for (; r + MR <= M; r += MR)
+    micro_tile<T, MR>(kc, A + r * a_rs, a_rs, a_cs, Bp, C + r * ldc, ldc, ncols, acc);
+  const T* Ar = A + r * a_rs;
+  T* Cr = C + r * ldc;
+  switch (M - r) {
+    case 1: micro_tile<T, 1>(kc, Ar, a_rs, a_cs, Bp, Cr, ldc, ncols, acc); break;
+    case 2: micro_tile<T, 2>(kc, Ar, a_rs, a_cs, Bp, Cr, ldc, ncols, acc); break;
+    case 3: micro_tile<T, 3>(kc, Ar, a_rs, a_cs, Bp, Cr, ldc, ncols, acc); break;
+    case 4: micro_tile<T, 4>(kc, Ar, a_rs, a_cs, Bp, Cr, ldc, ncols, acc); break;
+    case 5: micro_tile<T, 5>(kc, Ar, a_rs, a_cs, Bp, Cr, ldc, ncols, acc); break;
+    default: break;
+  }
+}
+
+// C[M, N] (+)= A[M, K] * B[K, N], parallel over (row block, column strip).
+//   A  element (m, k) at A[m * a_rs + k * a_cs]          read
+//   B  [K, N] row stride ldb, or [N, K] if b_trans      read
+//   C  [M, N] row stride ldc                            written (added to if accumulate)
+template <class T>
+void gemm(const Executor& ex, int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs,
+          const T* B, int64_t ldb, bool b_trans, T* C, int64_t ldc, bool accumulate) {
+  constexpr int NR = kNR<T>;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = T(0);
+    return;
+  }
+  const int64_t KC = 512;
+  const int64_t ns = ceil_div(N, NR);
+  const int64_t nmb = ceil_div(M, MB);
+  const bool big = M * N * K > 32768;
+  Buffer<T> packed(ns * imin(K, KC) * NR);
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t kc = imin(KC, K - k0);
+    T* pk = packed.get();
+    parallel_for(ex, ns, big, [&](int64_t b, int64_t e) { pack_b(B, ldb, b_trans, k0, kc, 0, N, pk, b, e); });
+    const bool acc = accumulate || k0 > 0;
+    parallel_for(ex, nmb * ns, big, [&](int64_t b, int64_t e) {
+      for (int64_t task = b; task < e; ++task) {
+        const int64_t mb = task / ns, s = task % ns;
+        const int64_t r0 = mb * MB, rows = imin(MB, M - r0);
+        strip_rows<T>(rows, kc, A + r0 * a_rs + k0 * a_cs, a_rs, a_cs, pk + s * kc * NR,
+                      C + r0 * ldc + s * NR, ldc, imin(NR, N - s * NR), acc);
+      }
+    });
+  }
+}
+
+// out[n] = sum over rows of X[m, n]   (X [M, N] row stride ldx; out [N] written)
+template <class T>
+void column_sums(const Executor& ex, int64_t M, int64_t N, const T* X, int64_t ldx, T* out) {
+  using V = Vec<T>;
+  const int64_t chunk = 64;
+  parallel_for(ex, ceil_div(N, chunk), M * N > 65536, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t n0 = c * chunk, n1 = imin(N, n0 + chunk);
+      for (int64_t n = n0; n < n1; ++n) out[n] = T(0);
+      for (int64_t m = 0; m < M; ++m) {
+        const T* row = X + m * ldx;
+        int64_t n = n0;
+        for (; n + V::W <= n1; n += V::W) (V::load(out + n) + V::load(row + n)).store(out + n);
+        for (; n < n1; ++n) out[n] += row[n];
+      }
+    }
+  });
+}

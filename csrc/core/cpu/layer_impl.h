@@ -1,0 +1,311 @@
+// The layer driver shared by every cell: input projection for all steps in one
+// GEMM, then the time loop (recurrent GEMM + fused pointwise per step), and for
+// backward the reverse loop followed by the weight-gradient GEMMs.
+//
+// Per step, one parallel region: task (row block, strip of NR hidden units)
+// computes the recurrent GEMM for its units' G gates (W_hh is packed once per
+// call in gate-blocked strips, so a task's gates are contiguous) and then the
+// cell's pointwise epilogue on those units, so gates never leave the task.
+// Included inside namespace rnnfast::core::<isa>.
+
+// Applies f(V-type tag, j) to units [j0, j1): full vectors, then a scalar tail.
+template <class T, class F>
+inline void for_units(int64_t j0, int64_t j1, F&& f) {
+  using V = Vec<T>;
+  int64_t j = j0;
+  for (; j + V::W <= j1; j += V::W) f(V(), j);
+  for (; j < j1; ++j) f(ScalarVec<T>(), j);
+}
+
+template <class T>
+inline void copy_n(const T* src, int64_t n, T* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+}
+template <class T>
+inline void fill_n(T* dst, int64_t n, T v) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = v;
+}
+
+inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+template <class Cell, class T>
+void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
+  constexpr int NR = kNR<T>;
+  const int64_t T_ = a.T, B = a.B, I = a.I, H = a.H, P = a.P;
+  const int64_t S = P > 0 ? P : H, G = Cell::G, GH = G * H;
+  const int64_t WS = workspace_cols(a.cell, H, P);
+  const int64_t hprev_off = Cell::hblocks(P) * H;
+  if (B == 0 || T_ == 0) {
+    if (a.hy && a.h0) copy_n(a.h0, B * S, a.hy);
+    return;
+  }
+  const bool big = B * GH * S > 16384;
+
+  // 1. gx[t, b] = x[t, b] W_ih^T + b_ih + (foldable part of) b_hh, all steps at once.
+  Buffer<T> gx(T_ * B * GH);
+  {
+    Buffer<T> bias(GH);
+    for (int64_t n = 0; n < GH; ++n)
+      bias.get()[n] = (a.b_ih ? a.b_ih[n] : T(0)) +
+                      (a.b_hh && Cell::fold_hh_bias(n, H) ? a.b_hh[n] : T(0));
+    T* g = gx.get();
+    const T* bv = bias.get();
+    parallel_for(ex, T_ * B, T_ * B * GH > 65536, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) copy_n(bv, GH, g + r * GH);
+    });
+    gemm<T>(ex, T_ * B, GH, I, a.x, I, 1, a.w_ih, I, /*b_trans=*/true, g, GH, /*accumulate=*/true);
+  }
+  const T* b_hn = (G == 3 && a.b_hh) ? a.b_hh + 2 * H : nullptr;
+
+  // 2. W_hh^T packed per gate: panel (gate k, strip s) holds columns
+  //    k*H + s*NR .. +NR of W_hh^T, i.e. rows of W_hh, as [S, NR].
+  const int64_t nsH = ceil_div(H, NR);
+  Buffer<T> whh(G * nsH * S * NR);
+  for (int64_t k = 0; k < G; ++k)
+    pack_b(a.w_hh + k * H * S, S, true, 0, S, 0, H, whh.get() + k * nsH * S * NR, 0, nsH);
+  const int64_t nsP = P > 0 ? ceil_div(P, NR) : 0;
+  Buffer<T> whr(nsP * H * NR);
+  if (P > 0) pack_b(a.w_hr, H, true, 0, H, 0, P, whr.get(), 0, nsP);
+
+  // 3. States (ping-pong h so that a step reads h_{t-1} while writing h_t).
+  Buffer<T> hbuf0(B * S), hbuf1(B * S), cbuf(Cell::kHasC ? B * H : 0), rg(B * GH),
+      hpre(P > 0 ? B * H : 0);
+  T* hcur = hbuf0.get();
+  T* hnext = hbuf1.get();
+  if (a.h0) copy_n(a.h0, B * S, hcur); else fill_n(hcur, B * S, T(0));
+  if (Cell::kHasC) {
+    if (a.c0) copy_n(a.c0, B * H, cbuf.get()); else fill_n(cbuf.get(), B * H, T(0));
+  }
+  const int64_t nrb = ceil_div(B, MB);
+  const int64_t nblk = Cell::hblocks(P);
+
+  for (int64_t step = 0; step < T_; ++step) {
+    const int64_t t = a.reverse ? T_ - 1 - step : step;
+    FwdStep<T> st;
+    st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
+    st.gx = gx.get() + t * B * GH;
+    st.rg = rg.get();
+    st.h = hcur;
+    st.c = cbuf.get();
+    st.hout = P > 0 ? hpre.get() : hnext;
+    st.ld_hout = P > 0 ? H : S;
+    st.y = P > 0 ? nullptr : a.y + t * B * S;
+    st.ws = a.ws ? a.ws + t * B * WS : nullptr;
+    st.b_hn = b_hn;
+    T* ytn = a.y + t * B * S;
+
+    parallel_for(ex, nrb * nsH, big, [&](int64_t tb, int64_t te) {
+      for (int64_t task = tb; task < te; ++task) {
+        const int64_t rb = task / nsH, s = task % nsH;
+        const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
+        const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
+        for (int64_t k = 0; k < G; ++k)
+          strip_rows<T>(r1 - r0, S, hcur + r0 * S, S, 1, whh.get() + (k * nsH + s) * S * NR,
+                        rg.get() + r0 * GH + k * H + j0, GH, j1 - j0, false);
+        for (int64_t b = r0; b < r1; ++b) {
+          if (row_active(a.lengths, b, t)) {
+            for_units<T>(j0, j1, [&](auto v, int64_t j) { Cell::template fwd<decltype(v), T>(st, b, j); });
+          } else {
+            if (P == 0) {
+              copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
+              fill_n(ytn + b * S + j0, j1 - j0, T(0));
+            }
+            if (st.ws)
+              for (int64_t q = 0; q < nblk; ++q) fill_n(st.ws + b * WS + q * H + j0, j1 - j0, T(0));
+          }
+          if (st.ws && P == 0) copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
+        }
+      }
+    });
+
+    if (P > 0) {  // h_t = (o * tanh(c_t)) W_hr^T, then y_t and the saved h_{t-1}
+      parallel_for(ex, nrb * nsP, big, [&](int64_t tb, int64_t te) {
+        for (int64_t task = tb; task < te; ++task) {
+          const int64_t rb = task / nsP, s = task % nsP;
+          const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
+          const int64_t j0 = s * NR, j1 = imin(P, j0 + NR);
+          strip_rows<T>(r1 - r0, H, hpre.get() + r0 * H, H, 1, whr.get() + s * H * NR,
+                        hnext + r0 * S + j0, S, j1 - j0, false);
+          for (int64_t b = r0; b < r1; ++b) {
+            if (row_active(a.lengths, b, t)) {
+              copy_n(hnext + b * S + j0, j1 - j0, ytn + b * S + j0);
+            } else {
+              copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
+              fill_n(ytn + b * S + j0, j1 - j0, T(0));
+            }
+            if (st.ws) copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
+          }
+        }
+      });
+    }
+    T* tmp = hcur; hcur = hnext; hnext = tmp;
+  }
+  if (a.hy) copy_n(hcur, B * S, a.hy);
+  if (Cell::kHasC && a.cy) copy_n(cbuf.get(), B * H, a.cy);
+}
+
+template <class Cell, class T>
+void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
+  constexpr int NR = kNR<T>;
+  const int64_t T_ = a.T, B = a.B, I = a.I, H = a.H, P = a.P;
+  const int64_t S = P > 0 ? P : H, G = Cell::G, GH = G * H, TB = T_ * B;
+  const int64_t WS = workspace_cols(a.cell, H, P);
+  const int64_t hprev_off = Cell::hblocks(P) * H;
+  const int64_t hpre_off = 6 * H;  // LSTM with projection only
+  const bool big = B * GH * S > 16384;
+
+  Buffer<T> dgx(TB * GH), dgh_own(Cell::kSplitGrad ? TB * GH : 0);
+  T* dgh = Cell::kSplitGrad ? dgh_own.get() : dgx.get();
+  Buffer<T> carry(B * S), dc(Cell::kHasC ? B * H : 0), rec(B * S);
+  if (a.dhy) copy_n(a.dhy, B * S, carry.get()); else fill_n(carry.get(), B * S, T(0));
+  if (Cell::kHasC) {
+    if (a.dcy) copy_n(a.dcy, B * H, dc.get()); else fill_n(dc.get(), B * H, T(0));
+  }
+
+  // W_hh as the [GH, S] right operand of dh_{t-1} = dG_t W_hh; W_hr as [P, H].
+  const int64_t nsS = ceil_div(S, NR), nsH = ceil_div(H, NR);
+  Buffer<T> whh(nsS * GH * NR);
+  if (TB > 0) pack_b(a.w_hh, S, false, 0, GH, 0, S, whh.get(), 0, nsS);
+  Buffer<T> whr(P > 0 ? nsH * P * NR : 0), dR(P > 0 ? TB * P : 0), dhpre(P > 0 ? B * H : 0);
+  if (P > 0 && TB > 0) pack_b(a.w_hr, H, false, 0, P, 0, H, whr.get(), 0, nsH);
+  const int64_t nrb = ceil_div(B, MB);
+
+  const T* prev = nullptr;  // dG (h side) of the step processed just before
+  for (int64_t step = 0; step < T_; ++step) {
+    const int64_t t = a.reverse ? step : T_ - 1 - step;
+    BwdStep<T> st;
+    st.H = H; st.S = S; st.GH = GH; st.WS = WS;
+    st.ws = a.ws + t * B * WS;
+    st.dc = dc.get();
+    st.dgx = dgx.get() + t * B * GH;
+    st.dgh = dgh + t * B * GH;
+    const T* dyt = a.dy ? a.dy + t * B * S : nullptr;
+
+    // dh[b, j] = carry + dy_t (active rows) + (dG_{prev} W_hh)[b, j]; returns it and
+    // leaves carry ready for the rows that are inactive at t.
+    auto total_dh = [&](int64_t b, int64_t j0, int64_t j1, T* out) {
+      for (int64_t j = j0; j < j1; ++j) {
+        T v = carry.get()[b * S + j];
+        if (prev) v += rec.get()[b * S + j];
+        if (dyt && row_active(a.lengths, b, t)) v += dyt[b * S + j];
+        out[j - j0] = v;
+      }
+    };
+    auto zero_grads = [&](int64_t b, int64_t j0, int64_t j1) {
+      for (int64_t k = 0; k < G; ++k) {
+        fill_n(st.dgx + b * GH + k * H + j0, j1 - j0, T(0));
+        if (Cell::kSplitGrad) fill_n(st.dgh + b * GH + k * H + j0, j1 - j0, T(0));
+      }
+    };
+
+    if (P == 0) {
+      parallel_for(ex, nrb * nsS, big, [&](int64_t tb, int64_t te) {
+        alignas(64) T dh[kNR<T>];
+        for (int64_t task = tb; task < te; ++task) {
+          const int64_t rb = task / nsS, s = task % nsS;
+          const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
+          const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
+          if (prev)
+            strip_rows<T>(r1 - r0, GH, prev + r0 * GH, GH, 1, whh.get() + s * GH * NR,
+                          rec.get() + r0 * S + j0, S, j1 - j0, false);
+          for (int64_t b = r0; b < r1; ++b) {
+            total_dh(b, j0, j1, dh);
+            T* cr = carry.get() + b * S;
+            if (row_active(a.lengths, b, t)) {
+              for_units<T>(j0, j1, [&](auto v, int64_t j) {
+                using V = decltype(v);
+                Cell::template bwd<V, T>(st, b, j, V::load(dh + (j - j0))).store(cr + j);
+              });
+            } else {
+              copy_n(dh, j1 - j0, cr + j0);
+              zero_grads(b, j0, j1);
+            }
+          }
+        }
+      });
+    } else {
+      T* dRt = dR.get() + t * B * P;
+      parallel_for(ex, nrb * nsS, big, [&](int64_t tb, int64_t te) {
+        alignas(64) T dh[kNR<T>];
+        for (int64_t task = tb; task < te; ++task) {
+          const int64_t rb = task / nsS, s = task % nsS;
+          const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
+          const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
+          if (prev)
+            strip_rows<T>(r1 - r0, GH, prev + r0 * GH, GH, 1, whh.get() + s * GH * NR,
+                          rec.get() + r0 * S + j0, S, j1 - j0, false);
+          for (int64_t b = r0; b < r1; ++b) {
+            total_dh(b, j0, j1, dh);
+            if (row_active(a.lengths, b, t)) {
+              copy_n(dh, j1 - j0, dRt + b * P + j0);
+              fill_n(carry.get() + b * S + j0, j1 - j0, T(0));
+            } else {
+              fill_n(dRt + b * P + j0, j1 - j0, T(0));
+              copy_n(dh, j1 - j0, carry.get() + b * S + j0);
+            }
+          }
+        }
+      });
+      parallel_for(ex, nrb * nsH, big, [&](int64_t tb, int64_t te) {
+        for (int64_t task = tb; task < te; ++task) {
+          const int64_t rb = task / nsH, s = task % nsH;
+          const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
+          const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
+          strip_rows<T>(r1 - r0, P, dRt + r0 * P, P, 1, whr.get() + s * P * NR,
+                        dhpre.get() + r0 * H + j0, H, j1 - j0, false);
+          for (int64_t b = r0; b < r1; ++b) {
+            if (row_active(a.lengths, b, t)) {
+              const T* dhp = dhpre.get() + b * H;
+              for_units<T>(j0, j1, [&](auto v, int64_t j) {
+                using V = decltype(v);
+                Cell::template bwd<V, T>(st, b, j, V::load(dhp + j));
+              });
+            } else {
+              zero_grads(b, j0, j1);
+            }
+          }
+        }
+      });
+    }
+    prev = st.dgh;
+  }
+
+  // dh0 = carry + dG_first W_hh ; dc0 = dc
+  if (a.dh0) {
+    copy_n(carry.get(), B * S, a.dh0);
+    if (prev) gemm<T>(ex, B, S, GH, prev, GH, 1, a.w_hh, S, false, a.dh0, S, true);
+  }
+  if (Cell::kHasC && a.dc0) copy_n(dc.get(), B * H, a.dc0);
+
+  // Whole-sequence GEMMs.
+  if (a.dx) gemm<T>(ex, TB, I, GH, dgx.get(), GH, 1, a.w_ih, I, false, a.dx, I, false);
+  if (a.dw_ih) gemm<T>(ex, GH, I, TB, dgx.get(), 1, GH, a.x, I, false, a.dw_ih, I, false);
+  if (a.dw_hh) gemm<T>(ex, GH, S, TB, dgh, 1, GH, a.ws + hprev_off, WS, false, a.dw_hh, S, false);
+  if (a.db_ih) column_sums<T>(ex, TB, GH, dgx.get(), GH, a.db_ih);
+  if (a.db_hh) column_sums<T>(ex, TB, GH, dgh, GH, a.db_hh);
+  if (a.dw_hr && P > 0) gemm<T>(ex, P, H, TB, dR.get(), 1, P, a.ws + hpre_off, WS, false, a.dw_hr, H, false);
+}
+
+template <class T>
+void forward_entry(const ForwardArgs<T>& a, const Executor& ex) {
+  DenormalGuard g;
+  switch (a.cell) {
+    case Cell::LSTM: layer_forward_impl<LstmCell, T>(a, ex); break;
+    case Cell::GRU: layer_forward_impl<GruCell, T>(a, ex); break;
+    case Cell::RNN_TANH: layer_forward_impl<ElmanCell<false>, T>(a, ex); break;
+    case Cell::RNN_RELU: layer_forward_impl<ElmanCell<true>, T>(a, ex); break;
+  }
+}
+
+template <class T>
+void backward_entry(const BackwardArgs<T>& a, const Executor& ex) {
+  DenormalGuard g;
+  switch (a.cell) {
+    case Cell::LSTM: layer_backward_impl<LstmCell, T>(a, ex); break;
+    case Cell::GRU: layer_backward_impl<GruCell, T>(a, ex); break;
+    case Cell::RNN_TANH: layer_backward_impl<ElmanCell<false>, T>(a, ex); break;
+    case Cell::RNN_RELU: layer_backward_impl<ElmanCell<true>, T>(a, ex); break;
+  }
+}

@@ -1,0 +1,81 @@
+// AVX2 + FMA vectors (8 floats, 4 doubles). Included inside
+// namespace rnnfast::core::avx2 by kernels_avx2.cpp, compiled for that target.
+
+struct VecF8 {
+  static constexpr int W = 8;
+  __m256 v;
+  static VecF8 load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  static VecF8 set1(float x) { return {_mm256_set1_ps(x)}; }
+  static VecF8 zero() { return {_mm256_setzero_ps()}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  VecF8 operator+(VecF8 b) const { return {_mm256_add_ps(v, b.v)}; }
+  VecF8 operator-(VecF8 b) const { return {_mm256_sub_ps(v, b.v)}; }
+  VecF8 operator*(VecF8 b) const { return {_mm256_mul_ps(v, b.v)}; }
+  VecF8 operator/(VecF8 b) const { return {_mm256_div_ps(v, b.v)}; }
+  static VecF8 fmadd(VecF8 a, VecF8 b, VecF8 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  static VecF8 min(VecF8 a, VecF8 b) { return {_mm256_min_ps(a.v, b.v)}; }
+  static VecF8 max(VecF8 a, VecF8 b) { return {_mm256_max_ps(a.v, b.v)}; }
+  static VecF8 round(VecF8 a) {
+    return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+  }
+  static VecF8 abs(VecF8 a) {
+    return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)};
+  }
+  static VecF8 copysign(VecF8 mag, VecF8 sgn) {
+    const __m256 m = _mm256_set1_ps(-0.0f);
+    return {_mm256_or_ps(_mm256_andnot_ps(m, mag.v), _mm256_and_ps(m, sgn.v))};
+  }
+  // a < b ? x : y, lane by lane
+  static VecF8 blend_lt(VecF8 a, VecF8 b, VecF8 x, VecF8 y) {
+    return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))};
+  }
+  // p * 2^n for integral n in [-126, 127]
+  static VecF8 scale_pow2(VecF8 p, VecF8 n) {
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23);
+    return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(e))};
+  }
+  static VecF8 sigmoid(VecF8 a) { return vsigmoid(a); }
+  static VecF8 tanh(VecF8 a) { return vtanh(a); }
+  static VecF8 relu(VecF8 a) { return {_mm256_max_ps(_mm256_setzero_ps(), a.v)}; }
+  static VecF8 where_pos(VecF8 h, VecF8 d) {
+    return {_mm256_and_ps(_mm256_cmp_ps(h.v, _mm256_setzero_ps(), _CMP_GT_OQ), d.v)};
+  }
+};
+
+struct VecD4 {
+  static constexpr int W = 4;
+  __m256d v;
+  static VecD4 load(const double* p) { return {_mm256_loadu_pd(p)}; }
+  static VecD4 set1(double x) { return {_mm256_set1_pd(x)}; }
+  static VecD4 zero() { return {_mm256_setzero_pd()}; }
+  void store(double* p) const { _mm256_storeu_pd(p, v); }
+  VecD4 operator+(VecD4 b) const { return {_mm256_add_pd(v, b.v)}; }
+  VecD4 operator-(VecD4 b) const { return {_mm256_sub_pd(v, b.v)}; }
+  VecD4 operator*(VecD4 b) const { return {_mm256_mul_pd(v, b.v)}; }
+  static VecD4 fmadd(VecD4 a, VecD4 b, VecD4 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
+  // float64 activations go through the C library, lane by lane: exact to libm.
+  template <class F>
+  static VecD4 lanewise(VecD4 a, F f) {
+    alignas(32) double t[4];
+    _mm256_store_pd(t, a.v);
+    for (int i = 0; i < 4; ++i) t[i] = f(t[i]);
+    return {_mm256_load_pd(t)};
+  }
+  static VecD4 sigmoid(VecD4 a) { return lanewise(a, [](double x) { return 1.0 / (1.0 + std::exp(-x)); }); }
+  static VecD4 tanh(VecD4 a) { return lanewise(a, [](double x) { return std::tanh(x); }); }
+  static VecD4 relu(VecD4 a) { return {_mm256_max_pd(_mm256_setzero_pd(), a.v)}; }
+  static VecD4 where_pos(VecD4 h, VecD4 d) {
+    return {_mm256_and_pd(_mm256_cmp_pd(h.v, _mm256_setzero_pd(), _CMP_GT_OQ), d.v)};
+  }
+};
+
+template <class T> struct Avx2VecOf;
+template <> struct Avx2VecOf<float> { using type = VecF8; };
+template <> struct Avx2VecOf<double> { using type = VecD4; };
+
+struct SimdIsa {
+  template <class T>
+  using Vec = typename Avx2VecOf<T>::type;
+  template <class T>
+  static constexpr int NR = 2 * Vec<T>::W;
+};

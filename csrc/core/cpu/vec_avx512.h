@@ -1,0 +1,80 @@
+// AVX-512F vectors (16 floats, 8 doubles). Included inside
+// namespace rnnfast::core::avx512 by kernels_avx512.cpp, compiled for that target.
+
+struct VecF16 {
+  static constexpr int W = 16;
+  __m512 v;
+  static VecF16 load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static VecF16 set1(float x) { return {_mm512_set1_ps(x)}; }
+  static VecF16 zero() { return {_mm512_setzero_ps()}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  VecF16 operator+(VecF16 b) const { return {_mm512_add_ps(v, b.v)}; }
+  VecF16 operator-(VecF16 b) const { return {_mm512_sub_ps(v, b.v)}; }
+  VecF16 operator*(VecF16 b) const { return {_mm512_mul_ps(v, b.v)}; }
+  VecF16 operator/(VecF16 b) const { return {_mm512_div_ps(v, b.v)}; }
+  static VecF16 fmadd(VecF16 a, VecF16 b, VecF16 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  static VecF16 min(VecF16 a, VecF16 b) { return {_mm512_min_ps(a.v, b.v)}; }
+  static VecF16 max(VecF16 a, VecF16 b) { return {_mm512_max_ps(a.v, b.v)}; }
+  static VecF16 round(VecF16 a) {
+    return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+  }
+  static VecF16 abs(VecF16 a) {
+    return {_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(0x7fffffff)))};
+  }
+  static VecF16 copysign(VecF16 mag, VecF16 sgn) {
+    const __m512i m = _mm512_set1_epi32(0x7fffffff);
+    __m512i r = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(mag.v), m),
+                                _mm512_andnot_si512(m, _mm512_castps_si512(sgn.v)));
+    return {_mm512_castsi512_ps(r)};
+  }
+  static VecF16 blend_lt(VecF16 a, VecF16 b, VecF16 x, VecF16 y) {
+    return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), y.v, x.v)};
+  }
+  static VecF16 scale_pow2(VecF16 p, VecF16 n) {
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23);
+    return {_mm512_mul_ps(p.v, _mm512_castsi512_ps(e))};
+  }
+  static VecF16 sigmoid(VecF16 a) { return vsigmoid(a); }
+  static VecF16 tanh(VecF16 a) { return vtanh(a); }
+  static VecF16 relu(VecF16 a) { return {_mm512_max_ps(_mm512_setzero_ps(), a.v)}; }
+  static VecF16 where_pos(VecF16 h, VecF16 d) {
+    return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h.v, _mm512_setzero_ps(), _CMP_GT_OQ), d.v)};
+  }
+};
+
+struct VecD8 {
+  static constexpr int W = 8;
+  __m512d v;
+  static VecD8 load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  static VecD8 set1(double x) { return {_mm512_set1_pd(x)}; }
+  static VecD8 zero() { return {_mm512_setzero_pd()}; }
+  void store(double* p) const { _mm512_storeu_pd(p, v); }
+  VecD8 operator+(VecD8 b) const { return {_mm512_add_pd(v, b.v)}; }
+  VecD8 operator-(VecD8 b) const { return {_mm512_sub_pd(v, b.v)}; }
+  VecD8 operator*(VecD8 b) const { return {_mm512_mul_pd(v, b.v)}; }
+  static VecD8 fmadd(VecD8 a, VecD8 b, VecD8 c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
+  template <class F>
+  static VecD8 lanewise(VecD8 a, F f) {
+    alignas(64) double t[8];
+    _mm512_store_pd(t, a.v);
+    for (int i = 0; i < 8; ++i) t[i] = f(t[i]);
+    return {_mm512_load_pd(t)};
+  }
+  static VecD8 sigmoid(VecD8 a) { return lanewise(a, [](double x) { return 1.0 / (1.0 + std::exp(-x)); }); }
+  static VecD8 tanh(VecD8 a) { return lanewise(a, [](double x) { return std::tanh(x); }); }
+  static VecD8 relu(VecD8 a) { return {_mm512_max_pd(_mm512_setzero_pd(), a.v)}; }
+  static VecD8 where_pos(VecD8 h, VecD8 d) {
+    return {_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(h.v, _mm512_setzero_pd(), _CMP_GT_OQ), d.v)};
+  }
+};
+
+template <class T> struct Avx512VecOf;
+template <> struct Avx512VecOf<float> { using type = VecF16; };
+template <> struct Avx512VecOf<double> { using type = VecD8; };
+
+struct SimdIsa {
+  template <class T>
+  using Vec = typename Avx512VecOf<T>::type;
+  template <class T>
+  static constexpr int NR = 2 * Vec<T>::W;
+};

@@ -1,0 +1,30 @@
+// Portable one-lane "vector": the reference the SIMD paths must agree with.
+// Included inside namespace rnnfast::core::<isa> by a kernels_<isa>.cpp.
+
+template <class T>
+struct ScalarVec {
+  static constexpr int W = 1;
+  T v;
+  static ScalarVec load(const T* p) { return {*p}; }
+  static ScalarVec set1(T x) { return {x}; }
+  static ScalarVec zero() { return {T(0)}; }
+  void store(T* p) const { *p = v; }
+  ScalarVec operator+(ScalarVec b) const { return {v + b.v}; }
+  ScalarVec operator-(ScalarVec b) const { return {v - b.v}; }
+  ScalarVec operator*(ScalarVec b) const { return {v * b.v}; }
+  static ScalarVec fmadd(ScalarVec a, ScalarVec b, ScalarVec c) { return {a.v * b.v + c.v}; }
+  static ScalarVec sigmoid(ScalarVec a) { return {T(1) / (T(1) + std::exp(-a.v))}; }
+  static ScalarVec tanh(ScalarVec a) { return {std::tanh(a.v)}; }
+  // max(0, x) that keeps NaN, as torch.relu does.
+  static ScalarVec relu(ScalarVec a) { return {a.v > T(0) || a.v != a.v ? a.v : T(0)}; }
+  // d where h > 0, else 0 (relu derivative applied to d).
+  static ScalarVec where_pos(ScalarVec h, ScalarVec d) { return {h.v > T(0) ? d.v : T(0)}; }
+};
+
+struct ScalarIsa {
+  template <class T>
+  using Vec = ScalarVec<T>;
+  // Columns per GEMM micro-tile (a multiple of Vec::W).
+  template <class T>
+  static constexpr int NR = 8;
+};

@@ -1,0 +1,119 @@
+// rnnfast core: framework-free recurrent-layer kernels.
+//
+// Nothing here includes torch. Callers pass raw pointers, sizes and an Executor
+// that runs parallel loops (the torch glue wraps at::parallel_for; the C++ unit
+// tests use a plain serial or std::thread executor).
+//
+// Shape legend used in every comment below:
+//   T  time steps            B  batch
+//   I  input features        H  hidden units
+//   P  projection size (LSTM proj_size; 0 = none)
+//   S  recurrent state size  = P if P > 0 else H
+//   G  gates per cell        = 4 (LSTM), 3 (GRU), 1 (RNN)
+//   WS workspace columns     = workspace_cols(cell, H, P)
+// All matrices are dense row-major with the last dimension contiguous.
+// Gate row order is torch's: LSTM i,f,g,o; GRU r,z,n.
+#pragma once
+
+#include <cstdint>
+
+namespace rnnfast {
+namespace core {
+
+enum class Cell : int { LSTM = 0, GRU = 1, RNN_TANH = 2, RNN_RELU = 3 };
+
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+// Number of gates of a cell (G in the legend).
+int gates_of(Cell cell);
+
+// Columns of the per-(t, b) workspace that the forward pass saves for the
+// backward pass:
+//   LSTM: [i f g o (4H, activated) | c_{t-1} (H) | tanh(c_t) (H) | h_{t-1} (S) | o*tanh(c_t) (H, only if P)]
+//   GRU : [r z n (3H, activated) | W_hn h_{t-1} + b_hn (H) | h_{t-1} (H)]
+//   RNN : [h_t (H) | h_{t-1} (H)]
+int64_t workspace_cols(Cell cell, int64_t H, int64_t P);
+
+// Runs parallel loops. run() must call fn(ctx, begin, end) over disjoint ranges
+// that cover [0, n); it may call it from several threads at once and must
+// return only when all calls have returned.
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  virtual int num_threads() const = 0;
+  virtual void run(int64_t n, void (*fn)(void*, int64_t, int64_t), void* ctx) const = 0;
+};
+
+// Runs everything on the calling thread.
+class SerialExecutor final : public Executor {
+ public:
+  int num_threads() const override { return 1; }
+  void run(int64_t n, void (*fn)(void*, int64_t, int64_t), void* ctx) const override {
+    if (n > 0) fn(ctx, 0, n);
+  }
+};
+
+// One layer, one direction, whole sequence.
+template <class Real>
+struct ForwardArgs {
+  Cell cell = Cell::LSTM;
+  int64_t T = 0, B = 0, I = 0, H = 0, P = 0;
+  const Real* x = nullptr;          // [T, B, I]  read
+  const Real* h0 = nullptr;         // [B, S]     read; null = zeros
+  const Real* c0 = nullptr;         // [B, H]     read (LSTM); null = zeros
+  const Real* w_ih = nullptr;       // [G*H, I]   read
+  const Real* w_hh = nullptr;       // [G*H, S]   read
+  const Real* b_ih = nullptr;       // [G*H]      read; null = no bias
+  const Real* b_hh = nullptr;       // [G*H]      read; null = no bias
+  const Real* w_hr = nullptr;       // [P, H]     read (LSTM with P > 0)
+  const int64_t* lengths = nullptr;  // [B] read; null = every sequence has length T.
+                                     // Steps t >= lengths[b] leave row b's state unchanged
+                                     // and write zeros to y[t, b].
+  bool reverse = false;          // process t = T-1 .. 0
+  Real* y = nullptr;                // [T, B, S]  written
+  Real* hy = nullptr;               // [B, S]     written
+  Real* cy = nullptr;               // [B, H]     written (LSTM)
+  Real* ws = nullptr;               // [T, B, WS] written; null = inference (nothing saved)
+};
+
+template <class Real>
+struct BackwardArgs {
+  Cell cell = Cell::LSTM;
+  int64_t T = 0, B = 0, I = 0, H = 0, P = 0;
+  const Real* x = nullptr;          // [T, B, I]  read
+  const Real* w_ih = nullptr;       // [G*H, I]   read
+  const Real* w_hh = nullptr;       // [G*H, S]   read
+  const Real* w_hr = nullptr;       // [P, H]     read (LSTM with P > 0)
+  const int64_t* lengths = nullptr;  // [B] read; as in ForwardArgs
+  bool reverse = false;
+  const Real* ws = nullptr;         // [T, B, WS] read (written by the forward pass)
+  const Real* dy = nullptr;         // [T, B, S]  read; null = zeros
+  const Real* dhy = nullptr;        // [B, S]     read; null = zeros
+  const Real* dcy = nullptr;        // [B, H]     read (LSTM); null = zeros
+  Real* dx = nullptr;               // [T, B, I]  written; null = not needed
+  Real* dh0 = nullptr;              // [B, S]     written; null = not needed
+  Real* dc0 = nullptr;              // [B, H]     written; null = not needed
+  Real* dw_ih = nullptr;            // [G*H, I]   written; null = not needed
+  Real* dw_hh = nullptr;            // [G*H, S]   written; null = not needed
+  Real* db_ih = nullptr;            // [G*H]      written; null = not needed
+  Real* db_hh = nullptr;            // [G*H]      written; null = not needed
+  Real* dw_hr = nullptr;            // [P, H]     written; null = not needed
+};
+
+// Entry points. They check nothing: the caller validates shapes.
+void layer_forward(const ForwardArgs<float>& a, const Executor& ex);
+void layer_forward(const ForwardArgs<double>& a, const Executor& ex);
+void layer_backward(const BackwardArgs<float>& a, const Executor& ex);
+void layer_backward(const BackwardArgs<double>& a, const Executor& ex);
+
+// The instruction set the entry points use. Chosen once: the best the CPU
+// supports among the verified ones, or the one named by the environment
+// variable RNNFAST_SIMD (scalar | avx2 | avx512) if the CPU supports it.
+Isa active_isa();
+const char* isa_name(Isa isa);
+bool cpu_supports(Isa isa);
+// Forces an instruction set (for tests); returns false if the CPU lacks it.
+bool set_isa(Isa isa);
+
+}  // namespace core
+}  // namespace rnnfast

@@ -1,0 +1,83 @@
+"""rnnfast: fused LSTM / GRU / RNN kernels for PyTorch, as drop-in nn modules.
+
+    import rnnfast
+    lstm = rnnfast.LSTM(128, 256, num_layers=2, batch_first=True)   # same API as nn.LSTM
+    model = rnnfast.convert(model)   # swap every nn.LSTM/GRU/RNN(+Cell) in a model
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import _C, ops
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
+
+__version__ = "0.1.0"
+
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "info", "ops"]
+
+# Modules saved whole with torch.save(model) load back with weights_only=True.
+torch.serialization.add_safe_globals([LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell])
+
+
+def info() -> dict:
+    """Build and runtime facts: versions, the SIMD path in use, whether CUDA kernels exist."""
+    return {
+        "version": __version__,
+        "torch_version": torch.__version__,
+        "simd": _C.simd(),
+        "cuda": bool(_C.cuda_built),
+        "threads": torch.get_num_threads(),
+    }
+
+
+_REPLACEMENTS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
+_CELL_REPLACEMENTS = {nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
+
+
+def _convert_one(module: nn.Module):
+    """The rnnfast twin of one torch recurrent module, sharing its Parameter objects."""
+    kind = type(module)
+    if kind in _REPLACEMENTS:
+        kwargs = dict(num_layers=module.num_layers, bias=module.bias,
+                      batch_first=module.batch_first, dropout=module.dropout,
+                      bidirectional=module.bidirectional)
+        if kind is nn.LSTM:
+            kwargs["proj_size"] = module.proj_size
+        if kind is nn.RNN:
+            kwargs["nonlinearity"] = module.nonlinearity
+        new = _REPLACEMENTS[kind](module.input_size, module.hidden_size, device="meta", **kwargs)
+        names = module._flat_weights_names
+    elif kind in _CELL_REPLACEMENTS:
+        extra = {"nonlinearity": module.nonlinearity} if kind is nn.RNNCell else {}
+        new = _CELL_REPLACEMENTS[kind](module.input_size, module.hidden_size, bias=module.bias,
+                                       device="meta", **extra)
+        names = [n for n, _ in module.named_parameters(recurse=False)]
+    else:
+        return None
+    # Reuse the very Parameter objects: values, requires_grad, and any optimizer
+    # state keyed on them carry over.
+    for name in names:
+        setattr(new, name, getattr(module, name))
+    if isinstance(new, RNNBase):
+        new._init_flat_weights()
+    new.train(module.training)
+    return new
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Replace every nn.LSTM / nn.GRU / nn.RNN / nn.LSTMCell / nn.GRUCell / nn.RNNCell
+    inside ``model`` (in place) by its rnnfast twin holding the same parameters.
+
+    Returns ``model`` (or the replacement, if ``model`` itself is one of those).
+    Subclasses of those torch modules are left alone: their forward may differ.
+    """
+    root = _convert_one(model)
+    if root is not None:
+        return root
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            new = _convert_one(child)
+            if new is not None:
+                setattr(parent, name, new)
+    return model

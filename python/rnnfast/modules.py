@@ -1,0 +1,526 @@
+"""Drop-in replacements for torch.nn.LSTM / GRU / RNN and their cells.
+
+Same constructor arguments, parameter names, shapes, registration order and
+initialisation as torch, so ``state_dict`` moves both ways. Stacking, directions,
+inter-layer dropout, batch_first, unbatched input and PackedSequence are handled
+here; each (layer, direction) runs as one fused op from :mod:`rnnfast.ops`.
+
+These classes derive from ``nn.Module``, not from ``nn.RNNBase``: Dynamo refuses
+to trace ``nn.RNNBase`` subclasses, and ``torch.compile(fullgraph=True)`` must
+work on models that use them.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import init
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import _reference, ops
+
+_MODE_TO_CELL = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_warned_devices = set()
+
+
+def _layer_fn(device: torch.device):
+    """The fused op on CPU; elsewhere the plain-PyTorch loop, with a one-time warning."""
+    if device.type == "cpu":
+        return ops.layer
+    if device.type not in _warned_devices:
+        _warned_devices.add(device.type)
+        warnings.warn(
+            f"rnnfast has no native kernels for device '{device.type}' in this build; "
+            "using the plain-PyTorch reference implementation (correct but slower)",
+            stacklevel=3,
+        )
+    return _reference.layer
+
+
+def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Tensor:
+    return tensor.index_select(dim, permutation)
+
+
+def _check_type(name: str, value, types, type_name: str) -> None:
+    if not isinstance(value, types) or (types is not bool and isinstance(value, bool)):
+        raise TypeError(f"{name} should be of type {type_name}, got: {type(value).__name__}")
+
+
+class RNNBase(nn.Module):
+    """Shared machinery of :class:`LSTM`, :class:`GRU` and :class:`RNN`."""
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, device=None,
+                 dtype=None) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        if mode not in _MODE_TO_CELL:
+            raise ValueError(f"Unrecognized RNN mode: {mode}")
+        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
+                or not 0 <= dropout <= 1):
+            raise ValueError(
+                "dropout should be a number in range [0, 1] representing the probability of "
+                f"an element being zeroed, got {dropout!r}")
+        _check_type("bias", bias, bool, "bool")
+        _check_type("batch_first", batch_first, bool, "bool")
+        _check_type("input_size", input_size, int, "int")
+        _check_type("hidden_size", hidden_size, int, "int")
+        _check_type("num_layers", num_layers, int, "int")
+        _check_type("proj_size", proj_size, int, "int")
+        if input_size <= 0:
+            raise ValueError(f"input_size must be greater than zero, got {input_size}")
+        if hidden_size <= 0:
+            raise ValueError(f"hidden_size must be greater than zero, got {hidden_size}")
+        if num_layers <= 0:
+            raise ValueError(f"num_layers must be greater than zero, got {num_layers}")
+        if proj_size < 0:
+            raise ValueError(
+                "proj_size should be a positive integer or zero to disable projections, "
+                f"got {proj_size}")
+        if proj_size >= hidden_size:
+            raise ValueError(
+                f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+                f"and hidden_size={hidden_size}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}", stacklevel=2)
+
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        num_directions = 2 if bidirectional else 1
+        gate_size = _GATES[mode] * hidden_size
+        real_hidden_size = proj_size if proj_size > 0 else hidden_size
+
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
+        for layer in range(num_layers):
+            for direction in range(num_directions):
+                layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
+                suffix = "_reverse" if direction == 1 else ""
+                params = [
+                    (f"weight_ih_l{layer}{suffix}", (gate_size, layer_input_size)),
+                    (f"weight_hh_l{layer}{suffix}", (gate_size, real_hidden_size)),
+                ]
+                if bias:
+                    params += [(f"bias_ih_l{layer}{suffix}", (gate_size,)),
+                               (f"bias_hh_l{layer}{suffix}", (gate_size,))]
+                if proj_size > 0:
+                    params += [(f"weight_hr_l{layer}{suffix}", (proj_size, hidden_size))]
+                for name, shape in params:
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+                names = [name for name, _ in params]
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self._init_flat_weights()
+        self.reset_parameters()
+
+    # --- the nn.RNNBase surface -------------------------------------------------------------
+
+    def _init_flat_weights(self) -> None:
+        self._flat_weights = [getattr(self, name) if hasattr(self, name) else None
+                              for name in self._flat_weights_names]
+
+    def __setattr__(self, attr, value) -> None:
+        if hasattr(self, "_flat_weights_names") and attr in self._flat_weights_names:
+            # keep _flat_weights in sync when a weight is reassigned (weight drop etc.)
+            self._flat_weights[self._flat_weights_names.index(attr)] = value
+        super().__setattr__(attr, value)
+
+    def flatten_parameters(self) -> None:
+        """No-op: rnnfast reads the parameters in place (kept for nn.LSTM compatibility)."""
+
+    def _apply(self, fn, recurse=True):
+        ret = super()._apply(fn, recurse)
+        self._init_flat_weights()
+        return ret
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    @property
+    def all_weights(self) -> List[List[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._init_flat_weights()
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
+        weight_dtype = self.weight_ih_l0.dtype
+        if input.dtype != weight_dtype and not torch.is_autocast_enabled():
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
+                f"Convert input: input.to({weight_dtype}), or convert model: "
+                f"model.to({input.dtype})")
+        expected_input_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_input_dim:
+            raise RuntimeError(
+                f"input must have {expected_input_dim} dimensions, got {input.dim()}")
+        if self.input_size != input.size(-1):
+            raise RuntimeError(
+                "input.size(-1) must be equal to input_size. "
+                f"Expected {self.input_size}, got {input.size(-1)}")
+
+    def get_expected_hidden_size(self, input: Tensor,
+                                 batch_sizes: Optional[Tensor]) -> Tuple[int, int, int]:
+        if batch_sizes is not None:
+            mini_batch = int(batch_sizes[0])
+        else:
+            mini_batch = input.size(0) if self.batch_first else input.size(1)
+        num_directions = 2 if self.bidirectional else 1
+        size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return (self.num_layers * num_directions, mini_batch, size)
+
+    def get_expected_cell_size(self, input: Tensor,
+                               batch_sizes: Optional[Tensor]) -> Tuple[int, int, int]:
+        if batch_sizes is not None:
+            mini_batch = int(batch_sizes[0])
+        else:
+            mini_batch = input.size(0) if self.batch_first else input.size(1)
+        num_directions = 2 if self.bidirectional else 1
+        return (self.num_layers * num_directions, mini_batch, self.hidden_size)
+
+    def check_hidden_size(self, hx: Tensor, expected_hidden_size: Tuple[int, int, int],
+                          msg: str = "Expected hidden size {}, got {}") -> None:
+        if hx.size() != expected_hidden_size:
+            raise RuntimeError(msg.format(expected_hidden_size, list(hx.size())))
+
+    def _check_state_tensor(self, name: str, t: Tensor, input: Tensor) -> None:
+        if t.dtype != input.dtype:
+            raise RuntimeError(
+                f"{type(self).__name__}: {name} dtype ({t.dtype}) does not match input dtype "
+                f"({input.dtype})")
+        if t.device != input.device:
+            raise RuntimeError(
+                f"{type(self).__name__}: {name} is on {t.device} but input is on "
+                f"{input.device}; move them to the same device")
+
+    def check_forward_args(self, input: Tensor, hidden, batch_sizes: Optional[Tensor]) -> None:
+        self.check_input(input, batch_sizes)
+        if self.mode == "LSTM":
+            self.check_hidden_size(hidden[0], self.get_expected_hidden_size(input, batch_sizes),
+                                   "Expected hidden[0] size {}, got {}")
+            self.check_hidden_size(hidden[1], self.get_expected_cell_size(input, batch_sizes),
+                                   "Expected hidden[1] size {}, got {}")
+            self._check_state_tensor("hx", hidden[0], input)
+            self._check_state_tensor("cx", hidden[1], input)
+        else:
+            self.check_hidden_size(hidden, self.get_expected_hidden_size(input, batch_sizes))
+            self._check_state_tensor("hx", hidden, input)
+
+    def permute_hidden(self, hx, permutation: Optional[Tensor]):
+        if permutation is None:
+            return hx
+        if self.mode == "LSTM":
+            return _apply_permutation(hx[0], permutation), _apply_permutation(hx[1], permutation)
+        return _apply_permutation(hx, permutation)
+
+    # --- forward ---------------------------------------------------------------------------
+
+    def _zero_state(self, input: Tensor, batch: int):
+        num_directions = 2 if self.bidirectional else 1
+        size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h = torch.zeros(self.num_layers * num_directions, batch, size, dtype=input.dtype,
+                        device=input.device)
+        if self.mode != "LSTM":
+            return h
+        c = torch.zeros(self.num_layers * num_directions, batch, self.hidden_size,
+                        dtype=input.dtype, device=input.device)
+        return h, c
+
+    def _layers(self, x: Tensor, hx, lengths: Optional[Tensor]):
+        """Runs every layer and direction over time-major x [T, B, I]."""
+        cell = _MODE_TO_CELL[self.mode]
+        is_lstm = self.mode == "LSTM"
+        h0, c0 = hx if is_lstm else (hx, None)
+        run = _layer_fn(x.device)
+        num_directions = 2 if self.bidirectional else 1
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(num_directions):
+                idx = layer * num_directions + direction
+                suffix = "_reverse" if direction == 1 else ""
+                w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
+                w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
+                b_ih = getattr(self, f"bias_ih_l{layer}{suffix}") if self.bias else None
+                b_hh = getattr(self, f"bias_hh_l{layer}{suffix}") if self.bias else None
+                w_hr = getattr(self, f"weight_hr_l{layer}{suffix}") if self.proj_size > 0 else None
+                out, h, c = run(cell, x, h0[idx], c0[idx] if is_lstm else None, w_ih, w_hh,
+                                b_ih, b_hh, w_hr, lengths, direction == 1)
+                outs.append(out)
+                hs.append(h)
+                cs.append(c)
+            x = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        h_n = torch.stack(hs, 0)
+        if is_lstm:
+            return x, (h_n, torch.stack(cs, 0))
+        return x, h_n
+
+    def forward(self, input, hx=None):
+        name = "RNN" if self.mode.startswith("RNN") else self.mode
+        is_lstm = self.mode == "LSTM"
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is None:
+                hx = self._zero_state(data, int(batch_sizes[0]))
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+            self.check_forward_args(data, hx, batch_sizes)
+            padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            out, hidden = self._layers(padded, hx, lengths)
+            packed = pack_padded_sequence(out, lengths, enforce_sorted=True)
+            output = PackedSequence(packed.data, batch_sizes, sorted_indices, unsorted_indices)
+            return output, self.permute_hidden(hidden, unsorted_indices)
+
+        if not isinstance(input, Tensor):
+            raise TypeError(
+                f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        if hx is not None:
+            states = hx if is_lstm else (hx,)
+            if is_lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+                raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors")
+            want = 3 if is_batched else 2
+            if any(s.dim() != want for s in states):
+                dims = ", ".join(f"{s.dim()}-D" for s in states)
+                what = "hx and cx" if is_lstm else "hx"
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(
+                    f"For {kind} input, {what} should also be {want}-D but got ({dims}) tensors")
+            if not is_batched:
+                hx = tuple(s.unsqueeze(1) for s in states) if is_lstm else hx.unsqueeze(1)
+        if input.size(1 - batch_dim) == 0:
+            raise RuntimeError(
+                f"{name}: input has no time steps (sequence length 0, input shape "
+                f"{tuple(input.shape)}); expected at least one")
+        if hx is None:
+            hx = self._zero_state(input, input.size(batch_dim))
+        self.check_forward_args(input, hx, None)
+        x = input.transpose(0, 1) if self.batch_first else input
+        out, hidden = self._layers(x, hx, None)
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        if not is_batched:
+            out = out.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if is_lstm else hidden.squeeze(1)
+        return out, hidden
+
+
+class LSTM(RNNBase):
+    """Drop-in for :class:`torch.nn.LSTM` on rnnfast's fused kernels.
+
+    ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None)``
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+
+class GRU(RNNBase):
+    """Drop-in for :class:`torch.nn.GRU` on rnnfast's fused kernels."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+
+class RNN(RNNBase):
+    """Drop-in for :class:`torch.nn.RNN` (``nonlinearity='tanh'`` or ``'relu'``)."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(mode, *args, **kwargs)
+
+
+# --- cells ------------------------------------------------------------------------------------
+
+
+class RNNCellBase(nn.Module):
+    """Shared machinery of :class:`LSTMCell`, :class:`GRUCell` and :class:`RNNCell`."""
+
+    _cell = "lstm"
+    _chunks = 4
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        gates = self._chunks * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty((gates, input_size), **factory_kwargs))
+        self.weight_hh = nn.Parameter(torch.empty((gates, hidden_size), **factory_kwargs))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gates, **factory_kwargs))
+            self.bias_hh = nn.Parameter(torch.empty(gates, **factory_kwargs))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if "bias" in self.__dict__ and self.bias is not True:
+            s += ", bias={bias}"
+        if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        return s.format(**self.__dict__)
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    def _check(self, input: Tensor, states, name: str) -> bool:
+        """torch's checks for a cell call; returns whether the input is batched."""
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        for label, s in states:
+            if s is not None and s.dim() not in (1, 2):
+                raise ValueError(
+                    f"{name}: Expected {label} to be 1D or 2D, got {s.dim()}D instead")
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(
+                f"{name}: input has inconsistent input_size: got {input.size(-1)} "
+                f"expected {self.input_size}")
+        if input.dtype != self.weight_ih.dtype:
+            raise RuntimeError(
+                f"{name}: input dtype ({input.dtype}) does not match weight dtype "
+                f"({self.weight_ih.dtype})")
+        batch = input.size(0) if input.dim() == 2 else None
+        for label, s in states:
+            if s is None:
+                continue
+            if s.dim() != input.dim():
+                raise RuntimeError(
+                    f"{name}: {label} must be {input.dim()}-D like the input, got {s.dim()}-D")
+            if s.size(-1) != self.hidden_size or (batch is not None and s.size(0) != batch):
+                want = (batch, self.hidden_size) if batch is not None else (self.hidden_size,)
+                raise RuntimeError(
+                    f"{name}: {label} has shape {tuple(s.shape)}, expected {want}")
+            if s.dtype != input.dtype:
+                raise RuntimeError(
+                    f"{name}: {label} dtype ({s.dtype}) does not match input dtype "
+                    f"({input.dtype})")
+        return input.dim() == 2
+
+    def _step(self, input: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], cell: str):
+        run = _layer_fn(input.device)
+        _, h, c = run(cell, input.unsqueeze(0), hx, cx, self.weight_ih, self.weight_hh,
+                      self.bias_ih, self.bias_hh, None, None, False)
+        return h, c
+
+
+class LSTMCell(RNNCellBase):
+    """Drop-in for :class:`torch.nn.LSTMCell`: one fused step."""
+
+    _cell = "lstm"
+    _chunks = 4
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        h0, c0 = hx if hx is not None else (None, None)
+        batched = self._check(input, [("hx[0]", h0), ("hx[1]", c0)], "LSTMCell")
+        if not batched:
+            input = input.unsqueeze(0)
+            h0 = h0.unsqueeze(0) if h0 is not None else None
+            c0 = c0.unsqueeze(0) if c0 is not None else None
+        h, c = self._step(input, h0, c0, "lstm")
+        if not batched:
+            return h.squeeze(0), c.squeeze(0)
+        return h, c
+
+
+class GRUCell(RNNCellBase):
+    """Drop-in for :class:`torch.nn.GRUCell`: one fused step."""
+
+    _cell = "gru"
+    _chunks = 3
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        batched = self._check(input, [("hidden", hx)], "GRUCell")
+        if not batched:
+            input = input.unsqueeze(0)
+            hx = hx.unsqueeze(0) if hx is not None else None
+        h, _ = self._step(input, hx, None, "gru")
+        return h if batched else h.squeeze(0)
+
+
+class RNNCell(RNNCellBase):
+    """Drop-in for :class:`torch.nn.RNNCell` (``nonlinearity='tanh'`` or ``'relu'``)."""
+
+    _chunks = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        batched = self._check(input, [("hidden", hx)], "RNNCell")
+        if not batched:
+            input = input.unsqueeze(0)
+            hx = hx.unsqueeze(0) if hx is not None else None
+        h, _ = self._step(input, hx, None, f"rnn_{self.nonlinearity}")
+        return h if batched else h.squeeze(0)

@@ -1,0 +1,124 @@
+"""Typed wrappers over torch.ops.rnnfast.*: fake (meta) kernels and autograd.
+
+Every recurrent cell has one forward op over a whole sequence for one layer and
+one direction, and its backward op, with the same schema for every cell:
+
+    <cell>_layer(input[T,B,I], hx[B,S]?, cx[B,H]?, weight_ih[G*H,I], weight_hh[G*H,S],
+                 bias_ih[G*H]?, bias_hh[G*H]?, weight_hr[P,H]?, lengths[B] int64?,
+                 reverse, training) -> (output[T,B,S], hy[B,S], cy[B,H] or [0], workspace)
+
+where <cell> is lstm, gru, rnn_tanh or rnn_relu, S = P if weight_hr is given
+(LSTM projection) else H, and G is 4, 3 or 1. ``training=True`` saves the
+activations backward needs in ``workspace``; with ``training=False`` it is empty.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from . import _C  # noqa: F401  (loads the library that defines the ops)
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def workspace_cols(cell: str, hidden: int, proj: int) -> int:
+    """Columns of the workspace a forward pass saves per (t, b); mirrors csrc/core."""
+    state = proj if proj > 0 else hidden
+    if cell == "lstm":
+        return (7 if proj > 0 else 6) * hidden + state
+    if cell == "gru":
+        return 5 * hidden
+    return 2 * hidden
+
+
+def _op(cell: str):
+    return getattr(torch.ops.rnnfast, f"{cell}_layer")
+
+
+def _backward_op(cell: str):
+    return getattr(torch.ops.rnnfast, f"{cell}_layer_backward")
+
+
+def _register(cell: str) -> None:
+    name = f"rnnfast::{cell}_layer"
+
+    @torch.library.register_fake(name)
+    def _fake(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths,
+              reverse, training):
+        T, B, _ = input.shape
+        H = weight_ih.shape[0] // GATES[cell]
+        P = weight_hr.shape[0] if weight_hr is not None else 0
+        S = P if P > 0 else H
+        out = input.new_empty((T, B, S))
+        hy = input.new_empty((B, S))
+        cy = input.new_empty((B, H)) if cell == "lstm" else input.new_empty((0,))
+        ws = (input.new_empty((T, B, workspace_cols(cell, H, P))) if training
+              else input.new_empty((0,)))
+        return out, hy, cy, ws
+
+    @torch.library.register_fake(name + "_backward")
+    def _fake_backward(grad_output, grad_hy, grad_cy, input, weight_ih, weight_hh, weight_hr,
+                       lengths, workspace, reverse):
+        T, B, _ = input.shape
+        H = weight_ih.shape[0] // GATES[cell]
+        P = weight_hr.shape[0] if weight_hr is not None else 0
+        S = P if P > 0 else H
+        return (
+            torch.empty_like(input),
+            input.new_empty((B, S)),
+            input.new_empty((B, H)) if cell == "lstm" else input.new_empty((0,)),
+            torch.empty_like(weight_ih),
+            torch.empty_like(weight_hh),
+            input.new_empty((weight_ih.shape[0],)),
+            input.new_empty((weight_ih.shape[0],)),
+            torch.empty_like(weight_hr) if P > 0 else input.new_empty((0,)),
+        )
+
+    def setup_context(ctx, inputs, output):
+        (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse,
+         training) = inputs
+        ctx.save_for_backward(input, weight_ih, weight_hh, weight_hr, lengths, output[3])
+        ctx.reverse = reverse
+        ctx.flags = (hx is not None, cx is not None, bias_ih is not None, bias_hh is not None,
+                     weight_hr is not None)
+        ctx.mark_non_differentiable(output[3])
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
+        input, weight_ih, weight_hh, weight_hr, lengths, workspace = ctx.saved_tensors
+        has_hx, has_cx, has_bih, has_bhh, has_whr = ctx.flags
+        if workspace.dim() != 3:
+            raise RuntimeError(
+                f"rnnfast.{cell}: backward needs the activations saved by a forward pass with "
+                "training=True; this forward ran with training=False")
+        gx, ghx, gcx, gwih, gwhh, gbih, gbhh, gwhr = _backward_op(cell)(
+            grad_output, grad_hy, grad_cy if cell == "lstm" else None, input, weight_ih,
+            weight_hh, weight_hr, lengths, workspace, ctx.reverse)
+        return (gx, ghx if has_hx else None, gcx if has_cx else None, gwih, gwhh,
+                gbih if has_bih else None, gbhh if has_bhh else None,
+                gwhr if has_whr else None, None, None, None)
+
+    torch.library.register_autograd(name, backward, setup_context=setup_context)
+
+
+for _cell in CELLS:
+    _register(_cell)
+
+
+def layer(cell: str, input: torch.Tensor, hx: Optional[torch.Tensor], cx: Optional[torch.Tensor],
+          weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias_ih: Optional[torch.Tensor],
+          bias_hh: Optional[torch.Tensor], weight_hr: Optional[torch.Tensor] = None,
+          lengths: Optional[torch.Tensor] = None, reverse: bool = False
+          ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """One layer, one direction over ``input`` [T, B, I]: returns (output, h_T, c_T or None).
+
+    Saves activations for backward only when autograd will need them.
+    """
+    training = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
+    out, hy, cy, _ = _op(cell)(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                               lengths, reverse, training)
+    return out, hy, (cy if cell == "lstm" else None)
