@@ -8,6 +8,7 @@ sm_80 and sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise.
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 from torch.utils import cpp_extension
@@ -24,7 +25,14 @@ def _extension():
 
     sources = _sources("csrc/torch/*.cpp") + _sources("csrc/core/cpu/*.cpp")
     cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    link = []
     define_macros = []
+    # at::parallel_for is a header template whose OpenMP pragma is compiled into this
+    # extension: without -fopenmp it silently runs on one thread. libgomp then resolves
+    # to the copy torch already loaded (same soname), so torch.set_num_threads applies.
+    if "OpenMP" in torch.__config__.parallel_info() and sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     cuda_sources = _sources("csrc/core/cuda/*.cu") + _sources("csrc/torch/*.cu")
     use_cuda = (
         torch.version.cuda is not None
@@ -40,9 +48,11 @@ def _extension():
             sources + cuda_sources,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+            extra_link_args=link,
         )
     return cpp_extension.CppExtension(
-        "rnnfast._C", sources, define_macros=define_macros, extra_compile_args={"cxx": cxx}
+        "rnnfast._C", sources, define_macros=define_macros, extra_compile_args={"cxx": cxx},
+        extra_link_args=link,
     )
 
 

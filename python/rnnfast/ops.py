@@ -66,14 +66,14 @@ def _register(cell: str) -> None:
         P = weight_hr.shape[0] if weight_hr is not None else 0
         S = P if P > 0 else H
         return (
-            torch.empty_like(input),
+            input.new_empty(input.shape),
             input.new_empty((B, S)),
             input.new_empty((B, H)) if cell == "lstm" else input.new_empty((0,)),
-            torch.empty_like(weight_ih),
-            torch.empty_like(weight_hh),
+            input.new_empty(weight_ih.shape),
+            input.new_empty(weight_hh.shape),
             input.new_empty((weight_ih.shape[0],)),
             input.new_empty((weight_ih.shape[0],)),
-            torch.empty_like(weight_hr) if P > 0 else input.new_empty((0,)),
+            input.new_empty(weight_hr.shape) if P > 0 else input.new_empty((0,)),
         )
 
     def setup_context(ctx, inputs, output):

@@ -1,0 +1,125 @@
+"""The raw ops: torch.library.opcheck on every op, argument checks in the glue,
+build info, and parity on every SIMD path this CPU supports."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import rnnfast
+from rnnfast import _C
+
+CELLS = [("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)]
+
+
+def _args(cell, G, proj=0, lengths=True, reverse=False, dtype=torch.float64, T=3, B=2, I=4,
+          H=5, requires_grad=True):
+    g = torch.Generator().manual_seed(0)
+    S = proj or H
+
+    def r(*shape):
+        return torch.randn(*shape, dtype=dtype, generator=g).requires_grad_(requires_grad)
+
+    return (r(T, B, I), r(B, S), r(B, H) if cell == "lstm" else None, r(G * H, I), r(G * H, S),
+            r(G * H), r(G * H), r(proj, H) if proj else None,
+            torch.tensor([T, T - 1][:B]) if lengths else None, reverse, True)
+
+
+@pytest.mark.parametrize("cell,G", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_forward(cell, G, reverse):
+    op = getattr(torch.ops.rnnfast, f"{cell}_layer")
+    for proj in ([0, 3] if cell == "lstm" else [0]):
+        for lengths in (False, True):
+            torch.library.opcheck(op, _args(cell, G, proj, lengths, reverse))
+
+
+@pytest.mark.parametrize("cell,G", CELLS)
+def test_opcheck_backward(cell, G):
+    fwd = getattr(torch.ops.rnnfast, f"{cell}_layer")
+    bwd = getattr(torch.ops.rnnfast, f"{cell}_layer_backward")
+    args = _args(cell, G, requires_grad=False)
+    out, hy, cy, ws = fwd(*args)
+    x, _, _, w_ih, w_hh, _, _, w_hr, lengths, reverse, _ = args
+    grads = (torch.randn_like(out), torch.randn_like(hy),
+             torch.randn_like(cy) if cell == "lstm" else None)
+    torch.library.opcheck(bwd, (*grads, x, w_ih, w_hh, w_hr, lengths, ws, reverse))
+
+
+def test_inference_saves_nothing_and_backward_says_why():
+    args = list(_args("lstm", 4, requires_grad=False))
+    args[-1] = False
+    out, hy, cy, ws = torch.ops.rnnfast.lstm_layer(*args)
+    assert ws.numel() == 0
+    with pytest.raises(RuntimeError, match="training=False"):
+        torch.ops.rnnfast.lstm_layer_backward(out, hy, cy, args[0], args[3], args[4], None, None,
+                                              ws, False)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda a: a.__setitem__(3, a[3][:, :2]), "weight_ih"),
+    (lambda a: a.__setitem__(1, a[1][:1]), "hx"),
+    (lambda a: a.__setitem__(8, torch.tensor([9, 1])), "lengths"),
+    (lambda a: a.__setitem__(8, torch.tensor([1.0, 1.0])), "lengths"),
+    (lambda a: a.__setitem__(0, a[0].float()), "dtype"),
+    (lambda a: a.__setitem__(0, a[0][:0]), "time step"),
+])
+def test_glue_rejects_bad_arguments(bad, match):
+    args = list(_args("lstm", 4, requires_grad=False))
+    bad(args)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.rnnfast.lstm_layer(*args)
+
+
+def test_info():
+    info = rnnfast.info()
+    assert info["version"] == rnnfast.__version__
+    assert info["torch_version"] == torch.__version__
+    assert info["simd"] in ("scalar", "avx2", "avx512")
+    assert _C.cpu_supports(info["simd"])
+    assert info["cuda"] in (True, False)
+
+
+def test_set_simd_rejects_unknown_path():
+    with pytest.raises(ValueError, match="unknown SIMD path"):
+        _C.set_simd("sse9")
+
+
+SIMD_PATHS = [p for p in ("scalar", "avx2", "avx512") if _C.cpu_supports(p)]
+
+
+@pytest.mark.parametrize("path", SIMD_PATHS)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_parity_on_every_simd_path(path, kind):
+    """Sizes that straddle the SIMD widths (H=19, I=23) on each path, float32 and float64."""
+    before = _C.simd()
+    _C.set_simd(path)
+    try:
+        for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 3e-5)):
+            torch.manual_seed(0)
+            kw = dict(num_layers=2, bidirectional=True, dtype=dtype)
+            if kind == "LSTM":
+                kw["proj_size"] = 7
+            ref = getattr(nn, kind)(23, 19, **kw)
+            mine = getattr(rnnfast, kind)(23, 19, **kw)
+            mine.load_state_dict(ref.state_dict())
+            x = torch.randn(6, 13, 23, dtype=dtype)
+            outs = []
+            for m in (ref, mine):
+                xi = x.clone().requires_grad_()
+                y, _ = m(xi)
+                y.pow(2).sum().backward()
+                outs.append([y, xi.grad] + [p.grad for p in m.parameters()])
+            for a, b in zip(*outs):
+                torch.testing.assert_close(b, a, atol=tol, rtol=0)
+    finally:
+        _C.set_simd(before)
+
+
+def test_environment_variable_forces_simd_path():
+    env = dict(os.environ, RNNFAST_SIMD="scalar")
+    out = subprocess.run([sys.executable, "-c", "import rnnfast; print(rnnfast.info()['simd'])"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "scalar"
