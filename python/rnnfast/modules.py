@@ -321,7 +321,9 @@ class RNNBase(nn.Module):
         if hx is not None:
             states = hx if is_lstm else (hx,)
             if is_lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-                raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors")
+                # torch fails here with a RuntimeError about hx's rank; same type, plainer words
+                got = type(hx).__name__ if not isinstance(hx, Tensor) else f"a {hx.dim()}-D tensor"
+                raise RuntimeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {got}")
             want = 3 if is_batched else 2
             if any(s.dim() != want for s in states):
                 dims = ", ".join(f"{s.dim()}-D" for s in states)

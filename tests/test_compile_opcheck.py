@@ -1,0 +1,94 @@
+"""torch.compile(fullgraph=True) through rnnfast modules.
+
+(opcheck tests on the raw torch.ops.rnnfast ops are added separately.)
+"""
+import pytest
+import torch
+import torch.nn as nn
+
+import rnnfast
+
+
+class Tagger(nn.Module):
+    """A small model with an rnnfast recurrent layer in the middle."""
+
+    def __init__(self, cls, **kw):
+        super().__init__()
+        self.inp = nn.Linear(4, 3)
+        self.rnn = getattr(rnnfast, cls)(3, 5, **kw)
+        d = 2 if kw.get("bidirectional") else 1
+        out_h = kw.get("proj_size") or 5
+        self.out = nn.Linear(d * out_h, 2)
+
+    def forward(self, x, hx=None):
+        y, hn = self.rnn(torch.tanh(self.inp(x)), hx)
+        h = hn[0] if isinstance(hn, tuple) else hn
+        return self.out(y), h
+
+
+def _grads(model, x, h0=None):
+    y, h = model(x, h0)
+    loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum() + h.square().sum()
+    states = [] if h0 is None else list(h0) if isinstance(h0, tuple) else [h0]
+    leaves = [t for t in [x, *states] if t.requires_grad] + list(model.parameters())
+    return y.detach(), h.detach(), torch.autograd.grad(loss, leaves)
+
+
+def _compare_eager_compiled(model, x, h0=None, backend="aot_eager", atol=1e-6):
+    torch._dynamo.reset()
+    eager = _grads(model, x, h0)
+    compiled_model = torch.compile(model, fullgraph=True, backend=backend)
+    comp = _grads(compiled_model, x, h0)
+    torch.testing.assert_close(comp[0], eager[0], atol=atol, rtol=0)
+    torch.testing.assert_close(comp[1], eager[1], atol=atol, rtol=0)
+    for a, b in zip(comp[2], eager[2]):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("cls,kw", [
+    ("LSTM", dict(num_layers=2, bidirectional=True)),
+    ("LSTM", dict(proj_size=2, batch_first=True)),
+    ("GRU", dict(num_layers=2, bidirectional=True, batch_first=True)),
+    ("RNN", dict(num_layers=2, nonlinearity="relu")),
+    ("RNN", dict(bidirectional=True, nonlinearity="tanh")),
+], ids=["LSTM-L2-bi", "LSTM-proj-bf", "GRU-L2-bi-bf", "RNN_RELU-L2", "RNN_TANH-bi"])
+def test_compile_fullgraph_aot_eager(cls, kw):
+    torch.manual_seed(0)
+    model = Tagger(cls, **kw).double()
+    x = torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True)
+    _compare_eager_compiled(model, x, backend="aot_eager", atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_compile_fullgraph_with_hx_eval(cls):
+    torch.manual_seed(0)
+    model = Tagger(cls, num_layers=2).double().eval()
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 2, 5, dtype=torch.float64, requires_grad=True)
+    h0 = (h, torch.randn(2, 2, 5, dtype=torch.float64)) if cls == "LSTM" else h
+    _compare_eager_compiled(model, x, h0, backend="aot_eager", atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell"])
+def test_compile_fullgraph_cells(cls):
+    torch.manual_seed(0)
+    cell = getattr(rnnfast, cls)(3, 4).double()
+
+    def step(x, h):
+        out = cell(x, h)
+        return out[0] if isinstance(out, tuple) else out
+
+    x = torch.randn(2, 3, dtype=torch.float64)
+    h = torch.randn(2, 4, dtype=torch.float64)
+    h = (h, h.clone()) if cls == "LSTMCell" else h
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, h), step(x, h), atol=1e-12, rtol=0)
+
+
+def test_compile_fullgraph_inductor():
+    """One small case through the default (inductor) backend, float32."""
+    torch.manual_seed(0)
+    model = Tagger("LSTM", num_layers=2, bidirectional=True)
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    _compare_eager_compiled(model, x, backend="inductor", atol=1e-5)
