@@ -229,6 +229,11 @@ int main() {
         problems.push_back(p);
       }
     }
+  // Few steps (T <= 3) take the unpacked dot-product path.
+  for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU}) {
+    problems.push_back({cell, 2, 3, 5, 7, cell == Cell::LSTM ? 3 : 0, true, true, true});
+    problems.push_back({cell, 1, 2, 9, 6, 0, false, true, false});
+  }
   for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
     if (!cpu_supports(isa)) continue;
     set_isa(isa);
@@ -239,6 +244,8 @@ int main() {
   for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU}) {
     big.push_back({cell, 9, 53, 37, 45, 0, false, true, true});
     big.push_back({cell, 6, 1, 129, 70, cell == Cell::LSTM ? 33 : 0, true, true, false});
+    big.push_back({cell, 1, 5, 37, 45, cell == Cell::LSTM ? 20 : 0, false, true, false});
+    big.push_back({cell, 3, 8, 64, 33, 0, true, false, true});
   }
   for (const auto& p : big) {
     check_isas_and_threads<float>(p, 2e-5);

@@ -58,13 +58,14 @@ void parallel_for(const Executor& ex, int64_t n, bool worth_it, F&& f) {
     f(int64_t(0), n);
     return;
   }
+  using Fn = typename std::remove_reference<F>::type;
   ex.run(
       n,
       [](void* ctx, int64_t b, int64_t e) {
         DenormalGuard g;
-        (*static_cast<F*>(ctx))(b, e);
+        (*static_cast<Fn*>(ctx))(b, e);
       },
-      &f);
+      const_cast<void*>(static_cast<const void*>(&f)));
 }
 
 // Packs rows [k0, k0 + kc) and columns [n0, n0 + n) of the K x N operand B
@@ -94,12 +95,12 @@ void pack_b(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64
 }
 
 // C[M x ncols] (+)= A[M x kc] * Bp[kc x NR] for M <= MR rows, one register tile.
-//   A   element (r, k) at A[r * a_rs + k * a_cs]   read
-//   Bp  one packed strip [kc, NR]                  read
-//   C   [M, ncols] with row stride ldc             written (added to if acc)
+//   A   element (r, k) at A[r * a_rs + k * a_cs]              read
+//   Bp  one strip [kc, NR], row stride ldbp (NR if packed)    read
+//   C   [M, ncols] with row stride ldc                        written (added to if acc)
 template <class T, int M>
-void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp, T* C,
-                int64_t ldc, int64_t ncols, bool acc) {
+void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp, int64_t ldbp,
+                T* C, int64_t ldc, int64_t ncols, bool acc) {
   using V = Vec<T>;
   constexpr int NR = kNR<T>;
   constexpr int NV = NR / V::W;
@@ -108,7 +109,7 @@ void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
     for (int v = 0; v < NV; ++v) c[r][v] = V::zero();
   for (int64_t k = 0; k < kc; ++k) {
     V b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = V::load(Bp + k * NR + v * V::W);
+    for (int v = 0; v < NV; ++v) b[v] = V::load(Bp + k * ldbp + v * V::W);
     const T* ak = A + k * a_cs;
     for (int r = 0; r < M; ++r) {
       V av = V::set1(ak[r * a_rs]);
@@ -134,22 +135,65 @@ void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
 
 // Rows [0, M) of C = A * Bp for one strip, M arbitrary (tiles of MR rows).
 template <class T>
-void strip_rows(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp, T* C,
-                int64_t ldc, int64_t ncols, bool acc) {
+void strip_rows(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
+                int64_t ldbp, T* C, int64_t ldc, int64_t ncols, bool acc) {
   int64_t r = 0;
   for (; r + MR <= M; r += MR)
-    micro_tile<T, MR>(kc, A + r * a_rs, a_rs, a_cs, Bp, C + r * ldc, ldc, ncols, acc);
+    micro_tile<T, MR>(kc, A + r * a_rs, a_rs, a_cs, Bp, ldbp, C + r * ldc, ldc, ncols, acc);
   const T* Ar = A + r * a_rs;
   T* Cr = C + r * ldc;
   switch (M - r) {
-    case 1: micro_tile<T, 1>(kc, Ar, a_rs, a_cs, Bp, Cr, ldc, ncols, acc); break;
-    case 2: micro_tile<T, 2>(kc, Ar, a_rs, a_cs, Bp, Cr, ldc, ncols, acc); break;
-    case 3: micro_tile<T, 3>(kc, Ar, a_rs, a_cs, Bp, Cr, ldc, ncols, acc); break;
-    case 4: micro_tile<T, 4>(kc, Ar, a_rs, a_cs, Bp, Cr, ldc, ncols, acc); break;
-    case 5: micro_tile<T, 5>(kc, Ar, a_rs, a_cs, Bp, Cr, ldc, ncols, acc); break;
+    case 1: micro_tile<T, 1>(kc, Ar, a_rs, a_cs, Bp, ldbp, Cr, ldc, ncols, acc); break;
+    case 2: micro_tile<T, 2>(kc, Ar, a_rs, a_cs, Bp, ldbp, Cr, ldc, ncols, acc); break;
+    case 3: micro_tile<T, 3>(kc, Ar, a_rs, a_cs, Bp, ldbp, Cr, ldc, ncols, acc); break;
+    case 4: micro_tile<T, 4>(kc, Ar, a_rs, a_cs, Bp, ldbp, Cr, ldc, ncols, acc); break;
+    case 5: micro_tile<T, 5>(kc, Ar, a_rs, a_cs, Bp, ldbp, Cr, ldc, ncols, acc); break;
     default: break;
   }
 }
+
+// The right operand of a GEMM as NR-column strips. A row-major B[K, N] is read in
+// place (its strips are rows of NR contiguous values, stride ldb); only a partial
+// last strip is copied, zero padded. A transposed B (given as [N, K]) is packed.
+template <class T>
+class RightOperand {
+ public:
+  // Rows [k0, k0 + kc) and columns [0, N) of B; b_trans: B is given as [N, K].
+  RightOperand(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64_t N,
+               const Executor* ex = nullptr)
+      : N_(N), kc_(kc), ns_(ceil_div(N, kNR<T>)) {
+    constexpr int NR = kNR<T>;
+    if (!b_trans) {
+      direct_ = B + k0 * ldb;
+      ldb_ = ldb;
+      if (N % NR != 0) {
+        packed_.reset(kc * NR);
+        pack_b(B, ldb, false, k0, kc, (ns_ - 1) * NR, N - (ns_ - 1) * NR, packed_.get(), 0, 1);
+      }
+    } else {
+      packed_.reset(ns_ * kc * NR);
+      T* out = packed_.get();
+      auto work = [&](int64_t b, int64_t e) { pack_b(B, ldb, true, k0, kc, 0, N, out, b, e); };
+      if (ex) parallel_for(*ex, ns_, ns_ * kc * NR > 65536, work); else work(0, ns_);
+    }
+  }
+  int64_t strips() const { return ns_; }
+  // Strip s and its row stride.
+  const T* strip(int64_t s, int64_t* ld) const {
+    constexpr int NR = kNR<T>;
+    if (direct_ && (s + 1) * NR <= N_) {
+      *ld = ldb_;
+      return direct_ + s * NR;
+    }
+    *ld = NR;
+    return direct_ ? packed_.get() : packed_.get() + s * kc_ * NR;
+  }
+
+ private:
+  const T* direct_ = nullptr;
+  int64_t ldb_ = 0, N_, kc_, ns_;
+  Buffer<T> packed_;
+};
 
 // C[M, N] (+)= A[M, K] * B[K, N], parallel over (row block, column strip).
 //   A  element (m, k) at A[m * a_rs + k * a_cs]          read
@@ -167,24 +211,72 @@ void gemm(const Executor& ex, int64_t M, int64_t N, int64_t K, const T* A, int64
     return;
   }
   const int64_t KC = 512;
-  const int64_t ns = ceil_div(N, NR);
   const int64_t nmb = ceil_div(M, MB);
   const bool big = M * N * K > 32768;
-  Buffer<T> packed(ns * imin(K, KC) * NR);
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
     const int64_t kc = imin(KC, K - k0);
-    T* pk = packed.get();
-    parallel_for(ex, ns, big, [&](int64_t b, int64_t e) { pack_b(B, ldb, b_trans, k0, kc, 0, N, pk, b, e); });
+    RightOperand<T> rb(B, ldb, b_trans, k0, kc, N, &ex);
+    const int64_t ns = rb.strips();
     const bool acc = accumulate || k0 > 0;
     parallel_for(ex, nmb * ns, big, [&](int64_t b, int64_t e) {
       for (int64_t task = b; task < e; ++task) {
         const int64_t mb = task / ns, s = task % ns;
         const int64_t r0 = mb * MB, rows = imin(MB, M - r0);
-        strip_rows<T>(rows, kc, A + r0 * a_rs + k0 * a_cs, a_rs, a_cs, pk + s * kc * NR,
+        int64_t ld;
+        const T* bs = rb.strip(s, &ld);
+        strip_rows<T>(rows, kc, A + r0 * a_rs + k0 * a_cs, a_rs, a_cs, bs, ld,
                       C + r0 * ldc + s * NR, ldc, imin(NR, N - s * NR), acc);
       }
     });
   }
+}
+
+// Dot products of R rows of A with C rows of W, all of length K (contiguous).
+// out[r * ldo + c] (+)= <A_r, W_c>. Rows past mr / nc alias row 0 and are not stored.
+template <class T, int R, int C>
+inline void dot_block(int64_t K, const T* A, int64_t lda, int64_t mr, const T* W, int64_t ldw,
+                      int64_t nc, T* out, int64_t ldo, bool acc) {
+  using V = Vec<T>;
+  const T* a[R];
+  const T* w[C];
+  for (int r = 0; r < R; ++r) a[r] = A + (r < mr ? r : 0) * lda;
+  for (int c = 0; c < C; ++c) w[c] = W + (c < nc ? c : 0) * ldw;
+  V s[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) s[r][c] = V::zero();
+  int64_t k = 0;
+  for (; k + V::W <= K; k += V::W) {
+    V wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = V::load(w[c] + k);
+    for (int r = 0; r < R; ++r) {
+      V av = V::load(a[r] + k);
+      for (int c = 0; c < C; ++c) s[r][c] = V::fmadd(av, wv[c], s[r][c]);
+    }
+  }
+  for (int r = 0; r < R && r < mr; ++r)
+    for (int c = 0; c < C && c < nc; ++c) {
+      T v = s[r][c].hsum();
+      for (int64_t kk = k; kk < K; ++kk) v += a[r][kk] * w[c][kk];
+      T* o = out + r * ldo + c;
+      *o = acc ? *o + v : v;
+    }
+}
+
+// C[M, N] (+)= A[M, K] W[N, K]^T for few rows M, reading W in place (no packing):
+// the right kernel when a call does too little work to pay for packing W.
+//   A [M, K] row stride lda (read); W [N, K] row stride ldw (read); C [M, N] stride ldc
+template <class T>
+void gemm_dot(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw,
+              T* C, int64_t ldc, bool acc) {
+  if (M == 1) {
+    for (int64_t n = 0; n < N; n += 8)
+      dot_block<T, 1, 8>(K, A, lda, 1, W + n * ldw, ldw, imin(8, N - n), C + n, ldc, acc);
+    return;
+  }
+  for (int64_t m = 0; m < M; m += 4)
+    for (int64_t n = 0; n < N; n += 4)
+      dot_block<T, 4, 4>(K, A + m * lda, lda, imin(4, M - m), W + n * ldw, ldw, imin(4, N - n),
+                         C + m * ldc + n, ldc, acc);
 }
 
 // out[n] = sum over rows of X[m, n]   (X [M, N] row stride ldx; out [N] written)

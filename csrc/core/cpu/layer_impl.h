@@ -55,19 +55,30 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     parallel_for(ex, T_ * B, T_ * B * GH > 65536, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) copy_n(bv, GH, g + r * GH);
     });
-    gemm<T>(ex, T_ * B, GH, I, a.x, I, 1, a.w_ih, I, /*b_trans=*/true, g, GH, /*accumulate=*/true);
+    if (T_ * B <= 8)  // a step or two of a small batch: not worth packing W_ih
+      gemm_dot<T>(T_ * B, GH, I, a.x, I, a.w_ih, I, g, GH, /*acc=*/true);
+    else
+      gemm<T>(ex, T_ * B, GH, I, a.x, I, 1, a.w_ih, I, /*b_trans=*/true, g, GH, /*accumulate=*/true);
   }
   const T* b_hn = (G == 3 && a.b_hh) ? a.b_hh + 2 * H : nullptr;
 
   // 2. W_hh^T packed per gate: panel (gate k, strip s) holds columns
-  //    k*H + s*NR .. +NR of W_hh^T, i.e. rows of W_hh, as [S, NR].
+  //    k*H + s*NR .. +NR of W_hh^T, i.e. rows of W_hh, as [S, NR]. For a call of
+  //    a few steps packing costs more than it saves: the steps then take dot
+  //    products with the rows of W_hh in place.
+  const bool dot = T_ <= 3 && B <= 8;
   const int64_t nsH = ceil_div(H, NR);
-  Buffer<T> whh(G * nsH * S * NR);
-  for (int64_t k = 0; k < G; ++k)
-    pack_b(a.w_hh + k * H * S, S, true, 0, S, 0, H, whh.get() + k * nsH * S * NR, 0, nsH);
+  Buffer<T> whh(dot ? 0 : G * nsH * S * NR);
+  if (!dot)
+    parallel_for(ex, G * nsH, big, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t k = i / nsH, s = i % nsH;
+        pack_b(a.w_hh + k * H * S, S, true, 0, S, 0, H, whh.get() + k * nsH * S * NR, s, s + 1);
+      }
+    });
   const int64_t nsP = P > 0 ? ceil_div(P, NR) : 0;
-  Buffer<T> whr(nsP * H * NR);
-  if (P > 0) pack_b(a.w_hr, H, true, 0, H, 0, P, whr.get(), 0, nsP);
+  Buffer<T> whr(dot ? 0 : nsP * H * NR);
+  if (P > 0 && !dot) pack_b(a.w_hr, H, true, 0, H, 0, P, whr.get(), 0, nsP);
 
   // 3. States (ping-pong h so that a step reads h_{t-1} while writing h_t).
   Buffer<T> hbuf0(B * S), hbuf1(B * S), cbuf(Cell::kHasC ? B * H : 0), rg(B * GH),
@@ -101,9 +112,15 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         const int64_t rb = task / nsH, s = task % nsH;
         const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
         const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
-        for (int64_t k = 0; k < G; ++k)
-          strip_rows<T>(r1 - r0, S, hcur + r0 * S, S, 1, whh.get() + (k * nsH + s) * S * NR,
-                        rg.get() + r0 * GH + k * H + j0, GH, j1 - j0, false);
+        for (int64_t k = 0; k < G; ++k) {
+          T* out = rg.get() + r0 * GH + k * H + j0;
+          if (dot)
+            gemm_dot<T>(r1 - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S, out,
+                        GH, false);
+          else
+            strip_rows<T>(r1 - r0, S, hcur + r0 * S, S, 1, whh.get() + (k * nsH + s) * S * NR, NR,
+                          out, GH, j1 - j0, false);
+        }
         for (int64_t b = r0; b < r1; ++b) {
           if (row_active(a.lengths, b, t)) {
             for_units<T>(j0, j1, [&](auto v, int64_t j) { Cell::template fwd<decltype(v), T>(st, b, j); });
@@ -126,8 +143,12 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
           const int64_t rb = task / nsP, s = task % nsP;
           const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
           const int64_t j0 = s * NR, j1 = imin(P, j0 + NR);
-          strip_rows<T>(r1 - r0, H, hpre.get() + r0 * H, H, 1, whr.get() + s * H * NR,
-                        hnext + r0 * S + j0, S, j1 - j0, false);
+          if (dot)
+            gemm_dot<T>(r1 - r0, j1 - j0, H, hpre.get() + r0 * H, H, a.w_hr + j0 * H, H,
+                        hnext + r0 * S + j0, S, false);
+          else
+            strip_rows<T>(r1 - r0, H, hpre.get() + r0 * H, H, 1, whr.get() + s * H * NR, NR,
+                          hnext + r0 * S + j0, S, j1 - j0, false);
           for (int64_t b = r0; b < r1; ++b) {
             if (row_active(a.lengths, b, t)) {
               copy_n(hnext + b * S + j0, j1 - j0, ytn + b * S + j0);
@@ -165,11 +186,11 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   }
 
   // W_hh as the [GH, S] right operand of dh_{t-1} = dG_t W_hh; W_hr as [P, H].
+  // Both are row-major already: read in place, strip by strip.
   const int64_t nsS = ceil_div(S, NR), nsH = ceil_div(H, NR);
-  Buffer<T> whh(nsS * GH * NR);
-  if (TB > 0) pack_b(a.w_hh, S, false, 0, GH, 0, S, whh.get(), 0, nsS);
-  Buffer<T> whr(P > 0 ? nsH * P * NR : 0), dR(P > 0 ? TB * P : 0), dhpre(P > 0 ? B * H : 0);
-  if (P > 0 && TB > 0) pack_b(a.w_hr, H, false, 0, P, 0, H, whr.get(), 0, nsH);
+  RightOperand<T> whh(a.w_hh, S, false, 0, GH, S);
+  RightOperand<T> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0);
+  Buffer<T> dR(P > 0 ? TB * P : 0), dhpre(P > 0 ? B * H : 0);
   const int64_t nrb = ceil_div(B, MB);
 
   const T* prev = nullptr;  // dG (h side) of the step processed just before
@@ -207,9 +228,12 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           const int64_t rb = task / nsS, s = task % nsS;
           const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
           const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
-          if (prev)
-            strip_rows<T>(r1 - r0, GH, prev + r0 * GH, GH, 1, whh.get() + s * GH * NR,
-                          rec.get() + r0 * S + j0, S, j1 - j0, false);
+          if (prev) {
+            int64_t ld;
+            const T* bs = whh.strip(s, &ld);
+            strip_rows<T>(r1 - r0, GH, prev + r0 * GH, GH, 1, bs, ld, rec.get() + r0 * S + j0, S,
+                          j1 - j0, false);
+          }
           for (int64_t b = r0; b < r1; ++b) {
             total_dh(b, j0, j1, dh);
             T* cr = carry.get() + b * S;
@@ -233,9 +257,12 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           const int64_t rb = task / nsS, s = task % nsS;
           const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
           const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
-          if (prev)
-            strip_rows<T>(r1 - r0, GH, prev + r0 * GH, GH, 1, whh.get() + s * GH * NR,
-                          rec.get() + r0 * S + j0, S, j1 - j0, false);
+          if (prev) {
+            int64_t ld;
+            const T* bs = whh.strip(s, &ld);
+            strip_rows<T>(r1 - r0, GH, prev + r0 * GH, GH, 1, bs, ld, rec.get() + r0 * S + j0, S,
+                          j1 - j0, false);
+          }
           for (int64_t b = r0; b < r1; ++b) {
             total_dh(b, j0, j1, dh);
             if (row_active(a.lengths, b, t)) {
@@ -253,8 +280,10 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           const int64_t rb = task / nsH, s = task % nsH;
           const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
           const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
-          strip_rows<T>(r1 - r0, P, dRt + r0 * P, P, 1, whr.get() + s * P * NR,
-                        dhpre.get() + r0 * H + j0, H, j1 - j0, false);
+          int64_t ld;
+          const T* bs = whr.strip(s, &ld);
+          strip_rows<T>(r1 - r0, P, dRt + r0 * P, P, 1, bs, ld, dhpre.get() + r0 * H + j0, H,
+                        j1 - j0, false);
           for (int64_t b = r0; b < r1; ++b) {
             if (row_active(a.lengths, b, t)) {
               const T* dhp = dhpre.get() + b * H;
