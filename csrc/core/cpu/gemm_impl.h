@@ -5,8 +5,9 @@
 // `KIsa` (ScalarIsa or SimdIsa) is defined, so every instruction set gets its
 // own copy compiled for its own target.
 
-constexpr int MR = 6;    // rows per register tile
-constexpr int MB = 48;   // rows per parallel task (a multiple of MR)
+constexpr int MR = KIsa::MR;  // rows per register tile (the ISA's register file decides)
+constexpr int MB = 48;        // rows per parallel task (a multiple of MR)
+static_assert(MB % MR == 0, "MB must be a multiple of MR");
 
 template <class T>
 using Vec = typename KIsa::template Vec<T>;
@@ -133,6 +134,23 @@ void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
   }
 }
 
+// Runs micro_tile<T, m> for a run-time m in [1, M] (the rows left after full tiles).
+template <class T, int M>
+struct TailTile {
+  static void run(int64_t m, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
+                  int64_t ldbp, T* C, int64_t ldc, int64_t ncols, bool acc) {
+    if (m == M)
+      micro_tile<T, M>(kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols, acc);
+    else
+      TailTile<T, M - 1>::run(m, kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols, acc);
+  }
+};
+template <class T>
+struct TailTile<T, 0> {
+  static void run(int64_t, int64_t, const T*, int64_t, int64_t, const T*, int64_t, T*, int64_t,
+                  int64_t, bool) {}
+};
+
 // Rows [0, M) of C = A * Bp for one strip, M arbitrary (tiles of MR rows).
 template <class T>
 void strip_rows(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
@@ -140,16 +158,9 @@ void strip_rows(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, c
   int64_t r = 0;
   for (; r + MR <= M; r += MR)
     micro_tile<T, MR>(kc, A + r * a_rs, a_rs, a_cs, Bp, ldbp, C + r * ldc, ldc, ncols, acc);
-  const T* Ar = A + r * a_rs;
-  T* Cr = C + r * ldc;
-  switch (M - r) {
-    case 1: micro_tile<T, 1>(kc, Ar, a_rs, a_cs, Bp, ldbp, Cr, ldc, ncols, acc); break;
-    case 2: micro_tile<T, 2>(kc, Ar, a_rs, a_cs, Bp, ldbp, Cr, ldc, ncols, acc); break;
-    case 3: micro_tile<T, 3>(kc, Ar, a_rs, a_cs, Bp, ldbp, Cr, ldc, ncols, acc); break;
-    case 4: micro_tile<T, 4>(kc, Ar, a_rs, a_cs, Bp, ldbp, Cr, ldc, ncols, acc); break;
-    case 5: micro_tile<T, 5>(kc, Ar, a_rs, a_cs, Bp, ldbp, Cr, ldc, ncols, acc); break;
-    default: break;
-  }
+  if (r < M)
+    TailTile<T, MR - 1>::run(M - r, kc, A + r * a_rs, a_rs, a_cs, Bp, ldbp, C + r * ldc, ldc,
+                             ncols, acc);
 }
 
 // The right operand of a GEMM as NR-column strips. A row-major B[K, N] is read in

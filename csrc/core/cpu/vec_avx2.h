@@ -84,6 +84,7 @@ template <> struct Avx2VecOf<float> { using type = VecF8; };
 template <> struct Avx2VecOf<double> { using type = VecD4; };
 
 struct SimdIsa {
+  static constexpr int MR = 6;  // rows per GEMM register tile (16 vector registers)
   template <class T>
   using Vec = typename Avx2VecOf<T>::type;
   template <class T>

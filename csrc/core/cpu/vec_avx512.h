@@ -75,6 +75,7 @@ template <> struct Avx512VecOf<float> { using type = VecF16; };
 template <> struct Avx512VecOf<double> { using type = VecD8; };
 
 struct SimdIsa {
+  static constexpr int MR = 12;  // rows per GEMM register tile (32 vector registers)
   template <class T>
   using Vec = typename Avx512VecOf<T>::type;
   template <class T>

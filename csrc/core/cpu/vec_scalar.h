@@ -23,6 +23,7 @@ struct ScalarVec {
 };
 
 struct ScalarIsa {
+  static constexpr int MR = 4;  // rows per GEMM register tile
   template <class T>
   using Vec = ScalarVec<T>;
   // Columns per GEMM micro-tile (a multiple of Vec::W).
