@@ -229,6 +229,9 @@ int main() {
         problems.push_back(p);
       }
     }
+  // Batches over 128 rows split each step into several row blocks.
+  problems.push_back({Cell::LSTM, 2, 131, 3, 5, 0, true, true, true});
+  problems.push_back({Cell::GRU, 4, 129, 2, 3, 0, false, true, true});
   // Few steps (T <= 3) take the unpacked dot-product path.
   for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU}) {
     problems.push_back({cell, 2, 3, 5, 7, cell == Cell::LSTM ? 3 : 0, true, true, true});
@@ -246,6 +249,7 @@ int main() {
     big.push_back({cell, 6, 1, 129, 70, cell == Cell::LSTM ? 33 : 0, true, true, false});
     big.push_back({cell, 1, 5, 37, 45, cell == Cell::LSTM ? 20 : 0, false, true, false});
     big.push_back({cell, 3, 8, 64, 33, 0, true, false, true});
+    big.push_back({cell, 5, 300, 17, 40, cell == Cell::LSTM ? 9 : 0, true, true, true});
   }
   for (const auto& p : big) {
     check_isas_and_threads<float>(p, 2e-5);

@@ -16,6 +16,7 @@ constexpr int kNR = KIsa::template NR<T>;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // 64-byte aligned scratch memory owned by one kernel call.
 template <class T>
@@ -96,10 +97,11 @@ void pack_b(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64
 }
 
 // C[M x ncols] (+)= A[M x kc] * Bp[kc x NR] for M <= MR rows, one register tile.
-//   A   element (r, k) at A[r * a_rs + k * a_cs]              read
-//   Bp  one strip [kc, NR], row stride ldbp (NR if packed)    read
-//   C   [M, ncols] with row stride ldc                        written (added to if acc)
-template <class T, int M>
+//   A   element (r, k) at A[r * a_rs + k * a_cs]; with PackedA at A[k * MR + r]   read
+//   Bp  one strip [kc, NR], row stride ldbp (NR if packed)                        read
+//   C   [M, ncols] with row stride ldc                                            written (added to if acc)
+// PackedA lets every broadcast use one base register with a constant offset.
+template <class T, int M, bool PackedA>
 void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp, int64_t ldbp,
                 T* C, int64_t ldc, int64_t ncols, bool acc) {
   using V = Vec<T>;
@@ -111,9 +113,9 @@ void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
   for (int64_t k = 0; k < kc; ++k) {
     V b[NV];
     for (int v = 0; v < NV; ++v) b[v] = V::load(Bp + k * ldbp + v * V::W);
-    const T* ak = A + k * a_cs;
+    const T* ak = PackedA ? A + k * MR : A + k * a_cs;
     for (int r = 0; r < M; ++r) {
-      V av = V::set1(ak[r * a_rs]);
+      V av = V::set1(PackedA ? ak[r] : ak[r * a_rs]);
       for (int v = 0; v < NV; ++v) c[r][v] = V::fmadd(av, b[v], c[r][v]);
     }
   }
@@ -135,18 +137,18 @@ void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
 }
 
 // Runs micro_tile<T, m> for a run-time m in [1, M] (the rows left after full tiles).
-template <class T, int M>
+template <class T, int M, bool PackedA>
 struct TailTile {
   static void run(int64_t m, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
                   int64_t ldbp, T* C, int64_t ldc, int64_t ncols, bool acc) {
     if (m == M)
-      micro_tile<T, M>(kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols, acc);
+      micro_tile<T, M, PackedA>(kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols, acc);
     else
-      TailTile<T, M - 1>::run(m, kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols, acc);
+      TailTile<T, M - 1, PackedA>::run(m, kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols, acc);
   }
 };
-template <class T>
-struct TailTile<T, 0> {
+template <class T, bool PackedA>
+struct TailTile<T, 0, PackedA> {
   static void run(int64_t, int64_t, const T*, int64_t, int64_t, const T*, int64_t, T*, int64_t,
                   int64_t, bool) {}
 };
@@ -157,10 +159,44 @@ void strip_rows(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, c
                 int64_t ldbp, T* C, int64_t ldc, int64_t ncols, bool acc) {
   int64_t r = 0;
   for (; r + MR <= M; r += MR)
-    micro_tile<T, MR>(kc, A + r * a_rs, a_rs, a_cs, Bp, ldbp, C + r * ldc, ldc, ncols, acc);
+    micro_tile<T, MR, false>(kc, A + r * a_rs, a_rs, a_cs, Bp, ldbp, C + r * ldc, ldc, ncols, acc);
   if (r < M)
-    TailTile<T, MR - 1>::run(M - r, kc, A + r * a_rs, a_rs, a_cs, Bp, ldbp, C + r * ldc, ldc,
-                             ncols, acc);
+    TailTile<T, MR - 1, false>::run(M - r, kc, A + r * a_rs, a_rs, a_cs, Bp, ldbp, C + r * ldc,
+                                    ldc, ncols, acc);
+}
+
+// Packs rows [0, M) and columns [0, kc) of A (element (m, k) at A[m * a_rs + k * a_cs])
+// into panels of MR rows: panel p is [kc, MR] at out + p * kc * MR (rows past M are zero).
+template <class T>
+void pack_a(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, T* out) {
+  for (int64_t p = 0; p * MR < M; ++p) {
+    T* dst = out + p * kc * MR;
+    const int64_t rows = imin(MR, M - p * MR);
+    const T* src = A + p * MR * a_rs;
+    if (a_rs == 1) {  // A transposed in memory: each k gives MR contiguous values
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t r = 0; r < rows; ++r) dst[k * MR + r] = src[k * a_cs + r];
+        for (int64_t r = rows; r < MR; ++r) dst[k * MR + r] = T(0);
+      }
+    } else {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = src[r * a_rs + k * a_cs];
+      for (int64_t r = rows; r < MR; ++r)
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = T(0);
+    }
+  }
+}
+
+// Rows [0, M) of C = Ap * Bp for one strip, A packed by pack_a.
+template <class T>
+void strip_rows_packed(int64_t M, int64_t kc, const T* Ap, const T* Bp, int64_t ldbp, T* C,
+                       int64_t ldc, int64_t ncols, bool acc) {
+  int64_t r = 0;
+  for (; r + MR <= M; r += MR)
+    micro_tile<T, MR, true>(kc, Ap + r * kc, 0, 0, Bp, ldbp, C + r * ldc, ldc, ncols, acc);
+  if (r < M)
+    TailTile<T, MR - 1, true>::run(M - r, kc, Ap + r * kc, 0, 0, Bp, ldbp, C + r * ldc, ldc,
+                                   ncols, acc);
 }
 
 // The right operand of a GEMM as NR-column strips. A row-major B[K, N] is read in
@@ -228,15 +264,27 @@ void gemm(const Executor& ex, int64_t M, int64_t N, int64_t K, const T* A, int64
     const int64_t kc = imin(KC, K - k0);
     RightOperand<T> rb(B, ldb, b_trans, k0, kc, N, &ex);
     const int64_t ns = rb.strips();
+    // Tasks: (row block, group of strips); each packs its rows of A once.
+    const int64_t want = 4 * static_cast<int64_t>(ex.num_threads());
+    const int64_t ngroups = imin(ns, imax(1, ceil_div(want, nmb)));
+    const int64_t per_group = ceil_div(ns, ngroups);
     const bool acc = accumulate || k0 > 0;
-    parallel_for(ex, nmb * ns, big, [&](int64_t b, int64_t e) {
+    parallel_for(ex, nmb * ngroups, big, [&](int64_t b, int64_t e) {
+      Buffer<T> ap(MB * kc);
+      int64_t packed_mb = -1;
       for (int64_t task = b; task < e; ++task) {
-        const int64_t mb = task / ns, s = task % ns;
+        const int64_t mb = task / ngroups, g = task % ngroups;
         const int64_t r0 = mb * MB, rows = imin(MB, M - r0);
-        int64_t ld;
-        const T* bs = rb.strip(s, &ld);
-        strip_rows<T>(rows, kc, A + r0 * a_rs + k0 * a_cs, a_rs, a_cs, bs, ld,
-                      C + r0 * ldc + s * NR, ldc, imin(NR, N - s * NR), acc);
+        if (mb != packed_mb) {
+          pack_a(rows, kc, A + r0 * a_rs + k0 * a_cs, a_rs, a_cs, ap.get());
+          packed_mb = mb;
+        }
+        for (int64_t s = g * per_group; s < imin(ns, (g + 1) * per_group); ++s) {
+          int64_t ld;
+          const T* bs = rb.strip(s, &ld);
+          strip_rows_packed<T>(rows, kc, ap.get(), bs, ld, C + r0 * ldc + s * NR, ldc,
+                               imin(NR, N - s * NR), acc);
+        }
       }
     });
   }

@@ -26,6 +26,11 @@ inline void fill_n(T* dst, int64_t n, T v) {
   for (int64_t i = 0; i < n; ++i) dst[i] = v;
 }
 
+// Row blocks of a time step's tasks. Up to 128 rows stay in one block, so the tasks
+// of a step split the hidden units (each thread keeps its slice of W_hh hot in its
+// own cache, step after step); larger batches split into equal blocks.
+inline int64_t step_row_blocks(int64_t B) { return B <= 128 ? 1 : ceil_div(B, 128); }
+
 inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
@@ -89,7 +94,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   if (Cell::kHasC) {
     if (a.c0) copy_n(a.c0, B * H, cbuf.get()); else fill_n(cbuf.get(), B * H, T(0));
   }
-  const int64_t nrb = ceil_div(B, MB);
+  const int64_t nrb = step_row_blocks(B), rbs = ceil_div(B, nrb);
   const int64_t nblk = Cell::hblocks(P);
 
   for (int64_t step = 0; step < T_; ++step) {
@@ -110,7 +115,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     parallel_for(ex, nrb * nsH, big, [&](int64_t tb, int64_t te) {
       for (int64_t task = tb; task < te; ++task) {
         const int64_t rb = task / nsH, s = task % nsH;
-        const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
+        const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
         const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
         for (int64_t k = 0; k < G; ++k) {
           T* out = rg.get() + r0 * GH + k * H + j0;
@@ -141,7 +146,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
       parallel_for(ex, nrb * nsP, big, [&](int64_t tb, int64_t te) {
         for (int64_t task = tb; task < te; ++task) {
           const int64_t rb = task / nsP, s = task % nsP;
-          const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
+          const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
           const int64_t j0 = s * NR, j1 = imin(P, j0 + NR);
           if (dot)
             gemm_dot<T>(r1 - r0, j1 - j0, H, hpre.get() + r0 * H, H, a.w_hr + j0 * H, H,
@@ -191,7 +196,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   RightOperand<T> whh(a.w_hh, S, false, 0, GH, S);
   RightOperand<T> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0);
   Buffer<T> dR(P > 0 ? TB * P : 0), dhpre(P > 0 ? B * H : 0);
-  const int64_t nrb = ceil_div(B, MB);
+  const int64_t nrb = step_row_blocks(B), rbs = ceil_div(B, nrb);
 
   const T* prev = nullptr;  // dG (h side) of the step processed just before
   for (int64_t step = 0; step < T_; ++step) {
@@ -226,7 +231,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
         alignas(64) T dh[kNR<T>];
         for (int64_t task = tb; task < te; ++task) {
           const int64_t rb = task / nsS, s = task % nsS;
-          const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
+          const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
           const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
           if (prev) {
             int64_t ld;
@@ -255,7 +260,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
         alignas(64) T dh[kNR<T>];
         for (int64_t task = tb; task < te; ++task) {
           const int64_t rb = task / nsS, s = task % nsS;
-          const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
+          const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
           const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
           if (prev) {
             int64_t ld;
@@ -278,7 +283,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
       parallel_for(ex, nrb * nsH, big, [&](int64_t tb, int64_t te) {
         for (int64_t task = tb; task < te; ++task) {
           const int64_t rb = task / nsH, s = task % nsH;
-          const int64_t r0 = rb * MB, r1 = imin(B, r0 + MB);
+          const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
           const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
           int64_t ld;
           const T* bs = whr.strip(s, &ld);
