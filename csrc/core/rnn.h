@@ -42,6 +42,13 @@ class Executor {
   virtual ~Executor() = default;
   virtual int num_threads() const = 0;
   virtual void run(int64_t n, void (*fn)(void*, int64_t, int64_t), void* ctx) const = 0;
+  // Runs fn(ctx, tid, nthreads) once on each thread of a team of nthreads <=
+  // max_threads threads that run at the same time (so they may wait for each
+  // other), and returns when all have returned. The default is a team of one.
+  virtual void run_team(int max_threads, void (*fn)(void*, int, int), void* ctx) const {
+    (void)max_threads;
+    fn(ctx, 0, 1);
+  }
 };
 
 // Runs everything on the calling thread.

@@ -4,6 +4,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <string>
 
 #include "../core/rnn.h"
@@ -20,6 +24,19 @@ class AtenExecutor final : public core::Executor {
   int num_threads() const override { return at::get_num_threads(); }
   void run(int64_t n, void (*fn)(void*, int64_t, int64_t), void* ctx) const override {
     at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) { fn(ctx, b, e); });
+  }
+  // A team on torch's OpenMP pool. The team size is what OpenMP actually gives
+  // (fewer threads inside another parallel region), so members never wait for a
+  // thread that does not exist.
+  void run_team(int max_threads, void (*fn)(void*, int, int), void* ctx) const override {
+#ifdef _OPENMP
+    if (max_threads > 1 && !at::in_parallel_region()) {
+#pragma omp parallel num_threads(max_threads)
+      { fn(ctx, omp_get_thread_num(), omp_get_num_threads()); }
+      return;
+    }
+#endif
+    fn(ctx, 0, 1);
   }
 };
 

@@ -42,6 +42,13 @@ class ThreadExecutor final : public Executor {
     }
     for (auto& t : threads) t.join();
   }
+  void run_team(int max_threads, void (*fn)(void*, int, int), void* ctx) const override {
+    const int n = std::min(max_threads, n_);
+    std::vector<std::thread> threads;
+    for (int i = 1; i < n; ++i) threads.emplace_back([=] { fn(ctx, i, n); });
+    fn(ctx, 0, n);
+    for (auto& t : threads) t.join();
+  }
 
  private:
   int n_;

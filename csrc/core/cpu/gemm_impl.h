@@ -70,6 +70,80 @@ void parallel_for(const Executor& ex, int64_t n, bool worth_it, F&& f) {
       const_cast<void*>(static_cast<const void*>(&f)));
 }
 
+// A reusable barrier for the threads of one team: spins (the steps it separates
+// are microseconds apart), and yields the core after a while in case the team
+// shares it with other work.
+class SpinBarrier {
+ public:
+  void join(int n) { n_.store(n, std::memory_order_relaxed); }
+  void wait() {
+    const int n = n_.load(std::memory_order_relaxed);
+    if (n <= 1) return;
+    const int gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 4000) {
+#if defined(RNNFAST_X86)
+        _mm_pause();
+#endif
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  alignas(64) std::atomic<int> count_{0};
+  alignas(64) std::atomic<int> gen_{0};
+  alignas(64) std::atomic<int> n_{1};
+};
+
+// One thread's view of a team running a time loop: its share of each step's
+// tasks, and the barrier that ends each parallel phase of a step.
+struct TeamSlot {
+  int tid = 0, nth = 1;
+  SpinBarrier* bar = nullptr;
+  // This thread's contiguous share [*b, *e) of n tasks: the same share every
+  // step, so each thread keeps working on the same weights (weight-stationary).
+  void share(int64_t n, int64_t* b, int64_t* e) const {
+    *b = n * tid / nth;
+    *e = n * (tid + 1) / nth;
+  }
+  void sync() const {
+    if (bar) bar->wait();
+  }
+};
+
+// Runs body(step, slot) for step = 0 .. nsteps-1. In parallel, one team of
+// threads runs the whole loop, with a barrier between phases, instead of a fork
+// and a join per step.
+template <class Body>
+void run_steps(const Executor& ex, int64_t nsteps, bool parallel, Body&& body) {
+  if (!parallel || ex.num_threads() <= 1) {
+    TeamSlot slot;
+    for (int64_t step = 0; step < nsteps; ++step) body(step, slot);
+    return;
+  }
+  SpinBarrier bar;
+  auto member = [&](int tid, int nth) {
+    DenormalGuard g;
+    bar.join(nth);
+    TeamSlot slot;
+    slot.tid = tid;
+    slot.nth = nth;
+    slot.bar = nth > 1 ? &bar : nullptr;
+    for (int64_t step = 0; step < nsteps; ++step) body(step, slot);
+  };
+  using M = decltype(member);
+  ex.run_team(
+      ex.num_threads(),
+      [](void* ctx, int tid, int nth) { (*static_cast<M*>(ctx))(tid, nth); }, &member);
+}
+
 // Packs rows [k0, k0 + kc) and columns [n0, n0 + n) of the K x N operand B
 // into strips [s_begin, s_end) of kc x NR values (columns past n are zero).
 //   B      [K, N] with row stride ldb, or [N, K] if b_trans   read

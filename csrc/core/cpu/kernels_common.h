@@ -3,10 +3,12 @@
 // for the baseline target and only rnnfast's own code gets the wider ISA.
 #pragma once
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
+#include <thread>
 #include <type_traits>
 
 #if defined(__x86_64__) || defined(_M_X64)

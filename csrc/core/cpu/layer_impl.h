@@ -88,17 +88,19 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   // 3. States (ping-pong h so that a step reads h_{t-1} while writing h_t).
   Buffer<T> hbuf0(B * S), hbuf1(B * S), cbuf(Cell::kHasC ? B * H : 0), rg(B * GH),
       hpre(P > 0 ? B * H : 0);
-  T* hcur = hbuf0.get();
-  T* hnext = hbuf1.get();
-  if (a.h0) copy_n(a.h0, B * S, hcur); else fill_n(hcur, B * S, T(0));
+  if (a.h0) copy_n(a.h0, B * S, hbuf0.get()); else fill_n(hbuf0.get(), B * S, T(0));
   if (Cell::kHasC) {
     if (a.c0) copy_n(a.c0, B * H, cbuf.get()); else fill_n(cbuf.get(), B * H, T(0));
   }
   const int64_t nrb = step_row_blocks(B), rbs = ceil_div(B, nrb);
   const int64_t nblk = Cell::hblocks(P);
 
-  for (int64_t step = 0; step < T_; ++step) {
+  T* const hbufs[2] = {hbuf0.get(), hbuf1.get()};
+  run_steps(ex, T_, big, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = a.reverse ? T_ - 1 - step : step;
+    T* const hcur = hbufs[step % 2];
+    T* const hnext = hbufs[(step + 1) % 2];
+    int64_t tb, te;
     FwdStep<T> st;
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
     st.gx = gx.get() + t * B * GH;
@@ -112,7 +114,8 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     st.b_hn = b_hn;
     T* ytn = a.y + t * B * S;
 
-    parallel_for(ex, nrb * nsH, big, [&](int64_t tb, int64_t te) {
+    slot.share(nrb * nsH, &tb, &te);
+    {
       for (int64_t task = tb; task < te; ++task) {
         const int64_t rb = task / nsH, s = task % nsH;
         const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
@@ -140,11 +143,13 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
           if (st.ws && P == 0) copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
         }
       }
-    });
+    }
+    slot.sync();
 
     if (P > 0) {  // h_t = (o * tanh(c_t)) W_hr^T, then y_t and the saved h_{t-1}
-      parallel_for(ex, nrb * nsP, big, [&](int64_t tb, int64_t te) {
-        for (int64_t task = tb; task < te; ++task) {
+      slot.share(nrb * nsP, &tb, &te);
+      for (int64_t task = tb; task < te; ++task) {
+        {
           const int64_t rb = task / nsP, s = task % nsP;
           const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
           const int64_t j0 = s * NR, j1 = imin(P, j0 + NR);
@@ -164,11 +169,11 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
             if (st.ws) copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
           }
         }
-      });
+      }
+      slot.sync();
     }
-    T* tmp = hcur; hcur = hnext; hnext = tmp;
-  }
-  if (a.hy) copy_n(hcur, B * S, a.hy);
+  });
+  if (a.hy) copy_n(hbufs[T_ % 2], B * S, a.hy);
   if (Cell::kHasC && a.cy) copy_n(cbuf.get(), B * H, a.cy);
 }
 
@@ -198,9 +203,12 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   Buffer<T> dR(P > 0 ? TB * P : 0), dhpre(P > 0 ? B * H : 0);
   const int64_t nrb = step_row_blocks(B), rbs = ceil_div(B, nrb);
 
-  const T* prev = nullptr;  // dG (h side) of the step processed just before
-  for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = a.reverse ? step : T_ - 1 - step;
+  auto time_of = [&](int64_t step) { return a.reverse ? step : T_ - 1 - step; };
+  run_steps(ex, T_, big, [&](int64_t step, const TeamSlot& slot) {
+    const int64_t t = time_of(step);
+    // dG (h side) of the step processed just before, if any
+    const T* prev = step > 0 ? dgh + time_of(step - 1) * B * GH : nullptr;
+    int64_t tb, te;
     BwdStep<T> st;
     st.H = H; st.S = S; st.GH = GH; st.WS = WS;
     st.ws = a.ws + t * B * WS;
@@ -227,7 +235,8 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     };
 
     if (P == 0) {
-      parallel_for(ex, nrb * nsS, big, [&](int64_t tb, int64_t te) {
+      slot.share(nrb * nsS, &tb, &te);
+      {
         alignas(64) T dh[kNR<T>];
         for (int64_t task = tb; task < te; ++task) {
           const int64_t rb = task / nsS, s = task % nsS;
@@ -253,10 +262,12 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
             }
           }
         }
-      });
+      }
+      slot.sync();
     } else {
       T* dRt = dR.get() + t * B * P;
-      parallel_for(ex, nrb * nsS, big, [&](int64_t tb, int64_t te) {
+      slot.share(nrb * nsS, &tb, &te);
+      {
         alignas(64) T dh[kNR<T>];
         for (int64_t task = tb; task < te; ++task) {
           const int64_t rb = task / nsS, s = task % nsS;
@@ -279,8 +290,10 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
             }
           }
         }
-      });
-      parallel_for(ex, nrb * nsH, big, [&](int64_t tb, int64_t te) {
+      }
+      slot.sync();
+      slot.share(nrb * nsH, &tb, &te);
+      {
         for (int64_t task = tb; task < te; ++task) {
           const int64_t rb = task / nsH, s = task % nsH;
           const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
@@ -301,10 +314,11 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
             }
           }
         }
-      });
+      }
+      slot.sync();
     }
-    prev = st.dgh;
-  }
+  });
+  const T* prev = T_ > 0 ? dgh + time_of(T_ - 1) * B * GH : nullptr;  // the last step processed
 
   // dh0 = carry + dG_first W_hh ; dc0 = dc
   if (a.dh0) {
