@@ -1,0 +1,72 @@
+"""CI-size smoke benchmarks (pytest-benchmark): rnnfast and torch, lstm/gru/rnn, inference and
+training, on tiny shapes.
+
+    pytest bench/test_bench_cpu.py --benchmark-only          # timings, grouped cell-mode-shape
+    pytest bench/test_bench_cpu.py                           # same, fast; also checks parity
+    pytest bench/test_bench_cpu.py --benchmark-disable       # run each body once (pure smoke)
+
+These live in bench/ so `pytest tests` never collects them. Each test runs a fixed, small number
+of rounds (RNNFAST_BENCH_ROUNDS, default 20) so the whole file takes seconds. Numbers from here are
+for spotting gross regressions only; use bench/bench_cpu.py (interleaved, medians) for real
+comparisons. rnnfast tests are skipped, torch tests still run, when rnnfast cannot be imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_cpu as bc  # noqa: E402
+
+ROUNDS = int(os.environ.get("RNNFAST_BENCH_ROUNDS", "20"))
+SEED = 0
+
+# Tiny shapes: one plain B=1 case, one batched 2-layer bidirectional case, one packed batch.
+CASES = {
+    "T16B1I16H32": bc.Case(16, 1, 16, 32),
+    "T8B4I16H16-2Lbi": bc.Case(8, 4, 16, 16, layers=2, bidirectional=True),
+    "T12B4I16H16-packed": bc.Case(12, 4, 16, 16, variant="packed",
+                                  lengths=bc.mixed_lengths(12, 4, SEED)),
+}
+
+
+def _impl_or_skip(name: str):
+    ok, why = bc.IMPLEMENTATIONS[name].available()
+    if not ok:
+        pytest.skip(f"{name} unavailable: {why}")
+    return bc.IMPLEMENTATIONS[name]
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+@pytest.mark.parametrize("mode", bc.MODES)
+@pytest.mark.parametrize("cell", bc.CELLS)
+@pytest.mark.parametrize("impl", ["rnnfast", "torch"])
+def test_rnn(benchmark, impl, cell, mode, case_id):
+    case = CASES[case_id]
+    ref_mod = bc.make_reference(cell, case, SEED)
+    inputs = bc.make_inputs(case, SEED)
+    runner = _impl_or_skip(impl).factory(cell, case, mode, ref_mod)
+    if impl != bc.BASELINE:
+        ok, details = bc.check(runner, bc.torch_factory(cell, case, mode, ref_mod), inputs, mode)
+        assert ok, f"{impl} does not match torch: {bc.describe_mismatch(details)} ({details})"
+    fn = runner.infer if mode == "inference" else runner.train
+    benchmark.group = f"{cell}-{mode}-{case_id}"
+    benchmark.extra_info.update({"impl": impl, "flops": case.flops(cell, mode),
+                                 "threads": torch.get_num_threads()})
+    benchmark.pedantic(fn, args=(inputs,), rounds=ROUNDS, iterations=1, warmup_rounds=2)
+
+
+def test_flop_count():
+    """The GFLOP/s columns depend on this; pin it (also runs under --benchmark-disable)."""
+    c = bc.Case(10, 2, 3, 5)
+    assert c.forward_flops("lstm") == 2 * 10 * 2 * 4 * 5 * (3 + 5)
+    assert c.flops("gru", "training") == 3 * 2 * 10 * 2 * 3 * 5 * (3 + 5)
+    bi = bc.Case(10, 2, 3, 5, layers=2, bidirectional=True)
+    assert bi.forward_flops("rnn") == 2 * 2 * 10 * 2 * 5 * ((3 + 5) + (10 + 5))
+    p = bc.Case(10, 2, 3, 5, variant="packed", lengths=(10, 4))
+    assert p.forward_flops("rnn") == 2 * 14 * 5 * (3 + 5)
