@@ -273,18 +273,21 @@ void strip_rows_packed(int64_t M, int64_t kc, const T* Ap, const T* Bp, int64_t 
                                    ncols, acc);
 }
 
-// The right operand of a GEMM as NR-column strips. A row-major B[K, N] is read in
-// place (its strips are rows of NR contiguous values, stride ldb); only a partial
-// last strip is copied, zero padded. A transposed B (given as [N, K]) is packed.
+// The right operand of a GEMM as NR-column strips, packed so that each strip is
+// contiguous [kc, NR]. A row-major B[K, N] may instead be read in place (its
+// strips are rows of NR values, stride ldb; only a partial last strip is
+// copied): cheaper for a single use, but a strip then touches a new page every
+// row or two once ldb is large, so callers allow it only for small operands or
+// calls that cannot amortise the copy.
 template <class T>
 class RightOperand {
  public:
   // Rows [k0, k0 + kc) and columns [0, N) of B; b_trans: B is given as [N, K].
   RightOperand(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64_t N,
-               const Executor* ex = nullptr)
+               const Executor* ex = nullptr, bool allow_direct = false)
       : N_(N), kc_(kc), ns_(ceil_div(N, kNR<T>)) {
     constexpr int NR = kNR<T>;
-    if (!b_trans) {
+    if (!b_trans && allow_direct) {
       direct_ = B + k0 * ldb;
       ldb_ = ldb;
       if (N % NR != 0) {
@@ -294,7 +297,7 @@ class RightOperand {
     } else {
       packed_.reset(ns_ * kc * NR);
       T* out = packed_.get();
-      auto work = [&](int64_t b, int64_t e) { pack_b(B, ldb, true, k0, kc, 0, N, out, b, e); };
+      auto work = [&](int64_t b, int64_t e) { pack_b(B, ldb, b_trans, k0, kc, 0, N, out, b, e); };
       if (ex) parallel_for(*ex, ns_, ns_ * kc * NR > 65536, work); else work(0, ns_);
     }
   }
@@ -336,7 +339,9 @@ void gemm(const Executor& ex, int64_t M, int64_t N, int64_t K, const T* A, int64
   const bool big = M * N * K > 32768;
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
     const int64_t kc = imin(KC, K - k0);
-    RightOperand<T> rb(B, ldb, b_trans, k0, kc, N, &ex);
+    // In place only while the whole chunk spans little memory (few pages per strip).
+    const bool direct = kc * ldb * static_cast<int64_t>(sizeof(T)) <= (64 << 10);
+    RightOperand<T> rb(B, ldb, b_trans, k0, kc, N, &ex, direct);
     const int64_t ns = rb.strips();
     // Tasks: (row block, group of strips); each packs its rows of A once.
     const int64_t want = 4 * static_cast<int64_t>(ex.num_threads());

@@ -196,10 +196,12 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   }
 
   // W_hh as the [GH, S] right operand of dh_{t-1} = dG_t W_hh; W_hr as [P, H].
-  // Both are row-major already: read in place, strip by strip.
+  // Packed once per call (each strip contiguous, used every step); a call of a
+  // few steps reads them in place instead.
   const int64_t nsS = ceil_div(S, NR), nsH = ceil_div(H, NR);
-  RightOperand<T> whh(a.w_hh, S, false, 0, GH, S);
-  RightOperand<T> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0);
+  const bool direct = T_ <= 3;
+  RightOperand<T> whh(a.w_hh, S, false, 0, GH, S, &ex, direct);
+  RightOperand<T> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0, &ex, direct);
   Buffer<T> dR(P > 0 ? TB * P : 0), dhpre(P > 0 ? B * H : 0);
   const int64_t nrb = step_row_blocks(B), rbs = ceil_div(B, nrb);
 
