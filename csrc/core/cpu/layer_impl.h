@@ -31,6 +31,19 @@ inline void fill_n(T* dst, int64_t n, T v) {
 // own cache, step after step); larger batches split into equal blocks.
 inline int64_t step_row_blocks(int64_t B) { return B <= 128 ? 1 : ceil_div(B, 128); }
 
+// Row blocks of rbs rows (a multiple of MR) for a step over B rows.
+inline int64_t step_block_rows(int64_t B) {
+  return ceil_div(ceil_div(B, step_row_blocks(B)), MR) * MR;
+}
+
+// Copies units [j0, j1) of row b (values row[j]) into A-panel layout (see pack_a)
+// of a matrix with K columns, so the next step's GEMM reads its rows packed.
+template <class T>
+inline void pack_row_units(T* pk, int64_t K, int64_t b, const T* row, int64_t j0, int64_t j1) {
+  T* dst = pk + (b / MR) * K * MR + (b % MR);
+  for (int64_t j = j0; j < j1; ++j) dst[j * MR] = row[j];
+}
+
 inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
@@ -89,10 +102,17 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   Buffer<T> hbuf0(B * S), hbuf1(B * S), cbuf(Cell::kHasC ? B * H : 0), rg(B * GH),
       hpre(P > 0 ? B * H : 0);
   if (a.h0) copy_n(a.h0, B * S, hbuf0.get()); else fill_n(hbuf0.get(), B * S, T(0));
+  // h_{t-1} also kept in A-panel layout for the recurrent GEMM (written by the
+  // step that produces it).
+  const int64_t npan = ceil_div(B, MR);
+  Buffer<T> hpk0(npan * S * MR), hpk1(npan * S * MR);
+  pack_a(B, S, hbuf0.get(), S, 1, hpk0.get());
+  fill_n(hpk1.get(), npan * S * MR, T(0));
+  T* const hpks[2] = {hpk0.get(), hpk1.get()};
   if (Cell::kHasC) {
     if (a.c0) copy_n(a.c0, B * H, cbuf.get()); else fill_n(cbuf.get(), B * H, T(0));
   }
-  const int64_t nrb = step_row_blocks(B), rbs = ceil_div(B, nrb);
+  const int64_t rbs = step_block_rows(B), nrb = ceil_div(B, rbs);
   const int64_t nblk = Cell::hblocks(P);
 
   T* const hbufs[2] = {hbuf0.get(), hbuf1.get()};
@@ -100,6 +120,8 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     const int64_t t = a.reverse ? T_ - 1 - step : step;
     T* const hcur = hbufs[step % 2];
     T* const hnext = hbufs[(step + 1) % 2];
+    const T* const hpk_cur = hpks[step % 2];
+    T* const hpk_next = hpks[(step + 1) % 2];
     int64_t tb, te;
     FwdStep<T> st;
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
@@ -126,8 +148,8 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
             gemm_dot<T>(r1 - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S, out,
                         GH, false);
           else
-            strip_rows<T>(r1 - r0, S, hcur + r0 * S, S, 1, whh.get() + (k * nsH + s) * S * NR, NR,
-                          out, GH, j1 - j0, false);
+            strip_rows_packed<T>(r1 - r0, S, hpk_cur + r0 * S, whh.get() + (k * nsH + s) * S * NR,
+                                 NR, out, GH, j1 - j0, false);
         }
         for (int64_t b = r0; b < r1; ++b) {
           if (row_active(a.lengths, b, t)) {
@@ -140,7 +162,10 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
             if (st.ws)
               for (int64_t q = 0; q < nblk; ++q) fill_n(st.ws + b * WS + q * H + j0, j1 - j0, T(0));
           }
-          if (st.ws && P == 0) copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
+          if (P == 0) {
+            pack_row_units(hpk_next, S, b, hnext + b * S, j0, j1);
+            if (st.ws) copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
+          }
         }
       }
     }
@@ -166,6 +191,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
               copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
               fill_n(ytn + b * S + j0, j1 - j0, T(0));
             }
+            pack_row_units(hpk_next, S, b, hnext + b * S, j0, j1);
             if (st.ws) copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
           }
         }
@@ -203,13 +229,25 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   RightOperand<T> whh(a.w_hh, S, false, 0, GH, S, &ex, direct);
   RightOperand<T> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0, &ex, direct);
   Buffer<T> dR(P > 0 ? TB * P : 0), dhpre(P > 0 ? B * H : 0);
-  const int64_t nrb = step_row_blocks(B), rbs = ceil_div(B, nrb);
+  const int64_t rbs = step_block_rows(B), nrb = ceil_div(B, rbs);
+  // dG (h side) of each step also in A-panel layout, for the next step's GEMM.
+  const int64_t npan = ceil_div(B, MR);
+  Buffer<T> dpk0(npan * GH * MR), dpk1(npan * GH * MR);
+  fill_n(dpk0.get(), npan * GH * MR, T(0));
+  fill_n(dpk1.get(), npan * GH * MR, T(0));
+  T* const dpks[2] = {dpk0.get(), dpk1.get()};
+  auto pack_grads = [&](T* pk, const T* dgh_t, int64_t b, int64_t j0, int64_t j1) {
+    for (int64_t k = 0; k < G; ++k)
+      pack_row_units(pk, GH, b, dgh_t + b * GH, k * H + j0, k * H + j1);
+  };
 
   auto time_of = [&](int64_t step) { return a.reverse ? step : T_ - 1 - step; };
   run_steps(ex, T_, big, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = time_of(step);
     // dG (h side) of the step processed just before, if any
     const T* prev = step > 0 ? dgh + time_of(step - 1) * B * GH : nullptr;
+    const T* const dpk_prev = dpks[(step + 1) % 2];
+    T* const dpk_cur = dpks[step % 2];
     int64_t tb, te;
     BwdStep<T> st;
     st.H = H; st.S = S; st.GH = GH; st.WS = WS;
@@ -247,8 +285,8 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           if (prev) {
             int64_t ld;
             const T* bs = whh.strip(s, &ld);
-            strip_rows<T>(r1 - r0, GH, prev + r0 * GH, GH, 1, bs, ld, rec.get() + r0 * S + j0, S,
-                          j1 - j0, false);
+            strip_rows_packed<T>(r1 - r0, GH, dpk_prev + r0 * GH, bs, ld, rec.get() + r0 * S + j0,
+                                 S, j1 - j0, false);
           }
           for (int64_t b = r0; b < r1; ++b) {
             total_dh(b, j0, j1, dh);
@@ -262,6 +300,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
               copy_n(dh, j1 - j0, cr + j0);
               zero_grads(b, j0, j1);
             }
+            pack_grads(dpk_cur, st.dgh, b, j0, j1);
           }
         }
       }
@@ -278,8 +317,8 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           if (prev) {
             int64_t ld;
             const T* bs = whh.strip(s, &ld);
-            strip_rows<T>(r1 - r0, GH, prev + r0 * GH, GH, 1, bs, ld, rec.get() + r0 * S + j0, S,
-                          j1 - j0, false);
+            strip_rows_packed<T>(r1 - r0, GH, dpk_prev + r0 * GH, bs, ld, rec.get() + r0 * S + j0,
+                                 S, j1 - j0, false);
           }
           for (int64_t b = r0; b < r1; ++b) {
             total_dh(b, j0, j1, dh);
@@ -314,6 +353,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
             } else {
               zero_grads(b, j0, j1);
             }
+            pack_grads(dpk_cur, st.dgh, b, j0, j1);
           }
         }
       }
