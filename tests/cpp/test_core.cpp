@@ -236,6 +236,9 @@ int main() {
         problems.push_back(p);
       }
     }
+  // An empty batch.
+  problems.push_back({Cell::LSTM, 3, 0, 4, 5, 2, false, true, true});
+  problems.push_back({Cell::GRU, 3, 0, 4, 5, 0, true, true, false});
   // Batches over 128 rows split each step into several row blocks.
   problems.push_back({Cell::LSTM, 2, 131, 3, 5, 0, true, true, true});
   problems.push_back({Cell::GRU, 4, 129, 2, 3, 0, false, true, true});

@@ -247,16 +247,19 @@ void pack_a(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, T* ou
     T* dst = out + p * kc * MR;
     const int64_t rows = imin(MR, M - p * MR);
     const T* src = A + p * MR * a_rs;
-    if (a_rs == 1) {  // A transposed in memory: each k gives MR contiguous values
+    if (rows == MR && a_rs == 1) {  // A transposed in memory: each k gives MR contiguous values
+      for (int64_t k = 0; k < kc; ++k)
+        for (int r = 0; r < MR; ++r) dst[k * MR + r] = src[k * a_cs + r];
+    } else if (rows == MR) {  // MR sequential row streams in, one sequential stream out
+      const T* rp[MR];
+      for (int r = 0; r < MR; ++r) rp[r] = src + r * a_rs;
+      for (int64_t k = 0; k < kc; ++k)
+        for (int r = 0; r < MR; ++r) dst[k * MR + r] = rp[r][k * a_cs];
+    } else {
       for (int64_t k = 0; k < kc; ++k) {
-        for (int64_t r = 0; r < rows; ++r) dst[k * MR + r] = src[k * a_cs + r];
+        for (int64_t r = 0; r < rows; ++r) dst[k * MR + r] = src[r * a_rs + k * a_cs];
         for (int64_t r = rows; r < MR; ++r) dst[k * MR + r] = T(0);
       }
-    } else {
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = src[r * a_rs + k * a_cs];
-      for (int64_t r = rows; r < MR; ++r)
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = T(0);
     }
   }
 }

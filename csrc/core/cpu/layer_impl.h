@@ -33,7 +33,7 @@ inline int64_t step_row_blocks(int64_t B) { return B <= 128 ? 1 : ceil_div(B, 12
 
 // Row blocks of rbs rows (a multiple of MR) for a step over B rows.
 inline int64_t step_block_rows(int64_t B) {
-  return ceil_div(ceil_div(B, step_row_blocks(B)), MR) * MR;
+  return imax(MR, ceil_div(ceil_div(B, step_row_blocks(B)), MR) * MR);
 }
 
 // Copies units [j0, j1) of row b (values row[j]) into A-panel layout (see pack_a)
