@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 from . import _C, ops
+from . import models, sampling, text
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "info", "ops"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "info", "ops",
+           "models", "sampling", "text"]
 
 # Modules saved whole with torch.save(model) load back with weights_only=True.
 torch.serialization.add_safe_globals([LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell])
