@@ -44,6 +44,13 @@ inline void pack_row_units(T* pk, int64_t K, int64_t b, const T* row, int64_t j0
   for (int64_t j = j0; j < j1; ++j) dst[j * MR] = row[j];
 }
 
+// Asks for the cache lines of p[0 .. n) ahead of use.
+template <class T>
+inline void prefetch_units(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(c + off);
+}
+
 inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
@@ -142,6 +149,10 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         const int64_t rb = task / nsH, s = task % nsH;
         const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
         const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
+        // Start loading this task's slice of x_t W_ih^T now; the epilogue needs it
+        // right after the GEMM, and it streams from a buffer far larger than cache.
+        for (int64_t b = r0; b < r1; ++b)
+          for (int64_t k = 0; k < G; ++k) prefetch_units(st.gx + b * GH + k * H + j0, j1 - j0);
         for (int64_t k = 0; k < G; ++k) {
           T* out = rg.get() + r0 * GH + k * H + j0;
           if (dot)
@@ -230,6 +241,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   RightOperand<T> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0, &ex, direct);
   Buffer<T> dR(P > 0 ? TB * P : 0), dhpre(P > 0 ? B * H : 0);
   const int64_t rbs = step_block_rows(B), nrb = ceil_div(B, rbs);
+  const int64_t nblk = Cell::hblocks(P);
   // dG (h side) of each step also in A-panel layout, for the next step's GEMM.
   const int64_t npan = ceil_div(B, MR);
   Buffer<T> dpk0(npan * GH * MR), dpk1(npan * GH * MR);
@@ -282,6 +294,9 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           const int64_t rb = task / nsS, s = task % nsS;
           const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
           const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
+          if (P == 0)  // the saved activations this task's epilogue reads after the GEMM
+            for (int64_t b = r0; b < r1; ++b)
+              for (int64_t q = 0; q < nblk; ++q) prefetch_units(st.ws + b * WS + q * H + j0, j1 - j0);
           if (prev) {
             int64_t ld;
             const T* bs = whh.strip(s, &ld);
@@ -314,6 +329,9 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           const int64_t rb = task / nsS, s = task % nsS;
           const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
           const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
+          if (P == 0)  // the saved activations this task's epilogue reads after the GEMM
+            for (int64_t b = r0; b < r1; ++b)
+              for (int64_t q = 0; q < nblk; ++q) prefetch_units(st.ws + b * WS + q * H + j0, j1 - j0);
           if (prev) {
             int64_t ld;
             const T* bs = whh.strip(s, &ld);
