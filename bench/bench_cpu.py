@@ -314,6 +314,13 @@ class Impl:
     name: str
     factory: Callable[[str, Case, str, nn.Module], Runner]
     available: Callable[[], Tuple[bool, str]] = lambda: (True, "")
+    peer: bool = False     # an outside runtime: optional, selected with --peers, and compared
+                           # with CANDIDATE in a "<CANDIDATE>/<peer>" ratio column
+    label: str = ""        # short name for table headers (default: name)
+    version: Optional[Callable[[], Optional[str]]] = None   # for the legend and the JSON
+
+    def __post_init__(self):
+        self.label = self.label or self.name
 
 
 IMPLEMENTATIONS: Dict[str, Impl] = {}
@@ -321,13 +328,29 @@ BASELINE = "torch"     # ratios are <impl>_time / BASELINE_time
 CANDIDATE = "rnnfast"  # the implementation whose GFLOP/s and %sgemm the table shows
 
 
-def register(name: str, factory, available=lambda: (True, "")) -> None:
-    IMPLEMENTATIONS[name] = Impl(name, factory, available)
+def register(name: str, factory, available=lambda: (True, ""), peer: bool = False,
+             label: str = "", version: Optional[Callable[[], Optional[str]]] = None) -> None:
+    IMPLEMENTATIONS[name] = Impl(name, factory, available, peer, label, version)
+
+
+def peer_names() -> List[str]:
+    return [n for n, impl in IMPLEMENTATIONS.items() if impl.peer]
 
 
 register("rnnfast", rnnfast_factory, rnnfast_available)
 register("torch", torch_factory)
-# Later: register("onnxruntime", ort_factory, ort_available); register("openvino", ...)
+
+# Optional inference peers (ONNX Runtime, OpenVINO): bench/onnx_peers.py. Their packages are
+# imported only when a peer is used; if they are missing the peer reports itself unavailable.
+_PEERS_ERR: Optional[str] = None
+try:
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import onnx_peers as _onnx_peers
+    _onnx_peers.register_peers(register, Runner, Unsupported)
+except Exception as _e:  # noqa: BLE001  (never let a peer break the rnnfast/torch benchmark)
+    _onnx_peers = None
+    _PEERS_ERR = f"{type(_e).__name__}: {_e}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -634,56 +657,91 @@ def _fmt(v: Optional[float], spec: str, width: int) -> str:
     return format(v, spec).rjust(width)
 
 
-def table_columns(impl_names: Sequence[str]) -> List[Tuple[str, int]]:
-    cols = [("cell", 4), ("mode", 9), ("T", 5), ("B", 3), ("I", 4), ("H", 4), ("extra", 12)]
+def _label(n: str) -> str:
+    impl = IMPLEMENTATIONS.get(n)
+    return impl.label if impl is not None else n
+
+
+def table_columns(impl_names: Sequence[str]) -> List[Tuple[str, int, Callable[[dict], str]]]:
+    """(header, width, cell text from a row) per column; cells are right-aligned to the width
+    except the first two."""
+    def case_col(key):
+        return lambda row: str(row["case"][key])
+
+    def ms_col(n):
+        def get(row):
+            r = row["impls"].get(n, {})
+            return "ERROR" if r.get("error") else _fmt(r.get("median_ms"), ".3f", 0)
+        return get
+
+    def ratio_col(kind, n):
+        return lambda row: _fmt(row[kind].get(n), ".3f", 0)
+
+    def iqr(row):
+        iqrs = [r["iqr_pct"] for r in row["impls"].values() if "iqr_pct" in r]
+        return _fmt(max(iqrs) if iqrs else None, ".0f", 0)
+
+    def chk(row):
+        st = row["check"]["status"]
+        return {"ok": "ok", "skipped": "-", "error": "ERR"}.get(st, "!! " + st.upper())
+
+    cols = [("cell", 4, lambda row: row["cell"]), ("mode", 9, lambda row: row["mode"]),
+            ("T", 5, case_col("T")), ("B", 3, case_col("B")), ("I", 4, case_col("I")),
+            ("H", 4, case_col("H")), ("extra", 12, lambda row: row["tag"])]
     for n in impl_names:
-        cols.append((f"{n} ms", 11))
-    for n in impl_names:
-        if n != BASELINE:
-            cols.append(("ratio" if len(impl_names) == 2 else f"{n}/{BASELINE}", 7))
+        cols.append((f"{_label(n)} ms", 11, ms_col(n)))
+    others = [n for n in impl_names if n != BASELINE]
+    for n in others:
+        head = "ratio" if len(impl_names) == 2 else f"{_label(n)}/{_label(BASELINE)}"
+        cols.append((head, 7, ratio_col("ratio", n)))
     if CANDIDATE in impl_names:
-        cols += [(f"{CANDIDATE} GF/s", 12), ("%sgemm", 6)]
+        for n in impl_names:
+            if IMPLEMENTATIONS[n].peer:
+                cols.append((f"{_label(CANDIDATE)}/{_label(n)}", 7, ratio_col("ratio_vs_peers", n)))
+        cols += [(f"{CANDIDATE} GF/s", 12,
+                  lambda row: _fmt(row["impls"].get(CANDIDATE, {}).get("gflops"), ".1f", 0)),
+                 ("%sgemm", 6,
+                  lambda row: _fmt(row["impls"].get(CANDIDATE, {}).get("pct_sgemm"), ".0f", 0))]
     if BASELINE in impl_names:
-        cols.append((f"{BASELINE} GF/s", 10))
-    cols += [("iqr%", 5), ("check", 5)]
-    return cols
+        cols.append((f"{BASELINE} GF/s", 10,
+                     lambda row: _fmt(row["impls"].get(BASELINE, {}).get("gflops"), ".1f", 0)))
+    cols += [("iqr%", 5, iqr), ("check", 5, chk)]
+    return [(h, max(w, len(h)), f) for h, w, f in cols]
+
+
+def _join(texts: Sequence[str], cols) -> str:
+    return " ".join(t.ljust(w) if i < 2 else t.rjust(w)
+                    for i, (t, (_, w, _f)) in enumerate(zip(texts, cols)))
 
 
 def format_header(impl_names: Sequence[str]) -> str:
     cols = table_columns(impl_names)
-    head = " ".join(name.rjust(w) if i > 1 else name.ljust(w) for i, (name, w) in enumerate(cols))
+    head = _join([h for h, _, _ in cols], cols)
     return head + "\n" + "-" * len(head)
 
 
+def format_legend(impl_names: Sequence[str]) -> Optional[str]:
+    """One line naming abbreviated implementations (peers' labels) and their versions."""
+    parts = []
+    for n in impl_names:
+        impl = IMPLEMENTATIONS[n]
+        if impl.label != n or impl.peer:
+            ver = impl.version() if impl.version else None
+            parts.append(f"{impl.label} = {n}" + (f" {ver}" if ver else ""))
+    if not parts:
+        return None
+    return ("columns: " + ", ".join(parts)
+            + (f"; {_label(CANDIDATE)}/<peer> = {CANDIDATE} time / peer time "
+               f"(< 1: {CANDIDATE} faster)" if CANDIDATE in impl_names else ""))
+
+
 def format_row(row: dict, impl_names: Sequence[str]) -> str:
-    c = row["case"]
-    cells = [row["cell"].ljust(4), row["mode"].ljust(9), str(c["T"]).rjust(5), str(c["B"]).rjust(3),
-             str(c["I"]).rjust(4), str(c["H"]).rjust(4), row["tag"].rjust(12)]
-    for n in impl_names:
-        r = row["impls"].get(n, {})
-        if r.get("error"):
-            cells.append("ERROR".rjust(11))
-        else:
-            cells.append(_fmt(r.get("median_ms"), ".3f", 11))
-    for n in impl_names:
-        if n != BASELINE:
-            w = 7 if len(impl_names) == 2 else len(f"{n}/{BASELINE}")
-            cells.append(_fmt(row["ratio"].get(n), ".3f", max(7, w)))
-    if CANDIDATE in impl_names:
-        r = row["impls"].get(CANDIDATE, {})
-        cells.append(_fmt(r.get("gflops"), ".1f", 12))
-        cells.append(_fmt(r.get("pct_sgemm"), ".0f", 6))
-    if BASELINE in impl_names:
-        cells.append(_fmt(row["impls"].get(BASELINE, {}).get("gflops"), ".1f", 10))
-    iqrs = [r["iqr_pct"] for r in row["impls"].values() if "iqr_pct" in r]
-    cells.append(_fmt(max(iqrs) if iqrs else None, ".0f", 5))
+    cols = table_columns(impl_names)
+    line = _join([f(row) for _, _, f in cols], cols)
     chk = row["check"]
-    cells.append({"ok": "ok", "skipped": "-", "error": "ERR"}.get(chk["status"],
-                                                                "!! " + chk["status"].upper()))
     other = row.get("other_load")
     if other is not None and other > OTHER_LOAD_LIMIT:
-        cells.append(f"(other processes used {100 * other:.0f}% of the CPUs)")
-    line = " ".join(cells)
+        line += f" (other processes used {100 * other:.0f}% of the CPUs)"
     if chk["status"] == "mismatch":
         line += "  <<< " + chk.get("summary", "")
     for n in impl_names:
@@ -693,9 +751,36 @@ def format_row(row: dict, impl_names: Sequence[str]) -> str:
     return line
 
 
+def png_series(impl_names: Sequence[str]) -> List[Tuple[str, Callable[[dict], Optional[float]],
+                                                       Tuple[str, ...]]]:
+    """What the PNG plots: (label, ratio from a row, implementations whose check it depends on).
+    With CANDIDATE present: CANDIDATE's time over each other implementation's (baseline first,
+    then peers), so every bar reads "< 1: CANDIDATE faster". Without it: <impl>/<baseline>."""
+    others = [n for n in impl_names if n != CANDIDATE]
+    if CANDIDATE in impl_names and others:
+        out = []
+        for n in others:
+            if n == BASELINE:
+                out.append((f"{_label(CANDIDATE)}/{_label(n)}",
+                            lambda r: r["ratio"].get(CANDIDATE), (CANDIDATE,)))
+            elif IMPLEMENTATIONS.get(n) is not None and IMPLEMENTATIONS[n].peer:
+                out.append((f"{_label(CANDIDATE)}/{_label(n)}",
+                            lambda r, n=n: r.get("ratio_vs_peers", {}).get(n), (CANDIDATE, n)))
+        return out
+    return [(f"{_label(n)}/{_label(BASELINE)}", lambda r, n=n: r["ratio"].get(n), (n,))
+            for n in impl_names if n != BASELINE]
+
+
+def _series_mismatch(row: dict, deps: Tuple[str, ...]) -> bool:
+    per = row["check"].get("per_impl")
+    if per is None:    # rows from before per-implementation statuses
+        return row["check"]["status"] == "mismatch"
+    return any(per.get(n) == "mismatch" for n in deps)
+
+
 def write_png(rows: List[dict], impl_names: Sequence[str], path: Path,
               title: str = "rnnfast CPU benchmark") -> Optional[str]:
-    """Horizontal bar chart of <impl>/<baseline> time ratios. Returns a note if skipped."""
+    """Horizontal bar chart of time ratios (see png_series). Returns a note if skipped."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -703,32 +788,39 @@ def write_png(rows: List[dict], impl_names: Sequence[str], path: Path,
         import matplotlib.ticker  # noqa: F401
     except Exception as e:  # noqa: BLE001
         return f"matplotlib not available ({type(e).__name__}); PNG skipped (pip install matplotlib)"
-    peers = [n for n in impl_names if n != BASELINE]
-    if not peers or not rows:
+    series = png_series(impl_names)
+    if not series or not rows:
         return "nothing to plot; PNG skipped"
     from matplotlib.patches import Patch
     labels = [f"{r['cell']} {r['mode'][:5]} T{r['case']['T']} B{r['case']['B']} "
               f"I{r['case']['I']} H{r['case']['H']}"
               + ("" if r["tag"] == "-" else f" {r['tag']}") for r in rows]
+    peers = series   # one bar per series per row
+    hatches = [None, "//", "..", "xx", "\\\\", "++"]
     fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) * len(peers) + 1.8))
     height = 0.8 / len(peers)
-    vals_all = [v for r in rows for v in r["ratio"].values() if v]
+    vals_all = [v for r in rows for _, get, _ in series for v in [get(r)] if v]
     lo = min(vals_all + [0.5]) / 1.3
     hi = max(vals_all + [2.0]) * 1.8   # room for the value labels
-    for k, n in enumerate(peers):
+    for k, (name, get, deps) in enumerate(series):
         for i, r in enumerate(rows):
             y = i + k * height
-            v = r["ratio"].get(n)
+            v = get(r)
             if not v:
-                ax.text(lo * 1.05, y, "error / n/a", va="center", fontsize=7, color="tab:red")
+                err = any(r["impls"].get(n, {}).get("error") for n in deps)
+                why = next((r["impls"][n]["unsupported"] for n in deps
+                            if r["impls"].get(n, {}).get("unsupported")), "")
+                ax.text(lo * 1.05, y, f"{name}: " + ("error" if err else f"n/a {why}".strip()),
+                        va="center", fontsize=6, color="tab:red" if err else "grey")
                 continue
-            bad = r["check"]["status"] == "mismatch"
+            bad = _series_mismatch(r, deps)
             loaded = (r.get("other_load") or 0) > OTHER_LOAD_LIMIT
             color = ("tab:red" if bad else "lightgrey" if loaded else
                      "tab:green" if v < 1 else "tab:orange")
             ax.barh(y, v - lo, left=lo, height=height, color=color,
-                    hatch="//" if k else None, edgecolor="black", linewidth=0.3)
-            ax.text(v * 1.02, y, f"{v:.2f}" + (" MISMATCH" if bad else "")
+                    hatch=hatches[k % len(hatches)], edgecolor="black", linewidth=0.3)
+            ax.text(v * 1.02, y, f"{v:.2f}" + (f" {name}" if len(series) > 1 else "")
+                    + (" MISMATCH" if bad else "")
                     + (" (loaded machine)" if loaded else ""), va="center", fontsize=6)
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
@@ -740,16 +832,24 @@ def write_png(rows: List[dict], impl_names: Sequence[str], path: Path,
     ax.set_yticks([i + (len(peers) - 1) * height / 2 for i in range(len(rows))])
     ax.set_yticklabels(labels, fontsize=7)
     ax.set_ylim(len(rows) - 0.5 + (len(peers) - 1) * height, -0.5)
-    ax.set_xlabel(f"median time / {BASELINE} median time (log scale; < 1 = faster than {BASELINE})"
-                  + ("" if len(peers) == 1 else f"; bars per row: {', '.join(peers)}"))
+    first = series[0][0].split("/")[0]
+    ax.set_xlabel(f"median time ratio (log scale; < 1 = {first} faster)"
+                  + ("" if len(series) == 1 else
+                     f"; bars per row, top to bottom: {', '.join(n for n, _, _ in series)}"),
+                  fontsize=8)
     ax.set_title(title, fontsize=9)
-    ax.legend(handles=[Patch(color="tab:green", label="faster"),
-                       Patch(color="tab:orange", label="slower"),
-                       Patch(color="tab:red", label="output mismatch"),
-                       Patch(color="lightgrey", label="timed on a loaded machine")],
-              fontsize=7, loc="best")
+    handles = [Patch(color="tab:green", label=f"{first} faster"),
+               Patch(color="tab:orange", label=f"{first} slower"),
+               Patch(color="tab:red", label="output mismatch"),
+               Patch(color="lightgrey", label="timed on a loaded machine")]
+    if len(series) > 1:
+        handles += [Patch(facecolor="white", edgecolor="black", hatch=hatches[k % len(hatches)],
+                          label=name) for k, (name, _, _) in enumerate(series)]
+    # Below the plot, so it never covers bars near 1.
+    legend = ax.legend(handles=handles, fontsize=7, loc="upper center", ncol=4,
+                       bbox_to_anchor=(0.5, -0.6 / fig.get_size_inches()[1]), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_extra_artists=[legend], bbox_inches="tight")
     plt.close(fig)
     return None
 
@@ -764,8 +864,10 @@ def run_one(cell: str, mode: str, case: Case, impl_names: Sequence[str], sgemm: 
     inputs = make_inputs(case, args.seed)
     flops = case.flops(cell, mode)
     row = {"cell": cell, "mode": mode, "tag": case.tag, "case": dataclasses.asdict(case),
-           "flops": flops, "impls": {}, "ratio": {}, "check": {"status": "skipped"}}
+           "flops": flops, "impls": {}, "ratio": {}, "ratio_vs_peers": {},
+           "check": {"status": "skipped"}}
     runners: Dict[str, Runner] = {}
+    runtime: Dict[str, dict] = {}
     for n in impl_names:
         try:
             runners[n] = IMPLEMENTATIONS[n].factory(cell, case, mode, ref_mod)
@@ -773,6 +875,15 @@ def run_one(cell: str, mode: str, case: Case, impl_names: Sequence[str], sgemm: 
             row["impls"][n] = {"unsupported": str(e)}
         except Exception as e:  # noqa: BLE001
             row["impls"][n] = {"error": f"build: {type(e).__name__}: {e}"}
+            if args.verbose:
+                traceback.print_exc()
+        else:
+            describe = getattr(runners[n], "describe", None)
+            if describe is not None:   # peers: exporter, ONNX ops, runtime settings
+                try:
+                    runtime[n] = describe()
+                except Exception as e:  # noqa: BLE001
+                    runtime[n] = {"describe_error": f"{type(e).__name__}: {e}"}
 
     # Verify every non-baseline runner against the baseline; drop runners that raise.
     if BASELINE in runners:
@@ -793,6 +904,7 @@ def run_one(cell: str, mode: str, case: Case, impl_names: Sequence[str], sgemm: 
                 runners.pop(n)
                 continue
             row["check"].setdefault("details", {})[n] = det
+            row["check"].setdefault("per_impl", {})[n] = "ok" if ok else "mismatch"
             statuses.append(ok)
             if not ok:
                 row["check"].setdefault("summary", "")
@@ -825,12 +937,21 @@ def run_one(cell: str, mode: str, case: Case, impl_names: Sequence[str], sgemm: 
             s["gflops"] = flops / (s["median_ms"] * 1e-3) / 1e9
             s["pct_sgemm"] = 100.0 * s["gflops"] / sgemm if sgemm else None
             row["impls"][n] = s
+    for n, d in runtime.items():
+        row["impls"].setdefault(n, {})["runtime"] = d
     base = row["impls"].get(BASELINE, {}).get("median_ms")
     for n in impl_names:
         if n == BASELINE:
             continue
         t = row["impls"].get(n, {}).get("median_ms")
         row["ratio"][n] = (t / base) if (t and base) else None
+    # CANDIDATE time / each peer's time (< 1: CANDIDATE faster than that peer).
+    cand = row["impls"].get(CANDIDATE, {}).get("median_ms")
+    if CANDIDATE in impl_names:
+        for n in impl_names:
+            if IMPLEMENTATIONS[n].peer:
+                t = row["impls"].get(n, {}).get("median_ms")
+                row["ratio_vs_peers"][n] = (cand / t) if (cand and t) else None
     return row
 
 
@@ -855,7 +976,12 @@ def parse_args(argv=None):
     p.add_argument("--cells", default=",".join(CELLS), help="comma list of lstm,gru,rnn")
     p.add_argument("--modes", default=",".join(MODES), help="comma list of inference,training")
     p.add_argument("--impls", default=None,
-                   help=f"comma list from {list(IMPLEMENTATIONS)} (default: all available)")
+                   help=f"comma list from {list(IMPLEMENTATIONS)} (default: {CANDIDATE}, "
+                        f"{BASELINE} and the peers chosen by --peers)")
+    p.add_argument("--peers", default="all",
+                   help=f"inference peers to add to {CANDIDATE} and {BASELINE} when --impls is "
+                        f"not given: 'all' (default: those installed), 'none', or a comma list "
+                        f"from {peer_names()}; peers are inference-only (n/a in training rows)")
     p.add_argument("--config", action="append", default=None, metavar="T,B,I,H[:OPTS]",
                    help="replace the grid (repeatable); OPTS: '+'-list of 2L, bi, packed")
     p.add_argument("--threads", type=int, default=None,
@@ -914,8 +1040,27 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
 
-    wanted = [s.strip() for s in args.impls.split(",")] if args.impls else list(IMPLEMENTATIONS)
+    peers_arg = args.peers.strip().lower()
+    if args.impls:
+        if peers_arg != "all":
+            print("give either --impls or --peers, not both", file=sys.stderr)
+            return 2
+        wanted = [s.strip() for s in args.impls.split(",") if s.strip()]
+    else:
+        if peers_arg == "all":
+            peers = peer_names()
+        elif peers_arg == "none":
+            peers = []
+        else:
+            peers = [s.strip() for s in args.peers.split(",") if s.strip()]
+            bad = [n for n in peers if n not in peer_names()]
+            if bad:
+                print(f"unknown peer(s) {bad}; known: {peer_names()}", file=sys.stderr)
+                return 2
+        wanted = [n for n in IMPLEMENTATIONS if not IMPLEMENTATIONS[n].peer] + peers
     impl_names, notes = [], []
+    if _PEERS_ERR:
+        notes.append(f"bench/onnx_peers.py failed to load, no peers: {_PEERS_ERR}")
     for n in wanted:
         if n not in IMPLEMENTATIONS:
             print(f"unknown implementation {n!r}; known: {list(IMPLEMENTATIONS)}", file=sys.stderr)
@@ -925,6 +1070,12 @@ def main(argv=None) -> int:
             impl_names.append(n)
         else:
             notes.append(f"{n} unavailable, column dropped: {why}")
+    if any(IMPLEMENTATIONS[n].peer for n in impl_names):
+        notes.append("peers (" + ", ".join(n for n in impl_names if IMPLEMENTATIONS[n].peer)
+                     + ") run inference only (n/a in training rows), float32, the torch model "
+                       "exported to ONNX; packed rows feed the ONNX ops' sequence_lens")
+    peer_versions = {n: IMPLEMENTATIONS[n].version() for n in impl_names
+                     if IMPLEMENTATIONS[n].version}
     if not impl_names:
         print("no implementation available", file=sys.stderr)
         return 2
@@ -955,6 +1106,9 @@ def main(argv=None) -> int:
     print(f"grid: {len(args.grid)} configs x cells {args.cells} x modes {args.modes}; "
           f"budget {args.budget}s/config, reps in [{args.min_reps}, {args.max_reps}]")
     print()
+    legend = format_legend(impl_names)
+    if legend:
+        print(legend)
     print(format_header(impl_names))
 
     rows = []
@@ -1007,18 +1161,38 @@ def main(argv=None) -> int:
                     r["pct_sgemm"] = 100.0 * r["gflops"] / sgemm_best
         print(f"\nSGEMM at end was higher than at start; the table again with %sgemm relative to "
               f"{sgemm_best:.1f} GFLOP/s:\n")
+        if legend:
+            print(legend)
         print(format_header(impl_names))
         for row in rows:
             print(format_row(row, impl_names))
         print()
     sgemm = sgemm_best
     marked = sum(1 for r in rows if (r.get("other_load") or 0) > OTHER_LOAD_LIMIT)
-    print(f"ratio = {CANDIDATE} time / {BASELINE} time (< 1: {CANDIDATE} faster). "
-          f"iqr% = worst interquartile range / median of the timed calls. "
+    ratio_doc = (f"ratio = {CANDIDATE} time / {BASELINE} time (< 1: {CANDIDATE} faster). "
+                 if len(impl_names) == 2 else
+                 "a/b = a's median time / b's median time (< 1: a faster). ")
+    print(f"{ratio_doc}iqr% = worst interquartile range / median of the timed calls. "
           f"%sgemm relative to {sgemm:.1f} GFLOP/s. Timed section {elapsed:.0f}s.")
     if marked:
         print(f"{marked} row(s) were timed while other processes used > "
               f"{100 * OTHER_LOAD_LIMIT:.0f}% of the CPUs (marked); do not trust them.")
+    peers_used = [n for n in impl_names if IMPLEMENTATIONS[n].peer]
+    if CANDIDATE in impl_names and peers_used:
+        beaten = [(r, n, v) for r in rows for n, v in r["ratio_vs_peers"].items()
+                  if v is not None and v > 1.0]
+        print()
+        if beaten:
+            print(f"Rows where a peer is faster than {CANDIDATE} ({CANDIDATE}/peer > 1; "
+                  f"within ~1.1 is noise unless it repeats):")
+            for r, n, v in beaten:
+                c = r["case"]
+                loaded = (r.get("other_load") or 0) > OTHER_LOAD_LIMIT
+                print(f"  {r['cell']:4} {r['mode']:9} T={c['T']} B={c['B']} I={c['I']} "
+                      f"H={c['H']} {r['tag']}: {n} {v:.2f}x faster"
+                      + (" (loaded machine)" if loaded else ""))
+        else:
+            print(f"No row where a peer ({', '.join(peers_used)}) is faster than {CANDIDATE}.")
 
     mismatches = [r for r in rows if r["check"]["status"] == "mismatch"]
     errors = [(r, n) for r in rows for n, v in r["impls"].items() if v.get("error")]
@@ -1043,6 +1217,12 @@ def main(argv=None) -> int:
         "threads": threads,
         "implementations": impl_names,
         "baseline": BASELINE,
+        "candidate": CANDIDATE,
+        "peers": {n: {"version": peer_versions.get(n)} for n in impl_names
+                  if IMPLEMENTATIONS[n].peer},
+        "package_versions": (_onnx_peers.versions() if _onnx_peers is not None else None),
+        "ratios": {"ratio": f"<impl> median / {BASELINE} median",
+                   "ratio_vs_peers": f"{CANDIDATE} median / <peer> median"},
         "settings": {"quick": args.quick, "budget_s": args.budget, "warmup_s": args.warmup,
                      "min_reps": args.min_reps, "max_reps": args.max_reps, "seed": args.seed,
                      "retries": args.retries, "noisy_iqr_pct": args.noisy_iqr,
@@ -1063,7 +1243,9 @@ def main(argv=None) -> int:
     if not args.no_png:
         ppath = args.out_dir / f"cpu-{stamp}.png"
         title = (f"rnnfast CPU benchmark {started:%Y-%m-%d %H:%M}, {machine['cpu_model']}, "
-                 f"{threads} threads, torch {torch.__version__}")
+                 f"{threads} threads, torch {torch.__version__}"
+                 + ("\n" + ", ".join(f"{n} {v}" for n, v in peer_versions.items() if v)
+                    if any(peer_versions.values()) else ""))
         note = write_png(rows, impl_names, ppath, title)
         print(f"note: {note}" if note else f"wrote {ppath}")
     return 1 if (mismatches and not args.allow_mismatch) else 0

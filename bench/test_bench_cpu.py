@@ -1,5 +1,5 @@
 """CI-size smoke benchmarks (pytest-benchmark): rnnfast and torch, lstm/gru/rnn, inference and
-training, on tiny shapes.
+training, on tiny shapes; ONNX Runtime and OpenVINO (inference only) when they are installed.
 
     pytest bench/test_bench_cpu.py --benchmark-only          # timings, grouped cell-mode-shape
     pytest bench/test_bench_cpu.py                           # same, fast; also checks parity
@@ -8,7 +8,8 @@ training, on tiny shapes.
 These live in bench/ so `pytest tests` never collects them. Each test runs a fixed, small number
 of rounds (RNNFAST_BENCH_ROUNDS, default 20) so the whole file takes seconds. Numbers from here are
 for spotting gross regressions only; use bench/bench_cpu.py (interleaved, medians) for real
-comparisons. rnnfast tests are skipped, torch tests still run, when rnnfast cannot be imported.
+comparisons. rnnfast tests are skipped, torch tests still run, when rnnfast cannot be imported;
+onnxruntime / openvino tests are skipped when those packages (and onnx) are not installed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ CASES = {
 
 
 def _impl_or_skip(name: str):
+    if name not in bc.IMPLEMENTATIONS:   # bench/onnx_peers.py did not load
+        pytest.skip(f"{name} not registered: {bc._PEERS_ERR}")
     ok, why = bc.IMPLEMENTATIONS[name].available()
     if not ok:
         pytest.skip(f"{name} unavailable: {why}")
@@ -45,12 +48,15 @@ def _impl_or_skip(name: str):
 @pytest.mark.parametrize("case_id", list(CASES))
 @pytest.mark.parametrize("mode", bc.MODES)
 @pytest.mark.parametrize("cell", bc.CELLS)
-@pytest.mark.parametrize("impl", ["rnnfast", "torch"])
+@pytest.mark.parametrize("impl", ["rnnfast", "torch", "onnxruntime", "openvino"])
 def test_rnn(benchmark, impl, cell, mode, case_id):
     case = CASES[case_id]
     ref_mod = bc.make_reference(cell, case, SEED)
     inputs = bc.make_inputs(case, SEED)
-    runner = _impl_or_skip(impl).factory(cell, case, mode, ref_mod)
+    try:
+        runner = _impl_or_skip(impl).factory(cell, case, mode, ref_mod)
+    except bc.Unsupported as e:   # the ONNX peers are inference-only
+        pytest.skip(f"{impl}: {e}")
     if impl != bc.BASELINE:
         ok, details = bc.check(runner, bc.torch_factory(cell, case, mode, ref_mod), inputs, mode)
         assert ok, f"{impl} does not match torch: {bc.describe_mismatch(details)} ({details})"

@@ -12,7 +12,7 @@ PY=${PYTHON:-python}
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install --quiet torch==2.13.0
 fi
-"$PY" -m pip install --quiet pybind11 ninja numpy pytest pytest-benchmark hypothesis tqdm setuptools wheel
+"$PY" -m pip install --quiet pybind11 ninja numpy pytest pytest-benchmark hypothesis tqdm matplotlib setuptools wheel
 
 # --no-build-isolation: compile against the torch installed above, not a fresh one.
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install --quiet --no-build-isolation .
