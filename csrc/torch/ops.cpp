@@ -57,6 +57,7 @@ struct Dims {
 
 void check_tensor(const at::Tensor& t, const char* op, const char* name, at::ScalarType dtype,
                   int64_t dim) {
+  TORCH_CHECK(t.defined(), "rnnfast::", op, ": ", name, " is required but was None");
   TORCH_CHECK(t.device().is_cpu(), "rnnfast::", op, ": ", name, " must be a CPU tensor, got ",
               t.device());
   TORCH_CHECK(t.scalar_type() == dtype, "rnnfast::", op, ": ", name, " has dtype ",
@@ -74,6 +75,7 @@ Dims check_args(core::Cell cell, const at::Tensor& input, const at::Tensor& w_ih
                 const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr,
                 const c10::optional<at::Tensor>& lengths) {
   const char* op = cell_name(cell);
+  TORCH_CHECK(input.defined(), "rnnfast::", op, ": input is required but was None");
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
               "rnnfast::", op, ": input must be float32 or float64, got ", input.scalar_type());
   const auto dt = input.scalar_type();
@@ -206,6 +208,7 @@ layer_backward_cpu(core::Cell cell, const c10::optional<at::Tensor>& grad_output
   const Dims d = check_args(cell, input_, w_ih_, w_hh_, w_hr_, lengths_);
   const auto dt = input_.scalar_type();
   const int64_t WS = core::workspace_cols(cell, d.H, d.P);
+  TORCH_CHECK(workspace.defined(), "rnnfast::", op, "_backward: workspace is required but was None");
   check_tensor(workspace, op, "workspace", dt, workspace.dim() == 3 ? 3 : 1);
   TORCH_CHECK(workspace.dim() == 3,
               "rnnfast::", op, "_backward: the workspace is empty: the forward pass ran with "

@@ -47,6 +47,20 @@ def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Ten
     return tensor.index_select(dim, permutation)
 
 
+def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
+    """torch's pad_packed_sequence trusts batch_sizes (and writes out of bounds on bad ones)."""
+    if (batch_sizes.dim() != 1 or batch_sizes.numel() == 0 or batch_sizes.dtype != torch.int64
+            or batch_sizes.device.type != "cpu"):
+        raise RuntimeError(
+            "PackedSequence.batch_sizes must be a non-empty 1-D int64 CPU tensor, got "
+            f"{batch_sizes.dtype} of shape {tuple(batch_sizes.shape)} on {batch_sizes.device}")
+    if (bool((batch_sizes <= 0).any()) or bool((batch_sizes[1:] > batch_sizes[:-1]).any())
+            or int(batch_sizes.sum()) != data.size(0)):
+        raise RuntimeError(
+            "PackedSequence.batch_sizes must be positive, non-increasing and sum to "
+            f"data.size(0)={data.size(0)}, got {batch_sizes.tolist()}")
+
+
 def _check_type(name: str, value, types, type_name: str) -> None:
     if not isinstance(value, types) or (types is not bool and isinstance(value, bool)):
         raise TypeError(f"{name} should be of type {type_name}, got: {type(value).__name__}")
@@ -181,7 +195,7 @@ class RNNBase(nn.Module):
 
     def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
         weight_dtype = self.weight_ih_l0.dtype
-        if input.dtype != weight_dtype and not torch.is_autocast_enabled():
+        if input.dtype != weight_dtype and not torch.is_autocast_enabled(input.device.type):
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
                 f"Convert input: input.to({weight_dtype}), or convert model: "
@@ -220,7 +234,7 @@ class RNNBase(nn.Module):
             raise RuntimeError(msg.format(expected_hidden_size, list(hx.size())))
 
     def _check_state_tensor(self, name: str, t: Tensor, input: Tensor) -> None:
-        if t.dtype != input.dtype:
+        if t.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
             raise RuntimeError(
                 f"{type(self).__name__}: {name} dtype ({t.dtype}) does not match input dtype "
                 f"({input.dtype})")
@@ -298,6 +312,7 @@ class RNNBase(nn.Module):
         is_lstm = self.mode == "LSTM"
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
+            _check_batch_sizes(data, batch_sizes)
             if hx is None:
                 hx = self._zero_state(data, int(batch_sizes[0]))
             else:
@@ -445,7 +460,8 @@ class RNNCellBase(nn.Module):
             raise RuntimeError(
                 f"{name}: input has inconsistent input_size: got {input.size(-1)} "
                 f"expected {self.input_size}")
-        if input.dtype != self.weight_ih.dtype:
+        if (input.dtype != self.weight_ih.dtype
+                and not torch.is_autocast_enabled(input.device.type)):
             raise RuntimeError(
                 f"{name}: input dtype ({input.dtype}) does not match weight dtype "
                 f"({self.weight_ih.dtype})")
@@ -460,7 +476,7 @@ class RNNCellBase(nn.Module):
                 want = (batch, self.hidden_size) if batch is not None else (self.hidden_size,)
                 raise RuntimeError(
                     f"{name}: {label} has shape {tuple(s.shape)}, expected {want}")
-            if s.dtype != input.dtype:
+            if s.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
                 raise RuntimeError(
                     f"{name}: {label} dtype ({s.dtype}) does not match input dtype "
                     f"({input.dtype})")

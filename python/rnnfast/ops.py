@@ -105,6 +105,9 @@ def _register(cell: str) -> None:
 
 for _cell in CELLS:
     _register(_cell)
+    # Under autocast the fused ops run in float32 (they have no bf16/fp16 kernels): bf16/fp16
+    # inputs and states are cast up; float64 is left alone (autocast's own fp32 policy).
+    torch.library.register_autocast(f"rnnfast::{_cell}_layer", "cpu", torch.float32)
 
 
 def layer(cell: str, input: torch.Tensor, hx: Optional[torch.Tensor], cx: Optional[torch.Tensor],

@@ -44,7 +44,7 @@ struct VecF8 {
   static VecF8 tanh(VecF8 a) { return vtanh(a); }
   static VecF8 relu(VecF8 a) { return {_mm256_max_ps(_mm256_setzero_ps(), a.v)}; }
   static VecF8 where_pos(VecF8 h, VecF8 d) {
-    return {_mm256_and_ps(_mm256_cmp_ps(h.v, _mm256_setzero_ps(), _CMP_GT_OQ), d.v)};
+    return {_mm256_and_ps(_mm256_cmp_ps(h.v, _mm256_setzero_ps(), _CMP_NLE_UQ), d.v)};
   }
 };
 
@@ -75,7 +75,7 @@ struct VecD4 {
   static VecD4 tanh(VecD4 a) { return lanewise(a, [](double x) { return std::tanh(x); }); }
   static VecD4 relu(VecD4 a) { return {_mm256_max_pd(_mm256_setzero_pd(), a.v)}; }
   static VecD4 where_pos(VecD4 h, VecD4 d) {
-    return {_mm256_and_pd(_mm256_cmp_pd(h.v, _mm256_setzero_pd(), _CMP_GT_OQ), d.v)};
+    return {_mm256_and_pd(_mm256_cmp_pd(h.v, _mm256_setzero_pd(), _CMP_NLE_UQ), d.v)};
   }
 };
 

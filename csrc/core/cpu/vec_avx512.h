@@ -39,7 +39,7 @@ struct VecF16 {
   static VecF16 tanh(VecF16 a) { return vtanh(a); }
   static VecF16 relu(VecF16 a) { return {_mm512_max_ps(_mm512_setzero_ps(), a.v)}; }
   static VecF16 where_pos(VecF16 h, VecF16 d) {
-    return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h.v, _mm512_setzero_ps(), _CMP_GT_OQ), d.v)};
+    return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h.v, _mm512_setzero_ps(), _CMP_NLE_UQ), d.v)};
   }
 };
 
@@ -66,7 +66,7 @@ struct VecD8 {
   static VecD8 tanh(VecD8 a) { return lanewise(a, [](double x) { return std::tanh(x); }); }
   static VecD8 relu(VecD8 a) { return {_mm512_max_pd(_mm512_setzero_pd(), a.v)}; }
   static VecD8 where_pos(VecD8 h, VecD8 d) {
-    return {_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(h.v, _mm512_setzero_pd(), _CMP_GT_OQ), d.v)};
+    return {_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(h.v, _mm512_setzero_pd(), _CMP_NLE_UQ), d.v)};
   }
 };
 

@@ -18,8 +18,8 @@ struct ScalarVec {
   static ScalarVec tanh(ScalarVec a) { return {std::tanh(a.v)}; }
   // max(0, x) that keeps NaN, as torch.relu does.
   static ScalarVec relu(ScalarVec a) { return {a.v > T(0) || a.v != a.v ? a.v : T(0)}; }
-  // d where h > 0, else 0 (relu derivative applied to d).
-  static ScalarVec where_pos(ScalarVec h, ScalarVec d) { return {h.v > T(0) ? d.v : T(0)}; }
+  // As torch's relu backward: passes d unless h <= 0 (so a NaN h passes d).
+  static ScalarVec where_pos(ScalarVec h, ScalarVec d) { return {h.v <= T(0) ? T(0) : d.v}; }
 };
 
 struct ScalarIsa {

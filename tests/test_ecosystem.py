@@ -1,0 +1,425 @@
+"""rnnfast inside the wider PyTorch ecosystem.
+
+* torch.compile(fullgraph=True) on models using every module (LSTM, GRU, RNN tanh/relu, LSTMCell,
+  GRUCell, RNNCell), forward and backward, aot_eager; one inductor case; dynamic shapes.
+* torch.autocast on CPU with bfloat16 (see the autocast section for the behaviour chosen).
+* torch.func.functional_call (and gradients through it).
+* torch.save / torch.load(weights_only=True) of whole modules and of state_dicts, both ways
+  between rnnfast and torch.nn.
+* DistributedDataParallel (gloo, two processes on localhost) trains to the same parameters as
+  one process on the full batch.
+"""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+import rnnfast
+from rnn_testutils import CELL_KIND_NAMES, KIND_NAMES, fast_cls, kind_kwargs, make_pair, torch_cls
+
+ALL_KINDS = KIND_NAMES + CELL_KIND_NAMES
+
+
+class SeqModel(nn.Module):
+    """Linear -> recurrent module (any kind) -> Linear, returning (prediction, last state)."""
+
+    def __init__(self, kind, lib=rnnfast, dtype=torch.float64, **kw):
+        super().__init__()
+        self.kind = kind
+        self.cell = kind in CELL_KIND_NAMES
+        cls = getattr(lib, (fast_cls(kind) if lib is rnnfast else torch_cls(kind)).__name__)
+        self.inp = nn.Linear(5, 4, dtype=dtype)
+        self.rnn = cls(4, 6, dtype=dtype, **{**kind_kwargs(kind), **kw})
+        d = 2 if kw.get("bidirectional") else 1
+        self.out = nn.Linear(d * (kw.get("proj_size") or 6), 3, dtype=dtype)
+
+    def forward(self, x):
+        z = torch.tanh(self.inp(x))
+        if self.cell:   # unroll the cell over time (dim 0)
+            state = None
+            hs = []
+            for t in range(z.shape[0]):
+                state = self.rnn(z[t], state)
+                hs.append(state[0] if isinstance(state, tuple) else state)
+            y = torch.stack(hs)
+            last = hs[-1]
+        else:
+            y, hn = self.rnn(z)
+            last = hn[0] if isinstance(hn, tuple) else hn
+        return self.out(y), last
+
+
+def _loss_and_grads(model, x):
+    y, last = model(x)
+    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    loss = (y * w).sum() + last.square().sum()
+    grads = torch.autograd.grad(loss, [x] + list(model.parameters()))
+    return [y.detach(), last.detach()] + list(grads)
+
+
+def _assert_all_close(a, b, atol, what):
+    assert len(a) == len(b), what
+    for i, (u, v) in enumerate(zip(a, b)):
+        torch.testing.assert_close(u, v, atol=atol, rtol=0, msg=lambda m: f"{what}[{i}]: {m}")
+
+
+# =========================================================================== torch.compile
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_compile_fullgraph_every_module(kind):
+    torch.manual_seed(0)
+    kw = dict(num_layers=2, bidirectional=True) if kind in KIND_NAMES else {}
+    if kind == "LSTM":
+        kw["proj_size"] = 3
+    model = SeqModel(kind, **kw)
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    torch._dynamo.reset()
+    eager = _loss_and_grads(model, x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    _assert_all_close(_loss_and_grads(compiled, x), eager, 1e-12, f"{kind} compiled")
+
+
+def test_compile_fullgraph_inductor_gru_and_cell():
+    """Inductor (C++ codegen for the surrounding ops) around rnnfast.GRU and rnnfast.RNNCell."""
+    torch.manual_seed(0)
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = rnnfast.GRU(5, 6, batch_first=True)
+            self.cell = rnnfast.RNNCell(6, 4, nonlinearity="relu")
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            y, h = self.gru(torch.sin(x))
+            return self.head(self.cell(y[:, -1], None) * 2.0), h
+
+    model = Two()
+    x = torch.randn(3, 4, 5, requires_grad=True)
+
+    def run(m):
+        out, h = m(x)
+        loss = out.square().sum() + h.sum()
+        grads = torch.autograd.grad(loss, [x] + list(m.parameters()))
+        return [out.detach(), h.detach()] + list(grads)
+
+    torch._dynamo.reset()
+    eager = run(model)
+    _assert_all_close(run(torch.compile(model, fullgraph=True)), eager, 1e-5, "inductor")
+
+
+def test_compile_dynamic_shapes_no_recompile_per_length():
+    """dynamic=True: new sequence lengths and batch sizes reuse the compiled graph."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch.manual_seed(0)
+    model = SeqModel("GRU")
+    counter = CompileCounter()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counter)
+    torch._dynamo.reset()
+    for T, B in [(3, 2), (5, 4), (7, 3)]:
+        x = torch.randn(T, B, 5, dtype=torch.float64, requires_grad=True)
+        _assert_all_close(_loss_and_grads(compiled, x), _loss_and_grads(model, x), 1e-12,
+                          f"dynamic T={T} B={B}")
+    assert counter.frame_count == 1, f"recompiled: {counter.frame_count} frames"
+
+
+# ============================================================================== autocast
+#
+# torch's own behaviour under torch.autocast("cpu", dtype=torch.bfloat16) is uneven: nn.LSTM and
+# nn.RNN (oneDNN's mkldnn_rnn_layer, on autocast's lower-precision list) return bfloat16, nn.GRU
+# returns float32, LSTMCell/GRUCell float32, RNNCell bfloat16, and all of them accept a bfloat16
+# input (e.g. from an autocast nn.Linear) with float32 weights.
+#
+# rnnfast's fused ops have float32/float64 kernels only.  The behaviour we test for: inside
+# autocast an rnnfast module accepts any floating input, runs its recurrence in float32 on its
+# float32 weights (bf16/fp16 inputs and states are cast up, float64 is left alone -- autocast's
+# own "fp32 op" policy) and returns float32, matching torch's autocast output to bf16 tolerance
+# and the float32 computation exactly. ops.py registers that policy with
+# torch.library.register_autocast; modules.py asks torch.is_autocast_enabled(device_type).
+
+BF16_TOL = dict(atol=3e-2, rtol=3e-2)
+
+
+def _autocast_pair(kind):
+    kw = dict(num_layers=2) if kind in KIND_NAMES else {}
+    return make_pair(kind, 8, 16, dtype=torch.float32, **kw)
+
+
+def _first(r):
+    return r[0] if isinstance(r, tuple) else r
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_autocast_float32_input_runs_in_float32(kind):
+    ref, new = _autocast_pair(kind)
+    x = torch.randn(5, 3, 8) if kind in KIND_NAMES else torch.randn(3, 8)
+    with torch.no_grad():
+        plain = _first(new(x))
+    xr = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _first(new(xr))
+        want = _first(ref(x))
+    assert got.dtype == torch.float32
+    assert torch.equal(got.detach(), plain), "autocast changed a float32 computation"
+    torch.testing.assert_close(got.detach(), want.detach().float(), **BF16_TOL)
+    got.sum().backward()
+    assert xr.grad is not None and torch.isfinite(xr.grad).all()
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_autocast_bf16_input_from_autocast_layer(kind):
+    ref, new = _autocast_pair(kind)
+    torch.manual_seed(1)
+    lin = nn.Linear(8, 8)
+    lin_ref = nn.Linear(8, 8)
+    lin_ref.load_state_dict(lin.state_dict())
+    x = torch.randn(5, 3, 8) if kind in KIND_NAMES else torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = lin(x)
+        assert z.dtype == torch.bfloat16
+        got = _first(new(z))
+        want = _first(ref(lin_ref(x)))
+    assert got.dtype == torch.float32, "recurrence should run (and return) in float32"
+    with torch.no_grad():   # the float32 computation on the bf16 values, exactly
+        torch.testing.assert_close(got.detach(), _first(new(z.detach().float())), atol=0, rtol=0)
+    torch.testing.assert_close(got.detach(), want.detach().float(), **BF16_TOL)
+    got.square().sum().backward()
+    want.float().square().sum().backward()
+    torch.testing.assert_close(lin.weight.grad, lin_ref.weight.grad, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "GRUCell"])
+def test_autocast_leaves_float64_alone(kind):
+    _, new = make_pair(kind, 8, 16, dtype=torch.float64)
+    x = torch.randn(5, 3, 8, dtype=torch.float64) if kind in KIND_NAMES else \
+        torch.randn(3, 8, dtype=torch.float64)
+    plain = _first(new(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _first(new(x))
+    assert got.dtype == torch.float64 and torch.equal(got, plain)
+
+
+# ======================================================================== functional_call
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_functional_call_matches_torch(kind):
+    from torch.func import functional_call
+
+    kw = dict(num_layers=2, bidirectional=True) if kind in KIND_NAMES else {}
+    if kind == "LSTM":
+        kw["proj_size"] = 4
+    ref, new = make_pair(kind, 5, 7, **kw)
+    params = {n: (p.detach() * 1.1 + 0.01).requires_grad_() for n, p in new.named_parameters()}
+    x = torch.randn(4, 3, 5, dtype=torch.float64) if kind in KIND_NAMES else \
+        torch.randn(3, 5, dtype=torch.float64)
+    before = {n: p.detach().clone() for n, p in new.named_parameters()}
+    got = _first(functional_call(new, params, (x,)))
+    want = _first(functional_call(ref, params, (x,)))
+    torch.testing.assert_close(got, want, atol=1e-9, rtol=0)
+    g_got = torch.autograd.grad(got.square().sum(), list(params.values()))
+    g_want = torch.autograd.grad(want.square().sum(), list(params.values()))
+    _assert_all_close(list(g_got), list(g_want), 1e-9, f"{kind} grads through functional_call")
+    # the module's own parameters are back, and a plain call uses them
+    for n, p in new.named_parameters():
+        assert torch.equal(p, before[n]), n
+    torch.testing.assert_close(_first(new(x)), _first(ref(x)), atol=1e-9, rtol=0)
+    if kind in KIND_NAMES:
+        assert all(a is b for a, b in zip(new._flat_weights,
+                                          [getattr(new, n) for n in new._flat_weights_names]))
+
+
+@pytest.mark.xfail(
+    reason="torch.func transforms (grad/vmap/jacrev) need an autograd.Function with "
+           "setup_context; the one torch.library.register_autograd generates for a C++-defined "
+           "op has none (torch/_library/autograd.py), so torch.func.grad raises. functional_call "
+           "+ torch.autograd (above) works. Supporting torch.func would need rnnfast's own "
+           "autograd.Function (forward/setup_context/backward, plus a vmap rule) in ops.py",
+    raises=RuntimeError, strict=False)
+def test_torch_func_grad_through_functional_call():
+    """torch.func.grad (functorch transform) over a parameter dict (beyond the brief)."""
+    from torch.func import functional_call, grad
+
+    ref, new = make_pair("GRU", 5, 7)
+    params = {n: p.detach().clone() for n, p in new.named_parameters()}
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+
+    def loss(m):
+        return lambda p: _first(functional_call(m, p, (x,))).square().sum()
+
+    g_new, g_ref = grad(loss(new))(params), grad(loss(ref))(params)
+    _assert_all_close([g_new[k] for k in params], [g_ref[k] for k in params], 1e-9, "func.grad")
+
+
+# ============================================================================ save / load
+
+SAVE_CONFIGS = {
+    "LSTM": ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=3, batch_first=True)),
+    "GRU": ("GRU", dict(num_layers=2, bias=False, dropout=0.2)),
+    "RNN_TANH": ("RNN_TANH", dict(bidirectional=True)),
+    "RNN_RELU": ("RNN_RELU", dict(num_layers=3)),
+    "LSTMCell": ("LSTMCell", {}),
+    "GRUCell": ("GRUCell", dict(bias=False)),
+    "RNNCell_RELU": ("RNNCell_RELU", {}),
+}
+
+
+def _roundtrip(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@pytest.mark.parametrize("name", list(SAVE_CONFIGS))
+def test_save_load_whole_module_weights_only(name):
+    kind, kw = SAVE_CONFIGS[name]
+    ref, new = make_pair(kind, 5, 6, **kw)
+    new.eval()
+    loaded = _roundtrip(new)
+    assert type(loaded) is type(new)
+    assert repr(loaded) == repr(new) and loaded.training is False
+    sd_a, sd_b = new.state_dict(), loaded.state_dict()
+    assert list(sd_a) == list(sd_b) and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    x = torch.randn(4, 3, 5, dtype=torch.float64) if kind in KIND_NAMES else \
+        torch.randn(3, 5, dtype=torch.float64)
+    if kw.get("batch_first"):
+        x = x.transpose(0, 1)
+    out = _first(loaded(x))
+    assert torch.equal(out, _first(new(x)))
+    torch.testing.assert_close(out, _first(ref.eval()(x)), atol=1e-9, rtol=0)
+    out.sum().backward()   # the loaded module trains
+    if kind in KIND_NAMES:
+        assert [id(w) for w in loaded._flat_weights] == \
+            [id(getattr(loaded, n)) for n in loaded._flat_weights_names]
+        # a weight reassigned after loading is what the next forward uses
+        name0 = loaded._flat_weights_names[0]
+        setattr(loaded, name0, nn.Parameter(torch.zeros_like(getattr(loaded, name0))))
+        assert loaded._flat_weights[0] is getattr(loaded, name0)
+
+
+@pytest.mark.parametrize("name", list(SAVE_CONFIGS))
+def test_state_dict_roundtrip_both_ways(name):
+    kind, kw = SAVE_CONFIGS[name]
+    ref, new = make_pair(kind, 5, 6, **kw)
+    other_ref = torch_cls(kind)(5, 6, dtype=torch.float64, **{**kind_kwargs(kind), **kw})
+    other_new = fast_cls(kind)(5, 6, dtype=torch.float64, **{**kind_kwargs(kind), **kw})
+    other_ref.load_state_dict(_roundtrip(new.state_dict()), strict=True)   # rnnfast -> nn
+    other_new.load_state_dict(_roundtrip(ref.state_dict()), strict=True)   # nn -> rnnfast
+    for a, b in ((other_ref, ref), (other_new, new)):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb), ka
+
+
+# ===================================================================================== DDP
+
+def _ddp_model(seed=0):
+    torch.manual_seed(seed)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = rnnfast.LSTM(4, 6, num_layers=2, bidirectional=True, dtype=torch.float64)
+            self.gru = rnnfast.GRU(12, 5, dtype=torch.float64)
+            self.cell = rnnfast.GRUCell(5, 5, dtype=torch.float64)
+            self.head = nn.Linear(5, 2, dtype=torch.float64)
+
+        def forward(self, x):
+            y, _ = self.lstm(x)
+            y, h = self.gru(y)
+            return self.head(self.cell(y[-1], h[0]))
+
+    return Net()
+
+
+def _ddp_data():
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(6, 8, 4, generator=g, dtype=torch.float64)   # T=6, B=8
+    y = torch.randn(8, 2, generator=g, dtype=torch.float64)
+    return x, y
+
+
+DDP_STEPS, DDP_LR = 4, 0.1
+
+
+def _train(model, x, y, steps=DDP_STEPS):
+    opt = torch.optim.SGD(model.parameters(), lr=DDP_LR)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def _ddp_worker(rank, world, port, out_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=__import__("datetime").timedelta(seconds=60))
+    try:
+        model = DDP(_ddp_model())
+        x, y = _ddp_data()
+        per = x.shape[1] // world
+        xs, ys = x[:, rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        _train(model, xs, ys)   # DDP averages the per-rank mean-loss gradients
+        if rank == 0:
+            torch.save({k: v.detach() for k, v in model.module.state_dict().items()}, out_path)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_two_processes_matches_single_process():
+    x, y = _ddp_data()
+    single = _ddp_model()
+    _train(single, x, y)
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "rank0.pt")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")
+        port = _free_port()
+        procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--ddp-worker",
+                                   str(r), "2", str(port), out_path], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for r in range(2)]
+        deadline = time.monotonic() + 180
+        outputs = []
+        try:
+            for p in procs:
+                outputs.append(p.communicate(timeout=max(1, deadline - time.monotonic()))[0])
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        for r, (p, o) in enumerate(zip(procs, outputs)):
+            assert p.returncode == 0, f"rank {r} failed (rc={p.returncode}):\n{o[-3000:]}"
+        ddp_state = torch.load(out_path, weights_only=True)
+    moved = 0.0
+    init = _ddp_model().state_dict()
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(ddp_state[k], v, atol=1e-10, rtol=0, msg=lambda m: f"{k}: {m}")
+        moved = max(moved, (v - init[k]).abs().max().item())
+    assert moved > 1e-3, "training did not change the parameters"
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--ddp-worker":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    _ddp_worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
