@@ -12,26 +12,9 @@
 #pragma GCC target("avx2,fma")
 #endif
 
-namespace rnnfast {
-namespace core {
-namespace avx2 {
-
-#include "vec_scalar.h"
-#include "vec_x86_math.h"
-#include "vec_avx2.h"
-using KIsa = SimdIsa;
-#include "gemm_impl.h"
-#include "cells_impl.h"
-#include "layer_impl.h"
-
-void forward(const ForwardArgs<float>& a, const Executor& ex) { forward_entry(a, ex); }
-void forward(const ForwardArgs<double>& a, const Executor& ex) { forward_entry(a, ex); }
-void backward(const BackwardArgs<float>& a, const Executor& ex) { backward_entry(a, ex); }
-void backward(const BackwardArgs<double>& a, const Executor& ex) { backward_entry(a, ex); }
-
-}  // namespace avx2
-}  // namespace core
-}  // namespace rnnfast
+#define RNNFAST_ISA_NS avx2
+#define RNNFAST_VEC_HEADER "vec_avx2.h"
+#include "kernels_body.h"
 
 #if defined(__clang__)
 #pragma clang attribute pop

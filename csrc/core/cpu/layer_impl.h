@@ -286,71 +286,51 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
       }
     };
 
-    if (P == 0) {
-      slot.share(nrb * nsS, &tb, &te);
-      {
-        alignas(64) T dh[kNR<T>];
-        for (int64_t task = tb; task < te; ++task) {
-          const int64_t rb = task / nsS, s = task % nsS;
-          const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
-          const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
-          if (P == 0)  // the saved activations this task's epilogue reads after the GEMM
-            for (int64_t b = r0; b < r1; ++b)
-              for (int64_t q = 0; q < nblk; ++q) prefetch_units(st.ws + b * WS + q * H + j0, j1 - j0);
-          if (prev) {
-            int64_t ld;
-            const T* bs = whh.strip(s, &ld);
-            strip_rows_packed<T>(r1 - r0, GH, dpk_prev + r0 * GH, bs, ld, rec.get() + r0 * S + j0,
-                                 S, j1 - j0, false);
-          }
-          for (int64_t b = r0; b < r1; ++b) {
-            total_dh(b, j0, j1, dh);
-            T* cr = carry.get() + b * S;
-            if (row_active(a.lengths, b, t)) {
-              for_units<T>(j0, j1, [&](auto v, int64_t j) {
-                using V = decltype(v);
-                Cell::template bwd<V, T>(st, b, j, V::load(dh + (j - j0))).store(cr + j);
-              });
-            } else {
-              copy_n(dh, j1 - j0, cr + j0);
-              zero_grads(b, j0, j1);
-            }
+    // Phase 1, over strips of the S state units: dh = carry + dy_t + dG_prev W_hh; then,
+    // without a projection, the cell's derivatives; with one, only dR_t (phase 2 does the cell).
+    T* dRt = P > 0 ? dR.get() + t * B * P : nullptr;
+    slot.share(nrb * nsS, &tb, &te);
+    {
+      alignas(64) T dh[kNR<T>];
+      for (int64_t task = tb; task < te; ++task) {
+        const int64_t rb = task / nsS, s = task % nsS;
+        const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
+        const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
+        if (P == 0)  // the saved activations this task's epilogue reads after the GEMM
+          for (int64_t b = r0; b < r1; ++b)
+            for (int64_t q = 0; q < nblk; ++q) prefetch_units(st.ws + b * WS + q * H + j0, j1 - j0);
+        if (prev) {
+          int64_t ld;
+          const T* bs = whh.strip(s, &ld);
+          strip_rows_packed<T>(r1 - r0, GH, dpk_prev + r0 * GH, bs, ld, rec.get() + r0 * S + j0,
+                               S, j1 - j0, false);
+        }
+        for (int64_t b = r0; b < r1; ++b) {
+          total_dh(b, j0, j1, dh);
+          const bool active = row_active(a.lengths, b, t);
+          T* cr = carry.get() + b * S;
+          if (P > 0 && active) {
+            copy_n(dh, j1 - j0, dRt + b * P + j0);
+            fill_n(cr + j0, j1 - j0, T(0));
+          } else if (P > 0) {  // inactive: dh passes to h_{t-1}, dR_t is zero
+            fill_n(dRt + b * P + j0, j1 - j0, T(0));
+            copy_n(dh, j1 - j0, cr + j0);
+          } else if (active) {
+            for_units<T>(j0, j1, [&](auto v, int64_t j) {
+              using V = decltype(v);
+              Cell::template bwd<V, T>(st, b, j, V::load(dh + (j - j0))).store(cr + j);
+            });
+            pack_grads(dpk_cur, st.dgh, b, j0, j1);
+          } else {
+            copy_n(dh, j1 - j0, cr + j0);
+            zero_grads(b, j0, j1);
             pack_grads(dpk_cur, st.dgh, b, j0, j1);
           }
         }
       }
-      slot.sync();
-    } else {
-      T* dRt = dR.get() + t * B * P;
-      slot.share(nrb * nsS, &tb, &te);
-      {
-        alignas(64) T dh[kNR<T>];
-        for (int64_t task = tb; task < te; ++task) {
-          const int64_t rb = task / nsS, s = task % nsS;
-          const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
-          const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
-          if (P == 0)  // the saved activations this task's epilogue reads after the GEMM
-            for (int64_t b = r0; b < r1; ++b)
-              for (int64_t q = 0; q < nblk; ++q) prefetch_units(st.ws + b * WS + q * H + j0, j1 - j0);
-          if (prev) {
-            int64_t ld;
-            const T* bs = whh.strip(s, &ld);
-            strip_rows_packed<T>(r1 - r0, GH, dpk_prev + r0 * GH, bs, ld, rec.get() + r0 * S + j0,
-                                 S, j1 - j0, false);
-          }
-          for (int64_t b = r0; b < r1; ++b) {
-            total_dh(b, j0, j1, dh);
-            if (row_active(a.lengths, b, t)) {
-              copy_n(dh, j1 - j0, dRt + b * P + j0);
-              fill_n(carry.get() + b * S + j0, j1 - j0, T(0));
-            } else {
-              fill_n(dRt + b * P + j0, j1 - j0, T(0));
-              copy_n(dh, j1 - j0, carry.get() + b * S + j0);
-            }
-          }
-        }
-      }
-      slot.sync();
+    }
+    slot.sync();
+    if (P > 0) {
       slot.share(nrb * nsH, &tb, &te);
       {
         for (int64_t task = tb; task < te; ++task) {

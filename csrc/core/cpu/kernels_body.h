@@ -1,0 +1,29 @@
+// The body every kernels_<isa>.cpp compiles in its own namespace: the vector
+// types of its instruction set, then the GEMM, the cell math, the layer driver
+// and the four entry points the dispatcher calls.
+// Before including: RNNFAST_ISA_NS (namespace name), and RNNFAST_VEC_HEADER (the
+// ISA's vector header, which defines SimdIsa) or RNNFAST_SCALAR_ONLY.
+namespace rnnfast {
+namespace core {
+namespace RNNFAST_ISA_NS {
+
+#include "vec_scalar.h"
+#if defined(RNNFAST_SCALAR_ONLY)
+using KIsa = ScalarIsa;
+#else
+#include "vec_x86_math.h"
+#include RNNFAST_VEC_HEADER
+using KIsa = SimdIsa;
+#endif
+#include "gemm_impl.h"
+#include "cells_impl.h"
+#include "layer_impl.h"
+
+void forward(const ForwardArgs<float>& a, const Executor& ex) { forward_entry(a, ex); }
+void forward(const ForwardArgs<double>& a, const Executor& ex) { forward_entry(a, ex); }
+void backward(const BackwardArgs<float>& a, const Executor& ex) { backward_entry(a, ex); }
+void backward(const BackwardArgs<double>& a, const Executor& ex) { backward_entry(a, ex); }
+
+}  // namespace RNNFAST_ISA_NS
+}  // namespace core
+}  // namespace rnnfast
