@@ -166,10 +166,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward_cpu(
 
   auto y = at::empty({d.T, d.B, d.S}, input.options());
   auto hy = at::empty({d.B, d.S}, input.options());
-  auto cy = at::empty({cell == core::Cell::LSTM ? d.B : 0, d.H}, input.options());
+  auto cy = cell == core::Cell::LSTM ? at::empty({d.B, d.H}, input.options())
+                                     : at::empty({0}, input.options());
   auto ws = training ? at::empty({d.T, d.B, core::workspace_cols(cell, d.H, d.P)}, input.options())
                      : at::empty({0}, input.options());
-  if (cell != core::Cell::LSTM) cy = at::empty({0}, input.options());
 
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(dt, "rnnfast_layer_forward", [&] {
