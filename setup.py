@@ -2,9 +2,10 @@
 
     pip install --no-build-isolation .
 
-CPU kernels are always built. CUDA sources (csrc/core/cuda, csrc/torch/*_cuda.cu)
-are compiled only when the installed torch has CUDA and nvcc is found, for
-sm_80 and sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise.
+CPU kernels are always built. CUDA sources (csrc/core/cuda/*.cu and the glue in
+csrc/torch/cuda) are compiled only when the installed torch has CUDA and nvcc
+is found, for sm_80 and sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise;
+RNNFAST_NO_CUDA=1 skips them.
 """
 import glob
 import os
@@ -20,11 +21,55 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _cxx_standard():
+    """C++17, or C++20 where the installed torch's headers demand it (torch >= 2.14)."""
+    import torch
+
+    header = os.path.join(os.path.dirname(torch.__file__), "include", "ATen", "ATen.h")
+    try:
+        with open(header) as f:
+            return "c++20" if "C++20" in f.read() else "c++17"
+    except OSError:
+        return "c++17"
+
+
+def _cublas_paths(cuda_home):
+    """Include and library folders holding cuBLAS, and the linker flag naming it.
+
+    cuBLAS comes with a full CUDA toolkit, or with the nvidia-cublas wheel that a CUDA
+    build of torch installs (headers under nvidia/cu13/include, or nvidia/cublas/include
+    for CUDA 12)."""
+    candidates = [(os.path.join(cuda_home, "include"), os.path.join(cuda_home, "lib64"))]
+    try:
+        import nvidia  # namespace package of the CUDA wheels
+
+        for base in nvidia.__path__:
+            for sub in ("cu13", "cu12", "cublas"):
+                candidates.append((os.path.join(base, sub, "include"),
+                                   os.path.join(base, sub, "lib")))
+    except ImportError:
+        pass
+    for inc, lib in candidates:
+        if not os.path.exists(os.path.join(inc, "cublas_v2.h")):
+            continue
+        libs = sorted(glob.glob(os.path.join(lib, "libcublas.so*")))
+        if not libs:
+            continue
+        name = os.path.basename(libs[0])
+        flag = "-lcublas" if name == "libcublas.so" else f"-l:{name}"
+        return [inc], [lib], flag
+    raise RuntimeError(
+        "rnnfast: torch has CUDA and nvcc was found, but no cuBLAS headers and library "
+        f"(looked in {cuda_home} and the nvidia wheels); set RNNFAST_NO_CUDA=1 to build "
+        "the CPU kernels only")
+
+
 def _extension():
     import torch
 
     sources = _sources("csrc/torch/*.cpp") + _sources("csrc/core/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    std = _cxx_standard()
+    cxx = ["-O3", f"-std={std}", "-fvisibility=hidden"]
     link = []
     define_macros = []
     # at::parallel_for is a header template whose OpenMP pragma is compiled into this
@@ -33,7 +78,7 @@ def _extension():
     if "OpenMP" in torch.__config__.parallel_info() and sys.platform.startswith("linux"):
         cxx.append("-fopenmp")
         link.append("-fopenmp")
-    cuda_sources = _sources("csrc/core/cuda/*.cu") + _sources("csrc/torch/*.cu")
+    cuda_sources = _sources("csrc/core/cuda/*.cu") + _sources("csrc/torch/cuda/*.cpp")
     use_cuda = (
         torch.version.cuda is not None
         and cpp_extension.CUDA_HOME is not None
@@ -43,12 +88,15 @@ def _extension():
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         define_macros.append(("RNNFAST_WITH_CUDA", None))
+        inc, lib, flag = _cublas_paths(cpp_extension.CUDA_HOME)
         return cpp_extension.CUDAExtension(
             "rnnfast._C",
             sources + cuda_sources,
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
-            extra_link_args=link,
+            include_dirs=inc,
+            library_dirs=lib,
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", f"-std={std}"]},
+            extra_link_args=link + [flag],
         )
     return cpp_extension.CppExtension(
         "rnnfast._C", sources, define_macros=define_macros, extra_compile_args={"cxx": cxx},

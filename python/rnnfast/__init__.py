@@ -23,12 +23,14 @@ torch.serialization.add_safe_globals([LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell
 
 
 def info() -> dict:
-    """Build and runtime facts: versions, the SIMD path in use, whether CUDA kernels exist."""
+    """Build and runtime facts: versions, the SIMD path in use, whether CUDA kernels were built
+    (``cuda``) and whether CUDA tensors use them (``cuda_kernels``)."""
     return {
         "version": __version__,
         "torch_version": torch.__version__,
         "simd": _C.simd(),
         "cuda": bool(_C.cuda_built),
+        "cuda_kernels": ops.has_native_kernels("cuda"),
         "threads": torch.get_num_threads(),
     }
 

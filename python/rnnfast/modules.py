@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _reference, ops
+from . import _C, _reference, ops
 
 _MODE_TO_CELL = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -30,14 +30,17 @@ _warned_devices = set()
 
 
 def _layer_fn(device: torch.device):
-    """The fused op on CPU; elsewhere the plain-PyTorch loop, with a one-time warning."""
-    if device.type == "cpu":
+    """The fused op where this build has native kernels; elsewhere the plain-PyTorch loop,
+    with a one-time warning."""
+    if ops.has_native_kernels(device.type):
         return ops.layer
     if device.type not in _warned_devices:
         _warned_devices.add(device.type)
+        why = ("its CUDA kernels are off (RNNFAST_CUDA_KERNELS=1 turns them on)"
+               if device.type == "cuda" and _C.cuda_built else "it has no native kernels for it")
         warnings.warn(
-            f"rnnfast has no native kernels for device '{device.type}' in this build; "
-            "using the plain-PyTorch reference implementation (correct but slower)",
+            f"rnnfast: device '{device.type}' runs the plain-PyTorch reference implementation "
+            f"(correct but slower): {why}",
             stacklevel=3,
         )
     return _reference.layer

@@ -13,11 +13,39 @@ activations backward needs in ``workspace``; with ``training=False`` it is empty
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
 
 from . import _C  # noqa: F401  (loads the library that defines the ops)
+
+# Whether a run on a real GPU has verified the CUDA kernels of this source tree
+# (bench/gpu_check.sh; each run is recorded in bench/results/gpu-*.md). Until then CUDA
+# tensors take the plain-PyTorch reference loop unless RNNFAST_CUDA_KERNELS=1.
+CUDA_KERNELS_VERIFIED = False
+# RNNFAST_CUDA_KERNELS=1 forces the CUDA kernels on, =0 forces the reference loop.
+_CUDA_KERNELS_ENV = os.environ.get("RNNFAST_CUDA_KERNELS", "")
+
+
+def has_native_kernels(device_type: str) -> bool:
+    """Whether the fused ops run natively on this device type (else modules use the
+    plain-PyTorch reference loop)."""
+    if device_type == "cpu":
+        return True
+    if device_type == "cuda" and _C.cuda_built:
+        if _CUDA_KERNELS_ENV in ("0", "1"):
+            return _CUDA_KERNELS_ENV == "1"
+        return CUDA_KERNELS_VERIFIED
+    return False
+
+
+def workspace_dtype(input: torch.Tensor) -> torch.dtype:
+    """The dtype of the saved workspace: the input's on CPU; on CUDA the accumulation type
+    (float32 for 16-bit inputs)."""
+    if input.device.type == "cuda" and input.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return input.dtype
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -54,8 +82,9 @@ def _register(cell: str) -> None:
         out = input.new_empty((T, B, S))
         hy = input.new_empty((B, S))
         cy = input.new_empty((B, H)) if cell == "lstm" else input.new_empty((0,))
-        ws = (input.new_empty((T, B, workspace_cols(cell, H, P))) if training
-              else input.new_empty((0,)))
+        ws_dtype = workspace_dtype(input)
+        ws = (input.new_empty((T, B, workspace_cols(cell, H, P)), dtype=ws_dtype) if training
+              else input.new_empty((0,), dtype=ws_dtype))
         return out, hy, cy, ws
 
     @torch.library.register_fake(name + "_backward")
@@ -117,8 +146,18 @@ def layer(cell: str, input: torch.Tensor, hx: Optional[torch.Tensor], cx: Option
           ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """One layer, one direction over ``input`` [T, B, I]: returns (output, h_T, c_T or None).
 
-    Saves activations for backward only when autograd will need them.
+    Saves activations for backward only when autograd will need them. Under CUDA autocast
+    the CUDA kernels run in the autocast dtype (float16 or bfloat16), as cuDNN's do.
     """
+    if input.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        dt = torch.get_autocast_dtype("cuda")
+
+        def cast(t):
+            return (t.to(dt) if t is not None and t.is_floating_point()
+                    and t.dtype != torch.float64 else t)
+
+        input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
+            cast(t) for t in (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))

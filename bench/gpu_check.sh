@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU check: run from the repository root on a machine with an NVIDIA GPU, torch with
+# CUDA and nvcc. In one go (well under 10 minutes on an H100/H200 with 16 cores) it
+#   1. builds the extension in place with the CUDA kernels (sm_90 unless
+#      TORCH_CUDA_ARCH_LIST says otherwise),
+#   2. runs the CUDA tests (tests/test_cuda.py: parity with cuDNN and with float64 CPU torch,
+#      gradients, bf16/fp16 error, determinism, autocast, compile),
+#   3. runs compute-sanitizer memcheck over a small case of every kernel path,
+#   4. runs the GPU benchmark against cuDNN (bench/bench_gpu.py),
+# writes logs and summary.md under $OUT (default bench/results/gpu-run) and prints a short
+# summary last. Exit status: 0 when the build, the tests and the sanitizer all passed.
+#   GPU_CHECK_BENCH=quick|full|none  (default full)   GPU_CHECK_BENCH_SECONDS (default 170)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/gpu-run}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+status() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$OUT/summary.md"; }
+: > "$OUT/summary.md"
+status "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/env.txt" 2>&1
+$PY -c "import torch, sys; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print(torch.cuda.get_device_name(0))" >> "$OUT/env.txt" 2>&1
+nvcc --version | tail -1 >> "$OUT/env.txt" 2>&1
+status "device: $(tr '\n' ' ' < "$OUT/env.txt")"
+
+# 1. build
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+t0=$(date +%s)
+if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"
+  status "BUILD FAILED (log: build.log)"
+  exit 1
+fi
+status "build: ok in $(( $(date +%s) - t0 )) s"
+export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+export RNNFAST_CUDA_KERNELS=1 RNNFAST_REQUIRE_CUDA=1
+$PY -c "import rnnfast; print(rnnfast.info())" | tee -a "$OUT/summary.md"
+
+# 2. tests
+t0=$(date +%s)
+timeout 300 $PY -m pytest tests/test_cuda.py -q -p no:cacheprovider -rfE > "$OUT/tests.log" 2>&1
+tests_rc=$?
+status "tests: rc=$tests_rc in $(( $(date +%s) - t0 )) s: $(tail -1 "$OUT/tests.log")"
+if [ $tests_rc -ne 0 ]; then grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/tests.log" | head -40; fi
+
+# 3. compute-sanitizer memcheck
+t0=$(date +%s)
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  $PY tests/cuda_sanitize_case.py > "$OUT/sanitizer.log" 2>&1
+san_rc=$?
+status "compute-sanitizer memcheck: rc=$san_rc in $(( $(date +%s) - t0 )) s: $(grep -E 'ERROR SUMMARY|sanitize case' "$OUT/sanitizer.log" | tr '\n' ' ')"
+
+# 4. benchmark
+mode=${GPU_CHECK_BENCH:-full}
+if [ "$mode" != none ]; then
+  t0=$(date +%s)
+  extra=""; [ "$mode" = quick ] && extra="--quick"
+  timeout $(( ${GPU_CHECK_BENCH_SECONDS:-170} + 60 )) $PY bench/bench_gpu.py --out "$OUT" \
+    --time-limit "${GPU_CHECK_BENCH_SECONDS:-170}" $extra > "$OUT/bench.log" 2>&1
+  status "benchmark: rc=$? in $(( $(date +%s) - t0 )) s (gpu_bench.md)"
+fi
+
+echo
+[ -f "$OUT/gpu_bench.md" ] && cat "$OUT/gpu_bench.md"
+cat "$OUT/summary.md"
+[ $tests_rc -eq 0 ] && [ $san_rc -eq 0 ]

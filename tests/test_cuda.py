@@ -1,0 +1,379 @@
+"""rnnfast's CUDA kernels against cuDNN (nn.LSTM/GRU/RNN on the GPU), against float64 torch on
+the CPU, and against the plain-PyTorch reference loop.
+
+Skipped without a GPU or without CUDA kernels in the build. bench/gpu_check.sh runs this file on
+a GPU machine with RNNFAST_REQUIRE_CUDA=1, which turns those skips into failures.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+from rnnfast import _reference, ops
+
+from rnn_testutils import (CELL_KIND_NAMES, KIND_NAMES, assert_results_close, call_dense,
+                           call_packed, fwd_bwd, hx_shapes, is_lstm, make_pair, randn)
+
+_AVAILABLE = (torch.cuda.is_available() and bool(rnnfast._C.cuda_built)
+              and ops.has_native_kernels("cuda"))
+if os.environ.get("RNNFAST_REQUIRE_CUDA") == "1" and not _AVAILABLE:
+    raise RuntimeError(
+        "RNNFAST_REQUIRE_CUDA=1 but the CUDA kernels are unavailable: "
+        f"torch.cuda.is_available()={torch.cuda.is_available()}, "
+        f"cuda_built={rnnfast._C.cuda_built}, enabled={ops.has_native_kernels('cuda')}")
+pytestmark = pytest.mark.skipif(not _AVAILABLE, reason="needs a GPU and rnnfast's CUDA kernels")
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 means float32: cuDNN's and cuBLAS's TF32 off, as the comparisons assume."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _to(results, device):
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in results.items()}
+
+
+def _leaves(kind, T, B, I, H, layers, bidir, proj=0, dtype=torch.float64, seed=0,
+            batch_first=False, device="cpu"):
+    x = randn(*((B, T, I) if batch_first else (T, B, I)), dtype=dtype, seed=seed).to(device)
+    hs, cs = hx_shapes(kind, layers, bidir, B, H, proj)
+    h0 = randn(*hs, dtype=dtype, seed=seed + 1).to(device)
+    c0 = randn(*cs, dtype=dtype, seed=seed + 2).to(device) if cs else None
+    return {"x": x, "h0": h0, "c0": c0}
+
+
+# Module configurations: (T, B, I, H, layers, bidirectional, proj_size, batch_first)
+CONFIGS = [
+    (7, 5, 6, 8, 1, False, 0, False),
+    (5, 3, 4, 6, 2, True, 0, True),
+    (9, 2, 5, 7, 2, False, 3, False),   # proj_size (LSTM only; others use 0)
+    (1, 1, 3, 4, 1, True, 0, False),
+    (4, 70, 33, 40, 1, False, 0, False),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_float64_matches_cpu_torch(kind, cfg):
+    """Outputs, states and every gradient in float64 on the GPU against nn.* on the CPU."""
+    T, B, I, H, layers, bidir, proj, bf = cfg
+    proj = proj if is_lstm(kind) else 0
+    kw = dict(num_layers=layers, bidirectional=bidir, batch_first=bf)
+    if proj:
+        kw["proj_size"] = proj
+    ref, new = make_pair(kind, I, H, dtype=torch.float64, **kw)
+    leaves = _leaves(kind, T, B, I, H, layers, bidir, proj, batch_first=bf)
+    call = call_dense(is_lstm(kind))
+    expected = fwd_bwd(ref, leaves, call)
+    actual = fwd_bwd(new.to(CUDA), _to(leaves, CUDA), call)
+    assert_results_close(_to(actual, "cpu"), expected, atol=1e-9, what=f"{kind} {cfg}")
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_float32_matches_cudnn(kind, cfg):
+    """float32 against cuDNN on the same GPU, TF32 off on both sides."""
+    T, B, I, H, layers, bidir, proj, bf = cfg
+    proj = proj if is_lstm(kind) else 0
+    kw = dict(num_layers=layers, bidirectional=bidir, batch_first=bf)
+    if proj:
+        kw["proj_size"] = proj
+    ref, new = make_pair(kind, I, H, dtype=torch.float32, **kw)
+    leaves = _leaves(kind, T, B, I, H, layers, bidir, proj, dtype=torch.float32, batch_first=bf,
+                     device=CUDA)
+    call = call_dense(is_lstm(kind))
+    expected = fwd_bwd(ref.to(CUDA), leaves, call)
+    actual = fwd_bwd(new.to(CUDA), leaves, call)
+    assert_results_close(actual, expected, atol=3e-5, rtol=1e-5, what=f"{kind} {cfg}")
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_packed_sequence_float64(kind, enforce_sorted):
+    """PackedSequence (variable lengths, both directions, 2 layers) against CPU float64."""
+    lengths = [6, 6, 4, 2, 1] if enforce_sorted else [2, 6, 1, 4, 6]
+    T, B, I, H = 6, 5, 4, 5
+    proj = 3 if is_lstm(kind) else 0
+    kw = dict(num_layers=2, bidirectional=True)
+    if proj:
+        kw["proj_size"] = proj
+    ref, new = make_pair(kind, I, H, dtype=torch.float64, **kw)
+    leaves = _leaves(kind, T, B, I, H, 2, True, proj)
+    call = call_packed(is_lstm(kind), lengths, enforce_sorted, batch_first=False)
+    expected = fwd_bwd(ref, leaves, call)
+    actual = fwd_bwd(new.to(CUDA), _to(leaves, CUDA), call)
+    assert_results_close(_to(actual, "cpu"), expected, atol=1e-9, what=f"{kind} packed")
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_packed_sequence_float32_matches_cudnn(kind):
+    lengths = [9, 3, 7, 1, 9, 5]
+    T, B, I, H = 9, 6, 8, 16
+    ref, new = make_pair(kind, I, H, dtype=torch.float32, num_layers=2, bidirectional=True)
+    leaves = _leaves(kind, T, B, I, H, 2, True, dtype=torch.float32, device=CUDA)
+    call = call_packed(is_lstm(kind), lengths, False, batch_first=False)
+    expected = fwd_bwd(ref.to(CUDA), leaves, call)
+    actual = fwd_bwd(new.to(CUDA), leaves, call)
+    assert_results_close(actual, expected, atol=3e-5, rtol=1e-5, what=f"{kind} packed fp32")
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_unbatched_float64(kind):
+    ref, new = make_pair(kind, 3, 5, dtype=torch.float64)
+    x = randn(4, 3, seed=3)
+    call = call_dense(is_lstm(kind))
+    expected = fwd_bwd(ref, {"x": x}, call)
+    actual = fwd_bwd(new.to(CUDA), {"x": x.to(CUDA)}, call)
+    assert_results_close(_to(actual, "cpu"), expected, atol=1e-9, what=f"{kind} unbatched")
+
+
+@pytest.mark.parametrize("kind", CELL_KIND_NAMES)
+def test_cells_float64(kind):
+    ref, new = make_pair(kind, 4, 6, dtype=torch.float64)
+    x = randn(3, 4, seed=5)
+    h = randn(3, 6, seed=6)
+    lstm = kind.startswith("LSTM")
+
+    def call(m, x, h0, c0=None):
+        out = m(x, (h0, c0) if lstm else h0)
+        return {"h": out[0], "c": out[1]} if lstm else {"h": out}
+
+    leaves = {"x": x, "h0": h, "c0": randn(3, 6, seed=7) if lstm else None}
+    expected = fwd_bwd(ref, leaves, call)
+    actual = fwd_bwd(new.to(CUDA), _to(leaves, CUDA), call)
+    assert_results_close(_to(actual, "cpu"), expected, atol=1e-9, what=kind)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", ops.CELLS)
+def test_raw_op_lengths_with_zeros(cell, reverse):
+    """The op itself with lengths that include 0 and T, against the reference loop."""
+    T, B, I, H = 5, 4, 3, 6
+    P = 2 if cell == "lstm" else 0
+    G = ops.GATES[cell]
+    S = P or H
+    torch.manual_seed(0)
+    args = dict(
+        input=torch.randn(T, B, I, dtype=torch.float64),
+        hx=torch.randn(B, S, dtype=torch.float64),
+        cx=torch.randn(B, H, dtype=torch.float64) if cell == "lstm" else None,
+        weight_ih=torch.randn(G * H, I, dtype=torch.float64),
+        weight_hh=torch.randn(G * H, S, dtype=torch.float64),
+        bias_ih=torch.randn(G * H, dtype=torch.float64),
+        bias_hh=torch.randn(G * H, dtype=torch.float64),
+        weight_hr=torch.randn(P, H, dtype=torch.float64) if P else None,
+    )
+    lengths = torch.tensor([0, 5, 2, 3])
+
+    def run(fn, device):
+        leaves = {k: (v.to(device).requires_grad_() if v is not None else None)
+                  for k, v in args.items()}
+        out, hy, cy = fn(cell, leaves["input"], leaves["hx"], leaves["cx"], leaves["weight_ih"],
+                         leaves["weight_hh"], leaves["bias_ih"], leaves["bias_hh"],
+                         leaves["weight_hr"], lengths, reverse)
+        res = {"out": out, "hy": hy}
+        if cy is not None:
+            res["cy"] = cy
+        loss = sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype, device=device)
+                    .reshape(v.shape)).sum() for v in res.values())
+        names = [k for k, v in leaves.items() if v is not None]
+        grads = torch.autograd.grad(loss, [leaves[k] for k in names])
+        res.update({f"grad:{k}": g for k, g in zip(names, grads)})
+        return {k: v.detach().cpu() for k, v in res.items()}
+
+    expected = run(_reference.layer, "cpu")
+    actual = run(ops.layer, CUDA)
+    assert_results_close(actual, expected, atol=1e-9, what=f"{cell} reverse={reverse}")
+
+
+def _rel_err(a, ref):
+    a, ref = a.double().cpu(), ref.double().cpu()
+    return float((a - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_low_precision_error_within_2x_of_cudnn(kind, dtype):
+    """Error against float64 no more than twice cuDNN's own error at the same dtype."""
+    T, B, I, H = 20, 16, 32, 64
+    kw = dict(num_layers=2, bidirectional=True)
+    ref64, _ = make_pair(kind, I, H, dtype=torch.float64, **kw)
+    cudnn = make_pair(kind, I, H, dtype=torch.float64, **kw)[0].to(CUDA, dtype)
+    ours = make_pair(kind, I, H, dtype=torch.float64, **kw)[1].to(CUDA, dtype)
+    leaves = _leaves(kind, T, B, I, H, 2, True)
+    # the 16-bit runs see the rounded inputs, and so does the reference
+    leaves = {k: (v.to(dtype).double() if v is not None else None) for k, v in leaves.items()}
+    for name, p in ref64.named_parameters():
+        p.data.copy_(p.data.to(dtype).double())
+    call = call_dense(is_lstm(kind))
+    expected = fwd_bwd(ref64, leaves, call)
+    low = {k: (v.to(CUDA, dtype) if v is not None else None) for k, v in leaves.items()}
+    try:
+        theirs = fwd_bwd(cudnn, low, call)
+    except RuntimeError:  # a cuDNN without this dtype: torch's native CUDA kernels instead
+        with torch.backends.cudnn.flags(enabled=False):
+            theirs = fwd_bwd(cudnn, low, call)
+    mine = fwd_bwd(ours, low, call)
+    assert sorted(mine) == sorted(theirs) == sorted(expected)
+    for k in sorted(expected):
+        assert mine[k].dtype == dtype, f"{k}: dtype {mine[k].dtype}"
+        e_mine, e_theirs = _rel_err(mine[k], expected[k]), _rel_err(theirs[k], expected[k])
+        assert torch.isfinite(mine[k]).all(), k
+        assert e_mine <= 2 * e_theirs + 1e-3, (
+            f"{kind} {dtype} {k}: relative error {e_mine:.2e} vs cuDNN {e_theirs:.2e}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast(dtype):
+    """Under torch.autocast the CUDA kernels run in the autocast dtype, like cuDNN, and the
+    float32 parameters get float32 gradients."""
+    ref, new = make_pair("LSTM", 16, 32, dtype=torch.float32, num_layers=2)
+    ref, new = ref.to(CUDA), new.to(CUDA)
+    x = torch.randn(10, 8, 16, device=CUDA)
+    outs = {}
+    for name, m in (("torch", ref), ("ours", new)):
+        with torch.autocast("cuda", dtype=dtype):
+            y, (h, c) = m(x)
+        assert y.dtype == dtype, f"{name}: output dtype {y.dtype}"
+        (y.float().square().sum() + h.float().sum()).backward()
+        outs[name] = (y.float(), {n: p.grad for n, p in m.named_parameters()})
+    for n, g in outs["ours"][1].items():
+        assert g.dtype == torch.float32, n
+        g_ref = outs["torch"][1][n]
+        assert _rel_err(g, g_ref) < 0.05, f"{n}: {_rel_err(g, g_ref):.3e}"
+    assert _rel_err(outs["ours"][0], outs["torch"][0]) < 0.02
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_deterministic_bits(kind):
+    """Two runs on the same inputs give the same bits, gradients included."""
+    ref, new = make_pair(kind, 64, 128, dtype=torch.float32, num_layers=2, bidirectional=True)
+    new = new.to(CUDA)
+    leaves = _leaves(kind, 30, 64, 64, 128, 2, True, dtype=torch.float32, device=CUDA)
+    call = call_dense(is_lstm(kind))
+    a = fwd_bwd(new, leaves, call)
+    new.zero_grad()
+    b = fwd_bwd(new, leaves, call)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{kind}: {k} differs between two runs"
+
+
+def test_eval_mode_backward():
+    """cuDNN refuses backward in eval mode; rnnfast differentiates as in training."""
+    ref, new = make_pair("LSTM", 4, 6, dtype=torch.float64, num_layers=2, dropout=0.5)
+    ref.eval()
+    new = new.to(CUDA).eval()
+    leaves = _leaves("LSTM", 5, 3, 4, 6, 2, False)
+    call = call_dense(True)
+    expected = fwd_bwd(ref, leaves, call)
+    actual = fwd_bwd(new, _to(leaves, CUDA), call)
+    assert_results_close(_to(actual, "cpu"), expected, atol=1e-9, what="eval backward")
+
+
+def test_dropout_uses_torch_rng():
+    m = rnnfast.GRU(8, 16, num_layers=3, dropout=0.5).to(CUDA).train()
+    x = torch.randn(6, 4, 8, device=CUDA)
+    torch.manual_seed(1)
+    a, _ = m(x)
+    torch.manual_seed(1)
+    b, _ = m(x)
+    torch.manual_seed(2)
+    c, _ = m(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    m.eval()
+    d, _ = m(x)
+    e, _ = m(x)
+    assert torch.equal(d, e)
+
+
+def test_gradcheck_float64():
+    m = rnnfast.LSTM(3, 4, proj_size=2, bidirectional=True, dtype=torch.float64).to(CUDA)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, device=CUDA, requires_grad=True)
+    h0 = torch.randn(2, 2, 2, dtype=torch.float64, device=CUDA, requires_grad=True)
+    c0 = torch.randn(2, 2, 4, dtype=torch.float64, device=CUDA, requires_grad=True)
+    params = list(m.parameters())
+
+    def f(x, h0, c0, *ps):
+        out, (h, c) = torch.func.functional_call(
+            m, {n: p for (n, _), p in zip(m.named_parameters(), ps)}, (x, (h0, c0)))
+        return out, h, c
+
+    assert torch.autograd.gradcheck(f, (x, h0, c0, *[p.detach().requires_grad_() for p in params]))
+
+
+@pytest.mark.parametrize("cell", ops.CELLS)
+@pytest.mark.parametrize("training", [False, True])
+def test_opcheck(cell, training):
+    T, B, I, H = 3, 2, 4, 5
+    G = ops.GATES[cell]
+    P = 3 if cell == "lstm" else 0
+    S = P or H
+    dev = dict(device=CUDA, dtype=torch.float32)
+    args = (torch.randn(T, B, I, **dev, requires_grad=training), torch.randn(B, S, **dev),
+            torch.randn(B, H, **dev) if cell == "lstm" else None,
+            torch.randn(G * H, I, **dev, requires_grad=training),
+            torch.randn(G * H, S, **dev, requires_grad=training), torch.randn(G * H, **dev),
+            torch.randn(G * H, **dev), torch.randn(P, H, **dev) if P else None,
+            torch.tensor([3, 1]), False, training)
+    torch.library.opcheck(getattr(torch.ops.rnnfast, f"{cell}_layer"), args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fake_workspace_dtype_matches_kernel(dtype):
+    x = torch.randn(3, 2, 4, device=CUDA, dtype=dtype)
+    w_ih = torch.randn(20, 4, device=CUDA, dtype=dtype)
+    w_hh = torch.randn(20, 5, device=CUDA, dtype=dtype)
+    real = torch.ops.rnnfast.lstm_layer(x, None, None, w_ih, w_hh, None, None, None, None,
+                                        False, True)
+    assert real[3].dtype == torch.float32 == ops.workspace_dtype(x)
+    assert real[0].dtype == dtype
+
+
+def test_mixed_devices_raise():
+    m = rnnfast.LSTM(4, 5).to(CUDA)
+    x = torch.randn(3, 2, 4, device=CUDA)
+    h = (torch.zeros(1, 2, 5), torch.zeros(1, 2, 5))
+    with pytest.raises(RuntimeError, match="cpu"):
+        m(x, h)
+    with pytest.raises(RuntimeError, match="lengths must be a 1-D int64 CPU tensor"):
+        torch.ops.rnnfast.gru_layer(torch.randn(3, 2, 4, device=CUDA), None, None,
+                                    torch.randn(15, 4, device=CUDA),
+                                    torch.randn(15, 5, device=CUDA), None, None, None,
+                                    torch.tensor([3, 1], device=CUDA), False, False)
+
+
+def test_compile_fullgraph_matches_eager():
+    m = rnnfast.LSTM(8, 16, num_layers=2, bidirectional=True).to(CUDA)
+    x = torch.randn(5, 3, 8, device=CUDA, requires_grad=True)
+    y_eager, _ = m(x)
+    y_eager.sum().backward()
+    g_eager = x.grad.clone()
+    x.grad = None
+    compiled = torch.compile(m, fullgraph=True)
+    y, _ = compiled(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, y_eager, atol=1e-6, rtol=0)
+    torch.testing.assert_close(x.grad, g_eager, atol=1e-6, rtol=0)
+
+
+def test_large_batch_and_hidden_float32_matches_cudnn():
+    """A size where cuBLAS picks its tiled kernels (and several thread blocks per step)."""
+    ref, new = make_pair("LSTM", 256, 512, dtype=torch.float32)
+    leaves = _leaves("LSTM", 12, 96, 256, 512, 1, False, dtype=torch.float32, device=CUDA)
+    call = call_dense(True)
+    expected = fwd_bwd(ref.to(CUDA), leaves, call)
+    actual = fwd_bwd(new.to(CUDA), leaves, call)
+    assert_results_close(actual, expected, atol=2e-4, rtol=1e-4, what="large LSTM")
