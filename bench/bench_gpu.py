@@ -6,8 +6,8 @@ Grid: cells LSTM, GRU, RNN (tanh); float32 and bfloat16; inference (no_grad forw
 training (forward + backward); T = 100, I = H, B in {1, 8, 64, 256}, H in {256, 512, 1024}.
 Each row times the two implementations interleaved, repetition by repetition, with CUDA
 events after a warm-up, and reports medians and the ratio rnnfast / cuDNN (< 1: rnnfast is
-faster). float32 runs with TF32 off on both sides (torch's matmul default; cuDNN's own
-default would allow TF32). Writes gpu_bench.json and gpu_bench.md to --out and prints the
+faster). float32 runs with TF32 off on both sides (torch's matmul default; torch >= 2.9 lets
+cuDNN's RNNs use TF32 by default, which this turns off for a like-for-like comparison). Writes gpu_bench.json and gpu_bench.md to --out and prints the
 table last.
 """
 from __future__ import annotations
@@ -86,8 +86,13 @@ def main(argv=None):
     if not rnnfast.ops.has_native_kernels("cuda"):
         print("bench_gpu: rnnfast's CUDA kernels are off; set RNNFAST_CUDA_KERNELS=1")
         return 1
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    rnn_prec = getattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision", None)
+    if rnn_prec is not None:  # torch >= 2.9: cuDNN RNNs default to TF32 there
+        torch.backends.cudnn.rnn.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     T = 100
     Bs, Hs = ([1, 64], [256, 1024]) if args.quick else ([1, 8, 64, 256], [256, 512, 1024])
     rows, t0 = [], time.time()

@@ -24,20 +24,43 @@ $PY -c "import torch, sys; print('python', sys.version.split()[0]); print('torch
 nvcc --version | tail -1 >> "$OUT/env.txt" 2>&1
 status "device: $(tr '\n' ' ' < "$OUT/env.txt")"
 
-# 1. build
+# 1. build. Then a probe: an argument error of a CPU op must come back as a RuntimeError
+# (formatting its message once segfaulted in an extension built by one image's /opt/gcc
+# toolchain); if it crashes and another system compiler exists, rebuild with that one.
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-t0=$(date +%s)
-if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
-  tail -40 "$OUT/build.log"
-  status "BUILD FAILED (log: build.log)"
-  exit 1
+build() {
+  t0=$(date +%s)
+  rm -rf build
+  if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+    tail -40 "$OUT/build.log"
+    status "BUILD FAILED (log: build.log)"
+    exit 1
+  fi
+  status "build with $(${CXX:-c++} --version | head -1) ($(command -v ${CXX:-c++})): ok in $(( $(date +%s) - t0 )) s; libstdc++: $(ldd python/rnnfast/_C*.so | grep -o 'libstdc++[^ ]* => [^ ]*' || echo 'not a shared dependency')"
+}
+probe() {
+  PYTHONPATH=$PWD/python $PY -c "
+import torch, rnnfast
+try:
+    torch.ops.rnnfast.lstm_layer(torch.randn(3, 2, 4), None, None, torch.randn(20, 4),
+                                 torch.randn(20, 6), None, None, None, None, False, False)
+except RuntimeError as e:
+    print('probe: error path ok:', str(e).splitlines()[0])
+" > "$OUT/probe.log" 2>&1
+}
+build
+if ! probe; then
+  status "probe: the error path crashed (rc=$?) with $(command -v ${CXX:-c++})"
+  for alt in /usr/bin/g++ /usr/bin/g++-13 /usr/bin/g++-12; do
+    if [ -x "$alt" ] && [ "$(readlink -f "$alt")" != "$(readlink -f "$(command -v ${CXX:-c++})")" ]; then
+      export CXX=$alt CC=${alt/g++/gcc}
+      build
+      probe && break
+    fi
+  done
 fi
-status "build: ok in $(( $(date +%s) - t0 )) s"
-export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
-export RNNFAST_CUDA_KERNELS=1 RNNFAST_REQUIRE_CUDA=1
-$PY -c "import rnnfast; print(rnnfast.info())" | tee -a "$OUT/summary.md"
-
+status "$(cat "$OUT/probe.log" | tail -1)"
 # 2. tests
 t0=$(date +%s)
 timeout 300 $PY -m pytest tests/test_cuda.py -q -p no:cacheprovider -rfE > "$OUT/tests.log" 2>&1

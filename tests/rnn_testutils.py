@@ -86,7 +86,7 @@ def make_pair(kind: str, *args, seed: int = 0, dtype=torch.float64, **kw):
 def upstream_like(t: torch.Tensor, seed: int) -> torch.Tensor:
     """A deterministic random upstream gradient with t's shape and dtype."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype)
+    return torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)
 
 
 def fwd_bwd(module: nn.Module, leaves: Dict[str, Optional[torch.Tensor]], call: Callable,

@@ -8,6 +8,7 @@
 #include <climits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace rnnfast {
 namespace core {
@@ -164,12 +165,14 @@ template <class S, class A>
 struct FwdStep {
   int64_t B, H, S_, WS;
   const A* gx;        // [B, G*H]   x W_ih^T at this step
-  const A* gh;        // [B, G*H]   h_{t-1} W_hh^T
+  const A* gh;        // [B, G*H]   h_{t-1} W_hh^T (unfused path)
   const S* b_ih;      // [G*H] or null
   const S* b_hh;      // [G*H] or null
   const int64_t* lengths;
   int64_t t;
-  S* h;               // [B, S]  recurrent state, updated in place (unless P)
+  const S* h_in;      // [B, S]  h_{t-1}
+  S* h_out;           // [B, S]  h_t (inactive rows: h_{t-1}); may alias h_in when the
+                      //         recurrent product was computed by an earlier launch
   A* c;               // [B, H]  LSTM cell state, updated in place
   S* hfull;           // [B, H]  LSTM with P: o * tanh(c) before projection
   S* y;               // [B, S]  output at this step
@@ -181,91 +184,184 @@ __device__ __forceinline__ A bias(const S* b, int64_t k) {
   return b ? to_acc(b[k]) : A(0);
 }
 
-template <class S, class A>
-__global__ void lstm_forward_step(FwdStep<S, A> s) {
-  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= s.B * s.H) return;
-  const int64_t b = idx / s.H, j = idx % s.H, H = s.H, GH = 4 * H;
-  const A* gx = s.gx + b * GH;
-  const A* gh = s.gh + b * GH;
-  A pre[4];
+// The pointwise part of one step for unit (b, j), given gh[q] = (h_{t-1} W_hh^T)[b, q*H + j].
+struct LstmOp {
+  static constexpr int G = 4;
+  template <class S, class A>
+  __device__ static void point(const FwdStep<S, A>& s, int64_t b, int64_t j, const A* gh) {
+    const int64_t H = s.H, GH = 4 * H;
+    const A* gx = s.gx + b * GH;
+    A pre[4];
 #pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const int64_t k = q * H + j;
-    pre[q] = gx[k] + gh[k] + bias<S, A>(s.b_ih, k) + bias<S, A>(s.b_hh, k);
+    for (int q = 0; q < 4; ++q) {
+      const int64_t k = q * H + j;
+      pre[q] = gx[k] + gh[q] + bias<S, A>(s.b_ih, k) + bias<S, A>(s.b_hh, k);
+    }
+    const A i = sigm(pre[0]), f = sigm(pre[1]), g = tanh_(pre[2]), o = sigm(pre[3]);
+    const A c_prev = s.c[b * H + j];
+    const A c = f * c_prev + i * g;
+    const A tc = tanh_(c);
+    const A h = o * tc;
+    const bool on = active(s.lengths, b, s.t);
+    if (s.ws) {
+      A* w = s.ws + b * s.WS;
+      w[j] = i;
+      w[H + j] = f;
+      w[2 * H + j] = g;
+      w[3 * H + j] = o;
+      w[4 * H + j] = c_prev;
+      w[5 * H + j] = tc;
+      if (j < s.S_) w[6 * H + j] = to_acc(s.h_in[b * s.S_ + j]);
+      if (s.hfull) w[6 * H + s.S_ + j] = h;
+    }
+    if (on) s.c[b * H + j] = c;
+    if (s.hfull) {
+      s.hfull[b * H + j] = from_acc<S>(h);  // the projection epilogue masks rows
+    } else {
+      const S hs = from_acc<S>(h);
+      s.h_out[b * H + j] = on ? hs : s.h_in[b * H + j];
+      s.y[b * H + j] = on ? hs : from_acc<S>(A(0));
+    }
   }
-  const A i = sigm(pre[0]), f = sigm(pre[1]), g = tanh_(pre[2]), o = sigm(pre[3]);
-  const A c_prev = s.c[b * H + j];
-  const A c = f * c_prev + i * g;
-  const A tc = tanh_(c);
-  const A h = o * tc;
-  const bool on = active(s.lengths, b, s.t);
-  if (s.ws) {
-    A* w = s.ws + b * s.WS;
-    w[j] = i;
-    w[H + j] = f;
-    w[2 * H + j] = g;
-    w[3 * H + j] = o;
-    w[4 * H + j] = c_prev;
-    w[5 * H + j] = tc;
-    if (j < s.S_) w[6 * H + j] = to_acc(s.h[b * s.S_ + j]);
-    if (s.hfull) w[6 * H + s.S_ + j] = h;
-  }
-  if (on) s.c[b * H + j] = c;
-  if (s.hfull) {
-    s.hfull[b * H + j] = from_acc<S>(h);  // the projection epilogue masks rows
-  } else {
+};
+
+struct GruOp {
+  static constexpr int G = 3;
+  template <class S, class A>
+  __device__ static void point(const FwdStep<S, A>& s, int64_t b, int64_t j, const A* gh) {
+    const int64_t H = s.H;
+    const A* gx = s.gx + b * 3 * H;
+    const A r = sigm(gx[j] + bias<S, A>(s.b_ih, j) + gh[0] + bias<S, A>(s.b_hh, j));
+    const A z = sigm(gx[H + j] + bias<S, A>(s.b_ih, H + j) + gh[1] + bias<S, A>(s.b_hh, H + j));
+    const A hn = gh[2] + bias<S, A>(s.b_hh, 2 * H + j);
+    const A n = tanh_(gx[2 * H + j] + bias<S, A>(s.b_ih, 2 * H + j) + r * hn);
+    const S h_prev_s = s.h_in[b * H + j];
+    const A h_prev = to_acc(h_prev_s);
+    const A h = (A(1) - z) * n + z * h_prev;
+    const bool on = active(s.lengths, b, s.t);
+    if (s.ws) {
+      A* w = s.ws + b * s.WS;
+      w[j] = r;
+      w[H + j] = z;
+      w[2 * H + j] = n;
+      w[3 * H + j] = hn;
+      w[4 * H + j] = h_prev;
+    }
     const S hs = from_acc<S>(h);
-    if (on) s.h[b * H + j] = hs;
+    s.h_out[b * H + j] = on ? hs : h_prev_s;
     s.y[b * H + j] = on ? hs : from_acc<S>(A(0));
   }
-}
+};
 
-template <class S, class A>
-__global__ void gru_forward_step(FwdStep<S, A> s) {
+template <bool Relu>
+struct ElmanOp {
+  static constexpr int G = 1;
+  template <class S, class A>
+  __device__ static void point(const FwdStep<S, A>& s, int64_t b, int64_t j, const A* gh) {
+    const int64_t H = s.H;
+    const A pre = s.gx[b * H + j] + gh[0] + bias<S, A>(s.b_ih, j) + bias<S, A>(s.b_hh, j);
+    const A h = Relu ? relu_(pre) : tanh_(pre);
+    const bool on = active(s.lengths, b, s.t);
+    const S h_prev_s = s.h_in[b * H + j];
+    if (s.ws) {
+      A* w = s.ws + b * s.WS;
+      w[j] = h;
+      w[H + j] = to_acc(h_prev_s);
+    }
+    const S hs = from_acc<S>(h);
+    s.h_out[b * H + j] = on ? hs : h_prev_s;
+    s.y[b * H + j] = on ? hs : from_acc<S>(A(0));
+  }
+};
+
+// Pointwise step after a cuBLAS recurrent product: one thread per (b, j).
+template <class Op, class S, class A>
+__global__ void forward_step(FwdStep<S, A> s) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= s.B * s.H) return;
-  const int64_t b = idx / s.H, j = idx % s.H, H = s.H, GH = 3 * H;
-  const A* gx = s.gx + b * GH;
-  const A* gh = s.gh + b * GH;
-  const A r = sigm(gx[j] + bias<S, A>(s.b_ih, j) + gh[j] + bias<S, A>(s.b_hh, j));
-  const A z = sigm(gx[H + j] + bias<S, A>(s.b_ih, H + j) + gh[H + j] +
-                   bias<S, A>(s.b_hh, H + j));
-  const A hn = gh[2 * H + j] + bias<S, A>(s.b_hh, 2 * H + j);
-  const A n = tanh_(gx[2 * H + j] + bias<S, A>(s.b_ih, 2 * H + j) + r * hn);
-  const A h_prev = to_acc(s.h[b * H + j]);
-  const A h = (A(1) - z) * n + z * h_prev;
-  const bool on = active(s.lengths, b, s.t);
-  if (s.ws) {
-    A* w = s.ws + b * s.WS;
-    w[j] = r;
-    w[H + j] = z;
-    w[2 * H + j] = n;
-    w[3 * H + j] = hn;
-    w[4 * H + j] = h_prev;
-  }
-  const S hs = from_acc<S>(h);
-  if (on) s.h[b * H + j] = hs;
-  s.y[b * H + j] = on ? hs : from_acc<S>(A(0));
+  const int64_t b = idx / s.H, j = idx % s.H, GH = Op::G * s.H;
+  A gh[Op::G];
+#pragma unroll
+  for (int q = 0; q < Op::G; ++q) gh[q] = s.gh[b * GH + q * s.H + j];
+  Op::template point<S, A>(s, b, j, gh);
 }
 
-template <class S, class A, bool Relu>
-__global__ void elman_forward_step(FwdStep<S, A> s) {
-  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= s.B * s.H) return;
-  const int64_t b = idx / s.H, j = idx % s.H, H = s.H;
-  const A pre = s.gx[b * H + j] + s.gh[b * H + j] + bias<S, A>(s.b_ih, j) +
-                bias<S, A>(s.b_hh, j);
-  const A h = Relu ? relu_(pre) : tanh_(pre);
-  const bool on = active(s.lengths, b, s.t);
-  if (s.ws) {
-    A* w = s.ws + b * s.WS;
-    w[j] = h;
-    w[H + j] = to_acc(s.h[b * H + j]);
+// Small batches: the whole step in one launch. Block x owns hidden units
+// [x*JT, x*JT + JT): it stages h_{t-1} in shared memory, its warps compute the
+// G*JT rows of W_hh h_{t-1} for every batch row (lanes split the reduction,
+// then a shuffle tree), and its threads finish the pointwise part. h_t goes to
+// another buffer than h_{t-1}, which other blocks are still reading.
+constexpr int kFusedMaxB = 8;
+constexpr int kFusedThreads = 256;
+
+template <class Op, class S, class A>
+__global__ void __launch_bounds__(kFusedThreads) fused_forward_step(FwdStep<S, A> s,
+                                                                    const S* __restrict__ w_hh,
+                                                                    int JT) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  A* hs = reinterpret_cast<A*>(smem_raw);     // [B][S]
+  const int B = static_cast<int>(s.B), Sd = static_cast<int>(s.S_);
+  const int64_t H = s.H;
+  A* dots = hs + B * Sd;                      // [G*JT][kFusedMaxB]
+  const int64_t j0 = blockIdx.x * int64_t(JT);
+  const int jn = static_cast<int>(H - j0 < JT ? H - j0 : JT);
+  for (int i = threadIdx.x; i < B * Sd; i += blockDim.x) hs[i] = to_acc(s.h_in[i]);
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+  for (int rr = warp; rr < Op::G * jn; rr += nwarps) {
+    const int q = rr / jn, jj = rr % jn;
+    const S* w = w_hh + (q * H + j0 + jj) * Sd;
+    A acc[kFusedMaxB];
+#pragma unroll
+    for (int b = 0; b < kFusedMaxB; ++b) acc[b] = A(0);
+#pragma unroll 4
+    for (int k = lane; k < Sd; k += 32) {
+      const A wv = to_acc(w[k]);
+#pragma unroll
+      for (int b = 0; b < kFusedMaxB; ++b)
+        if (b < B) acc[b] += wv * hs[b * Sd + k];
+    }
+#pragma unroll
+    for (int b = 0; b < kFusedMaxB; ++b) {
+      if (b < B) {
+        A v = acc[b];
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+        if (lane == 0) dots[rr * kFusedMaxB + b] = v;
+      }
+    }
   }
-  const S hs = from_acc<S>(h);
-  if (on) s.h[b * H + j] = hs;
-  s.y[b * H + j] = on ? hs : from_acc<S>(A(0));
+  __syncthreads();
+  for (int i = threadIdx.x; i < B * jn; i += blockDim.x) {
+    const int b = i / jn, jj = i % jn;
+    A gh[Op::G];
+#pragma unroll
+    for (int q = 0; q < Op::G; ++q) gh[q] = dots[(q * jn + jj) * kFusedMaxB + b];
+    Op::template point<S, A>(s, b, j0 + jj, gh);
+  }
+}
+
+// Units per block of the fused step: enough blocks (about 256) to spread the
+// weight reads over the whole GPU.
+int fused_units_per_block(int64_t H) { return static_cast<int>((H + 255) / 256); }
+
+template <class A>
+size_t fused_smem_bytes(int64_t B, int64_t S_, int G, int JT) {
+  return sizeof(A) * (B * S_ + int64_t(G) * JT * kFusedMaxB);
+}
+
+template <class Op, class S, class A>
+void launch_step(bool fused, const FwdStep<S, A>& st, const void* w_hh, cudaStream_t stream) {
+  if (fused) {
+    const int JT = fused_units_per_block(st.H);
+    const unsigned grid = static_cast<unsigned>((st.H + JT - 1) / JT);
+    fused_forward_step<Op, S, A>
+        <<<grid, kFusedThreads, fused_smem_bytes<A>(st.B, st.S_, Op::G, JT), stream>>>(
+            st, static_cast<const S*>(w_hh), JT);
+  } else {
+    forward_step<Op, S, A><<<blocks_for(st.B * st.H), kThreads, 0, stream>>>(st);
+  }
+  check_launch(fused ? "fused_forward_step" : "forward_step");
 }
 
 // LSTM projection epilogue: r = hfull W_hr^T (in rproj) becomes the state and
@@ -296,6 +392,15 @@ __global__ void store_state(int64_t n, const A* c, S* cy) {
   if (idx < n) cy[idx] = from_acc<S>(c[idx]);
 }
 
+// Whether the fused small-batch step applies: few rows, no projection, and
+// h_{t-1} fits the default 48 KB of shared memory.
+template <class A>
+bool use_fused_step(Cell cell, int64_t B, int64_t H, int64_t P) {
+  if (P > 0 || B < 1 || B > kFusedMaxB) return false;
+  const int G = gates_of(cell);
+  return fused_smem_bytes<A>(B, H, G, fused_units_per_block(H)) <= 48 * 1024;
+}
+
 template <class S>
 void forward_typed(const ForwardArgs& a, void* scratch, cudaStream_t stream,
                    cublasHandle_t handle) {
@@ -305,11 +410,13 @@ void forward_typed(const ForwardArgs& a, void* scratch, cudaStream_t stream,
   const int64_t WS = workspace_cols(a.cell, H, P);
   const bool lstm = a.cell == Cell::LSTM;
   if (T == 0 || B == 0) return;
+  const bool fused = use_fused_step<A>(a.cell, B, H, P);
 
   Carve carve{static_cast<char*>(scratch)};
   A* gx = static_cast<A*>(carve.take(sizeof(A) * T * B * GH));
   A* gh = static_cast<A*>(carve.take(sizeof(A) * B * GH));
   S* h = static_cast<S*>(carve.take(sizeof(S) * B * S_));
+  S* h_alt = static_cast<S*>(carve.take(sizeof(S) * B * S_));
   A* c = lstm ? static_cast<A*>(carve.take(sizeof(A) * B * H)) : nullptr;
   S* hfull = P > 0 ? static_cast<S*>(carve.take(sizeof(S) * B * H)) : nullptr;
   A* rproj = P > 0 ? static_cast<A*>(carve.take(sizeof(A) * B * P)) : nullptr;
@@ -331,24 +438,25 @@ void forward_typed(const ForwardArgs& a, void* scratch, cudaStream_t stream,
   st.b_ih = static_cast<const S*>(a.b_ih);
   st.b_hh = static_cast<const S*>(a.b_hh);
   st.lengths = a.lengths;
-  st.h = h; st.c = c; st.hfull = hfull;
+  st.c = c; st.hfull = hfull;
   S* y = static_cast<S*>(a.y);
   A* ws = static_cast<A*>(a.ws);
-  const unsigned grid = blocks_for(B * H);
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = a.reverse ? T - 1 - k : k;
-    gemm(false, true, B, GH, S_, h, S_, a.w_hh, S_, 0.0, gh, GH, "h W_hh^T");
+    if (!fused) gemm(false, true, B, GH, S_, h, S_, a.w_hh, S_, 0.0, gh, GH, "h W_hh^T");
     st.t = t;
     st.gx = gx + t * B * GH;
     st.y = y + t * B * S_;
     st.ws = ws ? ws + t * B * WS : nullptr;
+    st.h_in = h;
+    st.h_out = fused ? h_alt : h;
     switch (a.cell) {
-      case Cell::LSTM: lstm_forward_step<S, A><<<grid, kThreads, 0, stream>>>(st); break;
-      case Cell::GRU: gru_forward_step<S, A><<<grid, kThreads, 0, stream>>>(st); break;
-      case Cell::RNN_TANH: elman_forward_step<S, A, false><<<grid, kThreads, 0, stream>>>(st); break;
-      case Cell::RNN_RELU: elman_forward_step<S, A, true><<<grid, kThreads, 0, stream>>>(st); break;
+      case Cell::LSTM: launch_step<LstmOp>(fused, st, a.w_hh, stream); break;
+      case Cell::GRU: launch_step<GruOp>(fused, st, a.w_hh, stream); break;
+      case Cell::RNN_TANH: launch_step<ElmanOp<false>>(fused, st, a.w_hh, stream); break;
+      case Cell::RNN_RELU: launch_step<ElmanOp<true>>(fused, st, a.w_hh, stream); break;
     }
-    check_launch("forward step");
+    if (fused) std::swap(h, h_alt);
     if (P > 0) {
       gemm(false, true, B, P, H, hfull, H, a.w_hr, H, 0.0, rproj, P, "h W_hr^T");
       projection_epilogue<S, A><<<blocks_for(B * P), kThreads, 0, stream>>>(
@@ -583,6 +691,7 @@ size_t forward_scratch_bytes(const ForwardArgs& a) {
   Carve c{nullptr};
   c.take(acc * a.T * a.B * GH);
   c.take(acc * a.B * GH);
+  c.take(st * a.B * S_);
   c.take(st * a.B * S_);
   if (a.cell == Cell::LSTM) c.take(acc * a.B * a.H);
   if (a.P > 0) {
