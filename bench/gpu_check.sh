@@ -7,8 +7,8 @@
 #      gradients, bf16/fp16 error, determinism, autocast, compile),
 #   3. runs compute-sanitizer memcheck over a small case of every kernel path,
 #   4. runs the GPU benchmark against cuDNN (bench/bench_gpu.py),
-# writes logs and summary.md under $OUT (default bench/results/gpu-run) and prints a short
-# summary last. Exit status: 0 when the build, the tests and the sanitizer all passed.
+# writes logs and summary.md under $OUT (default bench/results/gpu-run; at most 7 files, so
+# the device tool brings them all back) and prints a short summary last. Exit status: 0 when the build, the tests and the sanitizer all passed.
 #   GPU_CHECK_BENCH=quick|full|none  (default full)   GPU_CHECK_BENCH_SECONDS (default 170)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,14 +19,16 @@ export PYTHONUNBUFFERED=1
 status() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$OUT/summary.md"; }
 : > "$OUT/summary.md"
 status "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/env.txt" 2>&1
-$PY -c "import torch, sys; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print(torch.cuda.get_device_name(0))" >> "$OUT/env.txt" 2>&1
-nvcc --version | tail -1 >> "$OUT/env.txt" 2>&1
-status "device: $(tr '\n' ' ' < "$OUT/env.txt")"
+env_txt=$( (nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader
+  $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+  nvcc --version | tail -1) 2>&1 | tr '\n' ';')
+status "device: $env_txt"
 
 # 1. build. Then a probe: an argument error of a CPU op must come back as a RuntimeError
-# (formatting its message once segfaulted in an extension built by one image's /opt/gcc
-# toolchain); if it crashes and another system compiler exists, rebuild with that one.
+# (on the lent H200 image, 2026-11-27, /opt/gcc/bin/g++ linked libstdc++ statically into the
+# extension and formatting such a message segfaulted); if it crashes and another system
+# compiler exists, rebuild with that one. Setting CXX=/usr/bin/g++ CC=/usr/bin/gcc up front
+# skips the first build there.
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 build() {
@@ -47,11 +49,12 @@ try:
                                  torch.randn(20, 6), None, None, None, None, False, False)
 except RuntimeError as e:
     print('probe: error path ok:', str(e).splitlines()[0])
-" > "$OUT/probe.log" 2>&1
+" > "$OUT/build.probe" 2>&1
 }
 build
-if ! probe; then
-  status "probe: the error path crashed (rc=$?) with $(command -v ${CXX:-c++})"
+probe; probe_rc=$?
+if [ $probe_rc -ne 0 ]; then
+  status "probe: the error path crashed (rc=$probe_rc) with $(command -v ${CXX:-c++})"
   for alt in /usr/bin/g++ /usr/bin/g++-13 /usr/bin/g++-12; do
     if [ -x "$alt" ] && [ "$(readlink -f "$alt")" != "$(readlink -f "$(command -v ${CXX:-c++})")" ]; then
       export CXX=$alt CC=${alt/g++/gcc}
@@ -60,7 +63,12 @@ if ! probe; then
     fi
   done
 fi
-status "$(cat "$OUT/probe.log" | tail -1)"
+status "$(tail -1 "$OUT/build.probe")"
+cat "$OUT/build.probe" >> "$OUT/build.log"; rm -f "$OUT/build.probe"
+export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+export RNNFAST_CUDA_KERNELS=1 RNNFAST_REQUIRE_CUDA=1
+$PY -c "import rnnfast; print(rnnfast.info())" | tee -a "$OUT/summary.md"
+
 # 2. tests
 t0=$(date +%s)
 timeout 300 $PY -m pytest tests/test_cuda.py -q -p no:cacheprovider -rfE > "$OUT/tests.log" 2>&1

@@ -123,3 +123,20 @@ def test_environment_variable_forces_simd_path():
     out = subprocess.run([sys.executable, "-c", "import rnnfast; print(rnnfast.info()['simd'])"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "scalar"
+
+
+@pytest.mark.parametrize("env", ["0", "1", None])
+def test_which_devices_run_native_kernels(env):
+    """CPU always; CUDA only where the CUDA kernels were built, by default (they were verified
+    on a GPU) or with RNNFAST_CUDA_KERNELS=1, never with =0; other devices never."""
+    code = ("import rnnfast; o = rnnfast.ops; "
+            "print(o.has_native_kernels('cpu'), o.has_native_kernels('cuda'), "
+            "o.has_native_kernels('meta'), rnnfast.info()['cuda_kernels'], rnnfast._C.cuda_built)")
+    environ = {k: v for k, v in os.environ.items() if k != "RNNFAST_CUDA_KERNELS"}
+    if env is not None:
+        environ["RNNFAST_CUDA_KERNELS"] = env
+    out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
+                         text=True, check=True).stdout.split()
+    cpu, cuda, meta, info_cuda, built = (w == "True" for w in out)
+    assert cpu and not meta
+    assert cuda == info_cuda == (built and env != "0")
