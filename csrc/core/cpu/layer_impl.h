@@ -55,6 +55,36 @@ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
 
+// Rows whose recurrent GEMM a step needs. With non-increasing lengths (the order
+// of a PackedSequence) the active rows at step t are the prefix [0, n(t)), and the
+// GEMMs skip the rest; otherwise (or without lengths) every row: n(t) = B. In the
+// prefix case the active (t, b) also pack densely, time-major: row offset(t) + b of
+// an [total(), ...] matrix, which is how the input projection is stored.
+class ActivePrefix {
+ public:
+  ActivePrefix(const int64_t* lengths, int64_t B, int64_t T) : n_(T > 0 ? T : 1), off_(T + 1) {
+    prefix_ = lengths != nullptr;
+    for (int64_t b = 1; prefix_ && b < B; ++b) prefix_ = lengths[b] <= lengths[b - 1];
+    int64_t n = B;  // non-increasing in t
+    off_.get()[0] = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      if (prefix_)
+        while (n > 0 && lengths[n - 1] <= t) --n;
+      n_.get()[t] = n;
+      off_.get()[t + 1] = off_.get()[t] + n;
+    }
+  }
+  int64_t operator[](int64_t t) const { return n_.get()[t]; }
+  // Whether the active rows of every step are a prefix and some steps have fewer than B.
+  bool prefix() const { return prefix_; }
+  int64_t offset(int64_t t) const { return off_.get()[t]; }
+  int64_t total(int64_t T) const { return off_.get()[T]; }
+
+ private:
+  Buffer<int64_t> n_, off_;
+  bool prefix_ = false;
+};
+
 template <class Cell, class T>
 void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   constexpr int NR = kNR<T>;
@@ -67,9 +97,21 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     return;
   }
   const bool big = B * GH * S > 16384;
+  const ActivePrefix nact(a.lengths, B, T_);
+  // With prefix lengths only the active (t, b) get an input projection, stored
+  // densely: row nact.offset(t) + b.
+  const bool compact = nact.prefix() && nact.total(T_) < T_ * B;
+  const int64_t NX = compact ? nact.total(T_) : T_ * B;
+  Buffer<T> xc(compact ? NX * I : 0);
+  if (compact)
+    parallel_for(ex, T_, NX * I > 65536, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t)
+        copy_n(a.x + t * B * I, nact[t] * I, xc.get() + nact.offset(t) * I);
+    });
+  const T* const xin = compact ? xc.get() : a.x;
 
   // 1. gx[t, b] = x[t, b] W_ih^T + b_ih + (foldable part of) b_hh, all steps at once.
-  Buffer<T> gx(T_ * B * GH);
+  Buffer<T> gx(NX * GH);
   {
     Buffer<T> bias(GH);
     for (int64_t n = 0; n < GH; ++n)
@@ -77,13 +119,13 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
                       (a.b_hh && Cell::fold_hh_bias(n, H) ? a.b_hh[n] : T(0));
     T* g = gx.get();
     const T* bv = bias.get();
-    parallel_for(ex, T_ * B, T_ * B * GH > 65536, [&](int64_t b, int64_t e) {
+    parallel_for(ex, NX, NX * GH > 65536, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) copy_n(bv, GH, g + r * GH);
     });
-    if (T_ * B <= 8)  // a step or two of a small batch: not worth packing W_ih
-      gemm_dot<T>(T_ * B, GH, I, a.x, I, a.w_ih, I, g, GH, /*acc=*/true);
+    if (NX <= 8)  // a step or two of a small batch: not worth packing W_ih
+      gemm_dot<T>(NX, GH, I, xin, I, a.w_ih, I, g, GH, /*acc=*/true);
     else
-      gemm<T>(ex, T_ * B, GH, I, a.x, I, 1, a.w_ih, I, /*b_trans=*/true, g, GH, /*accumulate=*/true);
+      gemm<T>(ex, NX, GH, I, xin, I, 1, a.w_ih, I, /*b_trans=*/true, g, GH, /*accumulate=*/true);
   }
   const T* b_hn = (G == 3 && a.b_hh) ? a.b_hh + 2 * H : nullptr;
 
@@ -132,7 +174,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     int64_t tb, te;
     FwdStep<T> st;
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
-    st.gx = gx.get() + t * B * GH;
+    st.gx = gx.get() + (compact ? nact.offset(t) : t * B) * GH;  // rows b < nact[t] if compact
     st.rg = rg.get();
     st.h = hcur;
     st.c = cbuf.get();
@@ -148,18 +190,19 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
       for (int64_t task = tb; task < te; ++task) {
         const int64_t rb = task / nsH, s = task % nsH;
         const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
+        const int64_t ra = imin(r1, nact[t]);  // rows [ra, r1) are inactive at t
         const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
         // Start loading this task's slice of x_t W_ih^T now; the epilogue needs it
         // right after the GEMM, and it streams from a buffer far larger than cache.
-        for (int64_t b = r0; b < r1; ++b)
+        for (int64_t b = r0; b < ra; ++b)
           for (int64_t k = 0; k < G; ++k) prefetch_units(st.gx + b * GH + k * H + j0, j1 - j0);
-        for (int64_t k = 0; k < G; ++k) {
+        for (int64_t k = 0; k < G && ra > r0; ++k) {
           T* out = rg.get() + r0 * GH + k * H + j0;
           if (dot)
-            gemm_dot<T>(r1 - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S, out,
+            gemm_dot<T>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S, out,
                         GH, false);
           else
-            strip_rows_packed<T>(r1 - r0, S, hpk_cur + r0 * S, whh.get() + (k * nsH + s) * S * NR,
+            strip_rows_packed<T>(ra - r0, S, hpk_cur + r0 * S, whh.get() + (k * nsH + s) * S * NR,
                                  NR, out, GH, j1 - j0, false);
         }
         for (int64_t b = r0; b < r1; ++b) {
@@ -188,12 +231,13 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         {
           const int64_t rb = task / nsP, s = task % nsP;
           const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
+          const int64_t ra = imin(r1, nact[t]);
           const int64_t j0 = s * NR, j1 = imin(P, j0 + NR);
-          if (dot)
-            gemm_dot<T>(r1 - r0, j1 - j0, H, hpre.get() + r0 * H, H, a.w_hr + j0 * H, H,
+          if (ra > r0 && dot)
+            gemm_dot<T>(ra - r0, j1 - j0, H, hpre.get() + r0 * H, H, a.w_hr + j0 * H, H,
                         hnext + r0 * S + j0, S, false);
-          else
-            strip_rows<T>(r1 - r0, H, hpre.get() + r0 * H, H, 1, whr.get() + s * H * NR, NR,
+          else if (ra > r0)
+            strip_rows<T>(ra - r0, H, hpre.get() + r0 * H, H, 1, whr.get() + s * H * NR, NR,
                           hnext + r0 * S + j0, S, j1 - j0, false);
           for (int64_t b = r0; b < r1; ++b) {
             if (row_active(a.lengths, b, t)) {
@@ -254,10 +298,13 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   };
 
   auto time_of = [&](int64_t step) { return a.reverse ? step : T_ - 1 - step; };
+  const ActivePrefix nact(a.lengths, B, T_);
   run_steps(ex, T_, big, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = time_of(step);
-    // dG (h side) of the step processed just before, if any
+    // dG (h side) of the step processed just before, if any; it is zero on the rows
+    // [nrec, B) that were inactive there, so dG_prev W_hh is needed on [0, nrec) only
     const T* prev = step > 0 ? dgh + time_of(step - 1) * B * GH : nullptr;
+    const int64_t nrec = prev ? nact[time_of(step - 1)] : 0;
     const T* const dpk_prev = dpks[(step + 1) % 2];
     T* const dpk_cur = dpks[step % 2];
     int64_t tb, te;
@@ -274,7 +321,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     auto total_dh = [&](int64_t b, int64_t j0, int64_t j1, T* out) {
       for (int64_t j = j0; j < j1; ++j) {
         T v = carry.get()[b * S + j];
-        if (prev) v += rec.get()[b * S + j];
+        if (b < nrec) v += rec.get()[b * S + j];
         if (dyt && row_active(a.lengths, b, t)) v += dyt[b * S + j];
         out[j - j0] = v;
       }
@@ -299,10 +346,11 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
         if (P == 0)  // the saved activations this task's epilogue reads after the GEMM
           for (int64_t b = r0; b < r1; ++b)
             for (int64_t q = 0; q < nblk; ++q) prefetch_units(st.ws + b * WS + q * H + j0, j1 - j0);
-        if (prev) {
+        const int64_t rr = imin(r1, nrec);
+        if (rr > r0) {
           int64_t ld;
           const T* bs = whh.strip(s, &ld);
-          strip_rows_packed<T>(r1 - r0, GH, dpk_prev + r0 * GH, bs, ld, rec.get() + r0 * S + j0,
+          strip_rows_packed<T>(rr - r0, GH, dpk_prev + r0 * GH, bs, ld, rec.get() + r0 * S + j0,
                                S, j1 - j0, false);
         }
         for (int64_t b = r0; b < r1; ++b) {
@@ -337,10 +385,12 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           const int64_t rb = task / nsH, s = task % nsH;
           const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
           const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
+          const int64_t ra = imin(r1, nact[t]);
           int64_t ld;
           const T* bs = whr.strip(s, &ld);
-          strip_rows<T>(r1 - r0, P, dRt + r0 * P, P, 1, bs, ld, dhpre.get() + r0 * H + j0, H,
-                        j1 - j0, false);
+          if (ra > r0)
+            strip_rows<T>(ra - r0, P, dRt + r0 * P, P, 1, bs, ld, dhpre.get() + r0 * H + j0, H,
+                          j1 - j0, false);
           for (int64_t b = r0; b < r1; ++b) {
             if (row_active(a.lengths, b, t)) {
               const T* dhp = dhpre.get() + b * H;
@@ -367,13 +417,48 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   }
   if (Cell::kHasC && a.dc0) copy_n(dc.get(), B * H, a.dc0);
 
-  // Whole-sequence GEMMs.
-  if (a.dx) gemm<T>(ex, TB, I, GH, dgx.get(), GH, 1, a.w_ih, I, false, a.dx, I, false);
-  if (a.dw_ih) gemm<T>(ex, GH, I, TB, dgx.get(), 1, GH, a.x, I, false, a.dw_ih, I, false);
-  if (a.dw_hh) gemm<T>(ex, GH, S, TB, dgh, 1, GH, a.ws + hprev_off, WS, false, a.dw_hh, S, false);
-  if (a.db_ih) column_sums<T>(ex, TB, GH, dgx.get(), GH, a.db_ih);
-  if (a.db_hh) column_sums<T>(ex, TB, GH, dgh, GH, a.db_hh);
-  if (a.dw_hr && P > 0) gemm<T>(ex, P, H, TB, dR.get(), 1, P, a.ws + hpre_off, WS, false, a.dw_hr, H, false);
+  // Whole-sequence GEMMs. Inactive (t, b) have zero gate gradients; with prefix
+  // lengths their rows are dropped first (gathered densely, row offset(t) + b), so
+  // the GEMMs run over the active rows only.
+  const bool compact = nact.prefix() && nact.total(T_) < TB && TB > 0;
+  const int64_t N = compact ? nact.total(T_) : TB;
+  auto dense = [&](const T* src, int64_t ld, int64_t cols, Buffer<T>& buf) -> const T* {
+    if (!compact) return src;
+    buf.reset(N * cols);
+    parallel_for(ex, T_, N * cols > 65536, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t)
+        for (int64_t r = 0; r < nact[t]; ++r)
+          copy_n(src + (t * B + r) * ld, cols, buf.get() + (nact.offset(t) + r) * cols);
+    });
+    return buf.get();
+  };
+  Buffer<T> dgx_b, dgh_b, x_b, hp_b, dr_b, hq_b, dx_b;
+  const T* dgx_c = dense(dgx.get(), GH, GH, dgx_b);
+  const T* dgh_c = Cell::kSplitGrad ? dense(dgh, GH, GH, dgh_b) : dgx_c;
+  if (a.dx) {
+    T* out = a.dx;
+    if (compact) {
+      dx_b.reset(N * I);
+      out = dx_b.get();
+    }
+    gemm<T>(ex, N, I, GH, dgx_c, GH, 1, a.w_ih, I, false, out, I, false);
+    if (compact)  // scatter back; inactive rows get zeros
+      parallel_for(ex, T_, TB * I > 65536, [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) {
+          copy_n(out + nact.offset(t) * I, nact[t] * I, a.dx + t * B * I);
+          fill_n(a.dx + (t * B + nact[t]) * I, (B - nact[t]) * I, T(0));
+        }
+      });
+  }
+  if (a.dw_ih) gemm<T>(ex, GH, I, N, dgx_c, 1, GH, dense(a.x, I, I, x_b), I, false, a.dw_ih, I, false);
+  if (a.dw_hh)
+    gemm<T>(ex, GH, S, N, dgh_c, 1, GH, dense(a.ws + hprev_off, WS, S, hp_b), compact ? S : WS,
+            false, a.dw_hh, S, false);
+  if (a.db_ih) column_sums<T>(ex, N, GH, dgx_c, GH, a.db_ih);
+  if (a.db_hh) column_sums<T>(ex, N, GH, dgh_c, GH, a.db_hh);
+  if (a.dw_hr && P > 0)
+    gemm<T>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P, dense(a.ws + hpre_off, WS, H, hq_b),
+            compact ? H : WS, false, a.dw_hr, H, false);
 }
 
 template <class T>
