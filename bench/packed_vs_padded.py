@@ -4,9 +4,10 @@ than padded'.
 
     python bench/packed_vs_padded.py [--config T,B,I,H] [--reps N] [--threads N]
 
-The packed call includes packing the padded batch (pack_padded_sequence with
-enforce_sorted=False, as a user does per batch) and padding the output back; the padded call
-runs the module on the [T, B, I] tensor directly. Lengths are bench_cpu.mixed_lengths: mixed,
+Three calls per row: the module on a PackedSequence (built once; in training, packing is
+inside the call since autograd must reach x), the same with packing (pack_padded_sequence,
+enforce_sorted=False) and unpacking (pad_packed_sequence) around it, and the module on the
+padded [T, B, I] tensor. Training calls backpropagate a sum of the outputs. Lengths are bench_cpu.mixed_lengths: mixed,
 unsorted, in [T/4, T].
 """
 from __future__ import annotations
@@ -31,9 +32,19 @@ CLASSES = {"lstm": (rnnfast.LSTM, nn.LSTM), "gru": (rnnfast.GRU, nn.GRU),
 
 
 def calls(m, x, lengths, training):
+    """(module call on a PackedSequence, the same with packing and unpacking around it,
+    module call on the padded batch)."""
     T = x.shape[0]
+    pk = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
+    if training:
+        pk = pack_padded_sequence(x, lengths, enforce_sorted=False)
 
-    def packed():
+    def packed_module():
+        out, _ = m(pk if not training else pack_padded_sequence(x, lengths, enforce_sorted=False))
+        if training:
+            out.data.sum().backward()
+
+    def packed_end_to_end():
         out, _ = m(pack_padded_sequence(x, lengths, enforce_sorted=False))
         y, _ = pad_packed_sequence(out, total_length=T)
         if training:
@@ -44,8 +55,9 @@ def calls(m, x, lengths, training):
         if training:
             y.sum().backward()
 
+    fs = (packed_module, packed_end_to_end, padded)
     if training:
-        return packed, padded
+        return fs
 
     def no_grad(f):
         def g():
@@ -53,7 +65,7 @@ def calls(m, x, lengths, training):
                 f()
         return g
 
-    return no_grad(packed), no_grad(padded)
+    return tuple(no_grad(f) for f in fs)
 
 
 def main(argv=None):
@@ -69,8 +81,8 @@ def main(argv=None):
     lengths = torch.tensor(mixed_lengths(T, B, 0))
     print(f"T={T} B={B} I={I} H={H} threads={torch.get_num_threads()} "
           f"active fraction {float(lengths.sum()) / (T * B):.2f}")
-    print(f"{'impl':8s} {'cell':5s} {'mode':10s} {'packed ms':>10s} {'padded ms':>10s} "
-          f"{'packed/padded':>14s}")
+    print(f"{'impl':8s} {'cell':5s} {'mode':10s} {'packed ms':>10s} {'+pack/pad':>10s} "
+          f"{'padded ms':>10s} {'packed/padded':>14s} {'(+pack/pad)':>12s}")
     impls = ["rnnfast"] + (["torch"] if args.torch else [])
     for cell, (fast_cls, ref_cls) in CLASSES.items():
         for training in (False, True):
@@ -78,19 +90,22 @@ def main(argv=None):
                 torch.manual_seed(0)
                 m = (fast_cls if impl == "rnnfast" else ref_cls)(I, H)
                 x = torch.randn(T, B, I, requires_grad=training)
-                f_packed, f_padded = calls(m, x, lengths, training)
+                fs = calls(m, x, lengths, training)
                 for _ in range(3):
-                    f_packed()
-                    f_padded()
-                tp, td = [], []
-                for r in range(args.reps):
-                    for f, acc in ((f_packed, tp), (f_padded, td))[::1 if r % 2 else -1]:
-                        t0 = time.perf_counter()
+                    for f in fs:
                         f()
-                        acc.append(time.perf_counter() - t0)
-                mp, md = statistics.median(tp) * 1e3, statistics.median(td) * 1e3
+                times = [[] for _ in fs]
+                for r in range(args.reps):
+                    order = list(range(len(fs)))
+                    order = order[r % len(fs):] + order[:r % len(fs)]
+                    for i in order:
+                        t0 = time.perf_counter()
+                        fs[i]()
+                        times[i].append(time.perf_counter() - t0)
+                mp, me, md = (statistics.median(t) * 1e3 for t in times)
                 print(f"{impl:8s} {cell:5s} {'training' if training else 'inference':10s} "
-                      f"{mp:10.3f} {md:10.3f} {mp / md:14.2f}", flush=True)
+                      f"{mp:10.3f} {me:10.3f} {md:10.3f} {mp / md:14.2f} {me / md:12.2f}",
+                      flush=True)
     return 0
 
 

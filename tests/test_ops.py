@@ -140,3 +140,65 @@ def test_which_devices_run_native_kernels(env):
     cpu, cuda, meta, info_cuda, built = (w == "True" for w in out)
     assert cpu and not meta
     assert cuda == info_cuda == (built and env != "0")
+
+
+def _packed_rows(lengths, T):
+    """(t, b) of each row of the packed layout, time-major (PackedSequence.data order)."""
+    return [(t, b) for t in range(T) for b in range(len(lengths)) if lengths[b] > t]
+
+
+@pytest.mark.parametrize("cell,G", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_packed_input_matches_padded(cell, G, reverse):
+    """The op on packed rows [N, I] == the op on the padded batch with the same lengths:
+    outputs on the active rows, final states and every gradient (float64)."""
+    T, B, I, H = 6, 5, 4, 5
+    lengths = torch.tensor([6, 4, 4, 2, 0])
+    rows = _packed_rows(lengths.tolist(), T)
+    idx = torch.tensor([t * B + b for t, b in rows])
+    op = getattr(torch.ops.rnnfast, f"{cell}_layer")
+    for proj in ([0, 3] if cell == "lstm" else [0]):
+        args = list(_args(cell, G, proj, False, reverse, T=T, B=B, I=I, H=H))
+        args[8] = lengths
+        x = args[0].detach()
+        results = []
+        for packed in (False, True):
+            leaves = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor)
+                      and a.is_floating_point() else a for a in args]
+            xin = leaves[0]
+            if packed:
+                xin = x.reshape(T * B, I)[idx].clone().requires_grad_()
+            out, hy, cy, _ = op(xin, *leaves[1:])
+            out_rows = out if packed else out.reshape(T * B, -1)[idx]
+            loss = (out_rows * torch.linspace(-1, 1, out_rows.numel(), dtype=out.dtype)
+                    .reshape(out_rows.shape)).sum() + hy.sum() * 0.5
+            if cell == "lstm":
+                loss = loss + cy.sum() * 0.25
+            params = [a for a in leaves[1:8] if isinstance(a, torch.Tensor)]
+            grads = torch.autograd.grad(loss, [xin] + params)
+            gx = grads[0] if packed else grads[0].reshape(T * B, I)[idx]
+            results.append([out_rows, hy, cy, gx, *grads[1:]])
+        for a, b in zip(*results):
+            torch.testing.assert_close(b, a, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_opcheck_packed(training):
+    lengths = torch.tensor([3, 2, 2])
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=training)
+    args = (x, torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64),
+            torch.randn(20, 4, dtype=torch.float64, requires_grad=training),
+            torch.randn(20, 5, dtype=torch.float64), None, None, None, lengths, False, training)
+    torch.library.opcheck(torch.ops.rnnfast.lstm_layer, args)
+
+
+@pytest.mark.parametrize("lengths,match", [
+    (None, "needs lengths"),
+    (torch.tensor([2, 3, 2]), "non-increasing"),
+    (torch.tensor([3, 2, 1]), r"sum\(lengths\) = 6, but it has 7 rows"),
+    (torch.tensor([3.0, 2.0, 2.0]), "1-D int64 CPU tensor"),
+])
+def test_packed_input_argument_errors(lengths, match):
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.rnnfast.gru_layer(torch.randn(7, 4), None, None, torch.randn(15, 4),
+                                    torch.randn(15, 5), None, None, None, lengths, False, False)

@@ -77,6 +77,11 @@ struct ForwardArgs {
                                      // Steps t >= lengths[b] leave row b's state unchanged
                                      // and write zeros to y[t, b].
   bool reverse = false;          // process t = T-1 .. 0
+  // Packed layout (PackedSequence.data order): x, y and ws hold only the active
+  // (t, b), time-major: N = sum(lengths) rows, row offset(t) + b for b < n(t),
+  // where n(t) = #{b : lengths[b] > t} and offset(t) = n(0) + ... + n(t-1).
+  // Needs lengths, non-increasing. Shapes below then read [N, ...] for [T, B, ...].
+  bool packed = false;
   Real* y = nullptr;                // [T, B, S]  written
   Real* hy = nullptr;               // [B, S]     written
   Real* cy = nullptr;               // [B, H]     written (LSTM)
@@ -93,6 +98,7 @@ struct BackwardArgs {
   const Real* w_hr = nullptr;       // [P, H]     read (LSTM with P > 0)
   const int64_t* lengths = nullptr;  // [B] read; as in ForwardArgs
   bool reverse = false;
+  bool packed = false;              // as in ForwardArgs: x, ws, dy, dx are [N, ...]
   const Real* ws = nullptr;         // [T, B, WS] read (written by the forward pass)
   const Real* dy = nullptr;         // [T, B, S]  read; null = zeros
   const Real* dhy = nullptr;        // [B, S]     read; null = zeros

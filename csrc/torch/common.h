@@ -4,6 +4,8 @@
 
 #include <torch/extension.h>
 
+#include <vector>
+
 #include "../core/rnn.h"
 
 namespace rnnfast {
@@ -21,9 +23,20 @@ inline const char* cell_name(core::Cell cell) {
 }
 
 // Sizes of one layer call, read off the weights and checked against the
-// other arguments.
+// other arguments. N is the number of input rows: T*B, or sum(lengths) for a
+// packed 2-D input (PackedSequence.data order, see core::ForwardArgs::packed).
 struct Dims {
-  int64_t T, B, I, H, P, S, G;
+  int64_t T, B, I, H, P, S, G, N;
+  bool packed;
+  // Leading dimensions of input-shaped tensors (x, y, workspace, dx).
+  std::vector<int64_t> rows() const {
+    return packed ? std::vector<int64_t>{N} : std::vector<int64_t>{T, B};
+  }
+  std::vector<int64_t> rows_by(int64_t cols) const {
+    auto r = rows();
+    r.push_back(cols);
+    return r;
+  }
 };
 
 // t must be defined, on the input's device, of the input's dtype and of rank dim.
@@ -54,23 +67,53 @@ inline c10::optional<at::Tensor> opt_contiguous(const c10::optional<at::Tensor>&
 }
 
 // Validates input, weights and lengths; `dtypes` names what this backend
-// accepts (for the message). Lengths are a CPU tensor on every device.
+// accepts (for the message). Lengths are a CPU tensor on every device. A 2-D
+// input is the packed layout (rows of the active (t, b), time-major), which needs
+// non-increasing lengths summing to its rows; only backends with allow_packed.
 inline Dims check_args(core::Cell cell, const at::Tensor& input, const at::Tensor& w_ih,
                        const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr,
                        const c10::optional<at::Tensor>& lengths, bool dtype_ok,
-                       const char* dtypes) {
+                       const char* dtypes, bool allow_packed) {
   const char* op = cell_name(cell);
   TORCH_CHECK(input.defined(), "rnnfast::", op, ": input is required but was None");
   TORCH_CHECK(dtype_ok, "rnnfast::", op, ": input on ", input.device(), " must be ", dtypes,
               ", got ", input.scalar_type());
-  check_tensor(input, op, "input", input, 3);
+  Dims d{};
+  d.packed = input.dim() == 2;
+  TORCH_CHECK(!d.packed || allow_packed, "rnnfast::", op,
+              ": a packed 2-D input is supported on CPU only; got one on ", input.device());
+  check_tensor(input, op, "input", input, d.packed ? 2 : 3);
   check_tensor(w_ih, op, "weight_ih", input, 2);
   check_tensor(w_hh, op, "weight_hh", input, 2);
-  Dims d{};
   d.G = core::gates_of(cell);
-  d.T = input.size(0);
-  d.B = input.size(1);
-  d.I = input.size(2);
+  if (d.packed) {
+    TORCH_CHECK(opt_ptr(lengths), "rnnfast::", op,
+                ": a packed 2-D input needs lengths (the sequence lengths, non-increasing)");
+    const auto& L = *opt_ptr(lengths);
+    TORCH_CHECK(L.device().is_cpu() && L.scalar_type() == at::kLong && L.dim() == 1,
+                "rnnfast::", op, ": lengths must be a 1-D int64 CPU tensor, got ",
+                L.scalar_type(), " ", L.sizes(), " on ", L.device());
+    d.N = input.size(0);
+    d.B = L.size(0);
+    const auto Lc = L.contiguous();
+    const int64_t* l = Lc.data_ptr<int64_t>();
+    int64_t sum = 0;
+    for (int64_t b = 0; b < d.B; ++b) {
+      TORCH_CHECK(l[b] >= 0 && (b == 0 || l[b] <= l[b - 1]), "rnnfast::", op,
+                  ": with a packed 2-D input, lengths must be non-negative and non-increasing, "
+                  "got ", L.sizes(), " with lengths[", b, "] = ", l[b]);
+      sum += l[b];
+    }
+    TORCH_CHECK(sum == d.N, "rnnfast::", op, ": a packed 2-D input has one row per active "
+                "step, sum(lengths) = ", sum, ", but it has ", d.N, " rows");
+    d.T = d.B > 0 ? l[0] : 0;
+    d.I = input.size(1);
+  } else {
+    d.T = input.size(0);
+    d.B = input.size(1);
+    d.I = input.size(2);
+    d.N = d.T * d.B;
+  }
   TORCH_CHECK(w_ih.size(0) % d.G == 0, "rnnfast::", op, ": weight_ih has ", w_ih.size(0),
               " rows, not a multiple of ", d.G, " gates");
   d.H = w_ih.size(0) / d.G;
@@ -87,7 +130,7 @@ inline Dims check_args(core::Cell cell, const at::Tensor& input, const at::Tenso
   d.S = d.P > 0 ? d.P : d.H;
   check_shape(w_hh, op, "weight_hh", {d.G * d.H, d.S});
   TORCH_CHECK(d.T > 0, "rnnfast::", op, ": input must have at least one time step");
-  if (auto p = opt_ptr(lengths)) {
+  if (auto p = opt_ptr(lengths); p && !d.packed) {
     const auto& L = *p;
     TORCH_CHECK(L.device().is_cpu() && L.scalar_type() == at::kLong && L.dim() == 1 &&
                     L.size(0) == d.B,
@@ -114,10 +157,10 @@ inline ForwardInputs prepare_forward(
     const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths,
-    bool dtype_ok, const char* dtypes) {
+    bool dtype_ok, const char* dtypes, bool allow_packed) {
   const char* op = cell_name(cell);
   ForwardInputs f;
-  f.d = check_args(cell, input, w_ih, w_hh, w_hr, lengths, dtype_ok, dtypes);
+  f.d = check_args(cell, input, w_ih, w_hh, w_hr, lengths, dtype_ok, dtypes, allow_packed);
   const Dims& d = f.d;
   if (auto p = opt_ptr(hx)) {
     check_tensor(*p, op, "hx", input, 2);
@@ -162,10 +205,11 @@ inline BackwardInputs prepare_backward(
     const c10::optional<at::Tensor>& grad_hy, const c10::optional<at::Tensor>& grad_cy,
     const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths,
-    const at::Tensor& workspace, at::ScalarType ws_dtype, bool dtype_ok, const char* dtypes) {
+    const at::Tensor& workspace, at::ScalarType ws_dtype, bool dtype_ok, const char* dtypes,
+    bool allow_packed) {
   const char* op = cell_name(cell);
   BackwardInputs b;
-  b.d = check_args(cell, input, w_ih, w_hh, w_hr, lengths, dtype_ok, dtypes);
+  b.d = check_args(cell, input, w_ih, w_hh, w_hr, lengths, dtype_ok, dtypes, allow_packed);
   const Dims& d = b.d;
   const int64_t WS = core::workspace_cols(cell, d.H, d.P);
   TORCH_CHECK(workspace.defined(), "rnnfast::", op,
@@ -174,13 +218,13 @@ inline BackwardInputs prepare_backward(
               workspace.device(), " but the input is on ", input.device());
   TORCH_CHECK(workspace.scalar_type() == ws_dtype, "rnnfast::", op,
               "_backward: workspace has dtype ", workspace.scalar_type(), ", expected ", ws_dtype);
-  TORCH_CHECK(workspace.dim() == 3,
+  TORCH_CHECK(workspace.dim() == (d.packed ? 2 : 3),
               "rnnfast::", op, "_backward: the workspace is empty: the forward pass ran with "
               "training=False and saved nothing for backward");
-  check_shape(workspace, op, "workspace", {d.T, d.B, WS});
+  check_shape(workspace, op, "workspace", d.rows_by(WS));
   if (auto p = opt_ptr(grad_output)) {
-    check_tensor(*p, op, "grad_output", input, 3);
-    check_shape(*p, op, "grad_output", {d.T, d.B, d.S});
+    check_tensor(*p, op, "grad_output", input, d.packed ? 2 : 3);
+    check_shape(*p, op, "grad_output", d.rows_by(d.S));
     b.gy = p->contiguous();
   }
   if (auto p = opt_ptr(grad_hy)) {
@@ -216,7 +260,7 @@ struct Grads {
 
 inline Grads empty_grads(core::Cell cell, const Dims& d, const at::TensorOptions& opts) {
   Grads g;
-  g.dx = at::empty({d.T, d.B, d.I}, opts);
+  g.dx = at::empty(d.rows_by(d.I), opts);
   g.dh0 = at::empty({d.B, d.S}, opts);
   g.dc0 = cell == core::Cell::LSTM ? at::empty({d.B, d.H}, opts) : at::empty({0}, opts);
   g.dw_ih = at::empty({d.G * d.H, d.I}, opts);

@@ -62,13 +62,13 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
                          const c10::optional<at::Tensor>& lengths_, bool reverse, bool training) {
   const ForwardInputs f = prepare_forward(cell, input_, hx_, cx_, w_ih_, w_hh_, b_ih_, b_hh_,
                                           w_hr_, lengths_, cpu_dtype_ok(input_),
-                                          "float32 or float64");
+                                          "float32 or float64", /*allow_packed=*/true);
   const Dims& d = f.d;
   const auto opts = f.input.options();
-  auto y = at::empty({d.T, d.B, d.S}, opts);
+  auto y = at::empty(d.rows_by(d.S), opts);
   auto hy = at::empty({d.B, d.S}, opts);
   auto cy = cell == core::Cell::LSTM ? at::empty({d.B, d.H}, opts) : at::empty({0}, opts);
-  auto ws = training ? at::empty({d.T, d.B, core::workspace_cols(cell, d.H, d.P)}, opts)
+  auto ws = training ? at::empty(d.rows_by(core::workspace_cols(cell, d.H, d.P)), opts)
                      : at::empty({0}, opts);
 
   AtenExecutor ex;
@@ -86,6 +86,7 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
     a.w_hr = data_or_null<scalar_t>(f.w_hr);
     a.lengths = f.lengths ? f.lengths->data_ptr<int64_t>() : nullptr;
     a.reverse = reverse;
+    a.packed = d.packed;
     a.y = y.data_ptr<scalar_t>();
     a.hy = hy.data_ptr<scalar_t>();
     a.cy = cell == core::Cell::LSTM ? cy.data_ptr<scalar_t>() : nullptr;
@@ -106,7 +107,7 @@ BackwardResult backward_op(const c10::optional<at::Tensor>& grad_output,
   const BackwardInputs in = prepare_backward(
       cell, grad_output, grad_hy, grad_cy, input_, w_ih_, w_hh_, w_hr_, lengths_, workspace,
       input_.defined() ? input_.scalar_type() : at::kFloat, cpu_dtype_ok(input_),
-      "float32 or float64");
+      "float32 or float64", /*allow_packed=*/true);
   const Dims& d = in.d;
   Grads g = empty_grads(cell, d, in.input.options());
 
@@ -121,6 +122,7 @@ BackwardResult backward_op(const c10::optional<at::Tensor>& grad_output,
     a.w_hr = data_or_null<scalar_t>(in.w_hr);
     a.lengths = in.lengths ? in.lengths->data_ptr<int64_t>() : nullptr;
     a.reverse = reverse;
+    a.packed = d.packed;
     a.ws = in.ws.data_ptr<scalar_t>();
     a.dy = data_or_null<scalar_t>(in.gy);
     a.dhy = data_or_null<scalar_t>(in.ghy);

@@ -280,7 +280,8 @@ class RNNBase(nn.Module):
         return h, c
 
     def _layers(self, x: Tensor, hx, lengths: Optional[Tensor]):
-        """Runs every layer and direction over time-major x [T, B, I]."""
+        """Runs every layer and direction over time-major x: [T, B, I], or packed rows [N, I]
+        (PackedSequence.data) with their non-increasing lengths (CPU)."""
         cell = _MODE_TO_CELL[self.mode]
         is_lstm = self.mode == "LSTM"
         h0, c0 = hx if is_lstm else (hx, None)
@@ -302,7 +303,7 @@ class RNNBase(nn.Module):
                 outs.append(out)
                 hs.append(h)
                 cs.append(c)
-            x = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
+            x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
         h_n = torch.stack(hs, 0)
@@ -321,10 +322,17 @@ class RNNBase(nn.Module):
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
             self.check_forward_args(data, hx, batch_sizes)
-            padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            out, hidden = self._layers(padded, hx, lengths)
-            packed = pack_padded_sequence(out, lengths, enforce_sorted=True)
-            output = PackedSequence(packed.data, batch_sizes, sorted_indices, unsorted_indices)
+            if data.device.type == "cpu":
+                # The CPU ops take the packed rows as they are (no padding): the sequence
+                # lengths, in the packed (non-increasing) order, say which rows each step has.
+                steps = torch.arange(int(batch_sizes[0]), device=batch_sizes.device)
+                lengths = (batch_sizes.unsqueeze(1) > steps).sum(0)
+                out, hidden = self._layers(data, hx, lengths)
+            else:
+                padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+                out, hidden = self._layers(padded, hx, lengths)
+                out = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+            output = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
             return output, self.permute_hidden(hidden, unsorted_indices)
 
         if not isinstance(input, Tensor):

@@ -7,6 +7,10 @@ one direction, and its backward op, with the same schema for every cell:
                  bias_ih[G*H]?, bias_hh[G*H]?, weight_hr[P,H]?, lengths[B] int64?,
                  reverse, training) -> (output[T,B,S], hy[B,S], cy[B,H] or [0], workspace)
 
+On CPU the input may also be packed, [N, I] with N = sum(lengths): the rows of the
+active (t, b) in PackedSequence.data order (time-major), with non-increasing lengths; the
+output (and workspace) are then packed the same way, [N, S].
+
 where <cell> is lstm, gru, rnn_tanh or rnn_relu, S = P if weight_hr is given
 (LSTM projection) else H, and G is 4, 3 or 1. ``training=True`` saves the
 activations backward needs in ``workspace``; with ``training=False`` it is empty.
@@ -63,6 +67,15 @@ def workspace_cols(cell: str, hidden: int, proj: int) -> int:
     return 2 * hidden
 
 
+def _rows(input: torch.Tensor, lengths: Optional[torch.Tensor]) -> Tuple[tuple, int]:
+    """Leading dimensions of input-shaped tensors, and the batch size: (T, B) for a [T, B, I]
+    input; (N,) for a packed [N, I] input (PackedSequence.data order, CPU only), whose batch
+    size is the number of lengths."""
+    if input.dim() == 2:
+        return (input.shape[0],), lengths.shape[0]
+    return (input.shape[0], input.shape[1]), input.shape[1]
+
+
 def _op(cell: str):
     return getattr(torch.ops.rnnfast, f"{cell}_layer")
 
@@ -77,22 +90,22 @@ def _register(cell: str) -> None:
     @torch.library.register_fake(name)
     def _fake(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths,
               reverse, training):
-        T, B, _ = input.shape
+        rows, B = _rows(input, lengths)
         H = weight_ih.shape[0] // GATES[cell]
         P = weight_hr.shape[0] if weight_hr is not None else 0
         S = P if P > 0 else H
-        out = input.new_empty((T, B, S))
+        out = input.new_empty(rows + (S,))
         hy = input.new_empty((B, S))
         cy = input.new_empty((B, H)) if cell == "lstm" else input.new_empty((0,))
         ws_dtype = workspace_dtype(input)
-        ws = (input.new_empty((T, B, workspace_cols(cell, H, P)), dtype=ws_dtype) if training
+        ws = (input.new_empty(rows + (workspace_cols(cell, H, P),), dtype=ws_dtype) if training
               else input.new_empty((0,), dtype=ws_dtype))
         return out, hy, cy, ws
 
     @torch.library.register_fake(name + "_backward")
     def _fake_backward(grad_output, grad_hy, grad_cy, input, weight_ih, weight_hh, weight_hr,
                        lengths, workspace, reverse):
-        T, B, _ = input.shape
+        _, B = _rows(input, lengths)
         H = weight_ih.shape[0] // GATES[cell]
         P = weight_hr.shape[0] if weight_hr is not None else 0
         S = P if P > 0 else H
@@ -120,7 +133,7 @@ def _register(cell: str) -> None:
     def backward(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
         input, weight_ih, weight_hh, weight_hr, lengths, workspace = ctx.saved_tensors
         has_hx, has_cx, has_bih, has_bhh, has_whr = ctx.flags
-        if workspace.dim() != 3:
+        if workspace.dim() != input.dim():
             raise RuntimeError(
                 f"rnnfast.{cell}: backward needs the activations saved by a forward pass with "
                 "training=True; this forward ran with training=False")

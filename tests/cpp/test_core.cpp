@@ -206,6 +206,86 @@ double max_diff(const std::vector<Real>& a, const std::vector<Real>& b) {
   return m / scale;
 }
 
+// Packed layout (ForwardArgs::packed) against the padded call with the same sorted
+// lengths: outputs, states and every gradient, on the active rows.
+void check_packed(const Problem& p, const Executor& ex) {
+  auto t = make<double>(p, 4321);
+  const int64_t S = p.P > 0 ? p.P : p.H, G = gates_of(p.cell);
+  const int64_t WS = workspace_cols(p.cell, p.H, p.P);
+  std::vector<int64_t> n(p.T), off(p.T + 1, 0);
+  for (int64_t s = 0; s < p.T; ++s) {
+    n[s] = 0;
+    for (int64_t b = 0; b < p.B; ++b) n[s] += t.lengths[b] > s;
+    off[s + 1] = off[s] + n[s];
+  }
+  const int64_t N = off[p.T];
+  auto gather = [&](const std::vector<double>& v, int64_t cols) {
+    std::vector<double> out(N * cols);
+    for (int64_t s = 0; s < p.T; ++s)
+      std::copy(v.begin() + s * p.B * cols, v.begin() + (s * p.B + n[s]) * cols,
+                out.begin() + off[s] * cols);
+    return out;
+  };
+  struct Grads {
+    std::vector<double> dx, dh0, dc0, dwih, dwhh, dbih, dbhh, dwhr;
+  };
+  auto run = [&](bool packed, Result<double>& fr, Grads& g) {
+    Tensors<double> tt = t;
+    if (packed) tt.x = gather(t.x, p.I);
+    const int64_t rows = packed ? N : p.T * p.B;
+    fr.y.assign(rows * S, -7);
+    fr.hy.assign(p.B * S, -7);
+    fr.cy.assign(p.B * p.H, -7);
+    fr.ws.assign(rows * WS, -7);
+    ForwardArgs<double> a;
+    a.cell = p.cell; a.T = p.T; a.B = p.B; a.I = p.I; a.H = p.H; a.P = p.P;
+    a.x = tt.x.data(); a.h0 = t.h0.data();
+    a.c0 = p.cell == Cell::LSTM ? t.c0.data() : nullptr;
+    a.w_ih = t.w_ih.data(); a.w_hh = t.w_hh.data();
+    a.b_ih = t.b_ih.data(); a.b_hh = t.b_hh.data();
+    a.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
+    a.lengths = t.lengths.data(); a.reverse = p.reverse; a.packed = packed;
+    a.y = fr.y.data(); a.hy = fr.hy.data();
+    a.cy = p.cell == Cell::LSTM ? fr.cy.data() : nullptr;
+    a.ws = fr.ws.data();
+    layer_forward(a, ex);
+    std::vector<double> dy = packed ? gather(t.ry, S) : t.ry;
+    g.dx.assign(rows * p.I, -7); g.dh0.assign(p.B * S, -7); g.dc0.assign(p.B * p.H, -7);
+    g.dwih.assign(t.w_ih.size(), -7); g.dwhh.assign(t.w_hh.size(), -7);
+    g.dbih.assign(G * p.H, -7); g.dbhh.assign(G * p.H, -7); g.dwhr.assign(t.w_hr.size(), -7);
+    BackwardArgs<double> b;
+    b.cell = p.cell; b.T = p.T; b.B = p.B; b.I = p.I; b.H = p.H; b.P = p.P;
+    b.x = tt.x.data(); b.w_ih = t.w_ih.data(); b.w_hh = t.w_hh.data();
+    b.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
+    b.lengths = t.lengths.data(); b.reverse = p.reverse; b.packed = packed;
+    b.ws = fr.ws.data(); b.dy = dy.data(); b.dhy = t.rh.data();
+    b.dcy = p.cell == Cell::LSTM ? t.rc.data() : nullptr;
+    b.dx = g.dx.data(); b.dh0 = g.dh0.data();
+    b.dc0 = p.cell == Cell::LSTM ? g.dc0.data() : nullptr;
+    b.dw_ih = g.dwih.data(); b.dw_hh = g.dwhh.data();
+    b.db_ih = g.dbih.data(); b.db_hh = g.dbhh.data();
+    b.dw_hr = p.P > 0 ? g.dwhr.data() : nullptr;
+    layer_backward(b, ex);
+  };
+  Result<double> fpad, fpk;
+  Grads gpad, gpk;
+  run(false, fpad, gpad);
+  run(true, fpk, gpk);
+  const double tol = 1e-12;
+  const std::string tag = describe(p) + " packed";
+  expect(max_diff(fpk.y, gather(fpad.y, S)) < tol, tag + " y");
+  expect(max_diff(fpk.hy, fpad.hy) < tol, tag + " hy");
+  if (p.cell == Cell::LSTM) expect(max_diff(fpk.cy, fpad.cy) < tol, tag + " cy");
+  expect(max_diff(gpk.dx, gather(gpad.dx, p.I)) < tol, tag + " dx");
+  expect(max_diff(gpk.dh0, gpad.dh0) < tol, tag + " dh0");
+  if (p.cell == Cell::LSTM) expect(max_diff(gpk.dc0, gpad.dc0) < tol, tag + " dc0");
+  expect(max_diff(gpk.dwih, gpad.dwih) < tol, tag + " dw_ih");
+  expect(max_diff(gpk.dwhh, gpad.dwhh) < tol, tag + " dw_hh");
+  expect(max_diff(gpk.dbih, gpad.dbih) < tol, tag + " db_ih");
+  expect(max_diff(gpk.dbhh, gpad.dbhh) < tol, tag + " db_hh");
+  if (p.P > 0) expect(max_diff(gpk.dwhr, gpad.dwhr) < tol, tag + " dw_hr");
+}
+
 template <class Real>
 void check_isas_and_threads(const Problem& p, double tol) {
   auto t = make<Real>(p, 99);
@@ -255,6 +335,18 @@ int main() {
   for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU})
     for (bool reverse : {false, true})
       problems.push_back({cell, 6, 7, 5, 7, cell == Cell::LSTM ? 3 : 0, reverse, true, true, true});
+  // The packed layout against the padded call with the same lengths.
+  {
+    SerialExecutor serial;
+    ThreadExecutor threads(2);
+    for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU})
+      for (bool reverse : {false, true})
+        for (int64_t P : {int64_t(0), int64_t(cell == Cell::LSTM ? 3 : 0)}) {
+          check_packed({cell, 6, 7, 5, 7, P, reverse, true, true, true}, serial);
+          check_packed({cell, 9, 53, 19, 40, P, reverse, true, true, true}, threads);
+          check_packed({cell, 2, 5, 4, 6, P, reverse, true, true, true}, serial);  // dot path
+        }
+  }
   for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
     if (!cpu_supports(isa)) continue;
     set_isa(isa);

@@ -99,16 +99,19 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   const bool big = B * GH * S > 16384;
   const ActivePrefix nact(a.lengths, B, T_);
   // With prefix lengths only the active (t, b) get an input projection, stored
-  // densely: row nact.offset(t) + b.
-  const bool compact = nact.prefix() && nact.total(T_) < T_ * B;
+  // densely: row nact.offset(t) + b. A packed input already is that matrix.
+  const bool packed = a.packed;
+  const bool compact = packed || (nact.prefix() && nact.total(T_) < T_ * B);
   const int64_t NX = compact ? nact.total(T_) : T_ * B;
-  Buffer<T> xc(compact ? NX * I : 0);
-  if (compact)
+  Buffer<T> xc(compact && !packed ? NX * I : 0);
+  if (compact && !packed)
     parallel_for(ex, T_, NX * I > 65536, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t)
         copy_n(a.x + t * B * I, nact[t] * I, xc.get() + nact.offset(t) * I);
     });
-  const T* const xin = compact ? xc.get() : a.x;
+  const T* const xin = compact && !packed ? xc.get() : a.x;
+  // First row of step t in y and ws (of every row of it, or of its active ones if packed).
+  auto row0 = [&](int64_t t) { return packed ? nact.offset(t) : t * B; };
 
   // 1. gx[t, b] = x[t, b] W_ih^T + b_ih + (foldable part of) b_hh, all steps at once.
   Buffer<T> gx(NX * GH);
@@ -180,10 +183,10 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     st.c = cbuf.get();
     st.hout = P > 0 ? hpre.get() : hnext;
     st.ld_hout = P > 0 ? H : S;
-    st.y = P > 0 ? nullptr : a.y + t * B * S;
-    st.ws = a.ws ? a.ws + t * B * WS : nullptr;
+    st.y = P > 0 ? nullptr : a.y + row0(t) * S;
+    st.ws = a.ws ? a.ws + row0(t) * WS : nullptr;
     st.b_hn = b_hn;
-    T* ytn = a.y + t * B * S;
+    T* ytn = a.y + row0(t) * S;
 
     slot.share(nrb * nsH, &tb, &te);
     {
@@ -208,17 +211,18 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         for (int64_t b = r0; b < r1; ++b) {
           if (row_active(a.lengths, b, t)) {
             for_units<T>(j0, j1, [&](auto v, int64_t j) { Cell::template fwd<decltype(v), T>(st, b, j); });
-          } else {
+          } else {  // inactive: the state carries over; y and ws get zeros (no row if packed)
             if (P == 0) {
               copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
-              fill_n(ytn + b * S + j0, j1 - j0, T(0));
+              if (!packed) fill_n(ytn + b * S + j0, j1 - j0, T(0));
             }
-            if (st.ws)
+            if (st.ws && !packed)
               for (int64_t q = 0; q < nblk; ++q) fill_n(st.ws + b * WS + q * H + j0, j1 - j0, T(0));
           }
           if (P == 0) {
             pack_row_units(hpk_next, S, b, hnext + b * S, j0, j1);
-            if (st.ws) copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
+            if (st.ws && (!packed || b < ra))
+              copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
           }
         }
       }
@@ -244,10 +248,11 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
               copy_n(hnext + b * S + j0, j1 - j0, ytn + b * S + j0);
             } else {
               copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
-              fill_n(ytn + b * S + j0, j1 - j0, T(0));
+              if (!packed) fill_n(ytn + b * S + j0, j1 - j0, T(0));
             }
             pack_row_units(hpk_next, S, b, hnext + b * S, j0, j1);
-            if (st.ws) copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
+            if (st.ws && (!packed || b < ra))
+              copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
           }
         }
       }
@@ -268,7 +273,13 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   const int64_t hpre_off = 6 * H;  // LSTM with projection only
   const bool big = B * GH * S > 16384;
 
-  Buffer<T> dgx(TB * GH), dgh_own(Cell::kSplitGrad ? TB * GH : 0);
+  const ActivePrefix nact(a.lengths, B, T_);
+  const bool packed = a.packed;
+  // Rows of the per-step buffers (dG, dR): every (t, b), or the active ones if packed,
+  // at row row0(t) + b as in ForwardArgs::packed.
+  const int64_t NR_ = packed ? nact.total(T_) : TB;
+  auto row0 = [&](int64_t t) { return packed ? nact.offset(t) : t * B; };
+  Buffer<T> dgx(NR_ * GH), dgh_own(Cell::kSplitGrad ? NR_ * GH : 0);
   T* dgh = Cell::kSplitGrad ? dgh_own.get() : dgx.get();
   Buffer<T> carry(B * S), dc(Cell::kHasC ? B * H : 0), rec(B * S);
   if (a.dhy) copy_n(a.dhy, B * S, carry.get()); else fill_n(carry.get(), B * S, T(0));
@@ -283,7 +294,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   const bool direct = T_ <= 3;
   RightOperand<T> whh(a.w_hh, S, false, 0, GH, S, &ex, direct);
   RightOperand<T> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0, &ex, direct);
-  Buffer<T> dR(P > 0 ? TB * P : 0), dhpre(P > 0 ? B * H : 0);
+  Buffer<T> dR(P > 0 ? NR_ * P : 0), dhpre(P > 0 ? B * H : 0);
   const int64_t rbs = step_block_rows(B), nrb = ceil_div(B, rbs);
   const int64_t nblk = Cell::hblocks(P);
   // dG (h side) of each step also in A-panel layout, for the next step's GEMM.
@@ -298,23 +309,22 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   };
 
   auto time_of = [&](int64_t step) { return a.reverse ? step : T_ - 1 - step; };
-  const ActivePrefix nact(a.lengths, B, T_);
   run_steps(ex, T_, big, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = time_of(step);
     // dG (h side) of the step processed just before, if any; it is zero on the rows
     // [nrec, B) that were inactive there, so dG_prev W_hh is needed on [0, nrec) only
-    const T* prev = step > 0 ? dgh + time_of(step - 1) * B * GH : nullptr;
+    const T* prev = step > 0 ? dgh + row0(time_of(step - 1)) * GH : nullptr;
     const int64_t nrec = prev ? nact[time_of(step - 1)] : 0;
     const T* const dpk_prev = dpks[(step + 1) % 2];
     T* const dpk_cur = dpks[step % 2];
     int64_t tb, te;
     BwdStep<T> st;
     st.H = H; st.S = S; st.GH = GH; st.WS = WS;
-    st.ws = a.ws + t * B * WS;
+    st.ws = a.ws + row0(t) * WS;
     st.dc = dc.get();
-    st.dgx = dgx.get() + t * B * GH;
-    st.dgh = dgh + t * B * GH;
-    const T* dyt = a.dy ? a.dy + t * B * S : nullptr;
+    st.dgx = dgx.get() + row0(t) * GH;
+    st.dgh = dgh + row0(t) * GH;
+    const T* dyt = a.dy ? a.dy + row0(t) * S : nullptr;
 
     // dh[b, j] = carry + dy_t (active rows) + (dG_{prev} W_hh)[b, j]; returns it and
     // leaves carry ready for the rows that are inactive at t.
@@ -335,7 +345,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
 
     // Phase 1, over strips of the S state units: dh = carry + dy_t + dG_prev W_hh; then,
     // without a projection, the cell's derivatives; with one, only dR_t (phase 2 does the cell).
-    T* dRt = P > 0 ? dR.get() + t * B * P : nullptr;
+    T* dRt = P > 0 ? dR.get() + row0(t) * P : nullptr;
     slot.share(nrb * nsS, &tb, &te);
     {
       alignas(64) T dh[kNR<T>];
@@ -344,7 +354,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
         const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
         const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
         if (P == 0)  // the saved activations this task's epilogue reads after the GEMM
-          for (int64_t b = r0; b < r1; ++b)
+          for (int64_t b = r0; b < imin(r1, nact[t]); ++b)
             for (int64_t q = 0; q < nblk; ++q) prefetch_units(st.ws + b * WS + q * H + j0, j1 - j0);
         const int64_t rr = imin(r1, nrec);
         if (rr > r0) {
@@ -360,8 +370,8 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           if (P > 0 && active) {
             copy_n(dh, j1 - j0, dRt + b * P + j0);
             fill_n(cr + j0, j1 - j0, T(0));
-          } else if (P > 0) {  // inactive: dh passes to h_{t-1}, dR_t is zero
-            fill_n(dRt + b * P + j0, j1 - j0, T(0));
+          } else if (P > 0) {  // inactive: dh passes to h_{t-1}, dR_t is zero (no row if packed)
+            if (!packed) fill_n(dRt + b * P + j0, j1 - j0, T(0));
             copy_n(dh, j1 - j0, cr + j0);
           } else if (active) {
             for_units<T>(j0, j1, [&](auto v, int64_t j) {
@@ -371,8 +381,10 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
             pack_grads(dpk_cur, st.dgh, b, j0, j1);
           } else {
             copy_n(dh, j1 - j0, cr + j0);
-            zero_grads(b, j0, j1);
-            pack_grads(dpk_cur, st.dgh, b, j0, j1);
+            if (!packed) {  // packed: no row; the next step's GEMM reads active rows only
+              zero_grads(b, j0, j1);
+              pack_grads(dpk_cur, st.dgh, b, j0, j1);
+            }
           }
         }
       }
@@ -398,30 +410,33 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
                 using V = decltype(v);
                 Cell::template bwd<V, T>(st, b, j, V::load(dhp + j));
               });
-            } else {
+            } else if (!packed) {
               zero_grads(b, j0, j1);
             }
-            pack_grads(dpk_cur, st.dgh, b, j0, j1);
+            if (!packed || b < ra) pack_grads(dpk_cur, st.dgh, b, j0, j1);
           }
         }
       }
       slot.sync();
     }
   });
-  const T* prev = T_ > 0 ? dgh + time_of(T_ - 1) * B * GH : nullptr;  // the last step processed
+  // the last step processed; its rows past nlast were inactive (zero dG, or none if packed)
+  const T* prev = T_ > 0 ? dgh + row0(time_of(T_ - 1)) * GH : nullptr;
+  const int64_t nlast = T_ > 0 ? nact[time_of(T_ - 1)] : 0;
 
   // dh0 = carry + dG_first W_hh ; dc0 = dc
   if (a.dh0) {
     copy_n(carry.get(), B * S, a.dh0);
-    if (prev) gemm<T>(ex, B, S, GH, prev, GH, 1, a.w_hh, S, false, a.dh0, S, true);
+    if (prev && nlast > 0) gemm<T>(ex, nlast, S, GH, prev, GH, 1, a.w_hh, S, false, a.dh0, S, true);
   }
   if (Cell::kHasC && a.dc0) copy_n(dc.get(), B * H, a.dc0);
 
   // Whole-sequence GEMMs. Inactive (t, b) have zero gate gradients; with prefix
   // lengths their rows are dropped first (gathered densely, row offset(t) + b), so
   // the GEMMs run over the active rows only.
-  const bool compact = nact.prefix() && nact.total(T_) < TB && TB > 0;
-  const int64_t N = compact ? nact.total(T_) : TB;
+  // A packed call's buffers already are dense.
+  const bool compact = !packed && nact.prefix() && nact.total(T_) < TB && TB > 0;
+  const int64_t N = compact || packed ? nact.total(T_) : TB;
   auto dense = [&](const T* src, int64_t ld, int64_t cols, Buffer<T>& buf) -> const T* {
     if (!compact) return src;
     buf.reset(N * cols);

@@ -53,7 +53,8 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
                          const c10::optional<at::Tensor>& w_hr_,
                          const c10::optional<at::Tensor>& lengths_, bool reverse, bool training) {
   const ForwardInputs f = prepare_forward(cell, input_, hx_, cx_, w_ih_, w_hh_, b_ih_, b_hh_,
-                                          w_hr_, lengths_, cuda_dtype_ok(input_), kDtypes);
+                                          w_hr_, lengths_, cuda_dtype_ok(input_), kDtypes,
+                                          /*allow_packed=*/false);
   const Dims& d = f.d;
   const c10::cuda::CUDAGuard guard(f.input.device());
   const auto opts = f.input.options();
@@ -107,7 +108,8 @@ BackwardResult backward_op(const c10::optional<at::Tensor>& grad_output,
   const auto dt = ok ? input_.scalar_type() : at::kFloat;
   const auto acc = accumulate_dtype(dt);
   const BackwardInputs in = prepare_backward(cell, grad_output, grad_hy, grad_cy, input_, w_ih_,
-                                             w_hh_, w_hr_, lengths_, workspace, acc, ok, kDtypes);
+                                             w_hh_, w_hr_, lengths_, workspace, acc, ok, kDtypes,
+                                             /*allow_packed=*/false);
   const Dims& d = in.d;
   const c10::cuda::CUDAGuard guard(in.input.device());
   // The backward pass runs in the accumulation type: 16-bit tensors go up to
