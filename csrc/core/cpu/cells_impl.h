@@ -12,7 +12,8 @@
 template <class T>
 struct FwdStep {
   int64_t H, P, S, GH, WS;
-  const T* gx;    // [B, GH]  x_t W_ih^T + folded biases                  read
+  const T* gx;    // [B, GH]  x_t W_ih^T                                  read
+  const T* bias;  // [GH]     b_ih + the part of b_hh that folds in (GRU: not b_hn)  read
   const T* rg;    // [B, GH]  h_{t-1} W_hh^T                              read
   const T* h;     // [B, S]   h_{t-1}                                     read
   T* c;           // [B, H]   LSTM cell state, c_{t-1} in, c_t out        read/written
@@ -46,10 +47,11 @@ struct LstmCell {
     const int64_t H = s.H;
     const T* gx = s.gx + b * s.GH + j;
     const T* rg = s.rg + b * s.GH + j;
-    V i = V::sigmoid(V::load(gx) + V::load(rg));
-    V f = V::sigmoid(V::load(gx + H) + V::load(rg + H));
-    V g = V::tanh(V::load(gx + 2 * H) + V::load(rg + 2 * H));
-    V o = V::sigmoid(V::load(gx + 3 * H) + V::load(rg + 3 * H));
+    const T* bs = s.bias + j;
+    V i = V::sigmoid(V::load(gx) + V::load(rg) + V::load(bs));
+    V f = V::sigmoid(V::load(gx + H) + V::load(rg + H) + V::load(bs + H));
+    V g = V::tanh(V::load(gx + 2 * H) + V::load(rg + 2 * H) + V::load(bs + 2 * H));
+    V o = V::sigmoid(V::load(gx + 3 * H) + V::load(rg + 3 * H) + V::load(bs + 3 * H));
     T* cp = s.c + b * H + j;
     V c_prev = V::load(cp);
     V c = V::fmadd(f, c_prev, i * g);
@@ -105,11 +107,12 @@ struct GruCell {
     const int64_t H = s.H;
     const T* gx = s.gx + b * s.GH + j;
     const T* rg = s.rg + b * s.GH + j;
-    V r = V::sigmoid(V::load(gx) + V::load(rg));
-    V z = V::sigmoid(V::load(gx + H) + V::load(rg + H));
+    const T* bs = s.bias + j;
+    V r = V::sigmoid(V::load(gx) + V::load(rg) + V::load(bs));
+    V z = V::sigmoid(V::load(gx + H) + V::load(rg + H) + V::load(bs + H));
     V hn = V::load(rg + 2 * H);
     if (s.b_hn) hn = hn + V::load(s.b_hn + j);
-    V n = V::tanh(V::fmadd(r, hn, V::load(gx + 2 * H)));
+    V n = V::tanh(V::fmadd(r, hn, V::load(gx + 2 * H) + V::load(bs + 2 * H)));
     V hp = V::load(s.h + b * s.S + j);
     V h = V::fmadd(z, hp - n, n);  // (1 - z) * n + z * h_{t-1}
     h.store(s.hout + b * s.ld_hout + j);
@@ -158,7 +161,7 @@ struct ElmanCell {
 
   template <class V, class T>
   static void fwd(const FwdStep<T>& s, int64_t b, int64_t j) {
-    V pre = V::load(s.gx + b * s.GH + j) + V::load(s.rg + b * s.GH + j);
+    V pre = V::load(s.gx + b * s.GH + j) + V::load(s.rg + b * s.GH + j) + V::load(s.bias + j);
     V h = Relu ? V::relu(pre) : V::tanh(pre);
     h.store(s.hout + b * s.ld_hout + j);
     if (s.y) h.store(s.y + b * s.S + j);

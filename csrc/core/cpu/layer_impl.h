@@ -113,23 +113,17 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   // First row of step t in y and ws (of every row of it, or of its active ones if packed).
   auto row0 = [&](int64_t t) { return packed ? nact.offset(t) : t * B; };
 
-  // 1. gx[t, b] = x[t, b] W_ih^T + b_ih + (foldable part of) b_hh, all steps at once.
-  Buffer<T> gx(NX * GH);
-  {
-    Buffer<T> bias(GH);
-    for (int64_t n = 0; n < GH; ++n)
-      bias.get()[n] = (a.b_ih ? a.b_ih[n] : T(0)) +
-                      (a.b_hh && Cell::fold_hh_bias(n, H) ? a.b_hh[n] : T(0));
-    T* g = gx.get();
-    const T* bv = bias.get();
-    parallel_for(ex, NX, NX * GH > 65536, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) copy_n(bv, GH, g + r * GH);
-    });
-    if (NX <= 8)  // a step or two of a small batch: not worth packing W_ih
-      gemm_dot<T>(NX, GH, I, xin, I, a.w_ih, I, g, GH, /*acc=*/true);
-    else
-      gemm<T>(ex, NX, GH, I, xin, I, 1, a.w_ih, I, /*b_trans=*/true, g, GH, /*accumulate=*/true);
-  }
+  // 1. gx[t, b] = x[t, b] W_ih^T, all steps at once. The biases (b_ih and the part
+  //    of b_hh that folds in) are added by the steps' epilogues.
+  Buffer<T> gx(NX * GH), bias(GH);
+  for (int64_t n = 0; n < GH; ++n)
+    bias.get()[n] = (a.b_ih ? a.b_ih[n] : T(0)) +
+                    (a.b_hh && Cell::fold_hh_bias(n, H) ? a.b_hh[n] : T(0));
+  if (NX <= 8)  // a step or two of a small batch: not worth packing W_ih
+    gemm_dot<T>(NX, GH, I, xin, I, a.w_ih, I, gx.get(), GH, /*acc=*/false);
+  else
+    gemm<T>(ex, NX, GH, I, xin, I, 1, a.w_ih, I, /*b_trans=*/true, gx.get(), GH,
+            /*accumulate=*/false);
   const T* b_hn = (G == 3 && a.b_hh) ? a.b_hh + 2 * H : nullptr;
 
   // 2. W_hh^T packed per gate: panel (gate k, strip s) holds columns
@@ -179,6 +173,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
     st.gx = gx.get() + (compact ? nact.offset(t) : t * B) * GH;  // rows b < nact[t] if compact
     st.rg = rg.get();
+    st.bias = bias.get();
     st.h = hcur;
     st.c = cbuf.get();
     st.hout = P > 0 ? hpre.get() : hnext;
