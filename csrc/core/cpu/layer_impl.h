@@ -75,7 +75,7 @@ class ActivePrefix {
     }
   }
   int64_t operator[](int64_t t) const { return n_.get()[t]; }
-  // Whether the active rows of every step are a prefix and some steps have fewer than B.
+  // Whether the lengths are non-increasing, so that the active rows of each step are a prefix.
   bool prefix() const { return prefix_; }
   int64_t offset(int64_t t) const { return off_.get()[t]; }
   int64_t total(int64_t T) const { return off_.get()[T]; }
