@@ -197,6 +197,8 @@ def test_opcheck_packed(training):
     (torch.tensor([2, 3, 2]), "non-increasing"),
     (torch.tensor([3, 2, 1]), r"sum\(lengths\) = 6, but it has 7 rows"),
     (torch.tensor([3.0, 2.0, 2.0]), "1-D int64 CPU tensor"),
+    # lengths whose sum wraps around int64 to the number of rows must not get through
+    (torch.tensor([2 ** 62 + 1] * 4 + [1, 1, 1]), "add up to more than"),
 ])
 def test_packed_input_argument_errors(lengths, match):
     with pytest.raises(RuntimeError, match=match):

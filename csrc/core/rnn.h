@@ -29,7 +29,9 @@ int gates_of(Cell cell);
 
 // Columns of the per-(t, b) workspace that the forward pass saves for the
 // backward pass:
-//   LSTM: [i f g o (4H, activated) | c_{t-1} (H) | tanh(c_t) (H) | h_{t-1} (S) | o*tanh(c_t) (H, only if P)]
+//   LSTM: [i f g o (4H, activated) | c_{t-1} (H) | tanh(c_t) (H) | o*tanh(c_t) (H, only if P) | h_{t-1} (S)]
+//         (the CUDA kernels order the last two the other way: see cuda/rnn_cuda.h; a
+//         workspace belongs to the device that wrote it)
 //   GRU : [r z n (3H, activated) | W_hn h_{t-1} + b_hn (H) | h_{t-1} (H)]
 //   RNN : [h_t (H) | h_{t-1} (H)]
 int64_t workspace_cols(Cell cell, int64_t H, int64_t P);

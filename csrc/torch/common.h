@@ -102,6 +102,9 @@ inline Dims check_args(core::Cell cell, const at::Tensor& input, const at::Tenso
       TORCH_CHECK(l[b] >= 0 && (b == 0 || l[b] <= l[b - 1]), "rnnfast::", op,
                   ": with a packed 2-D input, lengths must be non-negative and non-increasing, "
                   "got ", L.sizes(), " with lengths[", b, "] = ", l[b]);
+      // sum <= N throughout, so it cannot overflow
+      TORCH_CHECK(l[b] <= d.N - sum, "rnnfast::", op, ": a packed 2-D input has one row per "
+                  "active step, but lengths add up to more than its ", d.N, " rows");
       sum += l[b];
     }
     TORCH_CHECK(sum == d.N, "rnnfast::", op, ": a packed 2-D input has one row per active "

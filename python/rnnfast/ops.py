@@ -72,6 +72,9 @@ def _rows(input: torch.Tensor, lengths: Optional[torch.Tensor]) -> Tuple[tuple, 
     input; (N,) for a packed [N, I] input (PackedSequence.data order, CPU only), whose batch
     size is the number of lengths."""
     if input.dim() == 2:
+        if lengths is None:
+            raise RuntimeError("rnnfast: a packed 2-D input needs lengths (the sequence "
+                               "lengths, non-increasing)")
         return (input.shape[0],), lengths.shape[0]
     return (input.shape[0], input.shape[1]), input.shape[1]
 

@@ -148,6 +148,9 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   Buffer<T> hbuf0(B * S), hbuf1(B * S), cbuf(Cell::kHasC ? B * H : 0), rg(B * GH),
       hpre(P > 0 ? B * H : 0);
   if (a.h0) copy_n(a.h0, B * S, hbuf0.get()); else fill_n(hbuf0.get(), B * S, T(0));
+  // With unsorted lengths the projection GEMM also reads the rows of inactive batch
+  // rows (their results are discarded): keep them defined.
+  if (P > 0) fill_n(hpre.get(), B * H, T(0));
   // h_{t-1} also kept in A-panel layout for the recurrent GEMM (written by the
   // step that produces it). For 4 rows or fewer the GEMM reads the rows of h in
   // place instead: a panel would be mostly padding, read with a stride of MR

@@ -2,8 +2,10 @@
 //
 // Nothing here includes torch. The caller passes device pointers, sizes, a
 // stream, a cuBLAS handle whose stream is that stream, and a scratch buffer of
-// at least *_scratch_bytes() bytes (16-byte aligned). Shapes, gate order and
-// the workspace layout are those of csrc/core/rnn.h (same legend).
+// at least *_scratch_bytes() bytes (16-byte aligned). Shapes and gate order are
+// those of csrc/core/rnn.h (same legend), and so is the workspace layout, except
+// that an LSTM with projection saves [... | h_{t-1} (S) | o*tanh(c_t) (H)] here, in
+// the accumulation type (float32 for 16-bit data).
 //
 // Algorithm (one layer, one direction):
 //   forward : gx = x W_ih^T for every step in one GEMM; then per step one GEMM

@@ -56,6 +56,8 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
                                           w_hr_, lengths_, cuda_dtype_ok(input_), kDtypes,
                                           /*allow_packed=*/false);
   const Dims& d = f.d;
+  TORCH_CHECK(d.H > 0, "rnnfast::", cell_name(cell), ": the CUDA kernels need hidden_size > 0, "
+              "got weight_ih of shape ", f.w_ih.sizes());
   const c10::cuda::CUDAGuard guard(f.input.device());
   const auto opts = f.input.options();
   const auto acc_opts = opts.dtype(accumulate_dtype(f.input.scalar_type()));
@@ -111,6 +113,8 @@ BackwardResult backward_op(const c10::optional<at::Tensor>& grad_output,
                                              w_hh_, w_hr_, lengths_, workspace, acc, ok, kDtypes,
                                              /*allow_packed=*/false);
   const Dims& d = in.d;
+  TORCH_CHECK(d.H > 0, "rnnfast::", cell_name(cell), "_backward: the CUDA kernels need "
+              "hidden_size > 0, got weight_ih of shape ", in.w_ih.sizes());
   const c10::cuda::CUDAGuard guard(in.input.device());
   // The backward pass runs in the accumulation type: 16-bit tensors go up to
   // float32 here and the gradients come back down at the end.
