@@ -74,17 +74,24 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "x".join(map(str, c)))
-@pytest.mark.parametrize("kind", KIND_NAMES)
-def test_float64_matches_cpu_torch(kind, cfg):
-    """Outputs, states and every gradient in float64 on the GPU against nn.* on the CPU."""
+def _config_pair(kind, cfg, dtype, device="cpu"):
+    """(torch module, rnnfast module, leaves) for one CONFIGS entry, leaves on `device`."""
     T, B, I, H, layers, bidir, proj, bf = cfg
     proj = proj if is_lstm(kind) else 0
     kw = dict(num_layers=layers, bidirectional=bidir, batch_first=bf)
     if proj:
         kw["proj_size"] = proj
-    ref, new = make_pair(kind, I, H, dtype=torch.float64, **kw)
-    leaves = _leaves(kind, T, B, I, H, layers, bidir, proj, batch_first=bf)
+    ref, new = make_pair(kind, I, H, dtype=dtype, **kw)
+    leaves = _leaves(kind, T, B, I, H, layers, bidir, proj, dtype=dtype, batch_first=bf,
+                     device=device)
+    return ref, new, leaves
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_float64_matches_cpu_torch(kind, cfg):
+    """Outputs, states and every gradient in float64 on the GPU against nn.* on the CPU."""
+    ref, new, leaves = _config_pair(kind, cfg, torch.float64)
     call = call_dense(is_lstm(kind))
     expected = fwd_bwd(ref, leaves, call)
     actual = fwd_bwd(new.to(CUDA), _to(leaves, CUDA), call)
@@ -115,14 +122,7 @@ def _check_float32(kind, ref32, new32, leaves32, call, what):
 @pytest.mark.parametrize("kind", KIND_NAMES)
 def test_float32_matches_cudnn(kind, cfg):
     """float32 against cuDNN on the same GPU and against float64, TF32 off on both sides."""
-    T, B, I, H, layers, bidir, proj, bf = cfg
-    proj = proj if is_lstm(kind) else 0
-    kw = dict(num_layers=layers, bidirectional=bidir, batch_first=bf)
-    if proj:
-        kw["proj_size"] = proj
-    ref, new = make_pair(kind, I, H, dtype=torch.float32, **kw)
-    leaves = _leaves(kind, T, B, I, H, layers, bidir, proj, dtype=torch.float32, batch_first=bf,
-                     device=CUDA)
+    ref, new, leaves = _config_pair(kind, cfg, torch.float32, CUDA)
     _check_float32(kind, ref, new, leaves, call_dense(is_lstm(kind)), f"{kind} {cfg}")
 
 

@@ -289,6 +289,16 @@ using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                   at::Tensor, at::Tensor, at::Tensor>;
 
+// The outputs of one forward call (output, hy, cy, workspace), allocated with `opts`;
+// the workspace, saved only when training, with `ws_opts`.
+inline ForwardResult empty_outputs(core::Cell cell, const Dims& d, const at::TensorOptions& opts,
+                                   const at::TensorOptions& ws_opts, bool training) {
+  return {at::empty(d.rows_by(d.S), opts), at::empty({d.B, d.S}, opts),
+          cell == core::Cell::LSTM ? at::empty({d.B, d.H}, opts) : at::empty({0}, opts),
+          training ? at::empty(d.rows_by(core::workspace_cols(cell, d.H, d.P)), ws_opts)
+                   : at::empty({0}, ws_opts)};
+}
+
 // Registers forward_op<Cell> / backward_op<Cell> of a backend under every
 // cell's op names for one dispatch key.
 #define RNNFAST_REGISTER_BACKEND(KEY, FWD, BWD)                                 \

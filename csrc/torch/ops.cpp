@@ -65,11 +65,9 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
                                           "float32 or float64", /*allow_packed=*/true);
   const Dims& d = f.d;
   const auto opts = f.input.options();
-  auto y = at::empty(d.rows_by(d.S), opts);
-  auto hy = at::empty({d.B, d.S}, opts);
-  auto cy = cell == core::Cell::LSTM ? at::empty({d.B, d.H}, opts) : at::empty({0}, opts);
-  auto ws = training ? at::empty(d.rows_by(core::workspace_cols(cell, d.H, d.P)), opts)
-                     : at::empty({0}, opts);
+  ForwardResult out = empty_outputs(cell, d, opts, opts, training);
+  at::Tensor &y = std::get<0>(out), &hy = std::get<1>(out), &cy = std::get<2>(out),
+             &ws = std::get<3>(out);
 
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(f.input.scalar_type(), "rnnfast_layer_forward", [&] {
@@ -93,7 +91,7 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
     a.ws = training ? ws.data_ptr<scalar_t>() : nullptr;
     core::layer_forward(a, ex);
   });
-  return {y, hy, cy, ws};
+  return out;
 }
 
 template <core::Cell cell>

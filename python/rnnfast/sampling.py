@@ -54,6 +54,8 @@ from typing import Any, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .text import _check_int
+
 __all__ = ["generate", "stream", "TokenStream", "GenerateOutput", "sequence_log_prob",
            "perplexity"]
 
@@ -98,16 +100,6 @@ class GenerateOutput:
 
 def _type_name(value) -> str:
     return type(value).__name__
-
-
-def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool):
-        expected = "an int or None" if allow_none else "an int"
-        raise TypeError(f"{name} must be {expected}, got {_type_name(value)} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def _check_bool(name: str, value) -> None:

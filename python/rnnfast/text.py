@@ -45,7 +45,7 @@ def _check_text(text, what: str = "text") -> str:
     return text
 
 
-def _check_count(name: str, value, minimum: int, allow_none: bool = False) -> None:
+def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, int) or isinstance(value, bool):
@@ -269,8 +269,8 @@ def _vocab_from_counts(counts: Counter, min_freq: int, max_size: Optional[int]) 
 
 def _check_build_args(text: str, min_freq: int, max_size: Optional[int]) -> None:
     _check_text(text)
-    _check_count("min_freq", min_freq, 1)
-    _check_count("max_size", max_size, len(SPECIALS), allow_none=True)
+    _check_int("min_freq", min_freq, 1)
+    _check_int("max_size", max_size, len(SPECIALS), allow_none=True)
 
 
 class CharTokenizer(Tokenizer):

@@ -85,6 +85,18 @@ class ActivePrefix {
   bool prefix_ = false;
 };
 
+// Copies the active rows (t, b < nact[t]) of a [T, B] grid of rows (row t*B + b,
+// stride ld) into a dense [nact.total(T), cols] matrix, row nact.offset(t) + b.
+template <class T>
+void gather_active(const Executor& ex, const ActivePrefix& nact, int64_t T_, int64_t B,
+                   const T* src, int64_t ld, int64_t cols, T* dst) {
+  parallel_for(ex, T_, nact.total(T_) * cols > 65536, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t)
+      for (int64_t r = 0; r < nact[t]; ++r)
+        copy_n(src + (t * B + r) * ld, cols, dst + (nact.offset(t) + r) * cols);
+  });
+}
+
 template <class Cell, class T>
 void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   constexpr int NR = kNR<T>;
@@ -104,11 +116,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   const bool compact = packed || (nact.prefix() && nact.total(T_) < T_ * B);
   const int64_t NX = compact ? nact.total(T_) : T_ * B;
   Buffer<T> xc(compact && !packed ? NX * I : 0);
-  if (compact && !packed)
-    parallel_for(ex, T_, NX * I > 65536, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t)
-        copy_n(a.x + t * B * I, nact[t] * I, xc.get() + nact.offset(t) * I);
-    });
+  if (compact && !packed) gather_active(ex, nact, T_, B, a.x, I, I, xc.get());
   const T* const xin = compact && !packed ? xc.get() : a.x;
   // First row of step t in y and ws (of every row of it, or of its active ones if packed).
   auto row0 = [&](int64_t t) { return packed ? nact.offset(t) : t * B; };
@@ -453,11 +461,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   auto dense = [&](const T* src, int64_t ld, int64_t cols, Buffer<T>& buf) -> const T* {
     if (!compact) return src;
     buf.reset(N * cols);
-    parallel_for(ex, T_, N * cols > 65536, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t)
-        for (int64_t r = 0; r < nact[t]; ++r)
-          copy_n(src + (t * B + r) * ld, cols, buf.get() + (nact.offset(t) + r) * cols);
-    });
+    gather_active(ex, nact, T_, B, src, ld, cols, buf.get());
     return buf.get();
   };
   Buffer<T> dgx_b, dgh_b, x_b, hp_b, dr_b, hq_b, dx_b;

@@ -61,11 +61,9 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
   const c10::cuda::CUDAGuard guard(f.input.device());
   const auto opts = f.input.options();
   const auto acc_opts = opts.dtype(accumulate_dtype(f.input.scalar_type()));
-  auto y = at::empty({d.T, d.B, d.S}, opts);
-  auto hy = at::empty({d.B, d.S}, opts);
-  auto cy = cell == core::Cell::LSTM ? at::empty({d.B, d.H}, opts) : at::empty({0}, opts);
-  auto ws = training ? at::empty({d.T, d.B, core::workspace_cols(cell, d.H, d.P)}, acc_opts)
-                     : at::empty({0}, acc_opts);
+  ForwardResult out = empty_outputs(cell, d, opts, acc_opts, training);
+  at::Tensor &y = std::get<0>(out), &hy = std::get<1>(out), &cy = std::get<2>(out),
+             &ws = std::get<3>(out);
   const at::Tensor lengths = device_lengths(f.lengths, f.input.device());
 
   kc::ForwardArgs a;
@@ -90,7 +88,7 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
                            opts.dtype(at::kByte));
   kc::layer_forward(a, scratch.data_ptr(), at::cuda::getCurrentCUDAStream(),
                     at::cuda::getCurrentCUDABlasHandle());
-  return {y, hy, cy, ws};
+  return out;
 }
 
 c10::optional<at::Tensor> to_dtype(const c10::optional<at::Tensor>& t, at::ScalarType dt) {
