@@ -4,7 +4,9 @@
 * RSS stays flat over thousands of calls (successful calls, inference calls, and calls that
   raise part-way): nothing leaks per call.
 * A weight change between calls is always seen (in-place update, optimizer step, reassigned
-  Parameter, ``.data`` swap, ``load_state_dict``): the kernels cache nothing across calls.
+  Parameter, ``.data`` swap, ``load_state_dict``): the kernels cache no weights across calls.
+* The large scratch blocks the CPU kernels keep for the next call (``rnnfast.empty_cache``)
+  are reused dirty without changing any result, and ``empty_cache`` frees them.
 * A very long sequence (T = 100,000, small B and H) runs forward + backward in a subprocess whose
   peak RSS is measured and bounded (see ``test_very_long_sequence_memory``).
 """
@@ -22,8 +24,8 @@ import torch
 import torch.nn as nn
 
 import rnnfast
-from rnn_testutils import (ATOL, CELL_KIND_NAMES, KIND_NAMES, call_dense, fwd_bwd, hx_shapes,
-                           is_lstm, make_pair, randn)
+from rnn_testutils import (ATOL, CELL_KIND_NAMES, KIND_NAMES, assert_results_close, call_dense,
+                           fwd_bwd, hx_shapes, is_lstm, make_pair, randn)
 
 
 def _under_sanitizer() -> bool:
@@ -172,6 +174,37 @@ def test_rss_flat_over_many_calls(mode):
     assert growth < LEAK_TOLERANCE_MB, (
         f"{mode}: RSS grew {growth:.1f} MiB over 2,000 calls after warm-up "
         f"(base {base:.1f} MiB, marks {[round(m, 1) for m in marks]})")
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH"])
+def test_scratch_blocks_reused_dirty_give_the_same_results(kind):
+    """Calls big enough for cached scratch blocks (x W_ih^T alone is > 2 MB here): a call on a
+    cold cache, then one on other data (leaving other values in the blocks), then the first
+    again on the reused blocks must agree bitwise, and match torch in float64."""
+    lstm = is_lstm(kind)
+    ref, ours = make_pair(kind, 24, 64, dtype=torch.float64)
+    hs, cs = hx_shapes(kind, 1, False, 32, 64)
+
+    def leaves(seed):
+        out = {"x": randn(160, 32, 24, seed=seed), "h0": randn(*hs, seed=seed + 1)}
+        if cs is not None:
+            out["c0"] = randn(*cs, seed=seed + 2)
+        return out
+
+    call = call_dense(lstm)
+    rnnfast.empty_cache()
+    assert rnnfast.info()["cpu_scratch_cached_bytes"] == 0
+    first = fwd_bwd(ours, leaves(0), call)
+    # (under AddressSanitizer the kernels keep nothing, so that overflows stay visible)
+    assert SANITIZED or rnnfast.info()["cpu_scratch_cached_bytes"] >= 2 << 20, (
+        "no large block was kept")
+    fwd_bwd(ours, leaves(10), call, upstream_seed=99)
+    again = fwd_bwd(ours, leaves(0), call)
+    _bitwise_equal(first, again, "the same call on reused scratch blocks")
+    assert_results_close(again, fwd_bwd(ref, leaves(0), call), ATOL[torch.float64],
+                         what="on reused scratch blocks")
+    rnnfast.empty_cache()
+    assert rnnfast.info()["cpu_scratch_cached_bytes"] == 0
 
 
 def test_graph_and_workspace_freed_with_outputs():

@@ -130,5 +130,10 @@ bool cpu_supports(Isa isa);
 // Forces an instruction set (for tests); returns false if the CPU lacks it.
 bool set_isa(Isa isa);
 
+// The CPU kernels keep their large scratch blocks (2 MB and up) after a call, for the
+// next one, up to 256 MB in all. These report and free what is kept now.
+size_t scratch_cached_bytes();
+void release_scratch();
+
 }  // namespace core
 }  // namespace rnnfast

@@ -172,6 +172,10 @@ PYBIND11_MODULE(_C, m) {
     throw std::invalid_argument("rnnfast: unknown SIMD path '" + name +
                                 "', expected one of scalar, avx2, avx512");
   }, "Forces the SIMD instruction set (for testing).");
+  m.def("scratch_cached_bytes", [] { return core::scratch_cached_bytes(); },
+        "Bytes of large CPU scratch blocks kept for the next kernel call.");
+  m.def("release_scratch", [] { core::release_scratch(); },
+        "Frees the large CPU scratch blocks kept for the next kernel call.");
 #ifdef RNNFAST_WITH_CUDA
   m.attr("cuda_built") = true;
 #else

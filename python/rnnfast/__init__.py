@@ -15,11 +15,17 @@ from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCel
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "info", "ops",
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "info", "empty_cache", "ops",
            "models", "sampling", "text"]
 
 # Modules saved whole with torch.save(model) load back with weights_only=True.
 torch.serialization.add_safe_globals([LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell])
+
+
+def empty_cache() -> None:
+    """Frees the large scratch blocks (2 MB and up) the CPU kernels keep from one call for the
+    next; at most 256 MB are kept. The next call allocates afresh."""
+    _C.release_scratch()
 
 
 def info() -> dict:
@@ -32,6 +38,7 @@ def info() -> dict:
         "cuda": bool(_C.cuda_built),
         "cuda_kernels": ops.has_native_kernels("cuda"),
         "threads": torch.get_num_threads(),
+        "cpu_scratch_cached_bytes": _C.scratch_cached_bytes(),
     }
 
 

@@ -1,8 +1,9 @@
 // The cell math: the only part that differs between LSTM, GRU and RNN.
 // Each cell gives its gate count, its workspace layout and two pointwise
 // functions over W consecutive hidden units (j .. j+W-1) of one batch row b:
-//   fwd: from the input projection gx and the recurrent projection rg,
-//        compute the new state and save what backward needs;
+//   fwd: from the input projection gx and the recurrent projection (summed
+//        into gx, or apart in rg: see FwdStep), compute the new state and save
+//        what backward needs;
 //   bwd: from dh (gradient w.r.t. the cell's h output) and the saved
 //        workspace, compute the gate pre-activation gradients, and return the
 //        part of dh_{t-1} that does not go through W_hh.
@@ -12,9 +13,11 @@
 template <class T>
 struct FwdStep {
   int64_t H, P, S, GH, WS;
-  const T* gx;    // [B, GH]  x_t W_ih^T                                  read
+  // gx: x_t W_ih^T, onto which the step's GEMM has added h_{t-1} W_hh^T for the
+  // gates where Cell::sums_into_gx; rg: h_{t-1} W_hh^T of the other gates (GRU's n).
+  T* gx;          // [B, GH]  see above                                   read
   const T* bias;  // [GH]     b_ih + the part of b_hh that folds in (GRU: not b_hn)  read
-  const T* rg;    // [B, GH]  h_{t-1} W_hh^T                              read
+  const T* rg;    // [B, GH]  see above (only the columns of its gates)   read
   const T* h;     // [B, S]   h_{t-1}                                     read
   T* c;           // [B, H]   LSTM cell state, c_{t-1} in, c_t out        read/written
   T* hout;        // [B, H]   h_t (LSTM with P: o*tanh(c_t)), stride ld_hout  written
@@ -41,17 +44,19 @@ struct LstmCell {
   // H-wide blocks before h_{t-1}: i f g o c_{t-1} tanh(c_t) [o*tanh(c_t) if P]
   static int64_t hblocks(int64_t P) { return P > 0 ? 7 : 6; }
   static bool fold_hh_bias(int64_t, int64_t) { return true; }
+  // Every gate's recurrent product adds onto gx (no separate rg).
+  static constexpr bool kUsesRg = false;
+  static bool sums_into_gx(int64_t) { return true; }
 
   template <class V, class T>
   static void fwd(const FwdStep<T>& s, int64_t b, int64_t j) {
     const int64_t H = s.H;
     const T* gx = s.gx + b * s.GH + j;
-    const T* rg = s.rg + b * s.GH + j;
     const T* bs = s.bias + j;
-    V i = V::sigmoid(V::load(gx) + V::load(rg) + V::load(bs));
-    V f = V::sigmoid(V::load(gx + H) + V::load(rg + H) + V::load(bs + H));
-    V g = V::tanh(V::load(gx + 2 * H) + V::load(rg + 2 * H) + V::load(bs + 2 * H));
-    V o = V::sigmoid(V::load(gx + 3 * H) + V::load(rg + 3 * H) + V::load(bs + 3 * H));
+    V i = V::sigmoid(V::load(gx) + V::load(bs));
+    V f = V::sigmoid(V::load(gx + H) + V::load(bs + H));
+    V g = V::tanh(V::load(gx + 2 * H) + V::load(bs + 2 * H));
+    V o = V::sigmoid(V::load(gx + 3 * H) + V::load(bs + 3 * H));
     T* cp = s.c + b * H + j;
     V c_prev = V::load(cp);
     V c = V::fmadd(f, c_prev, i * g);
@@ -101,6 +106,9 @@ struct GruCell {
   static int64_t hblocks(int64_t) { return 4; }
   // b_hn stays inside r * (W_hn h + b_hn); b_hr and b_hz fold into the x side.
   static bool fold_hh_bias(int64_t col, int64_t H) { return col < 2 * H; }
+  // r and z add their recurrent products onto gx; n keeps W_hn h apart in rg.
+  static constexpr bool kUsesRg = true;
+  static bool sums_into_gx(int64_t gate) { return gate < 2; }
 
   template <class V, class T>
   static void fwd(const FwdStep<T>& s, int64_t b, int64_t j) {
@@ -108,8 +116,8 @@ struct GruCell {
     const T* gx = s.gx + b * s.GH + j;
     const T* rg = s.rg + b * s.GH + j;
     const T* bs = s.bias + j;
-    V r = V::sigmoid(V::load(gx) + V::load(rg) + V::load(bs));
-    V z = V::sigmoid(V::load(gx + H) + V::load(rg + H) + V::load(bs + H));
+    V r = V::sigmoid(V::load(gx) + V::load(bs));
+    V z = V::sigmoid(V::load(gx + H) + V::load(bs + H));
     V hn = V::load(rg + 2 * H);
     if (s.b_hn) hn = hn + V::load(s.b_hn + j);
     V n = V::tanh(V::fmadd(r, hn, V::load(gx + 2 * H) + V::load(bs + 2 * H)));
@@ -158,10 +166,12 @@ struct ElmanCell {
   // H-wide blocks before h_{t-1}: h_t
   static int64_t hblocks(int64_t) { return 1; }
   static bool fold_hh_bias(int64_t, int64_t) { return true; }
+  static constexpr bool kUsesRg = false;
+  static bool sums_into_gx(int64_t) { return true; }
 
   template <class V, class T>
   static void fwd(const FwdStep<T>& s, int64_t b, int64_t j) {
-    V pre = V::load(s.gx + b * s.GH + j) + V::load(s.rg + b * s.GH + j) + V::load(s.bias + j);
+    V pre = V::load(s.gx + b * s.GH + j) + V::load(s.bias + j);
     V h = Relu ? V::relu(pre) : V::tanh(pre);
     h.store(s.hout + b * s.ld_hout + j);
     if (s.y) h.store(s.y + b * s.S + j);

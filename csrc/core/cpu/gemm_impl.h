@@ -18,27 +18,39 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// 64-byte aligned scratch memory owned by one kernel call.
+// 64-byte aligned scratch memory owned by one kernel call. Blocks of 2 MB and up come
+// from the cross-call cache (scratch.h): huge-page backed, and no page faults when a
+// call reuses the previous call's blocks.
 template <class T>
 class Buffer {
  public:
   Buffer() = default;
   explicit Buffer(int64_t n) { reset(n); }
-  ~Buffer() { std::free(p_); }
+  ~Buffer() { release(); }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   void reset(int64_t n) {
-    std::free(p_);
-    p_ = nullptr;
+    release();
     if (n <= 0) return;
     size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
+    if (bytes >= kScratchAlign) {
+      p_ = static_cast<T*>(scratch_alloc(bytes));
+      cached_bytes_ = bytes;
+      return;
+    }
     p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
     if (!p_) throw std::bad_alloc();
   }
   T* get() const { return p_; }
 
  private:
+  void release() {
+    if (cached_bytes_) scratch_free(p_, cached_bytes_); else std::free(p_);
+    p_ = nullptr;
+    cached_bytes_ = 0;
+  }
   T* p_ = nullptr;
+  size_t cached_bytes_ = 0;
 };
 
 // Flush denormals to zero on this thread while in scope: denormal arithmetic
@@ -184,6 +196,10 @@ void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
   V c[M][NV];
   for (int r = 0; r < M; ++r)
     for (int v = 0; v < NV; ++v) c[r][v] = V::zero();
+  if (acc)  // C is read once, after the k loop: ask for it now, while the loop runs
+    for (int r = 0; r < M; ++r)
+      for (int64_t off = 0; off < ncols * static_cast<int64_t>(sizeof(T)); off += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(C + r * ldc) + off, 1, 3);
   for (int64_t k = 0; k < kc; ++k) {
     V b[NV];
     for (int v = 0; v < NV; ++v) b[v] = V::load(Bp + k * ldbp + v * V::W);

@@ -17,3 +17,5 @@
 #endif
 
 #include "../rnn.h"
+#include "scratch.h"
+

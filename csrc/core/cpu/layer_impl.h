@@ -44,11 +44,13 @@ inline void pack_row_units(T* pk, int64_t K, int64_t b, const T* row, int64_t j0
   for (int64_t j = j0; j < j1; ++j) dst[j * MR] = row[j];
 }
 
-// Asks for the cache lines of p[0 .. n) ahead of use.
-template <class T>
+// Asks for the cache lines of p[0 .. n) ahead of use: into L1 (Level 3), or into
+// L2 only (Level 1) for data needed a whole step later.
+template <class T, int Level = 3>
 inline void prefetch_units(const T* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(c + off);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64)
+    __builtin_prefetch(c + off, 0, Level);
 }
 
 inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
@@ -153,7 +155,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   if (P > 0 && !dot) pack_b(a.w_hr, H, true, 0, H, 0, P, whr.get(), 0, nsP);
 
   // 3. States (ping-pong h so that a step reads h_{t-1} while writing h_t).
-  Buffer<T> hbuf0(B * S), hbuf1(B * S), cbuf(Cell::kHasC ? B * H : 0), rg(B * GH),
+  Buffer<T> hbuf0(B * S), hbuf1(B * S), cbuf(Cell::kHasC ? B * H : 0), rg(Cell::kUsesRg ? B * GH : 0),
       hpre(P > 0 ? B * H : 0);
   if (a.h0) copy_n(a.h0, B * S, hbuf0.get()); else fill_n(hbuf0.get(), B * S, T(0));
   // With unsorted lengths the projection GEMM also reads the rows of inactive batch
@@ -188,6 +190,14 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     FwdStep<T> st;
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
     st.gx = gx.get() + (compact ? nact.offset(t) : t * B) * GH;  // rows b < nact[t] if compact
+    // The next step's rows of x W_ih^T: this thread works on the same units then, and
+    // asks for them into L2 one row at a time during this step's epilogue. Fetched only
+    // when needed, their scattered (row, gate) pieces stalled the epilogue on memory.
+    const int64_t tn = a.reverse ? t - 1 : t + 1;
+    const bool has_next = step + 1 < T_;
+    const T* const gx_next =
+        has_next ? gx.get() + (compact ? nact.offset(tn) : tn * B) * GH : nullptr;
+    const int64_t nact_next = has_next ? nact[tn] : 0;
     st.rg = rg.get();
     st.bias = bias.get();
     st.h = hcur;
@@ -206,23 +216,29 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
         const int64_t ra = imin(r1, nact[t]);  // rows [ra, r1) are inactive at t
         const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
-        // Start loading this task's slice of x_t W_ih^T now; the epilogue needs it
-        // right after the GEMM, and it streams from a buffer far larger than cache.
-        for (int64_t b = r0; b < ra; ++b)
-          for (int64_t k = 0; k < G; ++k) prefetch_units(st.gx + b * GH + k * H + j0, j1 - j0);
+        if (step == 0)  // the first step has no previous one to ask ahead
+          for (int64_t b = r0; b < ra; ++b)
+            for (int64_t k = 0; k < G; ++k) prefetch_units<T, 1>(st.gx + b * GH + k * H + j0, j1 - j0);
+        // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
+        // in place: the register tile loads those gx values once, at its end, and the
+        // epilogue then finds the sum in cache. The others go to rg.
         for (int64_t k = 0; k < G && ra > r0; ++k) {
-          T* out = rg.get() + r0 * GH + k * H + j0;
+          const bool onto_gx = Cell::sums_into_gx(k);
+          T* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + k * H + j0;
           if (dot)
             gemm_dot<T>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S, out,
-                        GH, false);
+                        GH, onto_gx);
           else if (pack_h)
             strip_rows_packed<T>(ra - r0, S, hpk_cur + r0 * S, whh.get() + (k * nsH + s) * S * NR,
-                                 NR, out, GH, j1 - j0, false);
+                                 NR, out, GH, j1 - j0, onto_gx);
           else
             strip_rows<T>(ra - r0, S, hcur + r0 * S, S, 1, whh.get() + (k * nsH + s) * S * NR, NR,
-                          out, GH, j1 - j0, false);
+                          out, GH, j1 - j0, onto_gx);
         }
         for (int64_t b = r0; b < r1; ++b) {
+          if (b < nact_next && (compact || row_active(a.lengths, b, tn)))
+            for (int64_t k = 0; k < G; ++k)
+              prefetch_units<T, 1>(gx_next + b * GH + k * H + j0, j1 - j0);
           if (row_active(a.lengths, b, t)) {
             for_units<T>(j0, j1, [&](auto v, int64_t j) { Cell::template fwd<decltype(v), T>(st, b, j); });
           } else {  // inactive: the state carries over; y and ws get zeros (no row if packed)
@@ -342,6 +358,13 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     st.dgx = dgx.get() + row0(t) * GH;
     st.dgh = dgh + row0(t) * GH;
     const T* dyt = a.dy ? a.dy + row0(t) * S : nullptr;
+    // The next step's saved activations and dy, asked into L2 a row at a time during
+    // this step (as the forward pass does with x W_ih^T).
+    const bool has_next = step + 1 < T_;
+    const int64_t tn = has_next ? time_of(step + 1) : t;
+    const T* const ws_next = has_next ? a.ws + row0(tn) * WS : nullptr;
+    const T* const dy_next = has_next && a.dy ? a.dy + row0(tn) * S : nullptr;
+    const int64_t nact_next = has_next ? nact[tn] : 0;
 
     // dh[b, j] = carry + dy_t (active rows) + (dG_{prev} W_hh)[b, j]; returns it and
     // leaves carry ready for the rows that are inactive at t.
@@ -370,9 +393,10 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
         const int64_t rb = task / nsS, s = task % nsS;
         const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
         const int64_t j0 = s * NR, j1 = imin(S, j0 + NR);
-        if (P == 0)  // the saved activations this task's epilogue reads after the GEMM
+        if (P == 0 && step == 0)  // the first step's saved activations (later ones: below)
           for (int64_t b = r0; b < imin(r1, nact[t]); ++b)
-            for (int64_t q = 0; q < nblk; ++q) prefetch_units(st.ws + b * WS + q * H + j0, j1 - j0);
+            for (int64_t q = 0; q < nblk; ++q)
+              prefetch_units<T, 1>(st.ws + b * WS + q * H + j0, j1 - j0);
         const int64_t rr = imin(r1, nrec);
         if (rr > r0) {
           int64_t ld;
@@ -385,6 +409,11 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
                           j1 - j0, false);
         }
         for (int64_t b = r0; b < r1; ++b) {
+          if (P == 0 && b < nact_next && row_active(a.lengths, b, tn)) {
+            for (int64_t q = 0; q < nblk; ++q)
+              prefetch_units<T, 1>(ws_next + b * WS + q * H + j0, j1 - j0);
+            if (dy_next) prefetch_units<T, 1>(dy_next + b * S + j0, j1 - j0);
+          }
           total_dh(b, j0, j1, dh);
           const bool active = row_active(a.lengths, b, t);
           T* cr = carry.get() + b * S;

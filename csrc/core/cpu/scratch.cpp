@@ -1,0 +1,135 @@
+// Large scratch blocks kept across kernel calls (see rnn.h: release_scratch).
+//
+// A layer call needs a few buffers of several MB (the input projection of every
+// step, gate gradients). Fresh ones cost page faults and page clearing on every
+// call, a few percent of a call at large sizes; reusing the previous call's blocks
+// costs nothing. Blocks are 2 MB-aligned and advised to use huge pages, which also
+// spares the steps TLB misses on their rows scattered over many 4 KB pages.
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include "../rnn.h"
+#include "scratch.h"
+
+namespace rnnfast {
+namespace core {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+// Under AddressSanitizer every block is exact-sized and freed at once, so that an access
+// past a buffer's end or after its call is still reported.
+constexpr bool kCacheBlocks = false;
+#else
+constexpr bool kCacheBlocks = true;
+#endif
+constexpr size_t kMaxCachedBytes = size_t(256) << 20;  // kept across calls, at most
+constexpr size_t kMaxCachedBlocks = 8;
+
+struct Block {
+  void* p;
+  size_t bytes;
+};
+
+struct Cache {
+  std::mutex mu;
+  std::vector<Block> blocks;  // oldest first
+  size_t bytes = 0;
+};
+
+Cache& cache() {
+  static Cache* c = new Cache();  // never destroyed: kernels may run during static teardown
+  return *c;
+}
+
+void advise_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: a refusal changes nothing
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+}  // namespace
+
+void* scratch_alloc(size_t bytes) {
+  if (!kCacheBlocks) {
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  bytes = (bytes + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+  {
+    Cache& c = cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    // The smallest cached block that fits, if it wastes no more than the request.
+    size_t best = c.blocks.size();
+    for (size_t i = 0; i < c.blocks.size(); ++i) {
+      const size_t b = c.blocks[i].bytes;
+      if (b >= bytes && b <= 2 * bytes && (best == c.blocks.size() || b < c.blocks[best].bytes))
+        best = i;
+    }
+    if (best < c.blocks.size()) {
+      void* p = c.blocks[best].p;
+      c.bytes -= c.blocks[best].bytes;
+      c.blocks.erase(c.blocks.begin() + static_cast<std::ptrdiff_t>(best));
+      return p;
+    }
+  }
+  void* p = std::aligned_alloc(kScratchAlign, bytes);
+  if (!p) throw std::bad_alloc();
+  advise_huge_pages(p, bytes);
+  return p;
+}
+
+void scratch_free(void* p, size_t bytes) {
+  if (!p) return;
+  if (!kCacheBlocks) {
+    std::free(p);
+    return;
+  }
+  bytes = (bytes + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+  std::vector<void*> drop;
+  {
+    Cache& c = cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (bytes > kMaxCachedBytes) {
+      drop.push_back(p);
+    } else {
+      c.blocks.push_back({p, bytes});
+      c.bytes += bytes;
+      while (c.bytes > kMaxCachedBytes || c.blocks.size() > kMaxCachedBlocks) {
+        drop.push_back(c.blocks.front().p);
+        c.bytes -= c.blocks.front().bytes;
+        c.blocks.erase(c.blocks.begin());
+      }
+    }
+  }
+  for (void* q : drop) std::free(q);
+}
+
+size_t scratch_cached_bytes() {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.bytes;
+}
+
+void release_scratch() {
+  std::vector<Block> blocks;
+  {
+    Cache& c = cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    blocks.swap(c.blocks);
+    c.bytes = 0;
+  }
+  for (const Block& b : blocks) std::free(b.p);
+}
+
+}  // namespace core
+}  // namespace rnnfast
