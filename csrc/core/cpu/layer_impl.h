@@ -161,18 +161,15 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   // With unsorted lengths the projection GEMM also reads the rows of inactive batch
   // rows (their results are discarded): keep them defined.
   if (P > 0) fill_n(hpre.get(), B * H, T(0));
-  // h_{t-1} also kept in A-panel layout for the recurrent GEMM (written by the
-  // step that produces it). For 4 rows or fewer the GEMM reads the rows of h in
-  // place instead: a panel would be mostly padding, read with a stride of MR
+  // The recurrent GEMM reads h_{t-1} in A-panel layout (see pack_a): each thread packs
+  // its own copy at the start of the step, from the rows the previous step wrote (half of
+  // them by the other thread). Scattering h_t into a shared panel as it was produced cost
+  // a cross-core ownership request per store. For 4 rows or fewer the GEMM reads the rows
+  // of h in place instead: a panel would be mostly padding, read with a stride of MR
   // (5-20% faster per step at B = 1..4 on Zen 4; from B = 8 the panel wins).
   const bool pack_h = !dot && B > 4;
-  const int64_t npan = pack_h ? ceil_div(B, MR) : 0;
-  Buffer<T> hpk0(npan * S * MR), hpk1(npan * S * MR);
-  if (pack_h) {
-    pack_a(B, S, hbuf0.get(), S, 1, hpk0.get());
-    fill_n(hpk1.get(), npan * S * MR, T(0));
-  }
-  T* const hpks[2] = {hpk0.get(), hpk1.get()};
+  const int64_t pan_elems = pack_h ? ceil_div(B, MR) * MR * S : 0;
+  Buffer<T> hpk(pan_elems * imax(1, ex.num_threads()));
   if (Cell::kHasC) {
     if (a.c0) copy_n(a.c0, B * H, cbuf.get()); else fill_n(cbuf.get(), B * H, T(0));
   }
@@ -184,8 +181,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     const int64_t t = a.reverse ? T_ - 1 - step : step;
     T* const hcur = hbufs[step % 2];
     T* const hnext = hbufs[(step + 1) % 2];
-    const T* const hpk_cur = hpks[step % 2];
-    T* const hpk_next = hpks[(step + 1) % 2];
+    T* const hpk_mine = hpk.get() + slot.tid * pan_elems;
     int64_t tb, te;
     FwdStep<T> st;
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
@@ -210,6 +206,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     T* ytn = a.y + row0(t) * S;
 
     slot.share(nrb * nsH, &tb, &te);
+    if (pack_h && tb < te) pack_a(nact[t], S, hcur, S, 1, hpk_mine);
     {
       for (int64_t task = tb; task < te; ++task) {
         const int64_t rb = task / nsH, s = task % nsH;
@@ -229,7 +226,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
             gemm_dot<T>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S, out,
                         GH, onto_gx);
           else if (pack_h)
-            strip_rows_packed<T>(ra - r0, S, hpk_cur + r0 * S, whh.get() + (k * nsH + s) * S * NR,
+            strip_rows_packed<T>(ra - r0, S, hpk_mine + r0 * S, whh.get() + (k * nsH + s) * S * NR,
                                  NR, out, GH, j1 - j0, onto_gx);
           else
             strip_rows<T>(ra - r0, S, hcur + r0 * S, S, 1, whh.get() + (k * nsH + s) * S * NR, NR,
@@ -250,7 +247,6 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
               for (int64_t q = 0; q < nblk; ++q) fill_n(st.ws + b * WS + q * H + j0, j1 - j0, T(0));
           }
           if (P == 0) {
-            if (pack_h) pack_row_units(hpk_next, S, b, hnext + b * S, j0, j1);
             if (st.ws && (!packed || b < ra))
               copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
           }
@@ -280,7 +276,6 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
               copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
               if (!packed) fill_n(ytn + b * S + j0, j1 - j0, T(0));
             }
-            if (pack_h) pack_row_units(hpk_next, S, b, hnext + b * S, j0, j1);
             if (st.ws && (!packed || b < ra))
               copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
           }
