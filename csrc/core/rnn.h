@@ -15,6 +15,7 @@
 // Gate row order is torch's: LSTM i,f,g,o; GRU r,z,n.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace rnnfast {
@@ -130,8 +131,16 @@ bool cpu_supports(Isa isa);
 // Forces an instruction set (for tests); returns false if the CPU lacks it.
 bool set_isa(Isa isa);
 
-// The CPU kernels keep their large scratch blocks (2 MB and up) after a call, for the
-// next one, up to 256 MB in all. These report and free what is kept now.
+// Large host memory blocks (2 MB and up) kept for reuse: the CPU kernels take their big
+// scratch buffers from here, and the glue the saved workspace. A block given back is kept
+// for the next request (up to 256 MB in all), so that calls after the first take no page
+// faults; blocks are 2 MB-aligned and advised to use huge pages.
+inline constexpr size_t kScratchMinBytes = size_t(2) << 20;
+// A block of at least `bytes` (64-byte aligned; 2 MB-aligned unless under ASan).
+void* scratch_alloc(size_t bytes);
+// Gives a block from scratch_alloc back, with the size it was asked with.
+void scratch_free(void* p, size_t bytes);
+// The bytes kept now, and a way to free them.
 size_t scratch_cached_bytes();
 void release_scratch();
 

@@ -53,6 +53,17 @@ bool cpu_dtype_ok(const at::Tensor& input) {
          (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble);
 }
 
+// The saved workspace: from core's block cache when large (it is freed after backward, and
+// the next forward reuses it without page faults), else from torch's allocator.
+at::Tensor workspace_tensor(std::vector<int64_t> sizes, const at::TensorOptions& opts) {
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(opts.dtype().toScalarType());
+  if (bytes < core::kScratchMinBytes) return at::empty(sizes, opts);
+  void* p = core::scratch_alloc(bytes);
+  return at::from_blob(p, sizes, [bytes](void* q) { core::scratch_free(q, bytes); }, opts);
+}
+
 template <core::Cell cell>
 ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tensor>& hx_,
                          const c10::optional<at::Tensor>& cx_, const at::Tensor& w_ih_,
@@ -65,9 +76,10 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
                                           "float32 or float64", /*allow_packed=*/true);
   const Dims& d = f.d;
   const auto opts = f.input.options();
-  ForwardResult out = empty_outputs(cell, d, opts, opts, training);
+  ForwardResult out = empty_outputs(cell, d, opts, opts, /*training=*/false);
   at::Tensor &y = std::get<0>(out), &hy = std::get<1>(out), &cy = std::get<2>(out),
              &ws = std::get<3>(out);
+  if (training) ws = workspace_tensor(d.rows_by(core::workspace_cols(cell, d.H, d.P)), opts);
 
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(f.input.scalar_type(), "rnnfast_layer_forward", [&] {

@@ -19,7 +19,7 @@ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // 64-byte aligned scratch memory owned by one kernel call. Blocks of 2 MB and up come
-// from the cross-call cache (scratch.h): huge-page backed, and no page faults when a
+// from the cross-call cache (rnn.h: scratch_alloc): huge-page backed, and no page faults when a
 // call reuses the previous call's blocks.
 template <class T>
 class Buffer {
@@ -33,7 +33,7 @@ class Buffer {
     release();
     if (n <= 0) return;
     size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
-    if (bytes >= kScratchAlign) {
+    if (bytes >= kScratchMinBytes) {
       p_ = static_cast<T*>(scratch_alloc(bytes));
       cached_bytes_ = bytes;
       return;

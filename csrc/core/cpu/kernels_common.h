@@ -17,5 +17,4 @@
 #endif
 
 #include "../rnn.h"
-#include "scratch.h"
 

@@ -15,7 +15,6 @@
 #endif
 
 #include "../rnn.h"
-#include "scratch.h"
 
 namespace rnnfast {
 namespace core {
@@ -64,7 +63,7 @@ void* scratch_alloc(size_t bytes) {
     if (!p) throw std::bad_alloc();
     return p;
   }
-  bytes = (bytes + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+  bytes = (bytes + kScratchMinBytes - 1) / kScratchMinBytes * kScratchMinBytes;
   {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
@@ -82,7 +81,7 @@ void* scratch_alloc(size_t bytes) {
       return p;
     }
   }
-  void* p = std::aligned_alloc(kScratchAlign, bytes);
+  void* p = std::aligned_alloc(kScratchMinBytes, bytes);
   if (!p) throw std::bad_alloc();
   advise_huge_pages(p, bytes);
   return p;
@@ -94,7 +93,7 @@ void scratch_free(void* p, size_t bytes) {
     std::free(p);
     return;
   }
-  bytes = (bytes + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+  bytes = (bytes + kScratchMinBytes - 1) / kScratchMinBytes * kScratchMinBytes;
   std::vector<void*> drop;
   {
     Cache& c = cache();
