@@ -259,17 +259,35 @@ void strip_rows(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, c
 // into panels of MR rows: panel p is [kc, MR] at out + p * kc * MR (rows past M are zero).
 template <class T>
 void pack_a(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, T* out) {
-  for (int64_t p = 0; p * MR < M; ++p) {
+  int64_t p0 = 0;
+  if (a_rs == 1 && M >= MR) {
+    // A transposed in memory: each k gives the M values of all panels contiguously. One
+    // pass over k for every full panel at once reads each source row (often a new page,
+    // e.g. a row of dG) once, as a few whole lines, instead of once per panel.
+    p0 = M / MR;
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* s = A + k * a_cs;
+      for (int64_t p = 0; p < p0; ++p)
+        std::memcpy(out + p * kc * MR + k * MR, s + p * MR, MR * sizeof(T));
+    }
+  }
+  for (int64_t p = p0; p * MR < M; ++p) {
     T* dst = out + p * kc * MR;
     const int64_t rows = imin(MR, M - p * MR);
     const T* src = A + p * MR * a_rs;
-    if (rows == MR && a_rs == 1) {  // A transposed in memory: each k gives MR contiguous values
-      for (int64_t k = 0; k < kc; ++k)
-        for (int r = 0; r < MR; ++r) dst[k * MR + r] = src[k * a_cs + r];
-    } else if (rows == MR) {  // MR sequential row streams in, one sequential stream out
+    if (rows == MR) {  // MR sequential row streams in, one sequential stream out
       const T* rp[MR];
       for (int r = 0; r < MR; ++r) rp[r] = src + r * a_rs;
-      for (int64_t k = 0; k < kc; ++k)
+      int64_t k = 0;
+      if constexpr (KIsa::kPackRows16 && std::is_same<T, float>::value) {
+        if (a_cs == 1)
+          for (; k + 16 <= kc; k += 16) {
+            const float* r16[MR];
+            for (int r = 0; r < MR; ++r) r16[r] = rp[r] + k;
+            KIsa::pack_rows16(r16, dst + k * MR);
+          }
+      }
+      for (; k < kc; ++k)
         for (int r = 0; r < MR; ++r) dst[k * MR + r] = rp[r][k * a_cs];
     } else {
       for (int64_t k = 0; k < kc; ++k) {

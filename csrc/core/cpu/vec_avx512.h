@@ -80,4 +80,38 @@ struct SimdIsa {
   using Vec = typename Avx512VecOf<T>::type;
   template <class T>
   static constexpr int NR = 2 * Vec<T>::W;
+
+  // A-panel packing of float rows, 16 columns at a time: out[k * MR + r] = rows[r][k]
+  // for r < MR, k < 16, by an in-register 16 x 16 transpose (rows 12..15 zero) instead
+  // of one scalar move per element.
+  static constexpr bool kPackRows16 = true;
+  static void pack_rows16(const float* const* rows, float* out) {
+    static_assert(MR == 12, "the store mask below assumes 12 rows");
+    __m512 r[16], t[16];
+    for (int i = 0; i < 12; ++i) r[i] = _mm512_loadu_ps(rows[i]);
+    for (int i = 12; i < 16; ++i) r[i] = _mm512_setzero_ps();
+    for (int i = 0; i < 8; ++i) {  // interleave the rows of each pair
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {  // 4 x 4 blocks transposed inside each 128-bit lane
+      r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+      r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {  // then the 128-bit lanes, in two rounds
+      t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+      t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+      t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+      t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    }
+    for (int j = 0; j < 4; ++j) {
+      r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+      r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+      r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+      r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
+    }
+    for (int k = 0; k < 16; ++k) _mm512_mask_storeu_ps(out + k * MR, 0x0FFF, r[k]);
+  }
 };
