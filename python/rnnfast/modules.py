@@ -458,43 +458,45 @@ class RNNCellBase(nn.Module):
             init.uniform_(weight, -stdv, stdv)
 
     def _check(self, input: Tensor, states, name: str) -> bool:
-        """torch's checks for a cell call; returns whether the input is batched."""
+        """torch's checks for a cell call; returns whether the input is batched. (Runs on every
+        step of a decoding loop: each tensor's shape is read once.)"""
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        for label, s in states:
-            if s is not None and s.dim() not in (1, 2):
+        shape = input.shape
+        ndim = len(shape)
+        if ndim not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {ndim}D instead")
+        given = [(label, s, s.shape) for label, s in states if s is not None]
+        for label, s, sshape in given:
+            if len(sshape) not in (1, 2):
                 raise ValueError(
-                    f"{name}: Expected {label} to be 1D or 2D, got {s.dim()}D instead")
-        if input.size(-1) != self.input_size:
+                    f"{name}: Expected {label} to be 1D or 2D, got {len(sshape)}D instead")
+        if shape[-1] != self.input_size:
             raise RuntimeError(
-                f"{name}: input has inconsistent input_size: got {input.size(-1)} "
+                f"{name}: input has inconsistent input_size: got {shape[-1]} "
                 f"expected {self.input_size}")
-        if (input.dtype != self.weight_ih.dtype
-                and not torch.is_autocast_enabled(input.device.type)):
+        dtype = input.dtype
+        if dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(input.device.type):
             raise RuntimeError(
-                f"{name}: input dtype ({input.dtype}) does not match weight dtype "
+                f"{name}: input dtype ({dtype}) does not match weight dtype "
                 f"({self.weight_ih.dtype})")
-        batch = input.size(0) if input.dim() == 2 else None
-        for label, s in states:
-            if s is None:
-                continue
-            if s.dim() != input.dim():
+        batch = shape[0] if ndim == 2 else None
+        for label, s, sshape in given:
+            if len(sshape) != ndim:
                 raise RuntimeError(
-                    f"{name}: {label} must be {input.dim()}-D like the input, got {s.dim()}-D")
-            if s.size(-1) != self.hidden_size or (batch is not None and s.size(0) != batch):
+                    f"{name}: {label} must be {ndim}-D like the input, got {len(sshape)}-D")
+            if sshape[-1] != self.hidden_size or (batch is not None and sshape[0] != batch):
                 want = (batch, self.hidden_size) if batch is not None else (self.hidden_size,)
                 raise RuntimeError(
-                    f"{name}: {label} has shape {tuple(s.shape)}, expected {want}")
-            if s.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
+                    f"{name}: {label} has shape {tuple(sshape)}, expected {want}")
+            if s.dtype != dtype and not torch.is_autocast_enabled(input.device.type):
                 raise RuntimeError(
                     f"{name}: {label} dtype ({s.dtype}) does not match input dtype "
-                    f"({input.dtype})")
-        return input.dim() == 2
+                    f"({dtype})")
+        return ndim == 2
 
     def _step(self, input: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], cell: str):
-        run = _layer_fn(input.device)
+        run = ops.layer if input.is_cpu else _layer_fn(input.device)
         _, h, c = run(cell, input.unsqueeze(0), hx, cx, self.weight_ih, self.weight_hh,
                       self.bias_ih, self.bias_hh, None, None, False)
         return h, c

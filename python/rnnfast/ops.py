@@ -167,7 +167,7 @@ def layer(cell: str, input: torch.Tensor, hx: Optional[torch.Tensor], cx: Option
     Saves activations for backward only when autograd will need them. Under CUDA autocast
     the CUDA kernels run in the autocast dtype (float16 or bfloat16), as cuDNN's do.
     """
-    if input.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+    if input.is_cuda and torch.is_autocast_enabled("cuda"):
         dt = torch.get_autocast_dtype("cuda")
 
         def cast(t):

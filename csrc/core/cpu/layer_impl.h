@@ -129,18 +129,23 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   for (int64_t n = 0; n < GH; ++n)
     bias.get()[n] = (a.b_ih ? a.b_ih[n] : T(0)) +
                     (a.b_hh && Cell::fold_hh_bias(n, H) ? a.b_hh[n] : T(0));
-  if (NX <= 8)  // a step or two of a small batch: not worth packing W_ih
+  // Calls of a few steps of a small batch take dot products with the rows of the weights
+  // in place (packing them would cost more than it saves): the steps' tasks then also do
+  // their units' share of x_t W_ih^T, so that both weight matrices are split between the
+  // threads (a B = 1 step at I = H = 128 reads 512 KB of weights).
+  const bool dot = T_ <= 3 && B <= 8;
+  if (dot) {
+    // computed by the steps
+  } else if (NX <= 8) {  // a few rows: not worth packing W_ih
     gemm_dot<T>(NX, GH, I, xin, I, a.w_ih, I, gx.get(), GH, /*acc=*/false);
-  else
+  } else
     gemm<T>(ex, NX, GH, I, xin, I, 1, a.w_ih, I, /*b_trans=*/true, gx.get(), GH,
             /*accumulate=*/false);
   const T* b_hn = (G == 3 && a.b_hh) ? a.b_hh + 2 * H : nullptr;
 
   // 2. W_hh^T packed per gate: panel (gate k, strip s) holds columns
-  //    k*H + s*NR .. +NR of W_hh^T, i.e. rows of W_hh, as [S, NR]. For a call of
-  //    a few steps packing costs more than it saves: the steps then take dot
-  //    products with the rows of W_hh in place.
-  const bool dot = T_ <= 3 && B <= 8;
+  //    k*H + s*NR .. +NR of W_hh^T, i.e. rows of W_hh, as [S, NR] (not in the dot
+  //    case above: the steps then read the rows of W_hh in place).
   const int64_t nsH = ceil_div(H, NR);
   Buffer<T> whh(dot ? 0 : G * nsH * S * NR);
   if (!dot)
@@ -219,6 +224,10 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
         // in place: the register tile loads those gx values once, at its end, and the
         // epilogue then finds the sum in cache. The others go to rg.
+        if (dot)  // this task's columns of x_t W_ih^T (see step 1)
+          for (int64_t k = 0; k < G && ra > r0; ++k)
+            gemm_dot<T>(ra - r0, j1 - j0, I, xin + ((compact ? nact.offset(t) : t * B) + r0) * I,
+                        I, a.w_ih + (k * H + j0) * I, I, st.gx + r0 * GH + k * H + j0, GH, false);
         for (int64_t k = 0; k < G && ra > r0; ++k) {
           const bool onto_gx = Cell::sums_into_gx(k);
           T* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + k * H + j0;
