@@ -198,3 +198,28 @@ def test_parity_random_shapes(kind, data):
         leaves["c0"] = randn(*cs, seed=5)
     compare_modules(kind, ref, new, leaves, call_dense(is_lstm(kind)), torch.float64,
                     what=f"{kind} T={t} B={b} I={i} H={h} {kw}")
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+@pytest.mark.parametrize("form", ["batched", "packed_sorted", "packed_unsorted"])
+def test_long_small_batch_input_projection_in_the_steps(kind, form):
+    """Long sequences of a small batch whose weights fit the cores' L2 take the x W_ih^T
+    product inside each step (csrc/core/cpu/layer_impl.h, `fused`) instead of one GEMM over
+    every step: the sizes here select that path (gx > 4 MB, weights < 768 KB per thread),
+    bidirectional so that it also runs in reverse; LSTM with a projection too."""
+    lstm = is_lstm(kind)
+    Tl, Bl, Il, Hl = 1500, 4, 8, 128
+    kw = dict(bidirectional=True, proj_size=64) if lstm else dict(bidirectional=True)
+    ref, new = make_pair(kind, Il, Hl, dtype=torch.float64, **kw)
+    leaves = {"x": randn(Tl, Bl, Il, seed=3)}
+    hs, cs = hx_shapes(kind, 1, True, Bl, Hl, kw.get("proj_size", 0))
+    leaves["h0"] = randn(*hs, seed=4)
+    if cs is not None:
+        leaves["c0"] = randn(*cs, seed=5)
+    lengths = [Tl, Tl - 7, Tl - 200, 5]
+    if form == "batched":
+        call = call_dense(lstm)
+    else:
+        call = call_packed(lstm, lengths if form == "packed_sorted" else lengths[::-1],
+                           form == "packed_sorted", False)
+    compare_modules(kind, ref, new, leaves, call, torch.float64, what=f"{kind} {form} T={Tl}")

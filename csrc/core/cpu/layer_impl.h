@@ -125,34 +125,48 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
 
   // 1. gx[t, b] = x[t, b] W_ih^T, all steps at once. The biases (b_ih and the part
   //    of b_hh that folds in) are added by the steps' epilogues.
-  Buffer<T> gx(NX * GH), bias(GH);
+  //    Two cases compute it inside the steps instead, each task for its own units, into a
+  //    one-step buffer:
+  //    - dot: calls of a few steps of a small batch take dot products with the rows of the
+  //      weights in place (packing them would cost more than it saves); both weight
+  //      matrices are then split between the threads (a B = 1 step at I = H = 128 reads
+  //      512 KB of weights);
+  //    - fused: long sequences of a small batch whose input projection would not stay in
+  //      cache, while both weight matrices fit in the threads' L2 together: each step
+  //      reads its thread's share of W_ih (packed like W_hh) from L2 instead of reading a
+  //      gx row set back from memory (which was also written there first).
+  const bool dot = T_ <= 3 && B <= 8;
+  const int64_t nth = imax(1, ex.num_threads());
+  const bool fused = !dot && B <= 16 && B >= 2 &&
+                     (I + S) * GH * static_cast<int64_t>(sizeof(T)) <= nth * (768 << 10) &&
+                     NX * GH * static_cast<int64_t>(sizeof(T)) > (4 << 20);
+  const bool in_step = dot || fused;
+  Buffer<T> gx(in_step ? B * GH : NX * GH), bias(GH);
   for (int64_t n = 0; n < GH; ++n)
     bias.get()[n] = (a.b_ih ? a.b_ih[n] : T(0)) +
                     (a.b_hh && Cell::fold_hh_bias(n, H) ? a.b_hh[n] : T(0));
-  // Calls of a few steps of a small batch take dot products with the rows of the weights
-  // in place (packing them would cost more than it saves): the steps' tasks then also do
-  // their units' share of x_t W_ih^T, so that both weight matrices are split between the
-  // threads (a B = 1 step at I = H = 128 reads 512 KB of weights).
-  const bool dot = T_ <= 3 && B <= 8;
-  if (dot) {
+  if (in_step) {
     // computed by the steps
   } else if (NX <= 8) {  // a few rows: not worth packing W_ih
     gemm_dot<T>(NX, GH, I, xin, I, a.w_ih, I, gx.get(), GH, /*acc=*/false);
-  } else
+  } else {
     gemm<T>(ex, NX, GH, I, xin, I, 1, a.w_ih, I, /*b_trans=*/true, gx.get(), GH,
             /*accumulate=*/false);
+  }
   const T* b_hn = (G == 3 && a.b_hh) ? a.b_hh + 2 * H : nullptr;
 
   // 2. W_hh^T packed per gate: panel (gate k, strip s) holds columns
   //    k*H + s*NR .. +NR of W_hh^T, i.e. rows of W_hh, as [S, NR] (not in the dot
   //    case above: the steps then read the rows of W_hh in place).
   const int64_t nsH = ceil_div(H, NR);
-  Buffer<T> whh(dot ? 0 : G * nsH * S * NR);
+  Buffer<T> whh(dot ? 0 : G * nsH * S * NR), wih(fused ? G * nsH * I * NR : 0);
   if (!dot)
     parallel_for(ex, G * nsH, big, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const int64_t k = i / nsH, s = i % nsH;
         pack_b(a.w_hh + k * H * S, S, true, 0, S, 0, H, whh.get() + k * nsH * S * NR, s, s + 1);
+        if (fused)
+          pack_b(a.w_ih + k * H * I, I, true, 0, I, 0, H, wih.get() + k * nsH * I * NR, s, s + 1);
       }
     });
   const int64_t nsP = P > 0 ? ceil_div(P, NR) : 0;
@@ -190,12 +204,13 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     int64_t tb, te;
     FwdStep<T> st;
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
-    st.gx = gx.get() + (compact ? nact.offset(t) : t * B) * GH;  // rows b < nact[t] if compact
+    const int64_t xrow = compact ? nact.offset(t) : t * B;  // step t's first row of x and gx
+    st.gx = gx.get() + (in_step ? 0 : xrow * GH);  // rows b < nact[t] if compact
     // The next step's rows of x W_ih^T: this thread works on the same units then, and
     // asks for them into L2 one row at a time during this step's epilogue. Fetched only
     // when needed, their scattered (row, gate) pieces stalled the epilogue on memory.
     const int64_t tn = a.reverse ? t - 1 : t + 1;
-    const bool has_next = step + 1 < T_;
+    const bool has_next = step + 1 < T_ && !in_step;
     const T* const gx_next =
         has_next ? gx.get() + (compact ? nact.offset(tn) : tn * B) * GH : nullptr;
     const int64_t nact_next = has_next ? nact[tn] : 0;
@@ -218,16 +233,22 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
         const int64_t ra = imin(r1, nact[t]);  // rows [ra, r1) are inactive at t
         const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
-        if (step == 0)  // the first step has no previous one to ask ahead
+        if (step == 0 && !in_step)  // the first step has no previous one to ask ahead
           for (int64_t b = r0; b < ra; ++b)
             for (int64_t k = 0; k < G; ++k) prefetch_units<T, 1>(st.gx + b * GH + k * H + j0, j1 - j0);
         // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
         // in place: the register tile loads those gx values once, at its end, and the
         // epilogue then finds the sum in cache. The others go to rg.
-        if (dot)  // this task's columns of x_t W_ih^T (see step 1)
-          for (int64_t k = 0; k < G && ra > r0; ++k)
-            gemm_dot<T>(ra - r0, j1 - j0, I, xin + ((compact ? nact.offset(t) : t * B) + r0) * I,
-                        I, a.w_ih + (k * H + j0) * I, I, st.gx + r0 * GH + k * H + j0, GH, false);
+        if (in_step)  // this task's columns of x_t W_ih^T (see step 1)
+          for (int64_t k = 0; k < G && ra > r0; ++k) {
+            const T* xr = xin + (xrow + r0) * I;
+            T* out = st.gx + r0 * GH + k * H + j0;
+            if (dot)
+              gemm_dot<T>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (k * H + j0) * I, I, out, GH, false);
+            else
+              strip_rows<T>(ra - r0, I, xr, I, 1, wih.get() + (k * nsH + s) * I * NR, NR, out, GH,
+                            j1 - j0, false);
+          }
         for (int64_t k = 0; k < G && ra > r0; ++k) {
           const bool onto_gx = Cell::sums_into_gx(k);
           T* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + k * H + j0;
