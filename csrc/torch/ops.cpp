@@ -55,10 +55,12 @@ bool cpu_dtype_ok(const at::Tensor& input) {
 
 // The saved workspace: from core's block cache when large (it is freed after backward, and
 // the next forward reuses it without page faults), else from torch's allocator.
+// A size whose byte count overflows goes to at::empty too, which reports it cleanly.
 at::Tensor workspace_tensor(std::vector<int64_t> sizes, const at::TensorOptions& opts) {
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(opts.dtype().toScalarType());
+  size_t bytes = c10::elementSize(opts.dtype().toScalarType());
+  for (int64_t s : sizes)
+    if (s < 0 || __builtin_mul_overflow(bytes, static_cast<size_t>(s), &bytes))
+      return at::empty(sizes, opts);
   if (bytes < core::kScratchMinBytes) return at::empty(sizes, opts);
   void* p = core::scratch_alloc(bytes);
   return at::from_blob(p, sizes, [bytes](void* q) { core::scratch_free(q, bytes); }, opts);
