@@ -18,4 +18,3 @@
 #endif
 
 #include "../rnn.h"
-

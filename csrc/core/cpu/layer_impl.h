@@ -44,13 +44,13 @@ inline void pack_row_units(T* pk, int64_t K, int64_t b, const T* row, int64_t j0
   for (int64_t j = j0; j < j1; ++j) dst[j * MR] = row[j];
 }
 
-// Asks for the cache lines of p[0 .. n) ahead of use: into L1 (Level 3), or into
-// L2 only (Level 1) for data needed a whole step later.
-template <class T, int Level = 3>
+// Asks for the cache lines of p[0 .. n) into L2 (locality hint 1): the steps ask for
+// what the next step reads, a whole step ahead, too early for L1.
+template <class T>
 inline void prefetch_units(const T* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);
   for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64)
-    __builtin_prefetch(c + off, 0, Level);
+    __builtin_prefetch(c + off, 0, 1);
 }
 
 inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
@@ -235,10 +235,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
         if (step == 0 && !in_step)  // the first step has no previous one to ask ahead
           for (int64_t b = r0; b < ra; ++b)
-            for (int64_t k = 0; k < G; ++k) prefetch_units<T, 1>(st.gx + b * GH + k * H + j0, j1 - j0);
-        // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
-        // in place: the register tile loads those gx values once, at its end, and the
-        // epilogue then finds the sum in cache. The others go to rg.
+            for (int64_t k = 0; k < G; ++k) prefetch_units(st.gx + b * GH + k * H + j0, j1 - j0);
         if (in_step)  // this task's columns of x_t W_ih^T (see step 1)
           for (int64_t k = 0; k < G && ra > r0; ++k) {
             const T* xr = xin + (xrow + r0) * I;
@@ -249,6 +246,9 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
               strip_rows<T>(ra - r0, I, xr, I, 1, wih.get() + (k * nsH + s) * I * NR, NR, out, GH,
                             j1 - j0, false);
           }
+        // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
+        // in place: the register tile loads those gx values once, at its end, and the
+        // epilogue then finds the sum in cache. The others go to rg.
         for (int64_t k = 0; k < G && ra > r0; ++k) {
           const bool onto_gx = Cell::sums_into_gx(k);
           T* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + k * H + j0;
@@ -265,7 +265,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         for (int64_t b = r0; b < r1; ++b) {
           if (b < nact_next && (compact || row_active(a.lengths, b, tn)))
             for (int64_t k = 0; k < G; ++k)
-              prefetch_units<T, 1>(gx_next + b * GH + k * H + j0, j1 - j0);
+              prefetch_units(gx_next + b * GH + k * H + j0, j1 - j0);
           if (row_active(a.lengths, b, t)) {
             for_units<T>(j0, j1, [&](auto v, int64_t j) { Cell::template fwd<decltype(v), T>(st, b, j); });
           } else {  // inactive: the state carries over; y and ws get zeros (no row if packed)
@@ -421,7 +421,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
         if (P == 0 && step == 0)  // the first step's saved activations (later ones: below)
           for (int64_t b = r0; b < imin(r1, nact[t]); ++b)
             for (int64_t q = 0; q < nblk; ++q)
-              prefetch_units<T, 1>(st.ws + b * WS + q * H + j0, j1 - j0);
+              prefetch_units(st.ws + b * WS + q * H + j0, j1 - j0);
         const int64_t rr = imin(r1, nrec);
         if (rr > r0) {
           int64_t ld;
@@ -436,8 +436,8 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
         for (int64_t b = r0; b < r1; ++b) {
           if (P == 0 && b < nact_next && row_active(a.lengths, b, tn)) {
             for (int64_t q = 0; q < nblk; ++q)
-              prefetch_units<T, 1>(ws_next + b * WS + q * H + j0, j1 - j0);
-            if (dy_next) prefetch_units<T, 1>(dy_next + b * S + j0, j1 - j0);
+              prefetch_units(ws_next + b * WS + q * H + j0, j1 - j0);
+            if (dy_next) prefetch_units(dy_next + b * S + j0, j1 - j0);
           }
           total_dh(b, j0, j1, dh);
           const bool active = row_active(a.lengths, b, t);

@@ -55,6 +55,11 @@ void advise_huge_pages(void* p, size_t bytes) {
 #endif
 }
 
+// Cached blocks come in whole multiples of kScratchMinBytes.
+size_t block_bytes(size_t bytes) {
+  return (bytes + kScratchMinBytes - 1) / kScratchMinBytes * kScratchMinBytes;
+}
+
 }  // namespace
 
 void* scratch_alloc(size_t bytes) {
@@ -63,7 +68,7 @@ void* scratch_alloc(size_t bytes) {
     if (!p) throw std::bad_alloc();
     return p;
   }
-  bytes = (bytes + kScratchMinBytes - 1) / kScratchMinBytes * kScratchMinBytes;
+  bytes = block_bytes(bytes);
   {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
@@ -93,7 +98,7 @@ void scratch_free(void* p, size_t bytes) {
     std::free(p);
     return;
   }
-  bytes = (bytes + kScratchMinBytes - 1) / kScratchMinBytes * kScratchMinBytes;
+  bytes = block_bytes(bytes);
   std::vector<void*> drop;
   {
     Cache& c = cache();
