@@ -275,25 +275,20 @@ void pack_a(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, T* ou
     T* dst = out + p * kc * MR;
     const int64_t rows = imin(MR, M - p * MR);
     const T* src = A + p * MR * a_rs;
-    if (rows == MR) {  // MR sequential row streams in, one sequential stream out
-      const T* rp[MR];
-      for (int r = 0; r < MR; ++r) rp[r] = src + r * a_rs;
-      int64_t k = 0;
-      if constexpr (KIsa::kPackRows16 && std::is_same<T, float>::value) {
-        if (a_cs == 1)
-          for (; k + 16 <= kc; k += 16) {
-            const float* r16[MR];
-            for (int r = 0; r < MR; ++r) r16[r] = rp[r] + k;
-            KIsa::pack_rows16(r16, dst + k * MR);
-          }
-      }
-      for (; k < kc; ++k)
-        for (int r = 0; r < MR; ++r) dst[k * MR + r] = rp[r][k * a_cs];
-    } else {
-      for (int64_t k = 0; k < kc; ++k) {
-        for (int64_t r = 0; r < rows; ++r) dst[k * MR + r] = src[r * a_rs + k * a_cs];
-        for (int64_t r = rows; r < MR; ++r) dst[k * MR + r] = T(0);
-      }
+    // MR sequential row streams in (rows past M read as zeros), one sequential stream out
+    int64_t k = 0;
+    if constexpr (KIsa::kPackRows16 && std::is_same<T, float>::value) {
+      alignas(64) static const float zeros[16] = {};
+      if (a_cs == 1)
+        for (; k + 16 <= kc; k += 16) {
+          const float* r16[MR];
+          for (int r = 0; r < MR; ++r) r16[r] = r < rows ? src + r * a_rs + k : zeros;
+          KIsa::pack_rows16(r16, dst + k * MR);
+        }
+    }
+    for (; k < kc; ++k) {
+      for (int64_t r = 0; r < rows; ++r) dst[k * MR + r] = src[r * a_rs + k * a_cs];
+      for (int64_t r = rows; r < MR; ++r) dst[k * MR + r] = T(0);
     }
   }
 }
@@ -452,23 +447,4 @@ void gemm_dot(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T*
     for (int64_t n = 0; n < N; n += 4)
       dot_block<T, 4, 4>(K, A + m * lda, lda, imin(4, M - m), W + n * ldw, ldw, imin(4, N - n),
                          C + m * ldc + n, ldc, acc);
-}
-
-// out[n] = sum over rows of X[m, n]   (X [M, N] row stride ldx; out [N] written)
-template <class T>
-void column_sums(const Executor& ex, int64_t M, int64_t N, const T* X, int64_t ldx, T* out) {
-  using V = Vec<T>;
-  const int64_t chunk = 64;
-  parallel_for(ex, ceil_div(N, chunk), M * N > 65536, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) {
-      const int64_t n0 = c * chunk, n1 = imin(N, n0 + chunk);
-      for (int64_t n = n0; n < n1; ++n) out[n] = T(0);
-      for (int64_t m = 0; m < M; ++m) {
-        const T* row = X + m * ldx;
-        int64_t n = n0;
-        for (; n + V::W <= n1; n += V::W) (V::load(out + n) + V::load(row + n)).store(out + n);
-        for (; n < n1; ++n) out[n] += row[n];
-      }
-    }
-  });
 }

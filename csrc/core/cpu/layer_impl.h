@@ -36,14 +36,6 @@ inline int64_t step_block_rows(int64_t B) {
   return imax(MR, ceil_div(ceil_div(B, step_row_blocks(B)), MR) * MR);
 }
 
-// Copies units [j0, j1) of row b (values row[j]) into A-panel layout (see pack_a)
-// of a matrix with K columns, so the next step's GEMM reads its rows packed.
-template <class T>
-inline void pack_row_units(T* pk, int64_t K, int64_t b, const T* row, int64_t j0, int64_t j1) {
-  T* dst = pk + (b / MR) * K * MR + (b % MR);
-  for (int64_t j = j0; j < j1; ++j) dst[j * MR] = row[j];
-}
-
 // Asks for the cache lines of p[0 .. n) into L2 (locality hint 1): the steps ask for
 // what the next step reads, a whole step ahead, too early for L1.
 template <class T>
@@ -360,10 +352,34 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   fill_n(dpk0.get(), npan * GH * MR, T(0));
   fill_n(dpk1.get(), npan * GH * MR, T(0));
   T* const dpks[2] = {dpk0.get(), dpk1.get()};
-  auto pack_grads = [&](T* pk, const T* dgh_t, int64_t b, int64_t j0, int64_t j1) {
-    if (!pack_d) return;
-    for (int64_t k = 0; k < G; ++k)
-      pack_row_units(pk, GH, b, dgh_t + b * GH, k * H + j0, k * H + j1);
+  // The bias gradients are the column sums of dG (x side for b_ih, h side for b_hh), kept
+  // per row block: a task adds its block while it is still in cache, and the (row block,
+  // strip) of a task is the same thread's every step, so no two threads add to one sum.
+  const int64_t nsum = (a.db_ih || a.db_hh) ? (Cell::kSplitGrad ? 2 : 1) : 0;
+  Buffer<T> dbsum(nsum * nrb * GH);
+  fill_n(dbsum.get(), nsum * nrb * GH, T(0));
+  // Once the rows of its block are done, a task
+  // - packs the block for the next step's GEMM: rows [r0, r1) (r0 a multiple of MR; rows of
+  //   the panel past r1 become zeros, and are never read) and, in each gate, units [j0, j1),
+  //   by an in-register transpose, where scattering every value to its panel slot as it
+  //   was computed took 5% of a training step;
+  // - adds the block's columns to its bias-gradient sums.
+  auto finish_block = [&](T* pk, int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
+    const T* gsrc[2] = {dgx.get() + row0(t) * GH, dgh + row0(t) * GH};
+    for (int64_t p0 = r0; pack_d && p0 < r1; p0 += MR)
+      for (int64_t k = 0; k < G; ++k)
+        pack_a(imin(MR, r1 - p0), j1 - j0, gsrc[1] + p0 * GH + k * H + j0, GH, 1,
+               pk + p0 * GH + (k * H + j0) * MR);
+    for (int64_t q = 0; q < nsum; ++q) {
+      T* sum = dbsum.get() + (q * nrb + r0 / rbs) * GH;
+      for (int64_t k = 0; k < G; ++k)
+        for_units<T>(k * H + j0, k * H + j1, [&](auto v, int64_t n) {
+          using V = decltype(v);
+          V acc = V::load(sum + n);
+          for (int64_t b = r0; b < r1; ++b) acc = acc + V::load(gsrc[q] + b * GH + n);
+          acc.store(sum + n);
+        });
+    }
   };
 
   auto time_of = [&](int64_t step) { return a.reverse ? step : T_ - 1 - step; };
@@ -394,12 +410,16 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     // dh[b, j] = carry + dy_t (active rows) + (dG_{prev} W_hh)[b, j]; returns it and
     // leaves carry ready for the rows that are inactive at t.
     auto total_dh = [&](int64_t b, int64_t j0, int64_t j1, T* out) {
-      for (int64_t j = j0; j < j1; ++j) {
-        T v = carry.get()[b * S + j];
-        if (b < nrec) v += rec.get()[b * S + j];
-        if (dyt && row_active(a.lengths, b, t)) v += dyt[b * S + j];
-        out[j - j0] = v;
-      }
+      const T* cr = carry.get() + b * S;
+      const T* rc = b < nrec ? rec.get() + b * S : nullptr;
+      const T* dy = dyt && row_active(a.lengths, b, t) ? dyt + b * S : nullptr;
+      for_units<T>(j0, j1, [&](auto v, int64_t j) {
+        using V = decltype(v);
+        V d = V::load(cr + j);
+        if (rc) d = d + V::load(rc + j);
+        if (dy) d = d + V::load(dy + j);
+        d.store(out + (j - j0));
+      });
     };
     auto zero_grads = [&](int64_t b, int64_t j0, int64_t j1) {
       for (int64_t k = 0; k < G; ++k) {
@@ -453,15 +473,13 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
               using V = decltype(v);
               Cell::template bwd<V, T>(st, b, j, V::load(dh + (j - j0))).store(cr + j);
             });
-            pack_grads(dpk_cur, st.dgh, b, j0, j1);
           } else {
             copy_n(dh, j1 - j0, cr + j0);
-            if (!packed) {  // packed: no row; the next step's GEMM reads active rows only
-              zero_grads(b, j0, j1);
-              pack_grads(dpk_cur, st.dgh, b, j0, j1);
-            }
+            // packed: no row; the next step's GEMM reads the active rows only
+            if (!packed) zero_grads(b, j0, j1);
           }
         }
+        if (P == 0) finish_block(dpk_cur, t, r0, packed ? imin(r1, nact[t]) : r1, j0, j1);
       }
     }
     slot.sync();
@@ -488,8 +506,8 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
             } else if (!packed) {
               zero_grads(b, j0, j1);
             }
-            if (!packed || b < ra) pack_grads(dpk_cur, st.dgh, b, j0, j1);
           }
+          finish_block(dpk_cur, t, r0, packed ? ra : r1, j0, j1);
         }
       }
       slot.sync();
@@ -540,8 +558,16 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   if (a.dw_hh)
     gemm<T>(ex, GH, S, N, dgh_c, 1, GH, dense(a.ws + hprev_off, WS, S, hp_b), compact ? S : WS,
             false, a.dw_hh, S, false);
-  if (a.db_ih) column_sums<T>(ex, N, GH, dgx_c, GH, a.db_ih);
-  if (a.db_hh) column_sums<T>(ex, N, GH, dgh_c, GH, a.db_hh);
+  T* const db_out[2] = {a.db_ih, a.db_hh};
+  for (int q = 0; q < 2; ++q) {
+    if (!db_out[q]) continue;
+    const T* sums = dbsum.get() + (nsum == 2 ? q : 0) * nrb * GH;
+    for (int64_t n = 0; n < GH; ++n) {
+      T v = T(0);
+      for (int64_t rb = 0; rb < nrb; ++rb) v += sums[rb * GH + n];
+      db_out[q][n] = v;
+    }
+  }
   if (a.dw_hr && P > 0)
     gemm<T>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P, dense(a.ws + hpre_off, WS, H, hq_b),
             compact ? H : WS, false, a.dw_hr, H, false);
