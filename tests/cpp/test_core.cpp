@@ -286,6 +286,55 @@ void check_packed(const Problem& p, const Executor& ex) {
   if (p.P > 0) expect(max_diff(gpk.dwhr, gpad.dwhr) < tol, tag + " dw_hr");
 }
 
+// The float32 sigmoid and tanh of the active instruction set, swept against double
+// precision. An LSTM step with W_ih = identity, W_hh and biases zero saves
+// i f g o = sigmoid, sigmoid, tanh, sigmoid of its input in the workspace.
+// Returns the largest error in units in the last place of the rounded reference
+// (tanh and sigmoid separately); results below 1e-37 (flushed to zero) count as exact.
+void activation_errors(double* ulp_sigmoid, double* ulp_tanh, bool* nan_ok) {
+  const int64_t H = 64, G4 = 4 * H, B = 512;
+  std::vector<float> x(B * G4), w(G4 * G4, 0.0f), whh(G4 * H, 0.0f);
+  for (int64_t i = 0; i < G4; ++i) w[i * G4 + i] = 1.0f;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  for (int64_t n = 0; n < B * G4; ++n) {
+    double v;
+    if (n % 2) v = -12.0 + 24.0 * u(rng);                    // the range that matters
+    else v = std::pow(10.0, -9.0 + 11.0 * u(rng)) * (u(rng) < 0.5 ? -1 : 1);  // 1e-9 .. 100
+    x[n] = static_cast<float>(v);
+  }
+  const float specials[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 87.0f, -87.0f, 88.5f, -88.5f,
+                            200.0f, -200.0f, 1e30f, -1e30f, 3.4e38f, -3.4e38f, NAN};
+  for (size_t i = 0; i < sizeof(specials) / sizeof(float); ++i)
+    for (int64_t q = 0; q < 4; ++q) x[i * G4 + q * H] = specials[i];
+  ForwardArgs<float> a;
+  a.cell = Cell::LSTM; a.T = 1; a.B = B; a.I = G4; a.H = H;
+  std::vector<float> y(B * H), hy(B * H), cy(B * H), ws(B * workspace_cols(Cell::LSTM, H, 0));
+  a.x = x.data(); a.w_ih = w.data(); a.w_hh = whh.data();
+  a.y = y.data(); a.hy = hy.data(); a.cy = cy.data(); a.ws = ws.data();
+  SerialExecutor ex;
+  layer_forward(a, ex);
+  *ulp_sigmoid = *ulp_tanh = 0;
+  *nan_ok = true;
+  const int64_t WS = workspace_cols(Cell::LSTM, H, 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t n = 0; n < G4; ++n) {
+      const bool is_tanh = n / H == 2;
+      const double in = x[b * G4 + n], got = ws[b * WS + n];
+      if (std::isnan(in)) {
+        *nan_ok = *nan_ok && std::isnan(got);
+        continue;
+      }
+      const double ref = is_tanh ? std::tanh(in) : 1.0 / (1.0 + std::exp(-in));
+      const float rf = static_cast<float>(ref);
+      if (std::fabs(ref) < 1e-37 && std::fabs(got) < 1e-37) continue;
+      const double ulp = std::nextafter(std::fabs(rf), INFINITY) - std::fabs(rf);
+      const double e = std::fabs(got - ref) / ulp;
+      double* worst = is_tanh ? ulp_tanh : ulp_sigmoid;
+      if (!(e <= *worst)) *worst = e;  // NaN results count as the worst
+    }
+}
+
 template <class Real>
 void check_isas_and_threads(const Problem& p, double tol) {
   auto t = make<Real>(p, 99);
@@ -352,6 +401,11 @@ int main() {
     if (!cpu_supports(isa)) continue;
     set_isa(isa);
     for (const auto& p : problems) check_gradients(p);
+    double us, ut;
+    bool nan_ok;
+    activation_errors(&us, &ut, &nan_ok);
+    std::printf("%s: sigmoid within %.2f ulp, tanh within %.2f ulp\n", isa_name(isa), us, ut);
+    expect(us <= 4.0 && ut <= 4.0 && nan_ok, std::string(isa_name(isa)) + " float sigmoid/tanh error");
   }
   // Larger shapes: several SIMD strips, row blocks past one micro-tile, odd edges.
   std::vector<Problem> big;

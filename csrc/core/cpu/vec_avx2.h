@@ -31,11 +31,6 @@ struct VecF8 {
     const __m256 m = _mm256_set1_ps(-0.0f);
     return {_mm256_or_ps(_mm256_andnot_ps(m, mag.v), _mm256_and_ps(m, sgn.v))};
   }
-  // a < b ? x : y, lane by lane
-  static VecF8 blend_lt(VecF8 a, VecF8 b, VecF8 x, VecF8 y) {
-    return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))};
-  }
-  // p * 2^n for integral n in [-126, 127]
   static VecF8 scale_pow2(VecF8 p, VecF8 n) {
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23);
     return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(e))};

@@ -28,13 +28,8 @@ struct VecF16 {
                                 _mm512_andnot_si512(m, _mm512_castps_si512(sgn.v)));
     return {_mm512_castsi512_ps(r)};
   }
-  static VecF16 blend_lt(VecF16 a, VecF16 b, VecF16 x, VecF16 y) {
-    return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), y.v, x.v)};
-  }
-  static VecF16 scale_pow2(VecF16 p, VecF16 n) {
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23);
-    return {_mm512_mul_ps(p.v, _mm512_castsi512_ps(e))};
-  }
+  // p * 2^n for integral n (one instruction instead of building 2^n in the exponent bits)
+  static VecF16 scale_pow2(VecF16 p, VecF16 n) { return {_mm512_scalef_ps(p.v, n.v)}; }
   static VecF16 sigmoid(VecF16 a) { return vsigmoid(a); }
   static VecF16 tanh(VecF16 a) { return vtanh(a); }
   static VecF16 relu(VecF16 a) { return {_mm512_max_ps(_mm512_setzero_ps(), a.v)}; }
