@@ -24,8 +24,18 @@ struct FwdStep {
   int64_t ld_hout;
   T* y;           // [B, S]   y_t, or null (LSTM with P writes y later)   written
   T* ws;          // [B, WS]  saved for backward, or null                 written
+  // Write ws with non-temporal stores (save below): it is read again only by the backward
+  // pass, so it should neither take a read for ownership nor evict the weights from L2.
+  // Needs every vector's address in ws aligned to its size.
+  bool ws_nt;
   const T* b_hn;  // [H]      GRU b_hn, or null                           read
 };
+
+// A value saved for the backward pass (see FwdStep::ws_nt).
+template <class V, class T>
+inline void save(const FwdStep<T>& s, V v, T* p) {
+  if (s.ws_nt) v.stream(p); else v.store(p);
+}
 
 // Pointers of one backward step.
 template <class T>
@@ -67,13 +77,13 @@ struct LstmCell {
     if (s.y) h.store(s.y + b * s.S + j);
     if (s.ws) {
       T* w = s.ws + b * s.WS + j;
-      i.store(w);
-      f.store(w + H);
-      g.store(w + 2 * H);
-      o.store(w + 3 * H);
-      c_prev.store(w + 4 * H);
-      tc.store(w + 5 * H);
-      if (s.P > 0) h.store(w + 6 * H);  // projection input, for dW_hr
+      save(s, i, w);
+      save(s, f, w + H);
+      save(s, g, w + 2 * H);
+      save(s, o, w + 3 * H);
+      save(s, c_prev, w + 4 * H);
+      save(s, tc, w + 5 * H);
+      if (s.P > 0) save(s, h, w + 6 * H);  // projection input, for dW_hr
     }
   }
 
@@ -127,10 +137,10 @@ struct GruCell {
     if (s.y) h.store(s.y + b * s.S + j);
     if (s.ws) {
       T* w = s.ws + b * s.WS + j;
-      r.store(w);
-      z.store(w + H);
-      n.store(w + 2 * H);
-      hn.store(w + 3 * H);
+      save(s, r, w);
+      save(s, z, w + H);
+      save(s, n, w + 2 * H);
+      save(s, hn, w + 3 * H);
     }
   }
 
@@ -175,7 +185,7 @@ struct ElmanCell {
     V h = Relu ? V::relu(pre) : V::tanh(pre);
     h.store(s.hout + b * s.ld_hout + j);
     if (s.y) h.store(s.y + b * s.S + j);
-    if (s.ws) h.store(s.ws + b * s.WS + j);
+    if (s.ws) save(s, h, s.ws + b * s.WS + j);
   }
 
   template <class V, class T>

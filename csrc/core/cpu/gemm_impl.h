@@ -63,6 +63,14 @@ struct DenormalGuard {
 #endif
 };
 
+// Orders this thread's earlier non-temporal stores before its later stores (the barrier
+// that hands the data to another thread, or the end of the kernel).
+inline void store_fence() {
+#if defined(RNNFAST_X86)
+  _mm_sfence();
+#endif
+}
+
 // Runs f(begin, end) over [0, n) on the executor; on the calling thread alone
 // when the work is too small to pay for a fork.
 template <class F>

@@ -45,6 +45,15 @@ inline void prefetch_units(const T* p, int64_t n) {
     __builtin_prefetch(c + off, 0, 1);
 }
 
+// dst[0, n) = src[0, n), into the workspace of a forward step (see FwdStep::ws_nt).
+template <class T>
+inline void save_units(const FwdStep<T>& st, const T* src, int64_t n, T* dst) {
+  for_units<T>(0, n, [&](auto v, int64_t j) {
+    using V = decltype(v);
+    save(st, V::load(src + j), dst + j);
+  });
+}
+
 inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
@@ -188,6 +197,11 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   const int64_t nblk = Cell::hblocks(P);
 
   T* const hbufs[2] = {hbuf0.get(), hbuf1.get()};
+  // Non-temporal workspace stores need every vector of it aligned: a 64-byte aligned base
+  // (the allocators of the glue give that) and widths that keep each row and block aligned.
+  constexpr int64_t W = Vec<T>::W;
+  const bool ws_nt = a.ws && reinterpret_cast<uintptr_t>(a.ws) % (W * sizeof(T)) == 0 &&
+                     H % W == 0 && WS % W == 0;
   run_steps(ex, T_, big, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = a.reverse ? T_ - 1 - step : step;
     T* const hcur = hbufs[step % 2];
@@ -214,6 +228,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     st.ld_hout = P > 0 ? H : S;
     st.y = P > 0 ? nullptr : a.y + row0(t) * S;
     st.ws = a.ws ? a.ws + row0(t) * WS : nullptr;
+    st.ws_nt = ws_nt;
     st.b_hn = b_hn;
     T* ytn = a.y + row0(t) * S;
 
@@ -270,11 +285,12 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
           }
           if (P == 0) {
             if (st.ws && (!packed || b < ra))
-              copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
+              save_units(st, hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
           }
         }
       }
     }
+    if (ws_nt) store_fence();
     slot.sync();
 
     if (P > 0) {  // h_t = (o * tanh(c_t)) W_hr^T, then y_t and the saved h_{t-1}
@@ -299,10 +315,11 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
               if (!packed) fill_n(ytn + b * S + j0, j1 - j0, T(0));
             }
             if (st.ws && (!packed || b < ra))
-              copy_n(hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
+              save_units(st, hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
           }
         }
       }
+      if (ws_nt) store_fence();
       slot.sync();
     }
   });

@@ -8,6 +8,8 @@ struct VecF8 {
   static VecF8 set1(float x) { return {_mm256_set1_ps(x)}; }
   static VecF8 zero() { return {_mm256_setzero_ps()}; }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
+  // p 32-byte aligned; bypasses the caches (see FwdStep::ws_nt)
+  void stream(float* p) const { _mm256_stream_ps(p, v); }
   float hsum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -50,6 +52,7 @@ struct VecD4 {
   static VecD4 set1(double x) { return {_mm256_set1_pd(x)}; }
   static VecD4 zero() { return {_mm256_setzero_pd()}; }
   void store(double* p) const { _mm256_storeu_pd(p, v); }
+  void stream(double* p) const { _mm256_stream_pd(p, v); }
   double hsum() const {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));

@@ -8,6 +8,8 @@ struct VecF16 {
   static VecF16 set1(float x) { return {_mm512_set1_ps(x)}; }
   static VecF16 zero() { return {_mm512_setzero_ps()}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
+  // p 64-byte aligned; bypasses the caches (see FwdStep::ws_nt)
+  void stream(float* p) const { _mm512_stream_ps(p, v); }
   float hsum() const { return _mm512_reduce_add_ps(v); }
   VecF16 operator+(VecF16 b) const { return {_mm512_add_ps(v, b.v)}; }
   VecF16 operator-(VecF16 b) const { return {_mm512_sub_ps(v, b.v)}; }
@@ -45,6 +47,7 @@ struct VecD8 {
   static VecD8 set1(double x) { return {_mm512_set1_pd(x)}; }
   static VecD8 zero() { return {_mm512_setzero_pd()}; }
   void store(double* p) const { _mm512_storeu_pd(p, v); }
+  void stream(double* p) const { _mm512_stream_pd(p, v); }
   double hsum() const { return _mm512_reduce_add_pd(v); }
   VecD8 operator+(VecD8 b) const { return {_mm512_add_pd(v, b.v)}; }
   VecD8 operator-(VecD8 b) const { return {_mm512_sub_pd(v, b.v)}; }

@@ -9,6 +9,7 @@ struct ScalarVec {
   static ScalarVec set1(T x) { return {x}; }
   static ScalarVec zero() { return {T(0)}; }
   void store(T* p) const { *p = v; }
+  void stream(T* p) const { *p = v; }
   T hsum() const { return v; }
   ScalarVec operator+(ScalarVec b) const { return {v + b.v}; }
   ScalarVec operator-(ScalarVec b) const { return {v - b.v}; }
