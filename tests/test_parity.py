@@ -206,10 +206,12 @@ def test_long_small_batch_input_projection_in_the_steps(kind, form):
     """Long sequences of a small batch whose weights fit the cores' L2 take the x W_ih^T
     product inside each step (csrc/core/cpu/layer_impl.h, `fused`) instead of one GEMM over
     every step: the sizes here select that path (gx > 4 MB, weights < 768 KB per thread),
-    bidirectional so that it also runs in reverse; LSTM with a projection too."""
+    bidirectional so that it also runs in reverse; LSTM with a projection too. Their saved
+    workspaces (> 8 MB each) are also written with non-temporal stores (`ws_nt`)."""
     lstm = is_lstm(kind)
-    # x W_ih^T of 4 rows per step must exceed 4 MB in float64: T * 4 * G * H * 8 bytes
-    Tl = {"LSTM": 300, "GRU": 400}.get(kind, 1100)
+    # x W_ih^T of 4 rows per step must exceed 4 MB in float64: T * 4 * G * H * 8 bytes, and
+    # the workspace 8 MB: T * 4 * WS * 8 bytes (WS = 7H + P, 4H + H, H + H)
+    Tl = {"LSTM": 300, "GRU": 420}.get(kind, 1100)
     Bl, Il, Hl = 4, 8, 128
     kw = dict(bidirectional=True, proj_size=64) if lstm else dict(bidirectional=True)
     ref, new = make_pair(kind, Il, Hl, dtype=torch.float64, **kw)

@@ -197,11 +197,15 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   const int64_t nblk = Cell::hblocks(P);
 
   T* const hbufs[2] = {hbuf0.get(), hbuf1.get()};
-  // Non-temporal workspace stores need every vector of it aligned: a 64-byte aligned base
-  // (the allocators of the glue give that) and widths that keep each row and block aligned.
+  // Non-temporal workspace stores, for a workspace too large to stay in cache until the
+  // backward pass reads it (a smaller one is then read from cache: 1.4 MB written this way
+  // made that pass stall on memory). They need every vector of it aligned: a 64-byte
+  // aligned base (the allocators of the glue give that) and widths that keep each row and
+  // block aligned.
   constexpr int64_t W = Vec<T>::W;
-  const bool ws_nt = a.ws && reinterpret_cast<uintptr_t>(a.ws) % (W * sizeof(T)) == 0 &&
-                     H % W == 0 && WS % W == 0;
+  const bool ws_nt = a.ws && NX * WS * static_cast<int64_t>(sizeof(T)) > (8 << 20) &&
+                     reinterpret_cast<uintptr_t>(a.ws) % (W * sizeof(T)) == 0 && H % W == 0 &&
+                     WS % W == 0;
   run_steps(ex, T_, big, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = a.reverse ? T_ - 1 - step : step;
     T* const hcur = hbufs[step % 2];
