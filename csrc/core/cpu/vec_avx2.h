@@ -33,6 +33,7 @@ struct VecF8 {
     const __m256 m = _mm256_set1_ps(-0.0f);
     return {_mm256_or_ps(_mm256_andnot_ps(m, mag.v), _mm256_and_ps(m, sgn.v))};
   }
+  // p * 2^n for integral n in [-127, 127]; n = -127 gives 0 (vtanh needs only that m = -1 there)
   static VecF8 scale_pow2(VecF8 p, VecF8 n) {
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23);
     return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(e))};

@@ -39,7 +39,7 @@ template <class VF>
 inline VF vtanh(VF x) {
   // tanh|x| = -m / (m + 2) with m = expm1(-2|x|) in (-1, 0]: no cancellation anywhere, so
   // small |x| needs no series of its own. m = 2^n (1 + e) - 1 = 2^n e + (2^n - 1), e =
-  // expm1(r); exact for n = 0. Below -88, m is -1 to float precision (tanh 1).
+  // expm1(r); m = e for n = 0. Below -88, m is -1 to float precision (tanh 1).
   VF y = VF::max(VF::set1(-88.0f), VF::set1(-2.0f) * VF::abs(x));
   VF n, e;
   vexp_reduce(y, &n, &e);
