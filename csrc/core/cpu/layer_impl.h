@@ -367,11 +367,10 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   const int64_t nblk = Cell::hblocks(P);
   // dG (h side) of each step also in A-panel layout, for the next step's GEMM
   // (for 4 rows or fewer the GEMM reads the rows of dG in place instead, as above).
+  // No initial fill: a step's GEMM reads only rows the step before packed (finish_block).
   const bool pack_d = B > 4;
   const int64_t npan = pack_d ? ceil_div(B, MR) : 0;
   Buffer<T> dpk0(npan * GH * MR), dpk1(npan * GH * MR);
-  fill_n(dpk0.get(), npan * GH * MR, T(0));
-  fill_n(dpk1.get(), npan * GH * MR, T(0));
   T* const dpks[2] = {dpk0.get(), dpk1.get()};
   // The bias gradients are the column sums of dG (x side for b_ih, h side for b_hh), kept
   // per row block: a task adds its block while it is still in cache, and the (row block,
