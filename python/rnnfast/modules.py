@@ -281,34 +281,37 @@ class RNNBase(nn.Module):
 
     def _layers(self, x: Tensor, hx, lengths: Optional[Tensor]):
         """Runs every layer and direction over time-major x: [T, B, I], or packed rows [N, I]
-        (PackedSequence.data) with their non-increasing lengths (CPU)."""
+        (PackedSequence.data) with their non-increasing lengths (CPU). hx None: zero initial
+        states (the ops start from zeros without a state tensor)."""
         cell = _MODE_TO_CELL[self.mode]
         is_lstm = self.mode == "LSTM"
-        h0, c0 = hx if is_lstm else (hx, None)
+        h0, c0 = (hx if is_lstm else (hx, None)) if hx is not None else (None, None)
         run = _layer_fn(x.device)
         num_directions = 2 if self.bidirectional else 1
         hs, cs = [], []
-        for layer in range(self.num_layers):
-            outs = []
-            for direction in range(num_directions):
-                idx = layer * num_directions + direction
-                suffix = "_reverse" if direction == 1 else ""
-                w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
-                w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
-                b_ih = getattr(self, f"bias_ih_l{layer}{suffix}") if self.bias else None
-                b_hh = getattr(self, f"bias_hh_l{layer}{suffix}") if self.bias else None
-                w_hr = getattr(self, f"weight_hr_l{layer}{suffix}") if self.proj_size > 0 else None
-                out, h, c = run(cell, x, h0[idx], c0[idx] if is_lstm else None, w_ih, w_hh,
-                                b_ih, b_hh, w_hr, lengths, direction == 1)
+        for idx, names in enumerate(self._all_weights):
+            layer, direction = divmod(idx, num_directions)
+            # _all_weights holds (w_ih, w_hh[, b_ih, b_hh][, w_hr]) per (layer, direction)
+            w = [getattr(self, name) for name in names]
+            b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+            w_hr = w[-1] if self.proj_size > 0 else None
+            out, h, c = run(cell, x, h0[idx] if h0 is not None else None,
+                            c0[idx] if c0 is not None else None, w[0], w[1], b_ih, b_hh, w_hr,
+                            lengths, direction == 1)
+            hs.append(h)
+            cs.append(c)
+            if direction == 0:
+                outs = [out]
+            else:
                 outs.append(out)
-                hs.append(h)
-                cs.append(c)
-            x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, True)
-        h_n = torch.stack(hs, 0)
+            if direction == num_directions - 1:
+                x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
+                if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                    x = F.dropout(x, self.dropout, True)
+        # one (layer, direction): a view, not a copy
+        h_n = hs[0].unsqueeze(0) if len(hs) == 1 else torch.stack(hs, 0)
         if is_lstm:
-            return x, (h_n, torch.stack(cs, 0))
+            return x, (h_n, cs[0].unsqueeze(0) if len(cs) == 1 else torch.stack(cs, 0))
         return x, h_n
 
     def forward(self, input, hx=None):
@@ -363,9 +366,13 @@ class RNNBase(nn.Module):
             raise RuntimeError(
                 f"{name}: input has no time steps (sequence length 0, input shape "
                 f"{tuple(input.shape)}); expected at least one")
-        if hx is None:
-            hx = self._zero_state(input, input.size(batch_dim))
-        self.check_forward_args(input, hx, None)
+        if hx is None and input.device.type == "cpu":
+            # the CPU ops start from zero states without state tensors to read
+            self.check_input(input, None)
+        else:
+            if hx is None:
+                hx = self._zero_state(input, input.size(batch_dim))
+            self.check_forward_args(input, hx, None)
         x = input.transpose(0, 1) if self.batch_first else input
         out, hidden = self._layers(x, hx, None)
         if self.batch_first:
