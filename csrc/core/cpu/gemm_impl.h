@@ -14,6 +14,9 @@ using Vec = typename KIsa::template Vec<T>;
 template <class T>
 constexpr int kNR = KIsa::template NR<T>;
 
+// Sixteen zeros: the rows past the end of an operand, for the 16 x 16 packing transposes.
+alignas(64) inline constexpr float kZeros16[16] = {};
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -176,7 +179,20 @@ void pack_b(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64
     T* dst = out + s * kc * NR;
     const int64_t c0 = n0 + s * NR;
     const int64_t nc = imin(NR, n0 + n - c0);
-    for (int64_t k = 0; k < kc; ++k) {
+    int64_t k = 0;
+    if constexpr (KIsa::kTranspose16 && std::is_same<T, float>::value && NR % 16 == 0) {
+      // B given as [N, K]: 16 of its rows (columns of the strip) by 16 k at a time through
+      // the in-register transpose, where a scalar loop read each value with a stride of ldb.
+      if (b_trans)
+        for (; k + 16 <= kc; k += 16)
+          for (int c = 0; c < NR; c += 16) {
+            const float* r16[16];
+            for (int i = 0; i < 16; ++i)
+              r16[i] = c + i < nc ? B + (c0 + c + i) * ldb + (k0 + k) : kZeros16;
+            KIsa::transpose16(r16, dst + k * NR + c, NR, 16);
+          }
+    }
+    for (; k < kc; ++k) {
       T* d = dst + k * NR;
       if (b_trans) {
         const T* src = B + c0 * ldb + (k0 + k);
@@ -285,13 +301,13 @@ void pack_a(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, T* ou
     const T* src = A + p * MR * a_rs;
     // MR sequential row streams in (rows past M read as zeros), one sequential stream out
     int64_t k = 0;
-    if constexpr (KIsa::kPackRows16 && std::is_same<T, float>::value) {
-      alignas(64) static const float zeros[16] = {};
+    if constexpr (KIsa::kTranspose16 && std::is_same<T, float>::value) {
+      static_assert(MR <= 16, "a panel of at most 16 rows");
       if (a_cs == 1)
         for (; k + 16 <= kc; k += 16) {
-          const float* r16[MR];
-          for (int r = 0; r < MR; ++r) r16[r] = r < rows ? src + r * a_rs + k : zeros;
-          KIsa::pack_rows16(r16, dst + k * MR);
+          const float* r16[16];
+          for (int r = 0; r < 16; ++r) r16[r] = r < rows ? src + r * a_rs + k : kZeros16;
+          KIsa::transpose16(r16, dst + k * MR, MR, MR);
         }
     }
     for (; k < kc; ++k) {

@@ -88,7 +88,7 @@ struct SimdIsa {
   using Vec = typename Avx2VecOf<T>::type;
   template <class T>
   static constexpr int NR = 2 * Vec<T>::W;
-  // No vectorised A-panel packing on this path (see vec_avx512.h).
-  static constexpr bool kPackRows16 = false;
-  static void pack_rows16(const float* const*, float*) {}
+  // No vectorised operand packing on this path (see vec_avx512.h).
+  static constexpr bool kTranspose16 = false;
+  static void transpose16(const float* const*, float*, int64_t, int) {}
 };

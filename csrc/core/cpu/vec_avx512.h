@@ -79,15 +79,13 @@ struct SimdIsa {
   template <class T>
   static constexpr int NR = 2 * Vec<T>::W;
 
-  // A-panel packing of float rows, 16 columns at a time: out[k * MR + r] = rows[r][k]
-  // for r < MR, k < 16, by an in-register 16 x 16 transpose (rows 12..15 zero) instead
-  // of one scalar move per element.
-  static constexpr bool kPackRows16 = true;
-  static void pack_rows16(const float* const* rows, float* out) {
-    static_assert(MR == 12, "the store mask below assumes 12 rows");
+  // A 16 x 16 float transpose for packing GEMM operands: out[k * ldo + r] = rows[r][k] for
+  // r < nrows (at most 16; the other lanes of out are left alone) and k < 16, by in-register
+  // shuffles instead of one scalar move per element. Every row is read (16 floats).
+  static constexpr bool kTranspose16 = true;
+  static void transpose16(const float* const* rows, float* out, int64_t ldo, int nrows) {
     __m512 r[16], t[16];
-    for (int i = 0; i < 12; ++i) r[i] = _mm512_loadu_ps(rows[i]);
-    for (int i = 12; i < 16; ++i) r[i] = _mm512_setzero_ps();
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows[i]);
     for (int i = 0; i < 8; ++i) {  // interleave the rows of each pair
       t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
       t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
@@ -110,6 +108,7 @@ struct SimdIsa {
       r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
       r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
     }
-    for (int k = 0; k < 16; ++k) _mm512_mask_storeu_ps(out + k * MR, 0x0FFF, r[k]);
+    const __mmask16 keep = static_cast<__mmask16>((1u << nrows) - 1);
+    for (int k = 0; k < 16; ++k) _mm512_mask_storeu_ps(out + k * ldo, keep, r[k]);
   }
 };

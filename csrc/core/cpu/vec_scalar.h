@@ -30,7 +30,7 @@ struct ScalarIsa {
   // Columns per GEMM micro-tile (a multiple of Vec::W).
   template <class T>
   static constexpr int NR = 8;
-  // No vectorised A-panel packing on this path (see vec_avx512.h).
-  static constexpr bool kPackRows16 = false;
-  static void pack_rows16(const float* const*, float*) {}
+  // No vectorised operand packing on this path (see vec_avx512.h).
+  static constexpr bool kTranspose16 = false;
+  static void transpose16(const float* const*, float*, int64_t, int) {}
 };
