@@ -131,12 +131,16 @@ bool cpu_supports(Isa isa);
 // Forces an instruction set (for tests); returns false if the CPU lacks it.
 bool set_isa(Isa isa);
 
-// Large host memory blocks (2 MB and up) kept for reuse: the CPU kernels take their big
-// scratch buffers from here, and the glue the saved workspace. A block given back is kept
-// for the next request (up to 256 MB in all), so that calls after the first take no page
-// faults; blocks are 2 MB-aligned and advised to use huge pages.
-inline constexpr size_t kScratchMinBytes = size_t(2) << 20;
-// A block of at least `bytes` (64-byte aligned; 2 MB-aligned unless under ASan).
+// Host memory blocks of 64 KB and up kept for reuse: the CPU kernels take their scratch
+// buffers from here, and the glue the saved workspace. A block given back is kept for the
+// next request (up to 256 MB in all), so that calls after the first take no page faults.
+// Blocks below 2 MB come in power-of-two sizes; from 2 MB they are 2 MB multiples, 2 MB-aligned
+// and advised to use huge pages. Smaller requests are better served by malloc (its free lists
+// keep them without returning them to the system).
+inline constexpr size_t kScratchMinBytes = size_t(64) << 10;
+inline constexpr size_t kScratchHugeBytes = size_t(2) << 20;
+// A block of at least `bytes` (64-byte aligned; 4 KB-aligned, or 2 MB from 2 MB, unless
+// under ASan).
 void* scratch_alloc(size_t bytes);
 // Gives a block from scratch_alloc back, with the size it was asked with.
 void scratch_free(void* p, size_t bytes);

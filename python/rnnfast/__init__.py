@@ -23,7 +23,7 @@ torch.serialization.add_safe_globals([LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell
 
 
 def empty_cache() -> None:
-    """Frees the large scratch blocks (2 MB and up) the CPU kernels keep from one call for the
+    """Frees the scratch blocks (64 KB and up) the CPU kernels keep from one call for the
     next; at most 256 MB are kept. The next call allocates afresh."""
     _C.release_scratch()
 

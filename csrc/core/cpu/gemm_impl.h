@@ -21,9 +21,9 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// 64-byte aligned scratch memory owned by one kernel call. Blocks of 2 MB and up come
-// from the cross-call cache (rnn.h: scratch_alloc): huge-page backed, and no page faults when a
-// call reuses the previous call's blocks.
+// 64-byte aligned scratch memory owned by one kernel call. Blocks of 64 KB and up come
+// from the cross-call cache (rnn.h: scratch_alloc): no page faults when a call reuses the
+// previous call's blocks, and huge-page backed from 2 MB.
 template <class T>
 class Buffer {
  public:
