@@ -1,4 +1,4 @@
-"""Typed wrappers over torch.ops.rnnfast.*: fake (meta) kernels and autograd.
+"""Typed wrappers over torch.ops.rnnfast.*: fake (meta) kernels, autocast; autograd is in C++.
 
 Every recurrent cell has one forward op over a whole sequence for one layer and
 one direction, and its backward op, with the same schema for every cell:
@@ -83,10 +83,6 @@ def _op(cell: str):
     return getattr(torch.ops.rnnfast, f"{cell}_layer")
 
 
-def _backward_op(cell: str):
-    return getattr(torch.ops.rnnfast, f"{cell}_layer_backward")
-
-
 def _register(cell: str) -> None:
     name = f"rnnfast::{cell}_layer"
 
@@ -123,31 +119,7 @@ def _register(cell: str) -> None:
             input.new_empty(weight_hr.shape) if P > 0 else input.new_empty((0,)),
         )
 
-    def setup_context(ctx, inputs, output):
-        (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse,
-         training) = inputs
-        ctx.save_for_backward(input, weight_ih, weight_hh, weight_hr, lengths, output[3])
-        ctx.reverse = reverse
-        ctx.flags = (hx is not None, cx is not None, bias_ih is not None, bias_hh is not None,
-                     weight_hr is not None)
-        ctx.mark_non_differentiable(output[3])
-        ctx.set_materialize_grads(False)
-
-    def backward(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
-        input, weight_ih, weight_hh, weight_hr, lengths, workspace = ctx.saved_tensors
-        has_hx, has_cx, has_bih, has_bhh, has_whr = ctx.flags
-        if workspace.dim() != input.dim():
-            raise RuntimeError(
-                f"rnnfast.{cell}: backward needs the activations saved by a forward pass with "
-                "training=True; this forward ran with training=False")
-        gx, ghx, gcx, gwih, gwhh, gbih, gbhh, gwhr = _backward_op(cell)(
-            grad_output, grad_hy, grad_cy if cell == "lstm" else None, input, weight_ih,
-            weight_hh, weight_hr, lengths, workspace, ctx.reverse)
-        return (gx, ghx if has_hx else None, gcx if has_cx else None, gwih, gwhh,
-                gbih if has_bih else None, gbhh if has_bhh else None,
-                gwhr if has_whr else None, None, None, None)
-
-    torch.library.register_autograd(name, backward, setup_context=setup_context)
+    # Autograd: registered in C++ (csrc/torch/autograd.cpp) under the Autograd key.
 
 
 for _cell in CELLS:

@@ -1,0 +1,130 @@
+// Autograd for the layer ops, registered under the Autograd dispatch key (every device): the
+// forward op runs below autograd and saves what its backward op needs; the backward op gives
+// the gradients. No math here.
+//
+// In C++ rather than with torch.library.register_autograd: the Python wrapper that generates
+// (an autograd.Function per call, the op's default arguments filled in from its schema on
+// every call, a Python backward) cost about 60 us per forward and 60 us per backward, 7% of a
+// training call at T=50 B=16 H=64.
+#include <torch/autograd.h>
+#include <torch/extension.h>
+
+#include <string>
+
+#include "common.h"
+
+namespace rnnfast {
+namespace {
+
+namespace core = ::rnnfast::core;
+using glue::BackwardResult;
+using glue::ForwardResult;
+using OptTensor = c10::optional<at::Tensor>;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using ForwardSig = ForwardResult(const at::Tensor&, const OptTensor&, const OptTensor&,
+                                 const at::Tensor&, const at::Tensor&, const OptTensor&,
+                                 const OptTensor&, const OptTensor&, const OptTensor&, bool, bool);
+using BackwardSig = BackwardResult(const OptTensor&, const OptTensor&, const OptTensor&,
+                                   const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   const OptTensor&, const OptTensor&, const at::Tensor&, bool);
+
+OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
+
+// The op's handle, looked up once.
+template <class Sig>
+c10::TypedOperatorHandle<Sig> find_op(const std::string& name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), "").typed<Sig>();
+}
+
+template <core::Cell cell>
+struct LayerFunction : public torch::autograd::Function<LayerFunction<cell>> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const OptTensor& hx,
+                               const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                               const OptTensor& b_ih, const OptTensor& b_hh,
+                               const OptTensor& w_hr, const OptTensor& lengths, bool reverse,
+                               bool training) {
+    static const auto op = find_op<ForwardSig>(std::string("rnnfast::") + glue::cell_name(cell));
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [y, hy, cy, ws] =
+        op.call(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training);
+    ctx->save_for_backward({input, w_ih, w_hh, w_hr ? *w_hr : at::Tensor(),
+                            lengths ? *lengths : at::Tensor(), ws});
+    ctx->saved_data["reverse"] = reverse;
+    // Which optional inputs were given (variables): only those get a gradient back.
+    ctx->saved_data["given"] = c10::List<bool>({hx.has_value(), cx.has_value(), b_ih.has_value(),
+                                                b_hh.has_value()});
+    ctx->mark_non_differentiable({ws});
+    // Gradients of unused outputs stay undefined; the backward op takes them as absent.
+    ctx->set_materialize_grads(false);
+    return {y, hy, cy, ws};
+  }
+
+  // One gradient per forward argument, in order; none for the absent optional tensors (their
+  // forward arguments were not variables), the lengths and the flags.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        find_op<BackwardSig>(std::string("rnnfast::") + glue::cell_name(cell) + "_backward");
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &w_ih = saved[1], &w_hh = saved[2], &ws = saved[5];
+    if (ws.dim() != input.dim()) {
+      std::string name = glue::cell_name(cell);
+      name = name.substr(0, name.size() - std::string("_layer").size());
+      TORCH_CHECK(false, "rnnfast.", name,
+                  ": backward needs the activations saved by a forward pass with training=True; "
+                  "this forward ran with training=False");
+    }
+    const bool lstm = cell == core::Cell::LSTM;
+    auto [gx, ghx, gcx, gwih, gwhh, gbih, gbhh, gwhr] =
+        op.call(optional_of(grads[0]), optional_of(grads[1]),
+                lstm ? optional_of(grads[2]) : c10::nullopt, input, w_ih, w_hh,
+                optional_of(saved[3]), optional_of(saved[4]), ws,
+                ctx->saved_data["reverse"].toBool());
+    // Function drops the entries of arguments that were not variables (they must be
+    // undefined); the others are returned even where an input needs no gradient.
+    const c10::List<bool> given = ctx->saved_data["given"].toBoolList();
+    const at::Tensor none;
+    return {gx,
+            given[0] ? ghx : none,
+            given[1] ? gcx : none,
+            gwih,
+            gwhh,
+            given[2] ? gbih : none,
+            given[3] ? gbhh : none,
+            saved[3].defined() ? gwhr : none,
+            none,
+            none,
+            none};
+  }
+};
+
+// The Autograd kernel of an op: LayerFunction records the backward when grad mode is on and
+// an input requires grad; otherwise it only runs the forward.
+template <core::Cell cell>
+ForwardResult layer_autograd(const at::Tensor& input, const OptTensor& hx, const OptTensor& cx,
+                             const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+                             const OptTensor& b_hh, const OptTensor& w_hr,
+                             const OptTensor& lengths, bool reverse, bool training) {
+  // autograd needs the required tensors (their devices); the glue checks the rest
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{input, "input"},
+                                {w_ih, "weight_ih"},
+                                {w_hh, "weight_hh"}})
+    TORCH_CHECK(t.defined(), "rnnfast::", glue::cell_name(cell), ": ", name,
+                " is required but was None");
+  variable_list out = LayerFunction<cell>::apply(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                 lengths, reverse, training);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnfast, Autograd, m) {
+  using core::Cell;
+  m.impl("lstm_layer", &layer_autograd<Cell::LSTM>);
+  m.impl("gru_layer", &layer_autograd<Cell::GRU>);
+  m.impl("rnn_tanh_layer", &layer_autograd<Cell::RNN_TANH>);
+  m.impl("rnn_relu_layer", &layer_autograd<Cell::RNN_RELU>);
+}
+
+}  // namespace rnnfast
