@@ -28,7 +28,9 @@ from . import _C  # noqa: F401  (loads the library that defines the ops)
 # (bench/gpu_check.sh; each run is recorded in bench/results/gpu-*.md). Verified on an
 # NVIDIA H200 on 2026-11-27 (bench/results/gpu-2026-11-27.md): all CUDA tests passed and
 # compute-sanitizer memcheck was clean. Whoever changes csrc/core/cuda or csrc/torch/cuda
-# reruns bench/gpu_check.sh on a GPU before relying on this.
+# reruns bench/gpu_check.sh on a GPU before relying on this. Since that run, the ops' autograd
+# moved from torch.library.register_autograd to C++ (csrc/torch/autograd.cpp, 2026-11-28): the
+# same device-independent code the CPU tests run; the next GPU run confirms it on CUDA.
 CUDA_KERNELS_VERIFIED = True
 # RNNFAST_CUDA_KERNELS=1 forces the CUDA kernels on, =0 forces the reference loop.
 _CUDA_KERNELS_ENV = os.environ.get("RNNFAST_CUDA_KERNELS", "")
