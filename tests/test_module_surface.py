@@ -373,3 +373,19 @@ def test_train_eval_flags_and_hooks(kind):
     new(randn(T, B, I))
     handle.remove()
     assert seen == [tuple]
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+@pytest.mark.parametrize("kw", [{}, dict(num_layers=2, bidirectional=True)], ids=["1L", "2L-bi"])
+def test_final_states_detach_in_place(kind, kw):
+    """h_n (and c_n) take an in-place detach_() as nn.LSTM's do (truncated BPTT code calls it):
+    they must not be views of another tensor."""
+    _, new = make_pair(kind, I, H, **kw)
+    x = randn(T, B, I, dtype=torch.float64, seed=1).requires_grad_()
+    _, hn = new(x)
+    states = hn if isinstance(hn, tuple) else (hn,)
+    for s in states:
+        assert s.requires_grad
+        s.detach_()
+        assert not s.requires_grad and s.grad_fn is None
+

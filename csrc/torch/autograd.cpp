@@ -31,6 +31,7 @@ using BackwardSig = BackwardResult(const OptTensor&, const OptTensor&, const Opt
                                    const OptTensor&, const OptTensor&, const at::Tensor&, bool);
 
 OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
+bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
 // The op's handle, looked up once.
 template <class Sig>
@@ -49,14 +50,18 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction<cell>> {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [y, hy, cy, ws] =
         op.call(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training);
-    ctx->save_for_backward({input, w_ih, w_hh, w_hr ? *w_hr : at::Tensor(),
-                            lengths ? *lengths : at::Tensor(), ws});
+    ctx->save_for_backward({input, w_ih, w_hh, given(w_hr) ? *w_hr : at::Tensor(),
+                            given(lengths) ? *lengths : at::Tensor(), ws});
     ctx->saved_data["reverse"] = reverse;
-    // Which optional inputs were given (variables): only those get a gradient back.
-    ctx->saved_data["given"] = c10::List<bool>({hx.has_value(), cx.has_value(), b_ih.has_value(),
-                                                b_hh.has_value()});
-    ctx->mark_non_differentiable({ws});
-    // Gradients of unused outputs stay undefined; the backward op takes them as absent.
+    // Which optional inputs were variables (given and defined, as Function counts them): only
+    // those get a gradient back.
+    ctx->saved_data["hx"] = given(hx);
+    ctx->saved_data["cx"] = given(cx);
+    ctx->saved_data["b_ih"] = given(b_ih);
+    ctx->saved_data["b_hh"] = given(b_hh);
+    // The workspace is not marked non-differentiable (compiled autograd refuses C++ Functions
+    // that mark outputs so); its gradient, never defined in practice, is ignored. Gradients of
+    // unused outputs stay undefined; the backward op takes them as absent.
     ctx->set_materialize_grads(false);
     return {y, hy, cy, ws};
   }
@@ -83,15 +88,15 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction<cell>> {
                 ctx->saved_data["reverse"].toBool());
     // Function drops the entries of arguments that were not variables (they must be
     // undefined); the others are returned even where an input needs no gradient.
-    const c10::List<bool> given = ctx->saved_data["given"].toBoolList();
+    auto was_given = [&](const char* name) { return ctx->saved_data[name].toBool(); };
     const at::Tensor none;
     return {gx,
-            given[0] ? ghx : none,
-            given[1] ? gcx : none,
+            was_given("hx") ? ghx : none,
+            was_given("cx") ? gcx : none,
             gwih,
             gwhh,
-            given[2] ? gbih : none,
-            given[3] ? gbhh : none,
+            was_given("b_ih") ? gbih : none,
+            was_given("b_hh") ? gbhh : none,
             saved[3].defined() ? gwhr : none,
             none,
             none,

@@ -308,10 +308,11 @@ class RNNBase(nn.Module):
                 x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
                 if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                     x = F.dropout(x, self.dropout, True)
-        # one (layer, direction): a view, not a copy
-        h_n = hs[0].unsqueeze(0) if len(hs) == 1 else torch.stack(hs, 0)
+        # stacked copies even for one (layer, direction): a view would refuse an in-place
+        # h_n.detach_(), which truncated-BPTT code calls on nn.LSTM's states
+        h_n = torch.stack(hs, 0)
         if is_lstm:
-            return x, (h_n, cs[0].unsqueeze(0) if len(cs) == 1 else torch.stack(cs, 0))
+            return x, (h_n, torch.stack(cs, 0))
         return x, h_n
 
     def forward(self, input, hx=None):

@@ -28,15 +28,17 @@ template <class T>
 class Buffer {
  public:
   Buffer() = default;
-  explicit Buffer(int64_t n) { reset(n); }
+  // cached = false: always from malloc (small per-thread buffers, which would otherwise take
+  // cache slots from the large per-call blocks the cache is for).
+  explicit Buffer(int64_t n, bool cached = true) { reset(n, cached); }
   ~Buffer() { release(); }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
-  void reset(int64_t n) {
+  void reset(int64_t n, bool cached = true) {
     release();
     if (n <= 0) return;
     size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
-    if (bytes >= kScratchMinBytes) {
+    if (cached && bytes >= kScratchMinBytes) {
       p_ = static_cast<T*>(scratch_alloc(bytes));
       cached_bytes_ = bytes;
       return;
@@ -415,7 +417,7 @@ void gemm(const Executor& ex, int64_t M, int64_t N, int64_t K, const T* A, int64
     const int64_t per_group = ceil_div(ns, ngroups);
     const bool acc = accumulate || k0 > 0;
     parallel_for(ex, nmb * ngroups, big, [&](int64_t b, int64_t e) {
-      Buffer<T> ap(MB * kc);
+      Buffer<T> ap(MB * kc, /*cached=*/false);  // one per thread and call
       int64_t packed_mb = -1;
       for (int64_t task = b; task < e; ++task) {
         const int64_t mb = task / ngroups, g = task % ngroups;

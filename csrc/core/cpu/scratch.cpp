@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <new>
+#include <unordered_map>
 #include <vector>
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -41,6 +42,9 @@ struct Cache {
   std::mutex mu;
   std::vector<Block> blocks;  // oldest first
   size_t bytes = 0;
+  // The real size of each block handed out: a cached block may serve a request of down to
+  // half its size, and must come back with its own size, not the request's.
+  std::unordered_map<void*, size_t> out;
 };
 
 Cache& cache() {
@@ -87,16 +91,22 @@ void* scratch_alloc(size_t bytes) {
         best = i;
     }
     if (best < c.blocks.size()) {
-      void* p = c.blocks[best].p;
-      c.bytes -= c.blocks[best].bytes;
+      const Block b = c.blocks[best];
+      c.bytes -= b.bytes;
       c.blocks.erase(c.blocks.begin() + static_cast<std::ptrdiff_t>(best));
-      return p;
+      c.out[b.p] = b.bytes;
+      return b.p;
     }
   }
   const bool huge = bytes >= kScratchHugeBytes;
   void* p = std::aligned_alloc(huge ? kScratchHugeBytes : 4096, bytes);
   if (!p) throw std::bad_alloc();
   if (huge) advise_huge_pages(p, bytes);
+  {
+    Cache& c = cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    c.out[p] = bytes;
+  }
   return p;
 }
 
@@ -106,11 +116,13 @@ void scratch_free(void* p, size_t bytes) {
     std::free(p);
     return;
   }
-  bytes = block_bytes(bytes);
   std::vector<void*> drop;
   {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
+    auto it = c.out.find(p);
+    bytes = it != c.out.end() ? it->second : block_bytes(bytes);
+    if (it != c.out.end()) c.out.erase(it);
     if (bytes > kMaxCachedBytes) {
       drop.push_back(p);
     } else {
