@@ -142,8 +142,8 @@ inline constexpr size_t kScratchHugeBytes = size_t(2) << 20;
 // A block of at least `bytes` (64-byte aligned; 4 KB-aligned, or 2 MB from 2 MB, unless
 // under ASan).
 void* scratch_alloc(size_t bytes);
-// Gives a block from scratch_alloc back, with the size it was asked with.
-void scratch_free(void* p, size_t bytes);
+// Gives a block from scratch_alloc back (the cache knows its size).
+void scratch_free(void* p);
 // The bytes kept now, and a way to free them.
 size_t scratch_cached_bytes();
 void release_scratch();

@@ -63,7 +63,7 @@ at::Tensor workspace_tensor(std::vector<int64_t> sizes, const at::TensorOptions&
       return at::empty(sizes, opts);
   if (bytes < core::kScratchMinBytes) return at::empty(sizes, opts);
   void* p = core::scratch_alloc(bytes);
-  return at::from_blob(p, sizes, [bytes](void* q) { core::scratch_free(q, bytes); }, opts);
+  return at::from_blob(p, sizes, [](void* q) { core::scratch_free(q); }, opts);
 }
 
 template <core::Cell cell>

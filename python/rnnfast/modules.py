@@ -289,25 +289,23 @@ class RNNBase(nn.Module):
         run = _layer_fn(x.device)
         num_directions = 2 if self.bidirectional else 1
         hs, cs = [], []
-        for idx, names in enumerate(self._all_weights):
-            layer, direction = divmod(idx, num_directions)
-            # _all_weights holds (w_ih, w_hh[, b_ih, b_hh][, w_hr]) per (layer, direction)
-            w = [getattr(self, name) for name in names]
-            b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
-            w_hr = w[-1] if self.proj_size > 0 else None
-            out, h, c = run(cell, x, h0[idx] if h0 is not None else None,
-                            c0[idx] if c0 is not None else None, w[0], w[1], b_ih, b_hh, w_hr,
-                            lengths, direction == 1)
-            hs.append(h)
-            cs.append(c)
-            if direction == 0:
-                outs = [out]
-            else:
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(num_directions):
+                idx = layer * num_directions + direction
+                # _all_weights holds (w_ih, w_hh[, b_ih, b_hh][, w_hr]) per (layer, direction)
+                w = [getattr(self, name) for name in self._all_weights[idx]]
+                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+                w_hr = w[-1] if self.proj_size > 0 else None
+                out, h, c = run(cell, x, h0[idx] if h0 is not None else None,
+                                c0[idx] if c0 is not None else None, w[0], w[1], b_ih, b_hh,
+                                w_hr, lengths, direction == 1)
                 outs.append(out)
-            if direction == num_directions - 1:
-                x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
-                if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                    x = F.dropout(x, self.dropout, True)
+                hs.append(h)
+                cs.append(c)
+            x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
         # stacked copies even for one (layer, direction): a view would refuse an in-place
         # h_n.detach_(), which truncated-BPTT code calls on nn.LSTM's states
         h_n = torch.stack(hs, 0)

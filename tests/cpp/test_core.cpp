@@ -382,7 +382,7 @@ void check_isas_and_threads(const Problem& p, double tol) {
 void check_scratch_cache_sizes() {
   release_scratch();
   void* a = scratch_alloc(512 << 10);
-  scratch_free(a, 512 << 10);
+  scratch_free(a);
   const size_t kept = scratch_cached_bytes();
   if (kept == 0) return;  // blocks are not cached in this build
   expect(kept == (512 << 10), "scratch: a freed 512 KB block is cached as 512 KB, got " +
@@ -390,7 +390,7 @@ void check_scratch_cache_sizes() {
   void* b = scratch_alloc(200 << 10);
   expect(b == a, "scratch: a 200 KB request reuses the cached 512 KB block");
   expect(scratch_cached_bytes() == 0, "scratch: a reused block leaves the cache");
-  scratch_free(b, 200 << 10);
+  scratch_free(b);
   expect(scratch_cached_bytes() == (512 << 10),
          "scratch: the reused block comes back at 512 KB, got " +
              std::to_string(scratch_cached_bytes()));

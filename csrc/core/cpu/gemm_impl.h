@@ -40,7 +40,7 @@ class Buffer {
     size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
     if (cached && bytes >= kScratchMinBytes) {
       p_ = static_cast<T*>(scratch_alloc(bytes));
-      cached_bytes_ = bytes;
+      from_cache_ = true;
       return;
     }
     p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
@@ -50,12 +50,12 @@ class Buffer {
 
  private:
   void release() {
-    if (cached_bytes_) scratch_free(p_, cached_bytes_); else std::free(p_);
+    if (from_cache_) scratch_free(p_); else std::free(p_);
     p_ = nullptr;
-    cached_bytes_ = 0;
+    from_cache_ = false;
   }
   T* p_ = nullptr;
-  size_t cached_bytes_ = 0;
+  bool from_cache_ = false;
 };
 
 // Flush denormals to zero on this thread while in scope: denormal arithmetic

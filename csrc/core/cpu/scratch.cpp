@@ -110,7 +110,7 @@ void* scratch_alloc(size_t bytes) {
   return p;
 }
 
-void scratch_free(void* p, size_t bytes) {
+void scratch_free(void* p) {
   if (!p) return;
   if (!kCacheBlocks) {
     std::free(p);
@@ -120,9 +120,10 @@ void scratch_free(void* p, size_t bytes) {
   {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
+    // every block handed out is in `out`, with its real size
     auto it = c.out.find(p);
-    bytes = it != c.out.end() ? it->second : block_bytes(bytes);
-    if (it != c.out.end()) c.out.erase(it);
+    const size_t bytes = it->second;
+    c.out.erase(it);
     if (bytes > kMaxCachedBytes) {
       drop.push_back(p);
     } else {
