@@ -143,16 +143,23 @@ def test_compile_dynamic_shapes_no_recompile_per_length():
 # rnnfast's fused ops have float32/float64 kernels only.  The behaviour we test for: inside
 # autocast an rnnfast module accepts any floating input, runs its recurrence in float32 on its
 # float32 weights (bf16/fp16 inputs and states are cast up, float64 is left alone -- autocast's
-# own "fp32 op" policy) and returns float32, matching torch's autocast output to bf16 tolerance
-# and the float32 computation exactly. ops.py registers that policy with
-# torch.library.register_autocast; modules.py asks torch.is_autocast_enabled(device_type).
+# own "fp32 op" policy) and returns float32: exactly the float32 computation, and within
+# float32 tolerance of torch.nn in float64 on the same (bf16-rounded) values. ops.py registers
+# that policy with torch.library.register_autocast; modules.py asks
+# torch.is_autocast_enabled(device_type).
+#
+# The oracle is float64 torch outside autocast, never torch's own autocast path: on CPUs without
+# AVX-512 (most users', e.g. AMD Zen 3) oneDNN cannot build a bfloat16 LSTM and nn.LSTM raises
+# "could not create a primitive descriptor" under autocast. CI runs this file with
+# ONEDNN_MAX_CPU_ISA=AVX2 to keep it so.
 
-BF16_TOL = dict(atol=3e-2, rtol=3e-2)
+F32_TOL = dict(atol=3e-5, rtol=0)
 
 
 def _autocast_pair(kind):
     kw = dict(num_layers=2) if kind in KIND_NAMES else {}
-    return make_pair(kind, 8, 16, dtype=torch.float32, **kw)
+    ref, new = make_pair(kind, 8, 16, dtype=torch.float32, **kw)
+    return ref.double(), new
 
 
 def _first(r):
@@ -161,24 +168,26 @@ def _first(r):
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_autocast_float32_input_runs_in_float32(kind):
-    ref, new = _autocast_pair(kind)
+    ref64, new = _autocast_pair(kind)
     x = torch.randn(5, 3, 8) if kind in KIND_NAMES else torch.randn(3, 8)
     with torch.no_grad():
         plain = _first(new(x))
     xr = x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = _first(new(xr))
-        want = _first(ref(x))
     assert got.dtype == torch.float32
     assert torch.equal(got.detach(), plain), "autocast changed a float32 computation"
-    torch.testing.assert_close(got.detach(), want.detach().float(), **BF16_TOL)
-    got.sum().backward()
-    assert xr.grad is not None and torch.isfinite(xr.grad).all()
+    x64 = x.double().requires_grad_()
+    want = _first(ref64(x64))
+    torch.testing.assert_close(got.detach(), want.detach().float(), **F32_TOL)
+    got.square().sum().backward()
+    want.square().sum().backward()
+    torch.testing.assert_close(xr.grad, x64.grad.float(), **F32_TOL)
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_autocast_bf16_input_from_autocast_layer(kind):
-    ref, new = _autocast_pair(kind)
+    ref64, new = _autocast_pair(kind)
     torch.manual_seed(1)
     lin = nn.Linear(8, 8)
     lin_ref = nn.Linear(8, 8)
@@ -188,14 +197,17 @@ def test_autocast_bf16_input_from_autocast_layer(kind):
         z = lin(x)
         assert z.dtype == torch.bfloat16
         got = _first(new(z))
-        want = _first(ref(lin_ref(x)))
+        z_ref = lin_ref(x)
     assert got.dtype == torch.float32, "recurrence should run (and return) in float32"
     with torch.no_grad():   # the float32 computation on the bf16 values, exactly
         torch.testing.assert_close(got.detach(), _first(new(z.detach().float())), atol=0, rtol=0)
-    torch.testing.assert_close(got.detach(), want.detach().float(), **BF16_TOL)
+    want = _first(ref64(z_ref.double()))   # float64 torch on the same bf16 values
+    torch.testing.assert_close(got.detach(), want.detach().float(), **F32_TOL)
     got.square().sum().backward()
-    want.float().square().sum().backward()
-    torch.testing.assert_close(lin.weight.grad, lin_ref.weight.grad, atol=0.1, rtol=0.05)
+    want.square().sum().backward()
+    # both gradients reach the Linear through its bf16 backward: bf16 tolerance
+    torch.testing.assert_close(lin.weight.grad, lin_ref.weight.grad, atol=2e-2, rtol=2e-2)
+    assert lin.weight.grad.abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "GRUCell"])
@@ -238,28 +250,7 @@ def test_functional_call_matches_torch(kind):
                                           [getattr(new, n) for n in new._flat_weights_names]))
 
 
-@pytest.mark.xfail(
-    reason="torch.func's gradient transforms (grad/vjp/jacrev) refuse C++ "
-           "torch::autograd::Function (the ops' autograd, csrc/torch/autograd.cpp, is one: "
-           "torch.func.grad raises 'cannot use C++ torch::autograd::Function with functorch "
-           "transforms'); vmap alone works (test below), and functional_call + torch.autograd "
-           "(above) works. Supporting torch.func.grad would need a Python autograd.Function with "
-           "setup_context and a vmap rule, which costs about 60 us of Python per call and per "
-           "backward",
-    raises=RuntimeError, strict=False)
-def test_torch_func_grad_through_functional_call():
-    """torch.func.grad (functorch transform) over a parameter dict (beyond the brief)."""
-    from torch.func import functional_call, grad
-
-    ref, new = make_pair("GRU", 5, 7)
-    params = {n: p.detach().clone() for n, p in new.named_parameters()}
-    x = torch.randn(4, 3, 5, dtype=torch.float64)
-
-    def loss(m):
-        return lambda p: _first(functional_call(m, p, (x,))).square().sum()
-
-    g_new, g_ref = grad(loss(new))(params), grad(loss(ref))(params)
-    _assert_all_close([g_new[k] for k in params], [g_ref[k] for k in params], 1e-9, "func.grad")
+# torch.func transforms (grad, vjp, jacrev, jacfwd, hessian, vmap) and forward AD: test_func.py
 
 
 # ============================================================================ save / load
@@ -429,9 +420,9 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--ddp-worker
 
 @pytest.mark.parametrize("grad_mode", [False, True], ids=["no_grad", "grad"])
 def test_vmap_over_module_matches_loop(grad_mode):
-    """torch.vmap over a module call (functorch's batching fallback runs the op per sample):
-    the same outputs as a Python loop over the mapped dimension, with or without grad mode
-    (the ops' C++ autograd Function must not refuse a vmap that is not a grad transform)."""
+    """torch.vmap over a module call (under functorch the layers run rnnfast._reference's
+    loop): the same outputs as a Python loop over the mapped dimension, with or without grad
+    mode."""
     import warnings
 
     _, new = make_pair("GRU", 5, 7)

@@ -6,7 +6,15 @@
 // (an autograd.Function per call, the op's default arguments filled in from its schema on
 // every call, a Python backward) cost about 60 us per forward and 60 us per backward, 7% of a
 // training call at T=50 B=16 H=64.
+//
+// Gradients of gradients: when autograd records the backward pass (create_graph=True, grad
+// mode on inside backward), the fused backward op would give gradients with no graph behind
+// them. The backward then calls rnnfast._reference.layer_backward instead, which recomputes
+// the layer with differentiable torch ops and differentiates it with create_graph=True. The
+// backward ops themselves are not differentiable: their Autograd kernel is torch's
+// not-implemented fallback, which raises if anything backpropagates through them.
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/extension.h>
 
 #include <string>
@@ -32,6 +40,31 @@ using BackwardSig = BackwardResult(const OptTensor&, const OptTensor&, const Opt
 
 OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
+at::Tensor or_undefined(const OptTensor& t) { return given(t) ? *t : at::Tensor(); }
+
+// The differentiable backward (rnnfast._reference.layer_backward, see the top of this file):
+// gradients of (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr), undefined where none is needed.
+variable_list differentiable_backward(const char* cell, bool reverse, const variable_list& grads,
+                                      bool lstm, const variable_list& saved) {
+  namespace py = pybind11;
+  py::gil_scoped_acquire gil;
+  // leaked on purpose: no Python object may be destroyed after the interpreter is gone; the
+  // function is looked up on each call (tests replace it to see which path ran)
+  static py::object* module = new py::object(py::module_::import("rnnfast._reference"));
+  py::object fn = module->attr("layer_backward");
+  auto wrap = [](const at::Tensor& t) -> py::object {
+    return t.defined() ? py::cast(t) : py::none();
+  };
+  py::object out = fn(cell, reverse, wrap(grads[0]), wrap(grads[1]),
+                         lstm ? wrap(grads[2]) : py::none(), wrap(saved[0]), wrap(saved[6]),
+                         wrap(saved[7]), wrap(saved[1]), wrap(saved[2]), wrap(saved[8]),
+                         wrap(saved[9]), wrap(saved[3]), wrap(saved[4]));
+  variable_list result;
+  for (py::handle g : out) result.push_back(g.is_none() ? at::Tensor() : g.cast<at::Tensor>());
+  TORCH_CHECK(result.size() == 8, "rnnfast: layer_backward returned ", result.size(),
+              " gradients, expected 8");
+  return result;
+}
 
 // The op's handle, looked up once.
 template <class Sig>
@@ -50,8 +83,10 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction<cell>> {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [y, hy, cy, ws] =
         op.call(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training);
-    ctx->save_for_backward({input, w_ih, w_hh, given(w_hr) ? *w_hr : at::Tensor(),
-                            given(lengths) ? *lengths : at::Tensor(), ws});
+    // hx, cx and the biases only for a backward that autograd records (see the top)
+    ctx->save_for_backward({input, w_ih, w_hh, or_undefined(w_hr), or_undefined(lengths), ws,
+                            or_undefined(hx), or_undefined(cx), or_undefined(b_ih),
+                            or_undefined(b_hh)});
     ctx->saved_data["reverse"] = reverse;
     // Which optional inputs were variables (given and defined, as Function counts them): only
     // those get a gradient back.
@@ -81,11 +116,20 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction<cell>> {
                   "this forward ran with training=False");
     }
     const bool lstm = cell == core::Cell::LSTM;
-    auto [gx, ghx, gcx, gwih, gwhh, gbih, gbhh, gwhr] =
-        op.call(optional_of(grads[0]), optional_of(grads[1]),
-                lstm ? optional_of(grads[2]) : c10::nullopt, input, w_ih, w_hh,
-                optional_of(saved[3]), optional_of(saved[4]), ws,
-                ctx->saved_data["reverse"].toBool());
+    const bool reverse = ctx->saved_data["reverse"].toBool();
+    at::Tensor gx, ghx, gcx, gwih, gwhh, gbih, gbhh, gwhr;
+    if (at::GradMode::is_enabled()) {
+      std::string name = glue::cell_name(cell);
+      name = name.substr(0, name.size() - std::string("_layer").size());
+      auto g = differentiable_backward(name.c_str(), reverse, grads, lstm, saved);
+      gx = g[0], ghx = g[1], gcx = g[2], gwih = g[3], gwhh = g[4], gbih = g[5], gbhh = g[6],
+      gwhr = g[7];
+    } else {
+      std::tie(gx, ghx, gcx, gwih, gwhh, gbih, gbhh, gwhr) =
+          op.call(optional_of(grads[0]), optional_of(grads[1]),
+                  lstm ? optional_of(grads[2]) : c10::nullopt, input, w_ih, w_hh,
+                  optional_of(saved[3]), optional_of(saved[4]), ws, reverse);
+    }
     // Function drops the entries of arguments that were not variables (they must be
     // undefined); the others are returned even where an input needs no gradient.
     auto was_given = [&](const char* name) { return ctx->saved_data[name].toBool(); };
@@ -130,6 +174,10 @@ TORCH_LIBRARY_IMPL(rnnfast, Autograd, m) {
   m.impl("gru_layer", &layer_autograd<Cell::GRU>);
   m.impl("rnn_tanh_layer", &layer_autograd<Cell::RNN_TANH>);
   m.impl("rnn_relu_layer", &layer_autograd<Cell::RNN_RELU>);
+  // not differentiable: an error, never a silent zero, if a graph goes through them
+  for (const char* op : {"lstm_layer_backward", "gru_layer_backward", "rnn_tanh_layer_backward",
+                         "rnn_relu_layer_backward"})
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace rnnfast

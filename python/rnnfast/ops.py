@@ -21,8 +21,10 @@ import os
 from typing import Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from . import _C  # noqa: F401  (loads the library that defines the ops)
+from . import _reference
 
 # Whether a run on a real GPU has verified the CUDA kernels of this source tree
 # (bench/gpu_check.sh; each run is recorded in bench/results/gpu-*.md). Verified on an
@@ -79,6 +81,10 @@ def _rows(input: torch.Tensor, lengths: Optional[torch.Tensor]) -> Tuple[tuple, 
                                "lengths, non-increasing)")
         return (input.shape[0],), lengths.shape[0]
     return (input.shape[0], input.shape[1]), input.shape[1]
+
+
+# The innermost active torch.func transform, or None.
+_peek_functorch = torch._C._functorch.peek_interpreter_stack
 
 
 def _op(cell: str):
@@ -140,7 +146,16 @@ def layer(cell: str, input: torch.Tensor, hx: Optional[torch.Tensor], cx: Option
 
     Saves activations for backward only when autograd will need them. Under CUDA autocast
     the CUDA kernels run in the autocast dtype (float16 or bfloat16), as cuDNN's do.
+
+    Under a torch.func transform (grad, vjp, jacrev, jacfwd, hessian, vmap) or forward-mode
+    AD, the layer runs as the plain-PyTorch loop of :mod:`rnnfast._reference` instead: the
+    fused ops' autograd is a C++ ``torch::autograd::Function`` (kept in C++ for speed), which
+    functorch refuses and which has no forward-mode derivative. Same results, slower.
     """
+    if _fwad._current_level >= 0 or (not torch.compiler.is_compiling()
+                                     and _peek_functorch() is not None):
+        return _reference.layer(cell, input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh,
+                                weight_hr, lengths, reverse)
     if input.is_cuda and torch.is_autocast_enabled("cuda"):
         dt = torch.get_autocast_dtype("cuda")
 
