@@ -7,7 +7,6 @@
 - scripts/setup.sh installs what README says, choosing torch's build as README says.
 """
 import importlib.util
-import json
 import os
 import re
 import subprocess
