@@ -50,8 +50,10 @@ class _Recorder(nn.Module):
         super().__init__()
         self.lm = lm
         self.seen = {}
+        self.calls = 0
 
     def forward(self, ids, state=None):
+        self.calls += 1
         if state is None:
             inner, prefix = None, ids.new_full((1, ids.size(0), self.WIDTH), -1)
         else:
@@ -78,8 +80,10 @@ class _AsCausalLM(PreTrainedModel, GenerationMixin):
         self.lm = lm
         self.seen = recorder.seen
         self.hits = 0
+        self.calls = 0
 
     def forward(self, input_ids=None, **kwargs):
+        self.calls += 1
         logits, _ = self.lm(input_ids)
         logits = logits.clone()
         for i, row in enumerate(input_ids.tolist()):
@@ -123,6 +127,8 @@ def _run_both(lm, prompt, n, **kw):
                               max_new_tokens=n, use_cache=False,
                               return_dict_in_generate=True, output_scores=True, **kw)
     assert wrapped.hits > 0
+    # one model call per decoding step on both sides: both stopped after the same step
+    assert recorder.calls == wrapped.calls
     return ours, hf, wrapped
 
 
@@ -197,6 +203,17 @@ def test_sampling_equals_transformers_with_the_same_seed():
     # the draws decide: two seeds give different samples
     assert not torch.equal(_compare(lm, prompt, 10, do_sample=True, seed=12).sequences,
                            _compare(lm, prompt, 10, do_sample=True, seed=13).sequences)
+
+
+def test_sampling_keeps_the_50_most_likely_tokens_by_default_as_transformers_does():
+    vocab = 80
+    lm = _lm(5, vocab=vocab)
+    prompt = _prompt(5, vocab=vocab)
+    ours = _compare(lm, prompt, 12, do_sample=True, temperature=3.0, seed=21).sequences
+    # from the whole vocabulary the draws differ (temperature 3: the tail gets drawn)
+    torch.manual_seed(21)
+    whole = generate(lm, prompt, 12, do_sample=True, temperature=3.0, top_k=None)
+    assert not torch.equal(whole, ours)
 
 
 def test_sampling_arguments_without_do_sample_warn_as_in_transformers():

@@ -260,6 +260,9 @@ def test_continuing_after_rows_have_ended(sample):
                     finished=first.finished, return_dict=True, **kw)
     assert torch.equal(torch.cat([first.sequences, rest.sequences[:, 1:]], 1), full.sequences)
     assert torch.equal(rest.finished, full.finished)
+    # and the same state: a row that had ended keeps the one it had at its end
+    for ours, theirs in zip(rest.state, full.state):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     # once every row has ended there is nothing to add
     last = first.sequences[:, -1:]
     done = generate(model, last, 5, state=first.state, finished=torch.ones(8, dtype=torch.bool),

@@ -630,8 +630,8 @@ def _beam_search(model, input_ids: Tensor, max_new_tokens: int, dec: _Decoding,
 
     Scores use the model's log-probabilities with suppressed tokens at -inf, in the
     logits' dtype promoted to at least float32 (transformers: always float32).
-    Hypotheses that are not real (the initial copies of the single prompt hypothesis,
-    or suppressed tokens) carry transformers' large negative placeholder scores; if
+    Hypotheses that are not real (the initial copies of the single prompt hypothesis
+    and their extensions) carry transformers' large negative placeholder scores; if
     fewer real hypotheses than ``num_return_sequences`` exist (e.g. ``num_beams``
     exceeds what the allowed tokens can form in ``max_new_tokens`` steps),
     transformers returns such placeholders: here that is a ValueError.
@@ -694,7 +694,8 @@ def _beam_search(model, input_ids: Tensor, max_new_tokens: int, dec: _Decoding,
             cand_tok[:, :, t] = tok
             cand_lp = run_lp.gather(1, parent.unsqueeze(2).expand(B, W, n)).clone()
             cand_lp[:, :, t] = tok_lp
-            cand_real = run_real.gather(1, parent) & (tok_lp > -math.inf)
+            # (no suppressed token, at -inf, is ever kept: each beam has finite candidates)
+            cand_real = run_real.gather(1, parent)
             ends = torch.isin(tok, eos) if eos is not None else torch.zeros_like(cand_real)
             done = torch.ones_like(ends) if t == n - 1 else ends
 
