@@ -392,7 +392,9 @@ def run_demo(args) -> dict:
     prompt = _prompt_ids(tokenizer, args.prompt)
     gen = torch.Generator().manual_seed(args.seed)
     for temperature in SAMPLE_TEMPERATURES:
-        out = generate(model, torch.tensor([prompt]), n_new, temperature=temperature,
+        # the whole distribution at each temperature (generate's top_k default is 50)
+        out = generate(model, torch.tensor([prompt]), n_new, do_sample=True,
+                       temperature=temperature, top_k=None,
                        suppress_tokens=[tokenizer.unk_id], generator=gen)
         print(f"\nsample, temperature {temperature}:")
         print(_indent(tokenizer.decode(out[0, 1:].tolist())))
@@ -433,10 +435,11 @@ def run_sample(args) -> str:
     if args.seed is not None:
         generator = torch.Generator().manual_seed(args.seed)
     try:
-        steps = stream(model, torch.tensor([prompt]), args.max_new_tokens,
-                       do_sample=not args.greedy, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, generator=generator,
-                       suppress_tokens=[tokenizer.unk_id])
+        # sampling arguments only when sampling (generate/stream warn about them otherwise)
+        sampling = {} if args.greedy else dict(do_sample=True, temperature=args.temperature,
+                                               top_k=args.top_k, top_p=args.top_p)
+        steps = stream(model, torch.tensor([prompt]), args.max_new_tokens, generator=generator,
+                       suppress_tokens=[tokenizer.unk_id], **sampling)
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     # print as it is generated: the text of the ids so far, minus what is already out

@@ -11,9 +11,11 @@ Because the model is recurrent, the prompt is run **once**: one forward over the
 whole prompt primes the state, and each new token then costs one forward of a
 single step (T=1) with the carried state.
 
-* :func:`generate` — greedy decoding, sampling (temperature, top-k, top-p), beam
-  search; per-row stop at ``eos_token_id``; suppressed tokens; reproducible with a
-  ``torch.Generator``. Argument names follow HuggingFace ``generate``.
+* :func:`generate` — greedy decoding (the default), sampling (``do_sample=True``
+  with temperature, top-k, top-p), beam search; per-row stop at ``eos_token_id``;
+  suppressed tokens. Arguments that HuggingFace ``transformers``' ``generate`` also
+  has keep its names, defaults and meaning (see :func:`generate` for the details and
+  the few differences).
 * :func:`stream` — the same decoding (not beam search) as an iterator that yields
   each step's tokens as they are produced.
 * :func:`sequence_log_prob` and :func:`perplexity` — score given sequences in one
@@ -28,14 +30,21 @@ Conventions
   ``sequences`` may be shorter than ``prompt + max_new_tokens``.
 * **Returned state.** The state returned with the sequences has consumed every
   token of ``sequences`` except the last one (the last token was chosen but never
-  fed). To continue, pass the last column as the new prompt::
+  fed); for a finished row, everything before its end-of-sequence token. To
+  continue greedy decoding or sampling, pass the last column as the new prompt and
+  the ``finished`` flags, so that finished rows stay finished::
 
-      out = generate(model, ids, 50, return_dict=True)
-      more = generate(model, out.sequences[:, -1:], 50, state=out.state)
+      out = generate(model, ids, 50, return_dict=True, eos_token_id=eos)
+      more = generate(model, out.sequences[:, -1:], 50, state=out.state,
+                      finished=out.finished, eos_token_id=eos)
 
-  gives exactly what ``generate(model, ids, 100)`` would (with sampling too, when
-  the same ``generator`` is used for both calls). A ``state`` passed in has, in
-  the same way, consumed everything before ``input_ids``.
+  ``torch.cat([out.sequences, more[:, 1:]], 1)`` is then exactly what
+  ``generate(model, ids, 100, eos_token_id=eos)`` returns (with sampling too, when
+  the same ``generator`` is used for both calls). Without ``finished``, the second
+  call cannot know which rows had ended: those rows would be continued. A
+  ``state`` passed in has, in the same way, consumed everything before
+  ``input_ids``. (Beam search is a search over whole hypotheses: two beam searches
+  in a row are not one longer beam search.)
 * **Log-probabilities** (``output_scores=True``) are the model's own:
   ``log_softmax(logits)`` at the chosen token, before suppression, temperature,
   top-k or top-p, so they agree with :func:`sequence_log_prob`.
@@ -47,6 +56,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Union
@@ -73,7 +83,8 @@ class GenerateOutput:
     generated tokens (``n <= max_new_tokens``).
 
     Attributes:
-        sequences: ``[N, P + n]`` the prompt followed by the generated tokens.
+        sequences: ``[N, P + n]`` the prompt followed by the generated tokens (rows
+            that ended early are padded with ``pad_token_id``).
         state: the recurrent state for the ``N`` rows, having consumed every token of
             ``sequences`` but the last (see the module notes on continuing).
         finished: ``[N]`` bool, whether the row produced an end-of-sequence token.
@@ -82,9 +93,13 @@ class GenerateOutput:
             :func:`sequence_log_prob` to leave the padding out.
         token_log_probs: ``[N, n]`` with ``output_scores=True``: the model's
             log-probability of each generated token (0 at padding); else None.
-        sequences_scores: ``[N]`` with ``output_scores=True`` or beam search: the sum of
-            ``token_log_probs`` (the joint log-probability of the generated part given
-            the prompt; beam search ranks by it); else None.
+        sequences_scores: ``[N]`` with ``output_scores=True``, else None. Beam search:
+            HuggingFace's score, the sum of ``token_log_probs`` divided by
+            ``generated_length ** length_penalty`` (``generated_length`` counts the
+            generated tokens up to and including the end-of-sequence token), the
+            score the hypotheses are ranked by. Greedy decoding and sampling: the sum
+            of ``token_log_probs`` (the joint log-probability of the generated part
+            given the prompt).
     """
 
     sequences: Tensor
@@ -190,7 +205,9 @@ def _check_decoding(do_sample, temperature, top_k, top_p, eos_token_id, pad_toke
                          f"{temperature}; for the most likely token use do_sample=False")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    _check_int("top_k", top_k, 1, allow_none=True)
+    _check_int("top_k", top_k, 0, allow_none=True)
+    if top_k == 0:
+        top_k = None                               # as in transformers: 0 turns top-k off
     if top_p is not None:
         if not isinstance(top_p, numbers.Real) or isinstance(top_p, bool):
             raise TypeError(f"top_p must be a float in (0, 1] or None, got {_type_name(top_p)} "
@@ -208,6 +225,67 @@ def _check_decoding(do_sample, temperature, top_k, top_p, eos_token_id, pad_toke
                         f"{_type_name(generator)}")
     return _Decoding(do_sample, temperature, top_k, top_p, eos, pad_token_id, suppress or None,
                      generator)
+
+
+def _check_beam_options(length_penalty, early_stopping) -> float:
+    if not isinstance(length_penalty, numbers.Real) or isinstance(length_penalty, bool):
+        raise TypeError(f"length_penalty must be a float, got {_type_name(length_penalty)} "
+                        f"({length_penalty!r})")
+    length_penalty = float(length_penalty)
+    if math.isnan(length_penalty) or math.isinf(length_penalty):
+        raise ValueError(f"length_penalty must be a finite number, got {length_penalty}")
+    if not (isinstance(early_stopping, bool) or early_stopping == "never"):
+        raise ValueError(f"early_stopping must be True, False or \"never\", got "
+                         f"{early_stopping!r}")
+    return length_penalty
+
+
+def _warn_ignored(do_sample: bool, num_beams: int, temperature, top_k, top_p, length_penalty,
+                  early_stopping) -> None:
+    """Warns, as transformers does, about arguments the chosen decoding ignores: sampling
+    arguments without ``do_sample=True``, beam arguments without ``num_beams > 1``.
+    The values that draw no warning are transformers' defaults."""
+    ignored = []
+    if not do_sample:
+        if temperature != 1.0:
+            ignored.append(f"temperature={temperature!r}")
+        if top_k is not None and top_k != 50:
+            ignored.append(f"top_k={top_k!r}")
+        if top_p is not None and top_p != 1.0:
+            ignored.append(f"top_p={top_p!r}")
+        if ignored:
+            warnings.warn(f"do_sample is not True, so {', '.join(ignored)} has no effect: "
+                          "these arguments only act when sampling. Pass do_sample=True to "
+                          "sample, or leave them unset for greedy decoding or beam search.",
+                          UserWarning, stacklevel=3)
+    if num_beams == 1:
+        beam_args = []
+        if length_penalty != 1.0:
+            beam_args.append(f"length_penalty={length_penalty!r}")
+        if early_stopping is not False:
+            beam_args.append(f"early_stopping={early_stopping!r}")
+        if beam_args:
+            warnings.warn(f"num_beams is 1, so {', '.join(beam_args)} has no effect: these "
+                          "arguments only act in beam search (num_beams > 1).",
+                          UserWarning, stacklevel=3)
+
+
+def _check_finished(finished, batch: int, dec: "_Decoding", device) -> Optional[Tensor]:
+    """``finished`` as a ``[batch]`` bool tensor (None stays None)."""
+    if finished is None:
+        return None
+    if not isinstance(finished, Tensor) or finished.dtype != torch.bool:
+        got = f"a {finished.dtype} tensor" if isinstance(finished, Tensor) else \
+            _type_name(finished)
+        raise TypeError(f"finished must be a bool tensor (a previous output's .finished), "
+                        f"got {got}")
+    if finished.dim() != 1 or finished.numel() != batch:
+        raise ValueError(f"finished must hold one flag per row of input_ids: expected shape "
+                         f"({batch},), got {tuple(finished.shape)}")
+    if dec.pad is None and bool(finished.any()):
+        raise ValueError("finished rows are padded with pad_token_id: pass eos_token_id "
+                         "(or pad_token_id) along with finished")
+    return finished.to(device)
 
 
 def _check_vocab_ids(dec: _Decoding, vocab_size: int) -> None:
@@ -278,6 +356,16 @@ def _repeat_rows(state, repeats: int):
     if repeats == 1:
         return state
     return _map_state(state, lambda t: t.repeat_interleave(repeats, dim=1))
+
+
+def _merge_rows(first, second, index: Tensor):
+    """Rows ``index`` of the two states stacked along the batch (``second``'s rows come
+    after ``first``'s)."""
+    if first is None:
+        return None
+    if isinstance(first, Tensor):
+        return torch.cat([first, second], dim=1).index_select(1, index.to(first.device))
+    return type(first)(_merge_rows(a, b, index) for a, b in zip(first, second))
 
 
 def _keep_rows(state, new_state, keep: Tensor):
@@ -368,7 +456,7 @@ class TokenStream:
     """
 
     def __init__(self, model, input_ids: Tensor, max_new_tokens: int, dec: _Decoding,
-                 num_return_sequences: int, state) -> None:
+                 num_return_sequences: int, state, finished: Optional[Tensor] = None) -> None:
         self._model = model
         self._prompt = input_ids
         self._max_new = max_new_tokens
@@ -380,8 +468,16 @@ class TokenStream:
         self._suppress: Optional[Tensor] = None
         self._eos: Optional[Tensor] = None
         rows = input_ids.size(0) * num_return_sequences
-        self.finished = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
-        self._done = False
+        # rows finished before this call (continuing a previous one): padded from the start
+        self._given_finished = finished if finished is not None and bool(finished.any()) \
+            else None
+        if self._given_finished is not None:
+            self.finished = self._given_finished.repeat_interleave(num_return_sequences)
+        else:
+            self.finished = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+        # rows can finish (end-of-sequence ids) or have finished: mask them at each step
+        self._masking = dec.eos is not None or self._given_finished is not None
+        self._done = bool(self.finished.all())
 
     def __iter__(self) -> "TokenStream":
         return self
@@ -402,6 +498,8 @@ class TokenStream:
     def _prime(self) -> Tensor:
         """One forward over the whole prompt; returns next-token logits [N, V]."""
         logits, state = _forward(self._model, self._prompt, self.state)
+        if self._given_finished is not None:         # rows that had ended keep their state
+            state = _keep_rows(self.state, state, self._given_finished)
         vocab = logits.size(-1)
         _check_vocab_ids(self._dec, vocab)
         self._suppress = _suppress_mask(self._dec, vocab, logits.device)
@@ -424,11 +522,12 @@ class TokenStream:
     def _pick(self, logits: Tensor) -> Tensor:
         token = _choose(logits, self._dec, self._suppress)
         log_prob = logits.log_softmax(dim=-1).gather(1, token.unsqueeze(1)).squeeze(1)
-        if self._eos is not None:
+        if self._masking:
             done = self.finished
             token = token.masked_fill(done, self._dec.pad)
             log_prob = log_prob.masked_fill(done, 0.0)
-            self.finished = done | torch.isin(token, self._eos)
+            if self._eos is not None:
+                self.finished = done | torch.isin(token, self._eos)
         self._tokens.append(token)
         self._log_probs.append(log_prob)
         return token
@@ -456,17 +555,21 @@ class TokenStream:
     def output(self, output_scores: bool = True) -> GenerateOutput:
         lp = self.token_log_probs if output_scores else None
         lengths = _row_lengths(self._prompt.size(1), self.tokens, self.finished, self._eos)
+        if self._given_finished is not None:        # ended before this call: nothing added
+            given = self._given_finished.repeat_interleave(self._repeats)
+            lengths = lengths.masked_fill(given, self._prompt.size(1))
         return GenerateOutput(sequences=self.sequences, state=self.state,
                               finished=self.finished.clone(), lengths=lengths,
                               token_log_probs=lp,
                               sequences_scores=None if lp is None else lp.sum(dim=1))
 
 
-def stream(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool = True,
-           temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+def stream(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool = False,
+           temperature: float = 1.0, top_k: Optional[int] = 50, top_p: Optional[float] = None,
            eos_token_id: Optional[TokenIds] = None, pad_token_id: Optional[int] = None,
            suppress_tokens: Optional[TokenIds] = None, num_return_sequences: int = 1,
-           generator: Optional[torch.Generator] = None, state=None) -> TokenStream:
+           generator: Optional[torch.Generator] = None, state=None,
+           finished: Optional[Tensor] = None) -> TokenStream:
     """Greedy decoding or sampling, one step at a time.
 
     Returns a :class:`TokenStream`; iterate it to get each step's ``[N]`` tokens as
@@ -474,7 +577,8 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool = T
     are those of :func:`generate` (no beam search). Iterating to the end gives the
     same tokens as :func:`generate` with the same arguments.
 
-    >>> s = stream(model, prompt_ids, 100, temperature=0.8, eos_token_id=tok.eos_id)
+    >>> s = stream(model, prompt_ids, 100, do_sample=True, temperature=0.8,
+    ...            eos_token_id=tok.eos_id)
     >>> for t in s:
     ...     print(tok.decode(t.tolist()), end="", flush=True)
     """
@@ -484,130 +588,273 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool = T
     _check_int("num_return_sequences", num_return_sequences, 1)
     dec = _check_decoding(do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id,
                           suppress_tokens, generator)
+    _warn_ignored(dec.do_sample, 1, temperature, top_k, top_p, 1.0, False)
     if num_return_sequences > 1 and not dec.do_sample:
         raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding "
                          "(do_sample=False, num_beams=1) would return identical copies; use "
                          "do_sample=True or beam search (num_beams >= num_return_sequences)")
-    return TokenStream(model, input_ids, max_new_tokens, dec, num_return_sequences, state)
+    finished = _check_finished(finished, input_ids.size(0), dec, input_ids.device)
+    return TokenStream(model, input_ids, max_new_tokens, dec, num_return_sequences, state,
+                       finished)
 
 
 # --- beam search ----------------------------------------------------------------------------
 
+# The score transformers gives to a hypothesis that must not be chosen (the initial copies
+# of the first beam, hypotheses that are not finished when filling the finished list, ...):
+# a finite number, not -inf, so that ranking and arithmetic on it stay defined. Beam search
+# below uses the same value so that its choices, ties included, are transformers' choices.
+_EXCLUDED = -1.0e9
+
 
 def _beam_search(model, input_ids: Tensor, max_new_tokens: int, dec: _Decoding,
-                 num_beams: int, num_return_sequences: int, state) -> GenerateOutput:
-    """Beam search on the joint log-probability (no length normalisation).
+                 num_beams: int, num_return_sequences: int, state,
+                 length_penalty: float = 1.0, early_stopping: Union[bool, str] = False
+                 ) -> GenerateOutput:
+    """Beam search as transformers does it (``GenerationMixin`` beam search, 5.x).
 
-    Keeps ``num_beams`` hypotheses per row. A hypothesis that produced an
-    end-of-sequence token is frozen (its only continuation is the pad token, at
-    log-probability 0) and keeps competing with the live ones on its score.
-    Suppressed tokens are never chosen; scores use the model's unmodified
-    log-probabilities. Stops early once every kept hypothesis has finished.
+    Per prompt row, ``num_beams`` *running* hypotheses and a list of at most
+    ``num_beams`` *finished* ones. Each step extends every running hypothesis by every
+    token, adds the token's log-probability to the hypothesis' sum, and keeps the
+    ``max(2, 1 + len(eos)) * num_beams`` best extensions (candidates). Candidates that
+    end in an end-of-sequence token (and, at the last step, all candidates) are done:
+    those among the best ``num_beams`` candidates enter the finished list with the
+    score ``sum / generated_length ** length_penalty``, where they replace worse
+    finished ones; the best ``num_beams`` candidates that are not done are the next
+    running hypotheses, so the beam keeps its width. The search stops when no running
+    hypothesis can still enter the finished list (transformers' heuristic, ruled by
+    ``early_stopping``: ``True`` stops as soon as the list is full, ``False``
+    estimates the best reachable score at the current length, ``"never"`` at the
+    maximal length when ``length_penalty > 0``), or at ``max_new_tokens``. The
+    finished list, best first, is the result.
+
+    Scores use the model's log-probabilities with suppressed tokens at -inf, in the
+    logits' dtype promoted to at least float32 (transformers: always float32).
+    Hypotheses that are not real (the initial copies of the single prompt hypothesis
+    and their extensions) carry transformers' large negative placeholder scores; if
+    fewer real hypotheses than ``num_return_sequences`` exist (e.g. ``num_beams``
+    exceeds what the allowed tokens can form in ``max_new_tokens`` steps),
+    transformers returns such placeholders: here that is a ValueError.
     """
-    B, K = input_ids.size(0), num_beams
+    B, K, P, n = input_ids.size(0), num_beams, input_ids.size(1), max_new_tokens
     device = input_ids.device
     with _inference(model):
         logits, state = _forward(model, input_ids, state)
         V = logits.size(-1)
         _check_vocab_ids(dec, V)
+        n_eos = 0 if dec.eos is None else len(dec.eos)
+        per_beam = max(2, 1 + n_eos)               # candidates kept per beam and step
+        if per_beam > V:
+            raise ValueError(f"beam search keeps {per_beam} candidates per beam (one more "
+                             f"than the {n_eos} end-of-sequence ids, at least 2), more than "
+                             f"the model's vocabulary of {V} tokens")
+        W = per_beam * K
         suppress = _suppress_mask(dec, V, logits.device)
         eos = None if dec.eos is None else torch.tensor(dec.eos, device=device)
         logits = _float_logits(logits[:, -1]).repeat_interleave(K, dim=0)   # [B*K, V]
+        dtype = logits.dtype
         state = _repeat_rows(state, K)
-        scores = torch.full((B, K), -math.inf, dtype=logits.dtype, device=device)
-        scores[:, 0] = 0.0                      # one live hypothesis per row at the start
-        tokens = input_ids.new_empty((B * K, 0))
-        token_lp = logits.new_empty((B * K, 0))
-        finished = torch.zeros(B * K, dtype=torch.bool, device=device)
-        base = (torch.arange(B, device=device) * K).unsqueeze(1)           # [B, 1]
-        frozen = None
-        if dec.pad is not None:
-            frozen = torch.full((V,), -math.inf, dtype=logits.dtype, device=device)
-            frozen[dec.pad] = 0.0
+        fill = dec.pad if dec.pad is not None else 0   # no eos: no hypothesis is padded
 
-        for step in range(max_new_tokens):
-            if step:
-                new_logits, new_state = _forward(model, tokens[:, -1:], state)
-                state = _keep_rows(state, new_state, finished)
+        # running hypotheses [B, K, ...]: only the first is real at the start
+        run_tok = input_ids.new_full((B, K, n), fill)
+        run_lp = torch.zeros((B, K, n), dtype=dtype, device=device)
+        run_score = torch.zeros((B, K), dtype=dtype, device=device)
+        run_score[:, 1:] = _EXCLUDED
+        run_real = torch.zeros((B, K), dtype=torch.bool, device=device)
+        run_real[:, 0] = True
+        # finished hypotheses [B, K, ...], best first
+        fin_tok = run_tok.clone()
+        fin_lp = run_lp.clone()
+        fin_score = torch.full((B, K), _EXCLUDED, dtype=dtype, device=device)
+        fin_set = torch.zeros((B, K), dtype=torch.bool, device=device)   # slot holds one
+        fin_real = torch.zeros((B, K), dtype=torch.bool, device=device)
+        fin_eos = torch.zeros((B, K), dtype=torch.bool, device=device)
+        fin_len = torch.zeros((B, K), dtype=torch.long, device=device)
+        fin_state = _map_state(state, torch.zeros_like)
+        can_improve = torch.ones((B, 1), dtype=torch.bool, device=device)
+        in_top = torch.arange(W, device=device) < K          # the best K candidates
+        beam_base = (torch.arange(B, device=device) * K).unsqueeze(1)      # [B, 1]
+        slots = torch.arange(K, device=device)
+
+        for t in range(n):
+            if t:
+                new_logits, state = _forward(model, run_tok[:, :, t - 1].reshape(B * K, 1),
+                                             state)
                 logits = _float_logits(new_logits[:, -1])
-            cand = logits.log_softmax(dim=-1)                               # [B*K, V]
+            lp = logits.log_softmax(dim=-1)                                 # [B*K, V]
             if suppress is not None:
-                cand = cand.masked_fill(suppress, -math.inf)
-            if frozen is not None and bool(finished.any()):
-                cand = torch.where(finished.unsqueeze(1), frozen, cand)
-            total = (scores.reshape(B * K, 1) + cand).reshape(B, K * V)
-            scores, flat = total.topk(K, dim=1)                             # sorted, best first
-            src = (base + flat // V).reshape(-1)                            # parent hypothesis
-            tok = (flat % V).reshape(-1)
-            tokens = torch.cat([tokens.index_select(0, src), tok.unsqueeze(1)], dim=1)
-            token_lp = torch.cat([token_lp.index_select(0, src),
-                                  cand[src, tok].unsqueeze(1)], dim=1)
-            finished = finished.index_select(0, src)
-            if eos is not None:
-                finished = finished | torch.isin(tok, eos)
-            state = _select_rows(state, src)
-            if eos is not None and bool(finished.all()):
+                lp = lp.masked_fill(suppress, -math.inf)
+            total = (lp.view(B, K, V) + run_score.unsqueeze(2)).view(B, K * V)
+            cand_score, flat = total.topk(W, dim=1)                         # [B, W]
+            parent = flat // V
+            tok = flat % V
+            tok_lp = lp.view(B, K * V).gather(1, flat)
+            cand_tok = run_tok.gather(1, parent.unsqueeze(2).expand(B, W, n)).clone()
+            cand_tok[:, :, t] = tok
+            cand_lp = run_lp.gather(1, parent.unsqueeze(2).expand(B, W, n)).clone()
+            cand_lp[:, :, t] = tok_lp
+            # (no suppressed token, at -inf, is ever kept: each beam has finite candidates)
+            cand_real = run_real.gather(1, parent)
+            ends = torch.isin(tok, eos) if eos is not None else torch.zeros_like(cand_real)
+            done = torch.ones_like(ends) if t == n - 1 else ends
+
+            # the next running hypotheses: the best K candidates that are not done
+            masked = cand_score + done.to(dtype) * _EXCLUDED
+            pick = masked.topk(K, dim=1).indices                            # [B, K]
+            new_run_score = masked.gather(1, pick)
+            new_run_tok = cand_tok.gather(1, pick.unsqueeze(2).expand(B, K, n))
+            new_run_lp = cand_lp.gather(1, pick.unsqueeze(2).expand(B, K, n))
+            new_run_real = (cand_real & ~done).gather(1, pick)
+            run_parent = parent.gather(1, pick)
+
+            # the finished list: done candidates among the best K, if they beat its worst
+            entering = done & in_top
+            score = cand_score / ((t + 1) ** length_penalty)
+            full = fin_set.all(dim=1, keepdim=True) & (early_stopping is True)
+            score = score + full.to(dtype) * _EXCLUDED
+            score = score + (~can_improve).to(dtype) * _EXCLUDED
+            score = score + (~entering).to(dtype) * _EXCLUDED
+            keep = torch.cat([fin_score, score], dim=1).topk(K, dim=1).indices  # [B, K]
+            fin_score = torch.cat([fin_score, score], dim=1).gather(1, keep)
+            fin_set = torch.cat([fin_set, entering], dim=1).gather(1, keep)
+            fin_real = torch.cat([fin_real, entering & cand_real], dim=1).gather(1, keep)
+            fin_eos = torch.cat([fin_eos, ends], dim=1).gather(1, keep)
+            fin_len = torch.cat([fin_len, torch.full((B, W), t + 1, device=device)],
+                                dim=1).gather(1, keep)
+            idx3 = keep.unsqueeze(2).expand(B, K, n)
+            fin_tok = torch.cat([fin_tok, cand_tok], dim=1).gather(1, idx3)
+            fin_lp = torch.cat([fin_lp, cand_lp], dim=1).gather(1, idx3)
+            if not torch.equal(keep, slots.expand(B, K)):
+                # a candidate's state is its parent's: it has consumed all but its last token
+                from_cand = keep >= K
+                cand_parent = parent.gather(1, (keep - K).clamp(min=0))
+                rows = torch.where(from_cand, B * K + beam_base + cand_parent,
+                                   beam_base + keep.clamp(max=K - 1))
+                fin_state = _merge_rows(fin_state, state, rows.reshape(-1))
+
+            run_score, run_tok, run_lp, run_real = new_run_score, new_run_tok, new_run_lp, \
+                new_run_real
+            state = _select_rows(state, (beam_base + run_parent).reshape(-1))
+
+            # stop when no row can change its finished list any more
+            if early_stopping == "never" and length_penalty > 0.0:
+                best_len = n
+            else:
+                best_len = t + 1
+            best_running = run_score[:, :1] / (best_len ** length_penalty)
+            worst_finished = torch.where(fin_set, fin_score.min(dim=1, keepdim=True).values,
+                                         _EXCLUDED)
+            can_improve = can_improve & (best_running > worst_finished).any(dim=1, keepdim=True)
+            if not bool(can_improve.any()) or \
+                    (early_stopping is True and bool(fin_set.all())) or bool(done.all()):
                 break
 
     R = num_return_sequences
-    keep = (base + torch.arange(R, device=device)).reshape(-1)
-    tokens, finished = tokens.index_select(0, keep), finished.index_select(0, keep)
-    sequences = torch.cat([input_ids.repeat_interleave(R, dim=0), tokens], dim=1)
-    return GenerateOutput(sequences=sequences, state=_select_rows(state, keep),
-                          finished=finished,
-                          lengths=_row_lengths(input_ids.size(1), tokens, finished, eos),
-                          token_log_probs=token_lp.index_select(0, keep),
-                          sequences_scores=scores[:, :R].reshape(-1))
+    real = fin_real[:, :R]
+    if not bool(real.all()):
+        found = fin_real.sum(dim=1)
+        row = int((~real.all(dim=1)).nonzero()[0])
+        allowed = V - (0 if dec.suppress is None else len(set(dec.suppress)))
+        raise ValueError(
+            f"beam search found only {int(found[row])} hypotheses for prompt row {row}, fewer "
+            f"than num_return_sequences={R}: {allowed} allowed tokens (of {V}, the others "
+            f"suppressed) and {n} new tokens make too few hypotheses for num_beams={K} "
+            "(transformers would return the missing rows as placeholders scored near -1e9). "
+            "Lower num_beams or num_return_sequences, or raise max_new_tokens")
+    length = int(fin_len[:, :R].max())
+    tokens = fin_tok[:, :R, :length].reshape(B * R, length)
+    keep = (beam_base + torch.arange(R, device=device)).reshape(-1)
+    finished = fin_eos[:, :R].reshape(-1)
+    lengths = P + fin_len[:, :R].reshape(-1)
+    return GenerateOutput(sequences=torch.cat([input_ids.repeat_interleave(R, dim=0), tokens],
+                                              dim=1),
+                          state=_select_rows(fin_state, keep),
+                          finished=finished, lengths=lengths,
+                          token_log_probs=fin_lp[:, :R, :length].reshape(B * R, length),
+                          sequences_scores=fin_score[:, :R].reshape(-1))
 
 
 # --- generate ------------------------------------------------------------------------------
 
 
-def generate(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: Optional[bool] = None,
-             temperature: float = 1.0, top_k: Optional[int] = None,
+def generate(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool = False,
+             temperature: float = 1.0, top_k: Optional[int] = 50,
              top_p: Optional[float] = None, num_beams: int = 1,
+             length_penalty: float = 1.0, early_stopping: Union[bool, str] = False,
              eos_token_id: Optional[TokenIds] = None, pad_token_id: Optional[int] = None,
              suppress_tokens: Optional[TokenIds] = None, num_return_sequences: int = 1,
              generator: Optional[torch.Generator] = None, state=None,
-             return_dict: bool = False, output_scores: bool = False
-             ) -> Union[Tensor, GenerateOutput]:
+             finished: Optional[Tensor] = None, return_dict: bool = False,
+             output_scores: bool = False) -> Union[Tensor, GenerateOutput]:
     """Continues each prompt row of ``input_ids`` by up to ``max_new_tokens`` tokens.
+
+    The arguments that HuggingFace ``transformers``' ``generate`` also has keep its
+    names, defaults and meaning, and give its sequences (checked against
+    transformers 5.24 in ``tests/test_hf_generate.py``): greedy decoding unless
+    ``do_sample=True``; sampling processes the logits as transformers does
+    (suppressed tokens, then temperature, then top-k with ``top_k=50`` by default,
+    then top-p); beam search keeps ``num_beams`` running hypotheses and a list of
+    finished ones (see :func:`_beam_search`), with ``length_penalty`` and
+    ``early_stopping``. As in transformers, sampling arguments given without
+    ``do_sample=True``, and beam arguments given with ``num_beams=1``, draw a
+    UserWarning and have no effect. Differences: ``state``, ``finished`` and
+    ``generator`` are rnnfast's own; sampling with beams (``do_sample=True,
+    num_beams > 1``) is not supported (ValueError); where transformers' beam search
+    would return placeholder rows (fewer real hypotheses than
+    ``num_return_sequences``) this raises ValueError; ``pad_token_id=0`` pads beam
+    search outputs with 0 (transformers' beam search pads with the first
+    ``eos_token_id`` when ``pad_token_id`` is 0); ``output_scores`` gives per-token
+    log-probabilities (``token_log_probs``), not transformers' per-step ``scores``.
 
     Args:
         model: ``model(input_ids [B, T], state) -> (logits [B, T, V], state)``.
         input_ids: ``[B, P]`` integer prompt (``P >= 1``; a 1-D tensor is one prompt).
             To generate from nothing, start from a BOS-like token (e.g. ``<eos>``).
         max_new_tokens: how many tokens to generate at most (>= 1).
-        do_sample: sample from the (processed) distribution; ``False`` picks the most
-            likely token (greedy). Default: True, except with beam search
-            (``num_beams > 1``), which is deterministic and refuses ``do_sample=True``.
+        do_sample: sample from the processed distribution; ``False`` (the default)
+            picks the most likely token (greedy), or runs beam search with
+            ``num_beams > 1``.
         temperature: divides the logits before sampling; must be > 0 when sampling.
-        top_k: sample only among the ``top_k`` most likely tokens.
+        top_k: when sampling, only among the ``top_k`` most likely tokens (default 50,
+            as in transformers; ``None`` or 0: no limit).
         top_p: nucleus sampling: only among the smallest set of most likely tokens
             whose probability reaches ``top_p`` (in (0, 1]).
-        num_beams: > 1 runs beam search on the joint log-probability (see
-            :func:`_beam_search`); ``sequences`` come back best first per prompt.
+        num_beams: > 1 runs beam search; ``sequences`` come back best first per prompt.
+        length_penalty: beam search ranks a hypothesis by its summed log-probability
+            divided by ``generated_length ** length_penalty`` (> 0 favours longer
+            hypotheses, < 0 shorter ones, 0 ranks by the sum itself).
+        early_stopping: when beam search stops: ``True`` as soon as ``num_beams``
+            hypotheses have finished; ``False`` when, by a heuristic, no running
+            hypothesis can beat the finished ones; ``"never"`` only when none can
+            (exact for ``length_penalty <= 0``), as in transformers.
         eos_token_id: an id (or ids) ending a row; later positions are padded.
-        pad_token_id: the padding of finished rows; defaults to ``eos_token_id``.
+        pad_token_id: the padding of finished rows; defaults to ``eos_token_id``
+            (the first one).
         suppress_tokens: ids that are never produced.
         num_return_sequences: rows per prompt (samples, or the best beams with beam
             search, ``<= num_beams``). Row ``b * num_return_sequences + j`` continues
             prompt ``b``. The prompt is still run once per prompt row.
-        generator: a ``torch.Generator`` that makes sampling reproducible.
+        generator: a ``torch.Generator`` that makes sampling reproducible (``None``:
+            torch's global generator, as transformers uses).
         state: the recurrent state to start from (it has consumed everything before
             ``input_ids``); ``None``: the model's zero state.
+        finished: ``[B]`` bool, rows of ``input_ids`` that have already ended (a
+            previous call's ``finished``, see the module notes on continuing): they
+            are only padded and do not keep generation going. Not with beam search.
         return_dict: return a :class:`GenerateOutput` (sequences, final state,
-            finished flags) instead of the ``sequences`` tensor.
+            finished flags, lengths) instead of the ``sequences`` tensor.
         output_scores: also fill ``token_log_probs`` and ``sequences_scores`` (needs
             ``return_dict=True``).
 
     Returns:
         ``sequences`` ``[N, P + n]`` (``N = B * num_return_sequences``, ``n <=
-        max_new_tokens``: generation stops when every row has finished), or a
-        :class:`GenerateOutput` with ``return_dict=True``.
+        max_new_tokens``: generation stops when every row has finished, or when beam
+        search stops), or a :class:`GenerateOutput` with ``return_dict=True``.
 
     The prompt is run once (one forward over ``[B, P]``); each further token costs
-    one forward of ``[N, 1]`` with the carried state.
+    one forward of ``[N, 1]`` (beam search: ``[B * num_beams, 1]``) with the carried
+    state.
     """
     _check_model(model)
     input_ids = _check_ids("input_ids", input_ids)
@@ -619,30 +866,37 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: Option
     if output_scores and not return_dict:
         raise ValueError("output_scores=True returns the scores in a GenerateOutput: pass "
                          "return_dict=True as well")
-    if do_sample is None:
-        do_sample = num_beams == 1
     _check_bool("do_sample", do_sample)
+    length_penalty = _check_beam_options(length_penalty, early_stopping)
+    dec = _check_decoding(do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id,
+                          suppress_tokens, generator)
+    _warn_ignored(do_sample, num_beams, temperature, top_k, top_p, length_penalty,
+                  early_stopping)
     if num_beams > 1:
         if do_sample:
-            raise ValueError(f"beam search (num_beams={num_beams}) is deterministic; "
-                             "do_sample=True is not supported with it: pass do_sample=False "
-                             "(or leave it unset)")
+            raise ValueError(f"beam search with sampling (num_beams={num_beams}, "
+                             "do_sample=True) is not supported: pass do_sample=False for "
+                             "beam search, or num_beams=1 to sample")
         if num_return_sequences > num_beams:
             raise ValueError(f"num_return_sequences ({num_return_sequences}) must be <= "
                              f"num_beams ({num_beams}) with beam search")
-        dec = _check_decoding(False, temperature, top_k, top_p, eos_token_id, pad_token_id,
-                              suppress_tokens, generator)
+        if finished is not None:
+            raise ValueError("finished is not supported with beam search (num_beams > 1): "
+                             "a beam search does not continue a previous one")
         out = _beam_search(model, input_ids, max_new_tokens, dec, num_beams,
-                           num_return_sequences, state)
+                           num_return_sequences, state, length_penalty, early_stopping)
         if not output_scores:
             out.token_log_probs = None
+            out.sequences_scores = None
         return out if return_dict else out.sequences
 
-    steps = stream(model, input_ids, max_new_tokens, do_sample=do_sample,
-                   temperature=temperature, top_k=top_k, top_p=top_p,
-                   eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                   suppress_tokens=suppress_tokens, num_return_sequences=num_return_sequences,
-                   generator=generator, state=state)
+    if num_return_sequences > 1 and not do_sample:
+        raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding "
+                         "(do_sample=False, num_beams=1) would return identical copies; use "
+                         "do_sample=True or beam search (num_beams >= num_return_sequences)")
+    finished = _check_finished(finished, input_ids.size(0), dec, input_ids.device)
+    steps = TokenStream(model, input_ids, max_new_tokens, dec, num_return_sequences, state,
+                        finished)
     for _ in steps:
         pass
     if return_dict:
