@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
@@ -138,6 +139,7 @@ def check_thread_counts_under_concurrency():
                     torch.set_num_threads(THREAD_COUNTS[i % len(THREAD_COUNTS)])
                     rnnfast.info()
                     i += 1
+                    time.sleep(0.002)
                 for (k, n), fut in zip(jobs, futures):
                     _bitwise_equal(fut.result(timeout=120), serial[k],
                                    f"{k} on {n} intra-op threads, concurrently")
