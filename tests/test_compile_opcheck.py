@@ -1,4 +1,5 @@
-"""torch.compile(fullgraph=True) through rnnfast modules.
+"""torch.compile(fullgraph=True) through rnnfast modules: compiled against eager rnnfast and
+against torch.nn's modules holding the same state_dict (float64).
 
 (opcheck tests on the raw torch.ops.rnnfast ops are added separately.)
 """
@@ -7,15 +8,17 @@ import torch
 import torch.nn as nn
 
 import rnnfast
+from rnn_testutils import ATOL
 
 
 class Tagger(nn.Module):
-    """A small model with an rnnfast recurrent layer in the middle."""
+    """A small model with an rnnfast recurrent layer in the middle (lib=nn: torch's, for the
+    reference)."""
 
-    def __init__(self, cls, **kw):
+    def __init__(self, cls, lib=rnnfast, **kw):
         super().__init__()
         self.inp = nn.Linear(4, 3)
-        self.rnn = getattr(rnnfast, cls)(3, 5, **kw)
+        self.rnn = getattr(lib, cls)(3, 5, **kw)
         d = 2 if kw.get("bidirectional") else 1
         out_h = kw.get("proj_size") or 5
         self.out = nn.Linear(d * out_h, 2)
@@ -34,7 +37,25 @@ def _grads(model, x, h0=None):
     return y.detach(), h.detach(), torch.autograd.grad(loss, leaves)
 
 
-def _compare_eager_compiled(model, x, h0=None, backend="aot_eager", atol=1e-6):
+def _torch_twin(model, cls, kw):
+    """The same Tagger on torch.nn's recurrent layer, with model's values, in float64."""
+    twin = Tagger(cls, lib=nn, **kw).double().train(model.training)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def _double(t):
+    if t is None:
+        return None
+    if isinstance(t, tuple):
+        return tuple(_double(u) for u in t)
+    return t.detach().double().requires_grad_(t.requires_grad)
+
+
+def _compare_eager_compiled(model, x, h0=None, backend="aot_eager", atol=1e-6, cls=None, kw=()):
+    """Compiled vs eager rnnfast (to atol), and compiled rnnfast vs torch.nn's module with the
+    same state_dict in float64 (to the project's tolerance for model's dtype): outputs, final
+    state and the gradients of the input, initial states and every parameter."""
     torch._dynamo.reset()
     eager = _grads(model, x, h0)
     compiled_model = torch.compile(model, fullgraph=True, backend=backend)
@@ -43,6 +64,12 @@ def _compare_eager_compiled(model, x, h0=None, backend="aot_eager", atol=1e-6):
     torch.testing.assert_close(comp[1], eager[1], atol=atol, rtol=0)
     for a, b in zip(comp[2], eager[2]):
         torch.testing.assert_close(a, b, atol=atol, rtol=0)
+    ref = _grads(_torch_twin(model, cls, dict(kw)), _double(x), _double(h0))
+    assert len(ref[2]) == len(comp[2])
+    tol = ATOL[x.dtype]
+    for i, (a, b) in enumerate(zip([comp[0], comp[1], *comp[2]], [ref[0], ref[1], *ref[2]])):
+        torch.testing.assert_close(a.double(), b, atol=tol, rtol=0,
+                                   msg=lambda m, i=i: f"compiled vs torch, item {i}: {m}")
 
 
 @pytest.mark.parametrize("cls,kw", [
@@ -56,7 +83,7 @@ def test_compile_fullgraph_aot_eager(cls, kw):
     torch.manual_seed(0)
     model = Tagger(cls, **kw).double()
     x = torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True)
-    _compare_eager_compiled(model, x, backend="aot_eager", atol=1e-10)
+    _compare_eager_compiled(model, x, backend="aot_eager", atol=1e-10, cls=cls, kw=kw)
 
 
 @pytest.mark.parametrize("cls", ["LSTM", "GRU"])
@@ -66,7 +93,8 @@ def test_compile_fullgraph_with_hx_eval(cls):
     x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
     h = torch.randn(2, 2, 5, dtype=torch.float64, requires_grad=True)
     h0 = (h, torch.randn(2, 2, 5, dtype=torch.float64)) if cls == "LSTM" else h
-    _compare_eager_compiled(model, x, h0, backend="aot_eager", atol=1e-10)
+    _compare_eager_compiled(model, x, h0, backend="aot_eager", atol=1e-10, cls=cls,
+                            kw=dict(num_layers=2))
 
 
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell"])
@@ -83,15 +111,22 @@ def test_compile_fullgraph_cells(cls):
     h = (h, h.clone()) if cls == "LSTMCell" else h
     torch._dynamo.reset()
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(x, h), step(x, h), atol=1e-12, rtol=0)
+    got = compiled(x, h)
+    torch.testing.assert_close(got, step(x, h), atol=1e-12, rtol=0)
+    ref = getattr(nn, cls)(3, 4).double()
+    ref.load_state_dict(cell.state_dict())
+    want = ref(x, h)
+    torch.testing.assert_close(got, want[0] if isinstance(want, tuple) else want,
+                               atol=ATOL[torch.float64], rtol=0)
 
 
 def test_compile_fullgraph_inductor():
     """One small case through the default (inductor) backend, float32."""
     torch.manual_seed(0)
-    model = Tagger("LSTM", num_layers=2, bidirectional=True)
+    kw = dict(num_layers=2, bidirectional=True)
+    model = Tagger("LSTM", **kw)
     x = torch.randn(3, 2, 4, requires_grad=True)
-    _compare_eager_compiled(model, x, backend="inductor", atol=1e-5)
+    _compare_eager_compiled(model, x, backend="inductor", atol=1e-5, cls="LSTM", kw=kw)
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])

@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 import rnnfast
+from rnn_testutils import ATOL
 
 TORCH_TYPES = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 FAST = {nn.LSTM: rnnfast.LSTM, nn.GRU: rnnfast.GRU, nn.RNN: rnnfast.RNN,
@@ -48,6 +49,46 @@ def _rnn_modules(model):
             if isinstance(m, TORCH_TYPES) or type(m) in FAST.values()]
 
 
+def _assert_same_values(new, old, what):
+    """Every parameter and buffer of new (names in order, values, dtype, device, requires_grad)
+    and its state_dict equal old's."""
+    for kind in ("parameters", "buffers"):
+        a = dict(getattr(new, f"named_{kind}")())
+        b = dict(getattr(old, f"named_{kind}")())
+        assert list(a) == list(b), f"{what}: {kind} {list(a)} vs {list(b)}"
+        for n, t in b.items():
+            assert a[n].dtype == t.dtype and a[n].device == t.device, f"{what}: {n}"
+            assert a[n].requires_grad == t.requires_grad, f"{what}: {n}"
+            assert torch.equal(a[n].detach(), t.detach()), f"{what}: {n} value differs"
+    sa, sb = new.state_dict(), old.state_dict()
+    assert list(sa) == list(sb), f"{what}: state_dict keys {list(sa)} vs {list(sb)}"
+    for k in sb:
+        assert torch.equal(sa[k], sb[k]), f"{what}: state_dict[{k!r}] differs"
+
+
+def _flat_outputs(r):
+    """Every tensor a module or cell returns (output and final states)."""
+    if isinstance(r, torch.Tensor):
+        return [r]
+    return [t for item in r for t in _flat_outputs(item)]
+
+
+def _module_input(m, dtype=torch.float64):
+    if isinstance(m, (nn.RNNCellBase, rnnfast.RNNCellBase)):
+        return torch.randn(2, m.input_size, dtype=dtype)
+    shape = (2, 5, m.input_size) if m.batch_first else (5, 2, m.input_size)
+    return torch.randn(*shape, dtype=dtype)
+
+
+def _assert_same_outputs(new, old, x, what):
+    with torch.no_grad():
+        got, want = _flat_outputs(new(x)), _flat_outputs(old(x))
+    assert len(got) == len(want), what
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, atol=ATOL[b.dtype], rtol=0,
+                                   msg=lambda m, i=i: f"{what}[{i}]: {m}")
+
+
 def test_convert_nested_model():
     torch.manual_seed(0)
     model = Model().double().eval()
@@ -60,9 +101,17 @@ def test_convert_nested_model():
     assert len(names_before) == 6
     params_before = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
     configs_before = {n: repr(m) for n, m in _rnn_modules(model)}
+    originals = dict(_rnn_modules(model))
 
     result = rnnfast.convert(model)
     assert result is model
+    for n, new in _rnn_modules(model):
+        old = originals[n]
+        _assert_same_values(new, old, n)
+        # the very Parameter objects (so optimizer state keyed on them carries over)
+        for (pn, p), q in zip(new.named_parameters(), old.parameters()):
+            assert p is q, f"{n}.{pn} is a new Parameter"
+        _assert_same_outputs(new, old, _module_input(old), n)
 
     names_after = [(n, type(m)) for n, m in _rnn_modules(model)]
     assert [n for n, _ in names_after] == [n for n, _ in names_before]
@@ -93,9 +142,19 @@ def test_convert_nested_model():
 def test_convert_preserves_training_mode_and_dropout():
     torch.manual_seed(0)
     model = nn.Sequential(nn.GRU(3, 4, num_layers=2, dropout=0.5))
+    old = model[0]
     rnnfast.convert(model)
     assert isinstance(model[0], rnnfast.GRU)
     assert model[0].training and model[0].dropout == 0.5 and model[0].num_layers == 2
+    _assert_same_values(model[0], old, "GRU")
+    # training mode with the same dropout: same masks from the same seed, so same outputs
+    x = torch.randn(5, 2, 3)
+    results = []
+    for m in (model[0], old):
+        torch.manual_seed(3)
+        results.append(_flat_outputs(m(x)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=ATOL[torch.float32], rtol=0)
 
 
 def test_convert_idempotent_and_leaves_other_modules():
@@ -112,20 +171,26 @@ def test_convert_top_level_module(cls):
     """A bare torch RNN module cannot be replaced in place: convert returns the replacement."""
     torch.manual_seed(0)
     m = cls(3, 4).double()
-    x = torch.randn(2, 3, dtype=torch.float64) if "Cell" in cls.__name__ else \
-        torch.randn(5, 2, 3, dtype=torch.float64)
-    expected = m(x)
+    with torch.no_grad():
+        for p in m.parameters():    # no two parameters of the same shape alike
+            p.uniform_(-1, 1)
     new = rnnfast.convert(m)
     assert type(new) is FAST[cls]
-    got = new(x)
-    e0 = expected[0] if isinstance(expected, tuple) else expected
-    g0 = got[0] if isinstance(got, tuple) else got
-    torch.testing.assert_close(g0, e0, atol=1e-9, rtol=0)
+    _assert_same_values(new, m, cls.__name__)
+    _assert_same_outputs(new, m, _module_input(m), cls.__name__)
 
 
 def test_converted_state_dict_loads_into_torch_model():
     torch.manual_seed(0)
     src = nn.Sequential(nn.LSTM(3, 4, bidirectional=True), nn.GRUCell(3, 4))
     conv = rnnfast.convert(nn.Sequential(nn.LSTM(3, 4, bidirectional=True), nn.GRUCell(3, 4)))
-    conv.load_state_dict(src.state_dict(), strict=True)
-    src.load_state_dict(conv.state_dict(), strict=True)
+    conv.load_state_dict(src.state_dict(), strict=True)        # torch -> rnnfast
+    _assert_same_values(conv, src, "torch -> rnnfast")
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.uniform_(-1, 1)
+    src.load_state_dict(conv.state_dict(), strict=True)        # rnnfast -> torch
+    _assert_same_values(src, conv, "rnnfast -> torch")
+    x = torch.randn(5, 2, 3)
+    _assert_same_outputs(conv[0], src[0], x, "LSTM")
+    _assert_same_outputs(conv[1], src[1], x[0], "GRUCell")

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 
 import rnnfast
-from rnn_testutils import CELL_KIND_NAMES, KIND_NAMES, fast_cls, kind_kwargs, make_pair, torch_cls
+from rnn_testutils import (ATOL, CELL_KIND_NAMES, KIND_NAMES, fast_cls, kind_kwargs, make_pair,
+                           torch_cls)
 
 ALL_KINDS = KIND_NAMES + CELL_KIND_NAMES
 
@@ -72,6 +73,13 @@ def _assert_all_close(a, b, atol, what):
         torch.testing.assert_close(u, v, atol=atol, rtol=0, msg=lambda m: f"{what}[{i}]: {m}")
 
 
+def _torch_twin(model, **kw):
+    """model's SeqModel on torch.nn's recurrent module, with model's values (same dtype)."""
+    twin = SeqModel(model.kind, lib=nn, dtype=model.inp.weight.dtype, **kw)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
 # =========================================================================== torch.compile
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
@@ -85,7 +93,10 @@ def test_compile_fullgraph_every_module(kind):
     torch._dynamo.reset()
     eager = _loss_and_grads(model, x)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    _assert_all_close(_loss_and_grads(compiled, x), eager, 1e-12, f"{kind} compiled")
+    got = _loss_and_grads(compiled, x)
+    _assert_all_close(got, eager, 1e-12, f"{kind} compiled")
+    _assert_all_close(got, _loss_and_grads(_torch_twin(model, **kw), x), ATOL[torch.float64],
+                      f"{kind} compiled vs torch")
 
 
 def test_compile_fullgraph_inductor_gru_and_cell():
@@ -93,10 +104,10 @@ def test_compile_fullgraph_inductor_gru_and_cell():
     torch.manual_seed(0)
 
     class Two(nn.Module):
-        def __init__(self):
+        def __init__(self, lib=rnnfast):
             super().__init__()
-            self.gru = rnnfast.GRU(5, 6, batch_first=True)
-            self.cell = rnnfast.RNNCell(6, 4, nonlinearity="relu")
+            self.gru = lib.GRU(5, 6, batch_first=True)
+            self.cell = lib.RNNCell(6, 4, nonlinearity="relu")
             self.head = nn.Linear(4, 2)
 
         def forward(self, x):
@@ -106,7 +117,7 @@ def test_compile_fullgraph_inductor_gru_and_cell():
     model = Two()
     x = torch.randn(3, 4, 5, requires_grad=True)
 
-    def run(m):
+    def run(m, x=x):
         out, h = m(x)
         loss = out.square().sum() + h.sum()
         grads = torch.autograd.grad(loss, [x] + list(m.parameters()))
@@ -114,7 +125,13 @@ def test_compile_fullgraph_inductor_gru_and_cell():
 
     torch._dynamo.reset()
     eager = run(model)
-    _assert_all_close(run(torch.compile(model, fullgraph=True)), eager, 1e-5, "inductor")
+    got = run(torch.compile(model, fullgraph=True))
+    _assert_all_close(got, eager, 1e-5, "inductor")
+    # against torch.nn's modules with the same values, in float64
+    ref = Two(lib=nn).double()
+    ref.load_state_dict(model.state_dict())
+    want = run(ref, x.detach().double().requires_grad_())
+    _assert_all_close([g.double() for g in got], want, ATOL[torch.float32], "inductor vs torch")
 
 
 def test_compile_dynamic_shapes_no_recompile_per_length():
@@ -126,10 +143,13 @@ def test_compile_dynamic_shapes_no_recompile_per_length():
     counter = CompileCounter()
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counter)
     torch._dynamo.reset()
+    ref = _torch_twin(model)
     for T, B in [(3, 2), (5, 4), (7, 3)]:
         x = torch.randn(T, B, 5, dtype=torch.float64, requires_grad=True)
-        _assert_all_close(_loss_and_grads(compiled, x), _loss_and_grads(model, x), 1e-12,
-                          f"dynamic T={T} B={B}")
+        got = _loss_and_grads(compiled, x)
+        _assert_all_close(got, _loss_and_grads(model, x), 1e-12, f"dynamic T={T} B={B}")
+        _assert_all_close(got, _loss_and_grads(ref, x), ATOL[torch.float64],
+                          f"dynamic T={T} B={B} vs torch")
     assert counter.frame_count == 1, f"recompiled: {counter.frame_count} frames"
 
 

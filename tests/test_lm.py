@@ -59,21 +59,77 @@ def test_init_state_device_dtype_and_detach():
         model.init_state(0)
 
 
+def _torch_lm(model):
+    """The network RNNLM describes (embedding -> stacked recurrent layer with inter-layer
+    dropout -> dropout -> linear), assembled here from torch.nn modules holding copies of the
+    model's values: an oracle that shares no code with RNNLM."""
+    p = model.dropout
+    rnn_cls = torch.nn.LSTM if model.cell == "lstm" else torch.nn.GRU
+    emb = torch.nn.Embedding(model.vocab_size, model.embed_size)
+    rnn = rnn_cls(model.embed_size, model.hidden_size, model.num_layers, batch_first=True,
+                  dropout=p if model.num_layers > 1 else 0.0)
+    drop = torch.nn.Dropout(p)
+    dec = torch.nn.Linear(model.hidden_size, model.vocab_size)
+    parts = torch.nn.ModuleDict(dict(emb=emb, rnn=rnn, drop=drop, dec=dec)).double()
+    if model.tie_weights:
+        dec.weight = emb.weight
+    with torch.no_grad():
+        emb.weight.copy_(model.embedding.weight)
+        dec.weight.copy_(model.decoder.weight)
+        dec.bias.copy_(model.decoder.bias)
+        for name, value in model.rnn.state_dict().items():
+            getattr(rnn, name).copy_(value)
+    parts.train(model.training)
+
+    def forward(ids, state=None):
+        out, state = rnn(emb(ids), state)
+        return dec(drop(out)), state
+
+    return parts, forward
+
+
+def _assert_same_run(model, ref_parts, ref_forward, ids, state=None, seed=None):
+    """Logits, final state and every parameter gradient of model vs the torch oracle."""
+    rename = {"emb.": "embedding.", "dec.": "decoder.", "rnn.": "rnn."}
+    results = []
+    for named, fwd in ((dict(model.named_parameters()), model),
+                       ({rename[n[:4]] + n[4:]: p for n, p in ref_parts.named_parameters()},
+                        ref_forward)):
+        if seed is not None:
+            torch.manual_seed(seed)
+        logits, st = fwd(ids, state)
+        states = list(st) if isinstance(st, tuple) else [st]
+        loss = (logits * torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype)
+                .view_as(logits)).sum() + sum(s.sum() for s in states)
+        names = sorted(named)
+        grads = torch.autograd.grad(loss, [named[n] for n in names])
+        results.append({"logits": logits, **{f"state{i}": s for i, s in enumerate(states)},
+                        **{f"grad:{n}": g for n, g in zip(names, grads)}})
+    mine, ref = results
+    assert sorted(mine) == sorted(ref)
+    for k in ref:
+        torch.testing.assert_close(mine[k], ref[k], atol=1e-9, rtol=0,
+                                   msg=lambda m, k=k: f"{k}: {m}")
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_matches_torch_backend(cell):
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_matches_torch_modules(cell, tie):
+    """Logits, states and gradients against the same network built from torch.nn (float64),
+    from a zero state and from a given one; and twin("torch") has the same state_dict."""
     torch.manual_seed(0)
-    model = RNNLM(V, E, H, 2, cell=cell).double()
+    model = RNNLM(V, H, H, 2, cell=cell, tie_weights=tie).double()
+    with torch.no_grad():
+        model.decoder.bias.uniform_(-0.5, 0.5)    # nonzero, so a lost bias shows
+    ref_parts, ref_forward = _torch_lm(model)
+    ids = _ids()
+    _assert_same_run(model, ref_parts, ref_forward, ids)
+    state = model.init_state(3)
+    state = tuple(torch.randn_like(s) for s in state) if cell == "lstm" else torch.randn_like(state)
+    _assert_same_run(model, ref_parts, ref_forward, ids, state)
     twin = model.twin("torch")
     assert isinstance(twin.rnn, (torch.nn.LSTM, torch.nn.GRU))
     assert model.state_dict().keys() == twin.state_dict().keys()
-    ids = _ids()
-    out, state = model(ids)
-    ref, ref_state = twin(ids)
-    torch.testing.assert_close(out, ref)
-    out.sum().backward()
-    ref.sum().backward()
-    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
 def test_tie_weights():
@@ -87,19 +143,57 @@ def test_tie_weights():
         RNNLM(V, 6, 8, tie_weights=True)
 
 
-def test_dropout_between_layers_and_on_output():
-    model = RNNLM(V, E, H, 2, dropout=0.5)
-    assert model.rnn.dropout == 0.5 and model.drop.p == 0.5
-    single = RNNLM(V, E, H, 1, dropout=0.5)       # no inter-layer dropout (and no warning)
-    assert single.rnn.dropout == 0.0 and single.drop.p == 0.5
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_dropout_between_layers_and_on_output(cell):
+    """dropout=p is applied between the recurrent layers and to the last layer's output (before
+    the decoder), in training mode only. Checked two ways:
+    * against the torch.nn oracle under the same seed (torch's inter-layer dropout draws its mask
+      from the same generator, in the same order, as rnnfast's), in train and in eval mode;
+    * without relying on the generator: the decoder's input is the recurrent output with
+      some units zeroed and the others scaled by 1/(1-p); the recurrent output itself
+      changes in training mode with two layers (inter-layer dropout) but not with one, and
+      its last step stays equal to the last layer's final state (no dropout after it)."""
+    p = 0.5
+    model = RNNLM(V, E, H, 2, cell=cell, dropout=p).double()
+    assert model.rnn.dropout == p and model.drop.p == p
+    single = RNNLM(V, E, H, 1, cell=cell, dropout=p).double()   # no inter-layer dropout
+    assert single.rnn.dropout == 0.0 and single.drop.p == p
     ids = _ids()
-    model.eval()
-    torch.testing.assert_close(model(ids)[0], model(ids)[0])
-    model.train()
-    torch.manual_seed(1)
-    a = model(ids)[0]
-    torch.manual_seed(2)
-    assert not torch.equal(a, model(ids)[0])
+    for m in (model, single):
+        for train in (True, False):
+            m.train(train)
+            parts, fwd = _torch_lm(m)
+            for seed in (1, 2):
+                _assert_same_run(m, parts, fwd, ids, seed=seed)
+
+    def captured(m, train, seed):
+        m.train(train)
+        seen = {}
+        hooks = [m.rnn.register_forward_hook(lambda mod, i, o: seen.__setitem__("rnn", o)),
+                 m.decoder.register_forward_pre_hook(
+                     lambda mod, i: seen.__setitem__("dec", i[0]))]
+        torch.manual_seed(seed)
+        try:
+            m(ids)
+        finally:
+            for h in hooks:
+                h.remove()
+        out, state = seen["rnn"]
+        h_last = (state[0] if isinstance(state, tuple) else state)[-1]
+        # the last layer's output at the last step is its final state: nothing in between
+        assert torch.equal(out[:, -1], h_last), "dropout applied after the last layer"
+        return out.detach(), seen["dec"].detach()
+
+    for m, inter_layer in ((model, True), (single, False)):
+        rnn_eval, dec_eval = captured(m, False, 0)
+        assert torch.equal(dec_eval, rnn_eval), "dropout on the output in eval mode"
+        rnn_train, dec_train = captured(m, True, 3)
+        kept = dec_train != 0
+        assert 0 < kept.float().mean() < 1, "output dropout zeroed nothing or everything"
+        torch.testing.assert_close(dec_train, torch.where(kept, rnn_train / (1 - p), 0.0),
+                                   atol=1e-12, rtol=0)
+        assert torch.equal(rnn_train, rnn_eval) is not inter_layer, (
+            "inter-layer dropout " + ("missing" if inter_layer else "applied to one layer"))
 
 
 def _profile_names(fn):

@@ -1,6 +1,8 @@
 """The raw ops: torch.library.opcheck on every op, argument checks in the glue,
 build info, and parity on every SIMD path this CPU supports."""
+import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -125,21 +127,79 @@ def test_environment_variable_forces_simd_path():
     assert out.stdout.strip() == "scalar"
 
 
+def _expected_native_cuda(built, verified, env):
+    """The documented rule: CUDA tensors run the fused kernels only where they were built; then
+    RNNFAST_CUDA_KERNELS=1 / =0 forces them on / off, and otherwise CUDA_KERNELS_VERIFIED
+    decides."""
+    if not built:
+        return False
+    if env in ("0", "1"):
+        return env == "1"
+    return verified
+
+
+@pytest.mark.parametrize("built", [False, True], ids=["cpu_build", "cuda_build"])
+@pytest.mark.parametrize("verified", [False, True], ids=["unverified", "verified"])
+@pytest.mark.parametrize("env", ["", "0", "1", "yes"])
+def test_which_devices_run_native_kernels(monkeypatch, built, verified, env):
+    """Every combination of the three inputs of the rule (whether the CUDA kernels were built,
+    the verification flag, RNNFAST_CUDA_KERNELS), set here rather than read off this build (a
+    CPU-only build would leave the CUDA side trivially false): has_native_kernels, info() and
+    the modules' choice of the fused op or the reference loop all follow the rule."""
+    from rnnfast import _reference, modules
+
+    monkeypatch.setattr(_C, "cuda_built", built)
+    monkeypatch.setattr(rnnfast.ops, "CUDA_KERNELS_VERIFIED", verified)
+    monkeypatch.setattr(rnnfast.ops, "_CUDA_KERNELS_ENV", env)
+    monkeypatch.setattr(modules, "_warned_devices", set())
+    want = _expected_native_cuda(built, verified, env)
+    assert rnnfast.ops.has_native_kernels("cpu") is True
+    assert rnnfast.ops.has_native_kernels("cuda") is want
+    for other in ("meta", "mps", "xpu"):
+        assert rnnfast.ops.has_native_kernels(other) is False, other
+    assert rnnfast.info()["cuda_kernels"] is want
+    assert rnnfast.info()["cuda"] is built
+    assert modules._layer_fn(torch.device("cpu")) is rnnfast.ops.layer
+    if want:
+        assert modules._layer_fn(torch.device("cuda")) is rnnfast.ops.layer
+    else:
+        with pytest.warns(UserWarning, match="device 'cuda' runs the plain-PyTorch reference"):
+            assert modules._layer_fn(torch.device("cuda")) is _reference.layer
+    with pytest.warns(UserWarning, match="device 'meta' runs the plain-PyTorch reference"):
+        assert modules._layer_fn(torch.device("meta")) is _reference.layer
+
+
 @pytest.mark.parametrize("env", ["0", "1", None])
-def test_which_devices_run_native_kernels(env):
-    """CPU always; CUDA only where the CUDA kernels were built, by default (they were verified
-    on a GPU) or with RNNFAST_CUDA_KERNELS=1, never with =0; other devices never."""
-    code = ("import rnnfast; o = rnnfast.ops; "
-            "print(o.has_native_kernels('cpu'), o.has_native_kernels('cuda'), "
-            "o.has_native_kernels('meta'), rnnfast.info()['cuda_kernels'], rnnfast._C.cuda_built)")
+def test_cuda_kernels_variable_is_read_at_import(env):
+    """RNNFAST_CUDA_KERNELS is read from the environment of a fresh process and overrides the
+    verification flag (the CUDA build is simulated, so this runs on a CPU-only build too)."""
+    code = ("import rnnfast; o = rnnfast.ops; rnnfast._C.cuda_built = True; "
+            "print(o.has_native_kernels('cuda'), o.CUDA_KERNELS_VERIFIED)")
     environ = {k: v for k, v in os.environ.items() if k != "RNNFAST_CUDA_KERNELS"}
     if env is not None:
         environ["RNNFAST_CUDA_KERNELS"] = env
     out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
                          text=True, check=True).stdout.split()
-    cpu, cuda, meta, info_cuda, built = (w == "True" for w in out)
-    assert cpu and not meta
-    assert cuda == info_cuda == (built and env != "0")
+    cuda, verified = (w == "True" for w in out)
+    assert cuda is _expected_native_cuda(True, verified, env or "")
+
+
+def test_cuda_verification_flag_cites_a_recorded_gpu_run():
+    """CUDA_KERNELS_VERIFIED claims a run of the CUDA tests on a real GPU, recorded in
+    bench/results/gpu-*.md (see its comment in ops.py): while it is True, such a record must
+    exist and report the CUDA test file passing."""
+    flag = rnnfast.ops.CUDA_KERNELS_VERIFIED
+    assert isinstance(flag, bool)
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "results")
+    if not os.path.isdir(results):
+        pytest.skip("no bench/results next to the tests (not a source checkout)")
+    if not flag:
+        return
+    records = sorted(glob.glob(os.path.join(results, "gpu-*.md")))
+    assert records, "CUDA_KERNELS_VERIFIED is True but bench/results holds no gpu-*.md record"
+    passing = [r for r in records
+               if re.search(r"test_cuda\.py`?[^\n]*\*\*\d+ passed\*\*", open(r).read())]
+    assert passing, f"no GPU record reports tests/test_cuda.py passing: {records}"
 
 
 def _packed_rows(lengths, T):
@@ -180,6 +240,82 @@ def test_packed_input_matches_padded(cell, G, reverse):
             results.append([out_rows, hy, cy, gx, *grads[1:]])
         for a, b in zip(*results):
             torch.testing.assert_close(b, a, atol=1e-12, rtol=0)
+
+
+_TORCH_CELLS = {"lstm": (nn.LSTM, {}), "gru": (nn.GRU, {}),
+                "rnn_tanh": (nn.RNN, {"nonlinearity": "tanh"}),
+                "rnn_relu": (nn.RNN, {"nonlinearity": "relu"})}
+
+
+@pytest.mark.parametrize("cell,G", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_packed_input_matches_torch(cell, G, reverse):
+    """The op on packed rows [N, I] against torch's own module on the same PackedSequence
+    (float64): output rows, final states, and the gradients of the rows, of the initial states
+    and of every weight. The reverse op is compared with the reverse direction of a
+    bidirectional torch module (its forward direction does not reach the compared results)."""
+    T, B, I, H = 6, 5, 4, 5
+    lengths = torch.tensor([6, 4, 4, 2, 1])          # torch packs no empty sequence
+    cls, kw = _TORCH_CELLS[cell]
+    for proj in ([0, 3] if cell == "lstm" else [0]):
+        args = _args(cell, G, proj, False, reverse, T=T, B=B, I=I, H=H)
+        x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = (
+            a.detach() if isinstance(a, torch.Tensor) else a for a in args[:8])
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths)
+        rows = packed.data
+        weights = {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}
+        if proj:
+            weights["weight_hr"] = w_hr
+        upstream = torch.linspace(-1, 1, rows.shape[0] * (proj or H), dtype=torch.float64)
+        upstream = upstream.reshape(rows.shape[0], proj or H)
+
+        def loss_of(out_rows, hy, cy):
+            loss = (out_rows * upstream).sum() + hy.sum() * 0.5
+            return loss + cy.sum() * 0.25 if cy is not None else loss
+
+        # rnnfast's op
+        leaves = [t.clone().requires_grad_() if t is not None else None
+                  for t in (rows, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)]
+        out, hy, cy, _ = getattr(torch.ops.rnnfast, f"{cell}_layer")(
+            *leaves, lengths, reverse, True)
+        cy = cy if cell == "lstm" else None
+        grads = torch.autograd.grad(loss_of(out, hy, cy), [t for t in leaves if t is not None])
+        mine = [out, hy] + ([cy] if cy is not None else []) + list(grads)
+
+        # torch: the same weights in a (bidirectional, for reverse) module
+        torch.manual_seed(1)
+        ref = cls(I, H, bidirectional=reverse, proj_size=proj, dtype=torch.float64, **kw) \
+            if cell == "lstm" else cls(I, H, bidirectional=reverse, dtype=torch.float64, **kw)
+        suffix = "_l0_reverse" if reverse else "_l0"
+        with torch.no_grad():
+            for name, value in weights.items():
+                getattr(ref, name + suffix).copy_(value)
+        d = 1 if reverse else 0
+        rows_leaf = rows.clone().requires_grad_()
+        h_leaf = hx.clone().requires_grad_()
+        c_leaf = cx.clone().requires_grad_() if cx is not None else None
+        S = proj or H
+
+        def full(state_leaf, width):    # [D, B, width] with this direction's row from the leaf
+            other = torch.zeros(B, width, dtype=torch.float64)
+            return torch.stack([other, state_leaf]) if reverse else state_leaf.unsqueeze(0)
+
+        h0 = full(h_leaf, S)
+        state = (h0, full(c_leaf, H)) if cell == "lstm" else h0
+        ref_out, ref_state = ref(nn.utils.rnn.PackedSequence(rows_leaf, packed.batch_sizes),
+                                 state)
+        ref_rows = ref_out.data[:, d * S:(d + 1) * S]
+        ref_h = (ref_state[0] if cell == "lstm" else ref_state)[d]
+        ref_c = ref_state[1][d] if cell == "lstm" else None
+        targets = [rows_leaf, h_leaf] + ([c_leaf] if c_leaf is not None else [])
+        targets += [getattr(ref, name + suffix) for name in weights]
+        ref_grads = torch.autograd.grad(loss_of(ref_rows, ref_h, ref_c), targets)
+        theirs = [ref_rows, ref_h] + ([ref_c] if ref_c is not None else []) + list(ref_grads)
+        # the op's gradients come in argument order: rows, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr
+        assert len(mine) == len(theirs)
+        for i, (a, b) in enumerate(zip(mine, theirs)):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=0,
+                                       msg=lambda m, i=i: f"{cell} proj={proj} item {i}: {m}")
 
 
 @pytest.mark.parametrize("training", [False, True])

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from rnn_testutils import (KIND_NAMES, call_dense, call_packed, compare_modules, fast_cls,
+from rnn_testutils import (CELL_KIND_NAMES, KIND_NAMES, call_dense, call_packed, compare_modules,
                            fwd_bwd, hx_shapes, is_lstm, make_pair, randn)
 
 
@@ -223,23 +223,31 @@ def test_output_layout_like_torch(kind):
         h.view(-1)
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-def test_low_precision_never_crashes(kind, dtype):
-    """Low-precision dtypes: either a clean Python exception or torch's numbers (loosely)."""
-    x = randn(5, 2, 3, dtype=dtype)
-    torch.manual_seed(0)
-    ref = getattr(torch.nn, kind)(3, 4, dtype=dtype)
-    try:
-        expected = ref(x)[0]
-    except Exception:  # torch itself does not support it on CPU
-        expected = None
-    try:
-        m = fast_cls(kind)(3, 4, dtype=dtype)
-        m.load_state_dict(ref.state_dict())
-        out = m(x)[0]
-    except Exception:
-        return
-    assert out.dtype == dtype
-    if expected is not None:
-        torch.testing.assert_close(out.float(), expected.float(), atol=5e-2, rtol=5e-2)
+# The CPU kernels are float32/float64 only (the CUDA kernels also take float16 and bfloat16,
+# tests/test_cuda.py). A 16-bit module or input on the CPU must be refused with an error that
+# names the supported dtypes and the one given, whichever path the input takes (dense,
+# PackedSequence, the cells, inference or training), never a crash or numbers in another
+# dtype. torch's own CPU modules accept these dtypes, but whether they run depends on what
+# oneDNN supports on the host, so torch is not run here.
+LOW_PRECISION = {torch.bfloat16: "BFloat16", torch.float16: "Half"}
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES + ["LSTMCell", "GRUCell", "RNNCell_TANH"])
+@pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=["bf16", "f16"])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_low_precision_on_cpu_raises_a_clear_error(kind, dtype, grad):
+    cell = kind in CELL_KIND_NAMES
+    _, m = make_pair(kind, 3, 4, dtype=dtype)
+    if cell:
+        forms = {"dense": randn(2, 3, dtype=dtype)}
+    else:
+        x = randn(5, 2, 3, dtype=dtype)
+        forms = {"dense": x,
+                 "packed": torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3]))}
+    m.requires_grad_(grad)
+    for inp in forms.values():
+        with torch.set_grad_enabled(grad):
+            with pytest.raises(RuntimeError,
+                               match=rf"on cpu must be float32 or float64, got "
+                                     rf"{LOW_PRECISION[dtype]}\b"):
+                m(inp)

@@ -1,6 +1,9 @@
 """Concurrency, memory and weight freshness.
 
-* Forward/backward from several Python threads at once give bitwise the results of serial calls.
+* Forward/backward from several Python threads at once give bitwise the results of serial calls,
+  also with each job on its own intra-op thread count (torch.set_num_threads 1, 2, 3), on every
+  SIMD path (RNNFAST_SIMD, in a fresh process per path).
+* The saved workspaces are released by backward, or when the outputs are dropped.
 * RSS stays flat over thousands of calls (successful calls, inference calls, and calls that
   raise part-way): nothing leaks per call.
 * A weight change between calls is always seen (in-place update, optimizer step, reassigned
@@ -17,11 +20,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 import torch.nn as nn
+from torch.multiprocessing.reductions import StorageWeakRef
 
 import rnnfast
 from rnn_testutils import (ATOL, CELL_KIND_NAMES, KIND_NAMES, assert_results_close, call_dense,
@@ -96,16 +102,73 @@ def test_concurrent_threads_match_serial(kind):
                 _bitwise_equal(fut.result(timeout=120), want, f"{k} seed {s} (threaded)")
 
 
-def test_threads_with_different_thread_counts_and_simd_reads():
-    """Threads calling while the main thread queries build info: no interference."""
-    m = _module("GRU")
-    want = _job("GRU", m, 7)
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = [pool.submit(_job, "GRU", m, 7) for _ in range(6)]
-        for _ in range(50):
-            rnnfast.info()
-        for f in futures:
-            _bitwise_equal(f.result(timeout=120), want, "GRU threaded")
+THREAD_COUNTS = (1, 2, 3)
+
+
+def _job_with_threads(kind, module, seed, num_threads):
+    """_job after torch.set_num_threads(num_threads) in the calling thread (each Python thread
+    has its own intra-op thread count)."""
+    torch.set_num_threads(num_threads)
+    assert torch.get_num_threads() == num_threads
+    return _job(kind, module, seed)
+
+
+def check_thread_counts_under_concurrency():
+    """Jobs on 3 Python threads, each job on its own intra-op thread count (1, 2 or 3), while
+    the main thread keeps changing its own count and reading rnnfast.info(): every result is
+    bitwise the serial one computed at the default count, and that one matches torch (float32
+    tolerance). Returns the SIMD path in use. Run by the test below in a fresh process per
+    SIMD path (RNNFAST_SIMD)."""
+    kinds = ["LSTM", "GRU", "RNN_RELU", "LSTMCell"]
+    pairs = {}
+    for k in kinds:
+        kw = {} if k in CELL_KIND_NAMES else dict(num_layers=2, bidirectional=True)
+        pairs[k] = make_pair(k, 20, 32, dtype=torch.float32, **kw)
+    main_threads = torch.get_num_threads()
+    serial = {k: _job(k, pairs[k][1], 7) for k in kinds}
+    for k in kinds:
+        assert_results_close(serial[k], _job(k, pairs[k][0], 7), ATOL[torch.float32],
+                             what=f"{k} vs torch")
+    jobs = [(k, n) for k in kinds for n in THREAD_COUNTS]
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            for _round in range(2):
+                futures = [pool.submit(_job_with_threads, k, pairs[k][1], 7, n) for k, n in jobs]
+                i = 0
+                while not all(f.done() for f in futures):
+                    torch.set_num_threads(THREAD_COUNTS[i % len(THREAD_COUNTS)])
+                    rnnfast.info()
+                    i += 1
+                    time.sleep(0.002)
+                for (k, n), fut in zip(jobs, futures):
+                    _bitwise_equal(fut.result(timeout=120), serial[k],
+                                   f"{k} on {n} intra-op threads, concurrently")
+    finally:
+        torch.set_num_threads(main_threads)
+    return rnnfast.info()["simd"]
+
+
+_THREADS_SCRIPT = textwrap.dedent(r"""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import test_threads_memory as t
+    print("SIMD", t.check_thread_counts_under_concurrency())
+""")
+
+
+@pytest.mark.parametrize("simd", ["scalar", "avx2", "avx512"])
+def test_threads_with_different_thread_counts_on_every_simd_path(simd):
+    """check_thread_counts_under_concurrency in a fresh process with RNNFAST_SIMD=simd (the
+    variable is read at import), on each SIMD path this CPU has."""
+    if not rnnfast._C.cpu_supports(simd):
+        pytest.skip(f"this CPU lacks {simd}")
+    env = dict(os.environ, RNNFAST_SIMD=simd)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, here], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["SIMD", simd], proc.stdout[-2000:]
 
 
 # -------------------------------------------------------------------------------- memory
@@ -207,19 +270,73 @@ def test_scratch_blocks_reused_dirty_give_the_same_results(kind):
     assert rnnfast.info()["cpu_scratch_cached_bytes"] == 0
 
 
-def test_graph_and_workspace_freed_with_outputs():
-    """Dropping the outputs frees the saved workspace: no reference cycles through the op."""
-    import gc
-    import weakref
+def _record_saved(fn):
+    """Runs fn() with autograd's saved-tensor hooks recording, for every tensor the graph saves
+    for backward (the ops' workspaces among them), a weak reference to its storage (which
+    expires when the memory is released, whoever held it) and its shape and data pointer. The
+    hook stores a detached alias: returning an output itself would make a reference cycle
+    (output -> its grad_fn -> the saved output) that the hook, not the op, created."""
+    saved = []
 
-    m = rnnfast.LSTM(4, 8)
-    x = torch.randn(6, 3, 4, requires_grad=True)
-    out, (h, c) = m(x)
-    node = out.grad_fn
-    refs = [weakref.ref(t) for t in (out, h, c)]
-    del out, h, c, node
-    assert all(r() is None for r in refs), "outputs kept alive (reference cycle?)"
-    gc.collect()
+    def pack(t):
+        storage = t.untyped_storage()
+        saved.append((StorageWeakRef(storage), tuple(t.shape), storage.data_ptr()))
+        return t.detach()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, saved
+
+
+@pytest.mark.parametrize("kind", ["LSTM_proj", "GRU", "RNN_TANH", "LSTMCell"])
+def test_graph_and_workspace_freed(kind):
+    """The saved workspace of every (layer, direction) and the saved intermediate layer inputs
+    are released by backward (while the outputs live on), and, without a backward, as soon as
+    the outputs are dropped: no reference cycle through the op, no reference kept elsewhere."""
+    H, P = 8, (3 if kind == "LSTM_proj" else 0)
+    if kind == "LSTMCell":
+        m, x, cell, n_ws = rnnfast.LSTMCell(4, H), torch.randn(3, 4), "lstm", 1
+    else:
+        cell = {"LSTM_proj": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh"}[kind]
+        cls = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU, "rnn_tanh": rnnfast.RNN}[cell]
+        # (a bidirectional RNN's workspace, 2 H wide, could not be told from the next layer's
+        # input by its shape)
+        bidir = kind != "RNN_TANH"
+        m = cls(4, H, num_layers=2, bidirectional=bidir, **(dict(proj_size=P) if P else {}))
+        x, n_ws = torch.randn(6, 3, 4), 4 if bidir else 2
+    x.requires_grad_()
+    user = {t.untyped_storage().data_ptr() for t in [x, *m.parameters()]}
+    cols = rnnfast.ops.workspace_cols(cell, H, P)
+
+    def run():
+        r = m(x)
+        if kind == "LSTMCell":
+            return list(r)
+        return [r[0], *r[1]] if isinstance(r[1], tuple) else [r[0], r[1]]
+
+    def check_kept(saved):
+        ws = [ref for ref, shape, ptr in saved
+              if len(shape) == 3 and shape[-1] == cols and ptr not in user]
+        assert len(ws) == n_ws, [shape for _, shape, _ in saved]
+        assert not any(ref.expired() for ref in ws), "a workspace was not kept for backward"
+
+    def still_held(saved):
+        return [shape for ref, shape, ptr in saved if ptr not in user and not ref.expired()]
+
+    # 1. backward releases them; the outputs are still referenced here
+    outs, saved = _record_saved(run)
+    check_kept(saved)
+    sum(o.sum() for o in outs).backward()
+    assert still_held(saved) == [], "saved tensors still held after backward"
+    del outs
+
+    # 2. without a backward, dropping the outputs releases them (no gc.collect: no cycle)
+    outs, saved = _record_saved(run)
+    check_kept(saved)
+    out_refs = [weakref.ref(o) for o in outs]
+    del outs
+    assert all(r() is None for r in out_refs), "outputs kept alive (reference cycle?)"
+    assert still_held(saved) == [], "saved tensors still held after the outputs were dropped"
 
 
 # -------------------------------------------------------------------------------- freshness
