@@ -42,6 +42,15 @@ OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) :
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 at::Tensor or_undefined(const OptTensor& t) { return given(t) ? *t : at::Tensor(); }
 
+// Positions in the forward's save_for_backward list.
+enum Saved { kInput, kWih, kWhh, kWhr, kLengths, kWorkspace, kHx, kCx, kBih, kBhh };
+
+// "lstm", "gru", "rnn_tanh", "rnn_relu"
+std::string short_name(core::Cell cell) {
+  std::string name = glue::cell_name(cell);
+  return name.substr(0, name.size() - std::string("_layer").size());
+}
+
 // The differentiable backward (rnnfast._reference.layer_backward, see the top of this file):
 // gradients of (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr), undefined where none is needed.
 variable_list differentiable_backward(const char* cell, bool reverse, const variable_list& grads,
@@ -56,9 +65,10 @@ variable_list differentiable_backward(const char* cell, bool reverse, const vari
     return t.defined() ? py::cast(t) : py::none();
   };
   py::object out = fn(cell, reverse, wrap(grads[0]), wrap(grads[1]),
-                         lstm ? wrap(grads[2]) : py::none(), wrap(saved[0]), wrap(saved[6]),
-                         wrap(saved[7]), wrap(saved[1]), wrap(saved[2]), wrap(saved[8]),
-                         wrap(saved[9]), wrap(saved[3]), wrap(saved[4]));
+                         lstm ? wrap(grads[2]) : py::none(), wrap(saved[kInput]),
+                         wrap(saved[kHx]), wrap(saved[kCx]), wrap(saved[kWih]), wrap(saved[kWhh]),
+                         wrap(saved[kBih]), wrap(saved[kBhh]), wrap(saved[kWhr]),
+                         wrap(saved[kLengths]));
   variable_list result;
   for (py::handle g : out) result.push_back(g.is_none() ? at::Tensor() : g.cast<at::Tensor>());
   TORCH_CHECK(result.size() == 8, "rnnfast: layer_backward returned ", result.size(),
@@ -83,17 +93,13 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction<cell>> {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [y, hy, cy, ws] =
         op.call(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training);
-    // hx, cx and the biases only for a backward that autograd records (see the top)
+    // hx, cx and the biases are saved for a backward that autograd records (see the top);
+    // whether they are defined also says which optional inputs were variables (given and
+    // defined, as Function counts them): only those get a gradient back.
     ctx->save_for_backward({input, w_ih, w_hh, or_undefined(w_hr), or_undefined(lengths), ws,
                             or_undefined(hx), or_undefined(cx), or_undefined(b_ih),
                             or_undefined(b_hh)});
     ctx->saved_data["reverse"] = reverse;
-    // Which optional inputs were variables (given and defined, as Function counts them): only
-    // those get a gradient back.
-    ctx->saved_data["hx"] = given(hx);
-    ctx->saved_data["cx"] = given(cx);
-    ctx->saved_data["b_ih"] = given(b_ih);
-    ctx->saved_data["b_hh"] = given(b_hh);
     // The workspace is not marked non-differentiable (compiled autograd refuses C++ Functions
     // that mark outputs so); its gradient, never defined in practice, is ignored. Gradients of
     // unused outputs stay undefined; the backward op takes them as absent.
@@ -107,41 +113,38 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction<cell>> {
     static const auto op =
         find_op<BackwardSig>(std::string("rnnfast::") + glue::cell_name(cell) + "_backward");
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[0], &w_ih = saved[1], &w_hh = saved[2], &ws = saved[5];
-    if (ws.dim() != input.dim()) {
-      std::string name = glue::cell_name(cell);
-      name = name.substr(0, name.size() - std::string("_layer").size());
-      TORCH_CHECK(false, "rnnfast.", name,
-                  ": backward needs the activations saved by a forward pass with training=True; "
-                  "this forward ran with training=False");
-    }
+    const at::Tensor &input = saved[kInput], &w_ih = saved[kWih], &w_hh = saved[kWhh],
+                     &ws = saved[kWorkspace];
+    TORCH_CHECK(ws.dim() == input.dim(), "rnnfast.", short_name(cell),
+                ": backward needs the activations saved by a forward pass with training=True; "
+                "this forward ran with training=False");
     const bool lstm = cell == core::Cell::LSTM;
     const bool reverse = ctx->saved_data["reverse"].toBool();
     at::Tensor gx, ghx, gcx, gwih, gwhh, gbih, gbhh, gwhr;
     if (at::GradMode::is_enabled()) {
-      std::string name = glue::cell_name(cell);
-      name = name.substr(0, name.size() - std::string("_layer").size());
-      auto g = differentiable_backward(name.c_str(), reverse, grads, lstm, saved);
+      auto g = differentiable_backward(short_name(cell).c_str(), reverse, grads, lstm, saved);
       gx = g[0], ghx = g[1], gcx = g[2], gwih = g[3], gwhh = g[4], gbih = g[5], gbhh = g[6],
       gwhr = g[7];
     } else {
+      // grad mode is off: nothing to record, so straight to the backend kernel
+      at::AutoDispatchBelowADInplaceOrView below;
       std::tie(gx, ghx, gcx, gwih, gwhh, gbih, gbhh, gwhr) =
           op.call(optional_of(grads[0]), optional_of(grads[1]),
                   lstm ? optional_of(grads[2]) : c10::nullopt, input, w_ih, w_hh,
-                  optional_of(saved[3]), optional_of(saved[4]), ws, reverse);
+                  optional_of(saved[kWhr]), optional_of(saved[kLengths]), ws, reverse);
     }
     // Function drops the entries of arguments that were not variables (they must be
     // undefined); the others are returned even where an input needs no gradient.
-    auto was_given = [&](const char* name) { return ctx->saved_data[name].toBool(); };
+    auto if_given = [&](int k, const at::Tensor& g) { return saved[k].defined() ? g : at::Tensor(); };
     const at::Tensor none;
     return {gx,
-            was_given("hx") ? ghx : none,
-            was_given("cx") ? gcx : none,
+            if_given(kHx, ghx),
+            if_given(kCx, gcx),
             gwih,
             gwhh,
-            was_given("b_ih") ? gbih : none,
-            was_given("b_hh") ? gbhh : none,
-            saved[3].defined() ? gwhr : none,
+            if_given(kBih, gbih),
+            if_given(kBhh, gbhh),
+            if_given(kWhr, gwhr),
             none,
             none,
             none};
