@@ -39,6 +39,10 @@ namespace {
 int g_failures = 0;
 int g_checks = 0;
 
+// The larger of an error so far and a new one, where NaN wins and stays (std::max would
+// drop a NaN, and a kernel that reads memory it never wrote shows as NaN in the debug mode).
+double worse(double so_far, double e) { return std::isnan(so_far) || e <= so_far ? so_far : e; }
+
 void expect(bool ok, const std::string& what) {
   ++g_checks;
   if (!ok) {
@@ -216,7 +220,7 @@ void check_gradients(const Problem& p) {
       double lm = loss(p, t);
       param[i] = keep;
       double num = (lp - lm) / (2 * eps);
-      worst = std::max(worst, std::fabs(num - grad[i]) / (1.0 + std::fabs(num)));
+      worst = worse(worst, std::fabs(num - grad[i]) / (1.0 + std::fabs(num)));
     }
     expect(worst < 1e-6, describe(p) + " grad " + name + " max rel err " + std::to_string(worst));
   };
@@ -271,7 +275,7 @@ template <class Real>
 double max_diff(const std::vector<Real>& a, const std::vector<Real>& b) {
   double m = 0, scale = 1;
   for (size_t i = 0; i < b.size(); ++i) scale = std::max(scale, std::fabs(double(b[i])));
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
+  for (size_t i = 0; i < a.size(); ++i) m = worse(m, std::fabs(double(a[i]) - double(b[i])));
   return m / scale;
 }
 
