@@ -67,6 +67,8 @@ _NAN_MODE_SCRIPT = textwrap.dedent("""
                 d = (a - b).abs().max().item()
                 worst = max(worst, d) if math.isfinite(d) else math.inf  # (max() skips NaN)
     print(json.dumps({"debug_nan_scratch": rnnfast._C.debug_nan_scratch(),
+                      "scratch_cache": rnnfast._C.scratch_cache_enabled(),
+                      "cached_bytes": rnnfast._C.scratch_cached_bytes(),
                       "worst": repr(worst)}))
 """)
 
@@ -81,15 +83,26 @@ def _run_script(script, extra_env):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _env_flag(name):
+    v = os.environ.get(name)
+    return None if v in (None, "") else v != "0"
+
+
 def test_debug_nan_scratch_mode_is_on_when_asked_and_parity_holds():
     """RNNFAST_DEBUG_NAN_SCRATCH=1 turns the mode on (off by default), and with every scratch
     block starting as NaN the modules still match torch in float64: no kernel reads scratch
-    it did not write (e.g. the dG panels, which are not zero-filled)."""
-    # off in this process, unless the suite itself runs with the mode on
-    assert rnnfast._C.debug_nan_scratch() == (os.environ.get("RNNFAST_DEBUG_NAN_SCRATCH",
-                                                             "0") not in ("", "0"))
-    r = _run_script(_NAN_MODE_SCRIPT, {"RNNFAST_DEBUG_NAN_SCRATCH": "1"})
+    it did not write (e.g. the dG panels, which are not zero-filled). The subprocess also
+    turns the scratch cache off (RNNFAST_SCRATCH_CACHE=0): nothing is kept then. (This process
+    runs with the cache as the suite was started: tests/test_threads_memory.py, and
+    tests/cpp for the cache itself.)"""
+    # this process: the modes as the environment asks (off by default)
+    assert rnnfast._C.debug_nan_scratch() == bool(_env_flag("RNNFAST_DEBUG_NAN_SCRATCH"))
+    if _env_flag("RNNFAST_SCRATCH_CACHE") is not None:
+        assert rnnfast._C.scratch_cache_enabled() == _env_flag("RNNFAST_SCRATCH_CACHE")
+    r = _run_script(_NAN_MODE_SCRIPT, {"RNNFAST_DEBUG_NAN_SCRATCH": "1",
+                                       "RNNFAST_SCRATCH_CACHE": "0"})
     assert r["debug_nan_scratch"] is True
+    assert r["scratch_cache"] is False and r["cached_bytes"] == 0, r
     assert float(r["worst"]) < 1e-9, r
 
 
