@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Builds rnnfast with AddressSanitizer + UndefinedBehaviorSanitizer in a scratch copy (the
 # in-place build is never touched) and runs, under the sanitizers:
-#   1. the C++ core tests (tests/cpp, CMake -DRNNFAST_SANITIZE=ON; LeakSanitizer on),
+#   1. the C++ core tests (tests/cpp, CMake -DRNNFAST_SANITIZE=ON; LeakSanitizer on), twice:
+#      as built (the scratch cache is off under ASan) and with the scratch cache on and every
+#      scratch block starting as NaN (RNNFAST_SCRATCH_CACHE=1 RNNFAST_DEBUG_NAN_SCRATCH=1), so
+#      that the cache's reuse, accounting and caps run sanitized too (CMakeLists.txt),
 #   2. a focused subset of the Python tests (parity, special inputs, errors, cells, ops, the
 #      fuzz budget, determinism, threads) against the sanitized extension,
-#   3. the parity tests once per SIMD path the CPU has (RNNFAST_SIMD=scalar|avx2|avx512).
+#   3. the parity tests once per SIMD path the CPU has (RNNFAST_SIMD=scalar|avx2|avx512),
+#   4. parity, cells and the core guards with the scratch cache on and NaN scratch (kept
+#      blocks and the unused tail of a reused block are poisoned, so overflows still show).
 # Exits non-zero if any step fails or if any sanitizer report was written, even by a
 # subprocess whose failure a test tolerated.
 #
@@ -183,6 +188,10 @@ if step "build rnnfast._C with ASan+UBSan (scratch copy)" build_ext; then
                   "skipped (CPU lacks it)")")
     fi
   done
+  step "parity + cells + guards, scratch cache on, NaN scratch" \
+    san env RNNFAST_SCRATCH_CACHE=1 RNNFAST_DEBUG_NAN_SCRATCH=1 "${PYTEST[@]}" \
+      tests/test_parity.py tests/test_cells.py tests/test_core_guards.py \
+      "tests/test_threads_memory.py::test_scratch_blocks_reused_dirty_give_the_same_results"
 fi
 
 # ---------------------------------------------------------------- any report fails the run

@@ -139,14 +139,31 @@ bool set_isa(Isa isa);
 // keep them without returning them to the system).
 inline constexpr size_t kScratchMinBytes = size_t(64) << 10;
 inline constexpr size_t kScratchHugeBytes = size_t(2) << 20;
-// A block of at least `bytes` (64-byte aligned; 4 KB-aligned, or 2 MB from 2 MB, unless
-// under ASan).
+// A block of at least `bytes` (64-byte aligned; 4 KB-aligned, or 2 MB from 2 MB, while the
+// cache is on). Its contents are undefined (NaN in the debug mode below).
 void* scratch_alloc(size_t bytes);
 // Gives a block from scratch_alloc back (the cache knows its size).
 void scratch_free(void* p);
 // The bytes kept now, and a way to free them.
 size_t scratch_cached_bytes();
 void release_scratch();
+// Whether freed blocks are kept. On by default; off by default under AddressSanitizer (every
+// block is then exact-sized and freed at once). RNNFAST_SCRATCH_CACHE=1 or =0, read once,
+// overrides the default; set_scratch_cache changes it at run time (for tests; turning it off
+// frees the kept blocks). With the cache on under ASan, a kept block is poisoned, and a
+// block handed out for fewer bytes than its size has its tail poisoned, so that an access
+// past the request or to a block after its free is still reported.
+bool scratch_cache_enabled();
+void set_scratch_cache(bool on);
+
+// Debug mode for kernels that rely on scratch memory they never initialise: with the
+// environment variable RNNFAST_DEBUG_NAN_SCRATCH=1 (read once, at the first kernel call),
+// every scratch block a kernel gets (scratch_alloc, reused or new, and the kernels' smaller
+// buffers) is filled with 0xFF bytes, a NaN in float and in double, so that any read of a
+// value the call did not write poisons its results. Off by default (it costs a fill per block).
+bool debug_nan_scratch();
+// Fills [p, p + bytes) with 0xFF bytes if the debug mode is on.
+void debug_fill_nan(void* p, size_t bytes);
 
 }  // namespace core
 }  // namespace rnnfast

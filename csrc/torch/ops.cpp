@@ -53,6 +53,12 @@ bool cpu_dtype_ok(const at::Tensor& input) {
          (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble);
 }
 
+// In the debug mode of core::debug_nan_scratch the outputs start as NaN too (from torch's
+// allocator they hold whatever was there), so that one a kernel leaves unwritten shows.
+void debug_fill_nan(const at::Tensor& t) {
+  if (t.defined() && t.numel() > 0) core::debug_fill_nan(t.data_ptr(), t.nbytes());
+}
+
 // The saved workspace: from core's block cache when large (it is freed after backward, and
 // the next forward reuses it without page faults), else from torch's allocator.
 // A size whose byte count overflows goes to at::empty too, which reports it cleanly.
@@ -61,7 +67,11 @@ at::Tensor workspace_tensor(std::vector<int64_t> sizes, const at::TensorOptions&
   for (int64_t s : sizes)
     if (s < 0 || __builtin_mul_overflow(bytes, static_cast<size_t>(s), &bytes))
       return at::empty(sizes, opts);
-  if (bytes < core::kScratchMinBytes) return at::empty(sizes, opts);
+  if (bytes < core::kScratchMinBytes) {
+    at::Tensor t = at::empty(sizes, opts);
+    debug_fill_nan(t);
+    return t;
+  }
   void* p = core::scratch_alloc(bytes);
   return at::from_blob(p, sizes, [](void* q) { core::scratch_free(q); }, opts);
 }
@@ -82,6 +92,8 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
   at::Tensor &y = std::get<0>(out), &hy = std::get<1>(out), &cy = std::get<2>(out),
              &ws = std::get<3>(out);
   if (training) ws = workspace_tensor(d.rows_by(core::workspace_cols(cell, d.H, d.P)), opts);
+  if (core::debug_nan_scratch())
+    for (const at::Tensor* t : {&y, &hy, &cy}) debug_fill_nan(*t);
 
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(f.input.scalar_type(), "rnnfast_layer_forward", [&] {
@@ -122,6 +134,10 @@ BackwardResult backward_op(const c10::optional<at::Tensor>& grad_output,
       "float32 or float64", /*allow_packed=*/true);
   const Dims& d = in.d;
   Grads g = empty_grads(cell, d, in.input.options());
+  if (core::debug_nan_scratch())
+    for (const at::Tensor* t : {&g.dx, &g.dh0, &g.dc0, &g.dw_ih, &g.dw_hh, &g.db_ih, &g.db_hh,
+                                &g.dw_hr})
+      debug_fill_nan(*t);
 
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(in.input.scalar_type(), "rnnfast_layer_backward", [&] {
@@ -190,6 +206,12 @@ PYBIND11_MODULE(_C, m) {
         "Bytes of large CPU scratch blocks kept for the next kernel call.");
   m.def("release_scratch", [] { core::release_scratch(); },
         "Frees the large CPU scratch blocks kept for the next kernel call.");
+  m.def("scratch_cache_enabled", [] { return core::scratch_cache_enabled(); },
+        "Whether the CPU kernels keep freed scratch blocks for the next call (off by default "
+        "under AddressSanitizer; RNNFAST_SCRATCH_CACHE=1/0 overrides).");
+  m.def("debug_nan_scratch", [] { return core::debug_nan_scratch(); },
+        "Whether the debug mode RNNFAST_DEBUG_NAN_SCRATCH=1 is on: CPU scratch blocks and "
+        "outputs start filled with NaN.");
 #ifdef RNNFAST_WITH_CUDA
   m.attr("cuda_built") = true;
 #else

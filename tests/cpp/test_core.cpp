@@ -17,12 +17,31 @@
 
 #include "core/rnn.h"
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define TEST_X86 1
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#if defined(TEST_ASAN)
+#include <sanitizer/asan_interface.h>
+#endif
+
 using namespace rnnfast::core;
 
 namespace {
 
 int g_failures = 0;
 int g_checks = 0;
+
+// The larger of an error so far and a new one, where NaN wins and stays (std::max would
+// drop a NaN, and a kernel that reads memory it never wrote shows as NaN in the debug mode).
+double worse(double so_far, double e) { return std::isnan(so_far) || e <= so_far ? so_far : e; }
 
 void expect(bool ok, const std::string& what) {
   ++g_checks;
@@ -201,7 +220,7 @@ void check_gradients(const Problem& p) {
       double lm = loss(p, t);
       param[i] = keep;
       double num = (lp - lm) / (2 * eps);
-      worst = std::max(worst, std::fabs(num - grad[i]) / (1.0 + std::fabs(num)));
+      worst = worse(worst, std::fabs(num - grad[i]) / (1.0 + std::fabs(num)));
     }
     expect(worst < 1e-6, describe(p) + " grad " + name + " max rel err " + std::to_string(worst));
   };
@@ -216,6 +235,39 @@ void check_gradients(const Problem& p) {
   }
   if (p.P > 0) fd(t.w_hr, dwhr, "w_hr");
   (void)S;
+
+  // With lengths: the same call with NaN in the padding of x and of dy (the (t, b) past each
+  // length) gives the same outputs and gradients, bit for bit, and zeros in dx's padding.
+  if (p.use_lengths) {
+    Tensors<double> tn = t;
+    for (int64_t s = 0; s < p.T; ++s)
+      for (int64_t b = 0; b < p.B; ++b)
+        if (s >= t.lengths[b]) {
+          for (int64_t i = 0; i < p.I; ++i) tn.x[(s * p.B + b) * p.I + i] = NAN;
+          for (int64_t i = 0; i < S; ++i) tn.ry[(s * p.B + b) * S + i] = NAN;
+        }
+    auto fn = run_forward(p, tn, ex, true);
+    expect(fn.y == fr.y && fn.hy == fr.hy && fn.cy == fr.cy,
+           describe(p) + " forward with NaN padding in x");
+    std::vector<double> ex_(dx.size()), eh0(dh0.size()), ec0(dc0.size()), ewih(dwih.size()),
+        ewhh(dwhh.size()), ebih(dbih.size()), ebhh(dbhh.size()), ewhr(dwhr.size());
+    BackwardArgs<double> an = a;
+    an.x = tn.x.data(); an.dy = tn.ry.data(); an.ws = fn.ws.data();
+    an.dx = ex_.data(); an.dh0 = eh0.data();
+    an.dc0 = p.cell == Cell::LSTM ? ec0.data() : nullptr;
+    an.dw_ih = ewih.data(); an.dw_hh = ewhh.data();
+    an.db_ih = ebih.data(); an.db_hh = ebhh.data();
+    an.dw_hr = p.P > 0 ? ewhr.data() : nullptr;
+    layer_backward(an, ex);
+    bool pad_zero = true;
+    for (int64_t s = 0; s < p.T; ++s)
+      for (int64_t b = 0; b < p.B; ++b)
+        if (s >= t.lengths[b])
+          for (int64_t i = 0; i < p.I; ++i) pad_zero = pad_zero && ex_[(s * p.B + b) * p.I + i] == 0.0;
+    expect(pad_zero && ex_ == dx && eh0 == dh0 && ec0 == dc0 && ewih == dwih && ewhh == dwhh &&
+               ebih == dbih && ebhh == dbhh && ewhr == dwhr,
+           describe(p) + " gradients with NaN padding in x and dy");
+  }
 }
 
 // Largest |a - b| relative to the scale of b (ReLU states grow large).
@@ -223,7 +275,7 @@ template <class Real>
 double max_diff(const std::vector<Real>& a, const std::vector<Real>& b) {
   double m = 0, scale = 1;
   for (size_t i = 0; i < b.size(); ++i) scale = std::max(scale, std::fabs(double(b[i])));
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
+  for (size_t i = 0; i < a.size(); ++i) m = worse(m, std::fabs(double(a[i]) - double(b[i])));
   return m / scale;
 }
 
@@ -376,31 +428,199 @@ void check_isas_and_threads(const Problem& p, double tol) {
 
 }  // namespace
 
-// The scratch cache keeps each block at its own size: a 512 KB block that served a 200 KB
-// request is cached again as 512 KB (counting it at the request's size would let the cache
-// hold more than its cap). Without the cache (ASan builds) nothing is kept.
-void check_scratch_cache_sizes() {
+// The scratch cache, switched on whatever the build's default (under ASan it is off unless
+// asked for, so this is how its code runs sanitized):
+// - a block keeps its own size: a 512 KB block that served a 200 KB request is cached again
+//   as 512 KB (counting it at the request's size would let the cache exceed its cap);
+// - at most 32 blocks and 256 MB are kept, the oldest dropped first; a larger block never is;
+// - under ASan a kept block is poisoned, and so is the tail of a block past its request.
+void check_scratch_cache() {
+  const bool was_on = scratch_cache_enabled();
+  set_scratch_cache(true);
   release_scratch();
   void* a = scratch_alloc(512 << 10);
   scratch_free(a);
   const size_t kept = scratch_cached_bytes();
-  if (kept == 0) return;  // blocks are not cached in this build
   expect(kept == (512 << 10), "scratch: a freed 512 KB block is cached as 512 KB, got " +
                                   std::to_string(kept));
   void* b = scratch_alloc(200 << 10);
   expect(b == a, "scratch: a 200 KB request reuses the cached 512 KB block");
   expect(scratch_cached_bytes() == 0, "scratch: a reused block leaves the cache");
+  if (debug_nan_scratch()) {
+    const unsigned char* c = static_cast<const unsigned char*>(b);
+    expect(c[0] == 0xFF && c[(200 << 10) - 1] == 0xFF,
+           "scratch: the debug mode fills a reused block with NaN bytes");
+  }
+#if defined(TEST_ASAN)
+  const char* bc = static_cast<const char*>(b);
+  expect(!__asan_address_is_poisoned(bc) && !__asan_address_is_poisoned(bc + (200 << 10) - 1),
+         "scratch (ASan): the request's bytes of a reused block are addressable");
+  expect(__asan_address_is_poisoned(bc + (200 << 10)) &&
+             __asan_address_is_poisoned(bc + (512 << 10) - 1),
+         "scratch (ASan): the tail of a reused block past the request is poisoned");
+#endif
   scratch_free(b);
   expect(scratch_cached_bytes() == (512 << 10),
          "scratch: the reused block comes back at 512 KB, got " +
              std::to_string(scratch_cached_bytes()));
+#if defined(TEST_ASAN)
+  expect(__asan_address_is_poisoned(a), "scratch (ASan): a cached block is poisoned");
+  void* fresh = scratch_alloc((100 << 10) + 8);  // a new 128 KB block
+  const char* fc = static_cast<const char*>(fresh);
+  expect(!__asan_address_is_poisoned(fc + (100 << 10) + 7) &&
+             __asan_address_is_poisoned(fc + (100 << 10) + 8),
+         "scratch (ASan): the tail of a new block past the request is poisoned");
+  scratch_free(fresh);
+#endif
   release_scratch();
   expect(scratch_cached_bytes() == 0, "scratch: release_scratch empties the cache");
+
+  // At most 32 blocks: 40 freed, the 32 last kept.
+  std::vector<void*> small;
+  for (int i = 0; i < 40; ++i) small.push_back(scratch_alloc(64 << 10));
+  for (void* p : small) scratch_free(p);
+  expect(scratch_cached_bytes() == size_t(32) * (64 << 10),
+         "scratch: 40 freed 64 KB blocks keep 32, got " + std::to_string(scratch_cached_bytes()));
+  release_scratch();
+  // At most 256 MB: five 64 MB blocks keep four, the oldest dropped.
+  std::vector<void*> large;
+  for (int i = 0; i < 5; ++i) large.push_back(scratch_alloc(size_t(64) << 20));
+  for (void* p : large) scratch_free(p);
+  expect(scratch_cached_bytes() == (size_t(256) << 20),
+         "scratch: five freed 64 MB blocks keep 256 MB, got " +
+             std::to_string(scratch_cached_bytes()));
+  void* again = scratch_alloc(size_t(64) << 20);
+  expect(again != large[0], "scratch: the oldest 64 MB block was the one dropped");
+  scratch_free(again);
+  // A block over the cap is freed at once and leaves the cache as it was.
+  void* huge = scratch_alloc(size_t(300) << 20);
+  scratch_free(huge);
+  expect(scratch_cached_bytes() == (size_t(256) << 20),
+         "scratch: a freed 300 MB block is not kept, got " +
+             std::to_string(scratch_cached_bytes()));
+  // Switching the cache off frees what it keeps; a block handed out before is still freed
+  // correctly after (and one handed out while off, once on again).
+  void* before = scratch_alloc(1 << 20);
+  set_scratch_cache(false);
+  expect(scratch_cached_bytes() == 0, "scratch: switching the cache off frees its blocks");
+  void* off = scratch_alloc(1 << 20);
+  scratch_free(before);
+  expect(scratch_cached_bytes() == 0, "scratch: with the cache off a freed block is not kept");
+  set_scratch_cache(true);
+  scratch_free(off);
+  expect(scratch_cached_bytes() == 0, "scratch: a block from the cache-off path is never kept");
+  release_scratch();
+  set_scratch_cache(was_on);
+}
+
+// An empty sequence (T = 0): the final state is the initial one (zeros without one), and
+// backward passes dhy/dcy through to dh0/dc0 with zero weight and bias gradients.
+void check_empty_sequence() {
+  for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU})
+    for (int64_t P : {int64_t(0), int64_t(2)})
+      for (bool with_state : {false, true}) {
+        if (P > 0 && cell != Cell::LSTM) continue;
+        Problem p{cell, 0, 3, 4, 5, P, false, true, false};
+        auto t = make<double>(p, 5);
+        const int64_t S = P > 0 ? P : p.H, G = gates_of(cell);
+        const std::string tag = describe(p) + (with_state ? " with h0" : " no h0") + " T=0";
+        SerialExecutor ex;
+        ForwardArgs<double> a;
+        a.cell = cell; a.T = 0; a.B = p.B; a.I = p.I; a.H = p.H; a.P = P;
+        a.w_ih = t.w_ih.data(); a.w_hh = t.w_hh.data();
+        a.b_ih = t.b_ih.data(); a.b_hh = t.b_hh.data();
+        a.w_hr = P > 0 ? t.w_hr.data() : nullptr;
+        a.h0 = with_state ? t.h0.data() : nullptr;
+        a.c0 = with_state && cell == Cell::LSTM ? t.c0.data() : nullptr;
+        std::vector<double> hy(p.B * S, -7), cy(p.B * p.H, -7);
+        a.hy = hy.data();
+        a.cy = cell == Cell::LSTM ? cy.data() : nullptr;
+        layer_forward(a, ex);
+        expect(hy == (with_state ? t.h0 : std::vector<double>(p.B * S, 0.0)), tag + " hy");
+        if (cell == Cell::LSTM)
+          expect(cy == (with_state ? t.c0 : std::vector<double>(p.B * p.H, 0.0)), tag + " cy");
+
+        BackwardArgs<double> g;
+        g.cell = cell; g.T = 0; g.B = p.B; g.I = p.I; g.H = p.H; g.P = P;
+        g.w_ih = t.w_ih.data(); g.w_hh = t.w_hh.data();
+        g.w_hr = P > 0 ? t.w_hr.data() : nullptr;
+        g.dhy = t.rh.data();
+        g.dcy = cell == Cell::LSTM ? t.rc.data() : nullptr;
+        std::vector<double> dh0(p.B * S, -7), dc0(p.B * p.H, -7), dwih(t.w_ih.size(), -7),
+            dwhh(t.w_hh.size(), -7), dbih(G * p.H, -7), dbhh(G * p.H, -7),
+            dwhr(t.w_hr.size(), -7);
+        g.dh0 = dh0.data();
+        g.dc0 = cell == Cell::LSTM ? dc0.data() : nullptr;
+        g.dw_ih = dwih.data(); g.dw_hh = dwhh.data();
+        g.db_ih = dbih.data(); g.db_hh = dbhh.data();
+        g.dw_hr = P > 0 ? dwhr.data() : nullptr;
+        layer_backward(g, ex);
+        auto zeros = [](const std::vector<double>& v) {
+          return std::all_of(v.begin(), v.end(), [](double e) { return e == 0.0; });
+        };
+        expect(dh0 == t.rh, tag + " dh0 = dhy");
+        if (cell == Cell::LSTM) expect(dc0 == t.rc, tag + " dc0 = dcy");
+        expect(zeros(dwih) && zeros(dwhh) && zeros(dbih) && zeros(dbhh) &&
+                   (P == 0 || zeros(dwhr)),
+               tag + " zero weight and bias gradients");
+      }
+}
+
+// Denormals: an LSTM with zero weights and biases keeps c_t = c_{t-1} / 2 (f = 1/2, g = 0),
+// so cy = c0 / 2^T exactly while c0 is a power of two. From c0 = 2^-1000 after 40 steps that
+// is 2^-1040, a float64 denormal, which a float64 call keeps (as torch does); from 2^-100 a
+// float32 call flushes it to zero (2^-140 would be a float32 denormal). Neither changes the
+// caller's MXCSR (its FTZ/DAZ bits stay as they were, set or not). H = 64 at B = 2 is large
+// enough for the threaded executor to split the steps between two threads, whose
+// denormal mode is then checked too (every unit of cy).
+void check_denormals() {
+#if defined(TEST_X86)
+  const int64_t T = 40, B = 2, H = 64;
+  auto run = [&](auto zero, double c0v, const Executor& ex) {
+    using R = decltype(zero);
+    std::vector<R> x(T * B), w_ih(4 * H, 0), w_hh(4 * H * H, 0), c0(B * H, R(c0v)), y(T * B * H),
+        hy(B * H), cy(B * H);
+    ForwardArgs<R> a;
+    a.cell = Cell::LSTM; a.T = T; a.B = B; a.I = 1; a.H = H;
+    a.x = x.data(); a.w_ih = w_ih.data(); a.w_hh = w_hh.data(); a.c0 = c0.data();
+    a.y = y.data(); a.hy = hy.data(); a.cy = cy.data();
+    layer_forward(a, ex);
+    return cy;
+  };
+  SerialExecutor serial;
+  ThreadExecutor threads(2);
+  const unsigned saved = _mm_getcsr();
+  for (unsigned caller : {0u, 0x8040u}) {
+    for (const Executor* ex : {static_cast<const Executor*>(&serial),
+                               static_cast<const Executor*>(&threads)}) {
+      const std::string tag = std::string("denormals, caller FTZ/DAZ ") + (caller ? "on" : "off") +
+                              (ex == &serial ? " serial" : " threaded");
+      _mm_setcsr((saved & ~0x8040u) | caller);
+      auto cd = run(double(0), std::ldexp(1.0, -1000), *ex);
+      const unsigned after_d = _mm_getcsr() & 0x8040u;
+      _mm_setcsr((saved & ~0x8040u) | caller);
+      auto cf = run(float(0), std::ldexp(1.0, -100), *ex);
+      const unsigned after_f = _mm_getcsr() & 0x8040u;
+      _mm_setcsr(saved & ~0x8040u);  // compare without DAZ (it would read want as zero)
+      const double want = std::ldexp(1.0, -1040);
+      if (caller == 0)
+        expect(std::all_of(cd.begin(), cd.end(), [&](double v) { return v == want; }),
+               tag + ": float64 keeps a denormal state, 2^-1040 (got 2^" +
+                   std::to_string(cd[0] > 0 ? std::log2(cd[0]) : -9999.0) + " in unit 0)");
+      expect(std::all_of(cf.begin(), cf.end(), [](float v) { return v == 0.0f; }),
+             tag + ": float32 flushes a denormal state to zero");
+      expect(after_d == caller && after_f == caller, tag + ": the caller's MXCSR is restored");
+    }
+  }
+  _mm_setcsr(saved);
+#endif
 }
 
 int main() {
   const Isa initial = active_isa();
-  check_scratch_cache_sizes();
+  check_scratch_cache();
+  check_empty_sequence();
+  check_denormals();
   std::printf("CPU supports: avx2=%d avx512=%d; default path %s\n", cpu_supports(Isa::Avx2),
               cpu_supports(Isa::Avx512), isa_name(initial));
   std::vector<Problem> problems;

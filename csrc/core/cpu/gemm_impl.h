@@ -45,6 +45,7 @@ class Buffer {
     }
     p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
     if (!p_) throw std::bad_alloc();
+    debug_fill_nan(p_, bytes);  // (scratch_alloc fills its blocks itself)
   }
   T* get() const { return p_; }
 
@@ -58,15 +59,36 @@ class Buffer {
   bool from_cache_ = false;
 };
 
-// Flush denormals to zero on this thread while in scope: denormal arithmetic
-// is 10-100x slower on x86 and RNN states decay into that range.
-struct DenormalGuard {
+// The denormal mode of a kernel call: the MXCSR bits FTZ (flush results to zero) and DAZ
+// (read inputs as zero). Float32 calls set both: denormal arithmetic is 10-100x slower on
+// x86 and float32 RNN states decay into that range. Float64 calls keep the caller's mode, as
+// torch does (float64 denormals start at 2e-308, where states rarely go, and a user who
+// needs them gets them). The worker threads of a call take the calling thread's mode, and
+// every thread gets its own mode back when the call ends.
 #if defined(__SSE__) || defined(__x86_64__)
+constexpr unsigned kFlushDenormals = 0x8040u;
+inline unsigned denormal_mode() { return _mm_getcsr() & kFlushDenormals; }
+struct DenormalGuard {
   unsigned saved;
-  DenormalGuard() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+  explicit DenormalGuard(unsigned mode) : saved(_mm_getcsr()) {
+    if ((saved & kFlushDenormals) != mode) _mm_setcsr((saved & ~kFlushDenormals) | mode);
+  }
   ~DenormalGuard() { _mm_setcsr(saved); }
-#endif
+  DenormalGuard(const DenormalGuard&) = delete;
+  DenormalGuard& operator=(const DenormalGuard&) = delete;
 };
+#else
+constexpr unsigned kFlushDenormals = 0;
+inline unsigned denormal_mode() { return 0; }
+struct DenormalGuard {
+  explicit DenormalGuard(unsigned) {}
+};
+#endif
+// The mode an entry point runs a call of element type T in.
+template <class T>
+inline unsigned call_denormal_mode() {
+  return std::is_same<T, float>::value ? kFlushDenormals : denormal_mode();
+}
 
 // Orders this thread's earlier non-temporal stores before its later stores (the barrier
 // that hands the data to another thread, or the end of the kernel).
@@ -86,13 +108,18 @@ void parallel_for(const Executor& ex, int64_t n, bool worth_it, F&& f) {
     return;
   }
   using Fn = typename std::remove_reference<F>::type;
+  struct Ctx {
+    Fn* f;
+    unsigned mode;
+  } ctx{&f, denormal_mode()};
   ex.run(
       n,
-      [](void* ctx, int64_t b, int64_t e) {
-        DenormalGuard g;
-        (*static_cast<Fn*>(ctx))(b, e);
+      [](void* c, int64_t b, int64_t e) {
+        const Ctx& x = *static_cast<const Ctx*>(c);
+        DenormalGuard g(x.mode);
+        (*x.f)(b, e);
       },
-      const_cast<void*>(static_cast<const void*>(&f)));
+      &ctx);
 }
 
 // A reusable barrier for the threads of one team: spins (the steps it separates
@@ -154,8 +181,9 @@ void run_steps(const Executor& ex, int64_t nsteps, bool parallel, Body&& body) {
     return;
   }
   SpinBarrier bar;
+  const unsigned mode = denormal_mode();
   auto member = [&](int tid, int nth) {
-    DenormalGuard g;
+    DenormalGuard g(mode);
     bar.join(nth);
     TeamSlot slot;
     slot.tid = tid;

@@ -107,8 +107,13 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   const int64_t S = P > 0 ? P : H, G = Cell::G, GH = G * H;
   const int64_t WS = workspace_cols(a.cell, H, P);
   const int64_t hprev_off = Cell::hblocks(P) * H;
-  if (B == 0 || T_ == 0) {
-    if (a.hy && a.h0) copy_n(a.h0, B * S, a.hy);
+  if (B == 0 || T_ == 0) {  // no step: the final state is the initial one; y and ws have no rows
+    if (a.hy) {
+      if (a.h0) copy_n(a.h0, B * S, a.hy); else fill_n(a.hy, B * S, T(0));
+    }
+    if (Cell::kHasC && a.cy) {
+      if (a.c0) copy_n(a.c0, B * H, a.cy); else fill_n(a.cy, B * H, T(0));
+    }
     return;
   }
   const bool big = B * GH * S > 16384;
@@ -544,18 +549,45 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   }
   if (Cell::kHasC && a.dc0) copy_n(dc.get(), B * H, a.dc0);
 
-  // Whole-sequence GEMMs. Inactive (t, b) have zero gate gradients; with prefix
-  // lengths their rows are dropped first (gathered densely, row offset(t) + b), so
-  // the GEMMs run over the active rows only.
+  // Whole-sequence GEMMs, over the active (t, b) only. Inactive ones have zero gate
+  // gradients, but their rows of x (the padding) may hold anything: a NaN or Inf there,
+  // times a zero gate gradient, would still make dW_ih NaN. So whenever the lengths leave
+  // some (t, b) inactive, the rows of the active ones are first gathered densely,
+  // time-major: row k of the dense matrices is row rows[k] = t * B + b of the [T, B] grid,
+  // and step t's rows start at row toff[t]. This also spares the GEMMs the inactive rows.
   // A packed call's buffers already are dense.
-  const bool compact = !packed && nact.prefix() && nact.total(T_) < TB && TB > 0;
-  const int64_t N = compact || packed ? nact.total(T_) : TB;
+  int64_t N = packed ? nact.total(T_) : TB;
+  bool compact = false;
+  Buffer<int64_t> rows, toff;
+  if (!packed && a.lengths && TB > 0) {
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; ++b) n += imin(imax(a.lengths[b], 0), T_);
+    if (n < TB) {
+      compact = true;
+      N = n;
+      rows.reset(N);
+      toff.reset(T_ + 1);
+      int64_t k = 0;
+      for (int64_t t = 0; t < T_; ++t) {
+        toff.get()[t] = k;
+        for (int64_t b = 0; b < B; ++b)
+          if (row_active(a.lengths, b, t)) rows.get()[k++] = t * B + b;
+      }
+      toff.get()[T_] = k;
+    }
+  }
   auto dense = [&](const T* src, int64_t ld, int64_t cols, Buffer<T>& buf) -> const T* {
     if (!compact) return src;
     buf.reset(N * cols);
-    gather_active(ex, nact, T_, B, src, ld, cols, buf.get());
-    return buf.get();
+    T* dst = buf.get();
+    const int64_t* r = rows.get();
+    parallel_for(ex, N, N * cols > 65536, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) copy_n(src + r[k] * ld, cols, dst + k * cols);
+    });
+    return dst;
   };
+  // Columns [off, ...) of the saved workspace (none if nothing was saved: an empty call).
+  auto ws_cols = [&](int64_t off) -> const T* { return a.ws ? a.ws + off : nullptr; };
   Buffer<T> dgx_b, dgh_b, x_b, hp_b, dr_b, hq_b, dx_b;
   const T* dgx_c = dense(dgx.get(), GH, GH, dgx_b);
   const T* dgh_c = Cell::kSplitGrad ? dense(dgh, GH, GH, dgh_b) : dgx_c;
@@ -569,14 +601,17 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     if (compact)  // scatter back; inactive rows get zeros
       parallel_for(ex, T_, TB * I > 65536, [&](int64_t b, int64_t e) {
         for (int64_t t = b; t < e; ++t) {
-          copy_n(out + nact.offset(t) * I, nact[t] * I, a.dx + t * B * I);
-          fill_n(a.dx + (t * B + nact[t]) * I, (B - nact[t]) * I, T(0));
+          int64_t k = toff.get()[t];
+          for (int64_t r = 0; r < B; ++r) {
+            T* d = a.dx + (t * B + r) * I;
+            if (row_active(a.lengths, r, t)) copy_n(out + (k++) * I, I, d); else fill_n(d, I, T(0));
+          }
         }
       });
   }
   if (a.dw_ih) gemm<T>(ex, GH, I, N, dgx_c, 1, GH, dense(a.x, I, I, x_b), I, false, a.dw_ih, I, false);
   if (a.dw_hh)
-    gemm<T>(ex, GH, S, N, dgh_c, 1, GH, dense(a.ws + hprev_off, WS, S, hp_b), compact ? S : WS,
+    gemm<T>(ex, GH, S, N, dgh_c, 1, GH, dense(ws_cols(hprev_off), WS, S, hp_b), compact ? S : WS,
             false, a.dw_hh, S, false);
   T* const db_out[2] = {a.db_ih, a.db_hh};
   for (int q = 0; q < 2; ++q) {
@@ -589,13 +624,13 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     }
   }
   if (a.dw_hr && P > 0)
-    gemm<T>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P, dense(a.ws + hpre_off, WS, H, hq_b),
+    gemm<T>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P, dense(ws_cols(hpre_off), WS, H, hq_b),
             compact ? H : WS, false, a.dw_hr, H, false);
 }
 
 template <class T>
 void forward_entry(const ForwardArgs<T>& a, const Executor& ex) {
-  DenormalGuard g;
+  DenormalGuard g(call_denormal_mode<T>());
   switch (a.cell) {
     case Cell::LSTM: layer_forward_impl<LstmCell, T>(a, ex); break;
     case Cell::GRU: layer_forward_impl<GruCell, T>(a, ex); break;
@@ -606,7 +641,7 @@ void forward_entry(const ForwardArgs<T>& a, const Executor& ex) {
 
 template <class T>
 void backward_entry(const BackwardArgs<T>& a, const Executor& ex) {
-  DenormalGuard g;
+  DenormalGuard g(call_denormal_mode<T>());
   switch (a.cell) {
     case Cell::LSTM: layer_backward_impl<LstmCell, T>(a, ex); break;
     case Cell::GRU: layer_backward_impl<GruCell, T>(a, ex); break;
