@@ -30,7 +30,10 @@ def empty_cache() -> None:
 
 def info() -> dict:
     """Build and runtime facts: versions, the SIMD path in use, whether CUDA kernels were built
-    (``cuda``) and whether CUDA tensors use them (``cuda_kernels``)."""
+    (``cuda``) and whether CUDA tensors use them (``cuda_kernels``), whether the CPU kernels
+    keep freed scratch blocks (``cpu_scratch_cache``, RNNFAST_SCRATCH_CACHE=0/1) and how many
+    bytes they keep, and whether the NaN-scratch debug mode is on
+    (``debug_nan_scratch``, RNNFAST_DEBUG_NAN_SCRATCH=1)."""
     return {
         "version": __version__,
         "torch_version": torch.__version__,
@@ -38,7 +41,9 @@ def info() -> dict:
         "cuda": bool(_C.cuda_built),
         "cuda_kernels": ops.has_native_kernels("cuda"),
         "threads": torch.get_num_threads(),
+        "cpu_scratch_cache": _C.scratch_cache_enabled(),
         "cpu_scratch_cached_bytes": _C.scratch_cached_bytes(),
+        "debug_nan_scratch": _C.debug_nan_scratch(),
     }
 
 
