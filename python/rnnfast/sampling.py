@@ -194,12 +194,7 @@ class _Decoding:
 def _check_decoding(do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id,
                     suppress_tokens, generator) -> _Decoding:
     _check_bool("do_sample", do_sample)
-    if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool):
-        raise TypeError(f"temperature must be a float, got {_type_name(temperature)} "
-                        f"({temperature!r})")
-    temperature = float(temperature)
-    if math.isnan(temperature) or math.isinf(temperature):
-        raise ValueError(f"temperature must be a finite number, got {temperature}")
+    temperature = _finite_float("temperature", temperature)
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature must be > 0 when sampling (do_sample=True), got "
                          f"{temperature}; for the most likely token use do_sample=False")
@@ -227,13 +222,18 @@ def _check_decoding(do_sample, temperature, top_k, top_p, eos_token_id, pad_toke
                      generator)
 
 
+def _finite_float(name: str, value) -> float:
+    """``value`` as a float; TypeError if it is not a real number, ValueError if not finite."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a float, got {_type_name(value)} ({value!r})")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
 def _check_beam_options(length_penalty, early_stopping) -> float:
-    if not isinstance(length_penalty, numbers.Real) or isinstance(length_penalty, bool):
-        raise TypeError(f"length_penalty must be a float, got {_type_name(length_penalty)} "
-                        f"({length_penalty!r})")
-    length_penalty = float(length_penalty)
-    if math.isnan(length_penalty) or math.isinf(length_penalty):
-        raise ValueError(f"length_penalty must be a finite number, got {length_penalty}")
+    length_penalty = _finite_float("length_penalty", length_penalty)
     if not (isinstance(early_stopping, bool) or early_stopping == "never"):
         raise ValueError(f"early_stopping must be True, False or \"never\", got "
                          f"{early_stopping!r}")
