@@ -88,17 +88,41 @@ class ActivePrefix {
   bool prefix_ = false;
 };
 
-// Copies the active rows (t, b < nact[t]) of a [T, B] grid of rows (row t*B + b,
-// stride ld) into a dense [nact.total(T), cols] matrix, row nact.offset(t) + b.
-template <class T>
-void gather_active(const Executor& ex, const ActivePrefix& nact, int64_t T_, int64_t B,
-                   const T* src, int64_t ld, int64_t cols, T* dst) {
-  parallel_for(ex, T_, nact.total(T_) * cols > 65536, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t)
-      for (int64_t r = 0; r < nact[t]; ++r)
-        copy_n(src + (t * B + r) * ld, cols, dst + (nact.offset(t) + r) * cols);
-  });
-}
+// The active (t, b) of a [T, B] grid of rows, for lengths in any order: row k of a dense
+// matrix of them is grid row at(k) = t * B + b, time-major, and step t's rows start at
+// offset(t). With non-increasing lengths this is ActivePrefix's dense layout.
+class ActiveRows {
+ public:
+  ActiveRows(const int64_t* lengths, int64_t B, int64_t T) : off_(T + 1) {
+    int64_t n = 0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t b = 0; b < B; ++b) n += row_active(lengths, b, t);
+    rows_.reset(n);
+    int64_t k = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      off_.get()[t] = k;
+      for (int64_t b = 0; b < B; ++b)
+        if (row_active(lengths, b, t)) rows_.get()[k++] = t * B + b;
+    }
+    off_.get()[T] = k;
+    count_ = k;
+  }
+  int64_t count() const { return count_; }
+  int64_t at(int64_t k) const { return rows_.get()[k]; }
+  int64_t offset(int64_t t) const { return off_.get()[t]; }
+  // Copies the active rows of src (grid row r at src + r * ld, cols wide) into the dense
+  // [count(), cols] matrix dst.
+  template <class T>
+  void gather(const Executor& ex, const T* src, int64_t ld, int64_t cols, T* dst) const {
+    parallel_for(ex, count_, count_ * cols > 65536, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) copy_n(src + at(k) * ld, cols, dst + k * cols);
+    });
+  }
+
+ private:
+  Buffer<int64_t> rows_, off_;
+  int64_t count_ = 0;
+};
 
 template <class Cell, class T>
 void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
@@ -124,7 +148,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   const bool compact = packed || (nact.prefix() && nact.total(T_) < T_ * B);
   const int64_t NX = compact ? nact.total(T_) : T_ * B;
   Buffer<T> xc(compact && !packed ? NX * I : 0);
-  if (compact && !packed) gather_active(ex, nact, T_, B, a.x, I, I, xc.get());
+  if (compact && !packed) ActiveRows(a.lengths, B, T_).gather(ex, a.x, I, I, xc.get());
   const T* const xin = compact && !packed ? xc.get() : a.x;
   // First row of step t in y and ws (of every row of it, or of its active ones if packed).
   auto row0 = [&](int64_t t) { return packed ? nact.offset(t) : t * B; };
@@ -552,39 +576,21 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   // Whole-sequence GEMMs, over the active (t, b) only. Inactive ones have zero gate
   // gradients, but their rows of x (the padding) may hold anything: a NaN or Inf there,
   // times a zero gate gradient, would still make dW_ih NaN. So whenever the lengths leave
-  // some (t, b) inactive, the rows of the active ones are first gathered densely,
-  // time-major: row k of the dense matrices is row rows[k] = t * B + b of the [T, B] grid,
-  // and step t's rows start at row toff[t]. This also spares the GEMMs the inactive rows.
-  // A packed call's buffers already are dense.
-  int64_t N = packed ? nact.total(T_) : TB;
-  bool compact = false;
-  Buffer<int64_t> rows, toff;
-  if (!packed && a.lengths && TB > 0) {
-    int64_t n = 0;
-    for (int64_t b = 0; b < B; ++b) n += imin(imax(a.lengths[b], 0), T_);
-    if (n < TB) {
-      compact = true;
-      N = n;
-      rows.reset(N);
-      toff.reset(T_ + 1);
-      int64_t k = 0;
-      for (int64_t t = 0; t < T_; ++t) {
-        toff.get()[t] = k;
-        for (int64_t b = 0; b < B; ++b)
-          if (row_active(a.lengths, b, t)) rows.get()[k++] = t * B + b;
-      }
-      toff.get()[T_] = k;
-    }
+  // some (t, b) inactive, the rows of the active ones are first gathered densely (ActiveRows),
+  // which also spares the GEMMs the inactive rows. A packed call's buffers already are dense.
+  int64_t n_active = packed ? nact.total(T_) : TB;
+  if (!packed && a.lengths) {
+    n_active = 0;
+    for (int64_t b = 0; b < B; ++b) n_active += imin(imax(a.lengths[b], 0), T_);
   }
+  const bool compact = !packed && n_active < TB;
+  const ActiveRows active(compact ? a.lengths : nullptr, compact ? B : 0, compact ? T_ : 0);
+  const int64_t N = n_active;
   auto dense = [&](const T* src, int64_t ld, int64_t cols, Buffer<T>& buf) -> const T* {
     if (!compact) return src;
     buf.reset(N * cols);
-    T* dst = buf.get();
-    const int64_t* r = rows.get();
-    parallel_for(ex, N, N * cols > 65536, [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) copy_n(src + r[k] * ld, cols, dst + k * cols);
-    });
-    return dst;
+    active.gather(ex, src, ld, cols, buf.get());
+    return buf.get();
   };
   // Columns [off, ...) of the saved workspace (none if nothing was saved: an empty call).
   auto ws_cols = [&](int64_t off) -> const T* { return a.ws ? a.ws + off : nullptr; };
@@ -601,7 +607,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     if (compact)  // scatter back; inactive rows get zeros
       parallel_for(ex, T_, TB * I > 65536, [&](int64_t b, int64_t e) {
         for (int64_t t = b; t < e; ++t) {
-          int64_t k = toff.get()[t];
+          int64_t k = active.offset(t);
           for (int64_t r = 0; r < B; ++r) {
             T* d = a.dx + (t * B + r) * I;
             if (row_active(a.lengths, r, t)) copy_n(out + (k++) * I, I, d); else fill_n(d, I, T(0));
