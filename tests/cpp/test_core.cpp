@@ -186,13 +186,30 @@ std::string describe(const Problem& p) {
   return buf;
 }
 
+// The gradient outputs of one backward call, sized for p, and their wiring into its args.
+struct GradBuffers {
+  std::vector<double> dx, dh0, dc0, dwih, dwhh, dbih, dbhh, dwhr;
+  GradBuffers(const Problem& p, const Tensors<double>& t)
+      : dx(t.x.size()), dh0(t.h0.size()), dc0(t.c0.size()), dwih(t.w_ih.size()),
+        dwhh(t.w_hh.size()), dbih(gates_of(p.cell) * p.H), dbhh(gates_of(p.cell) * p.H),
+        dwhr(t.w_hr.size()) {}
+  void wire(const Problem& p, BackwardArgs<double>& a) {
+    a.dx = dx.data(); a.dh0 = dh0.data();
+    a.dc0 = p.cell == Cell::LSTM ? dc0.data() : nullptr;
+    a.dw_ih = dwih.data(); a.dw_hh = dwhh.data();
+    a.db_ih = dbih.data(); a.db_hh = dbhh.data();
+    a.dw_hr = p.P > 0 ? dwhr.data() : nullptr;
+  }
+};
+
 void check_gradients(const Problem& p) {
   auto t = make<double>(p, 1234);
-  const int64_t S = p.P > 0 ? p.P : p.H, G = gates_of(p.cell);
+  const int64_t S = p.P > 0 ? p.P : p.H;
   SerialExecutor ex;
   auto fr = run_forward(p, t, ex, true);
-  std::vector<double> dx(t.x.size()), dh0(t.h0.size()), dc0(t.c0.size()), dwih(t.w_ih.size()),
-      dwhh(t.w_hh.size()), dbih(G * p.H), dbhh(G * p.H), dwhr(t.w_hr.size());
+  GradBuffers gr(p, t);
+  std::vector<double> &dx = gr.dx, &dh0 = gr.dh0, &dc0 = gr.dc0, &dwih = gr.dwih,
+                      &dwhh = gr.dwhh, &dbih = gr.dbih, &dbhh = gr.dbhh, &dwhr = gr.dwhr;
   BackwardArgs<double> a;
   a.cell = p.cell; a.T = p.T; a.B = p.B; a.I = p.I; a.H = p.H; a.P = p.P;
   a.x = t.x.data(); a.w_ih = t.w_ih.data(); a.w_hh = t.w_hh.data();
@@ -202,11 +219,7 @@ void check_gradients(const Problem& p) {
   a.ws = fr.ws.data();
   a.dy = t.ry.data(); a.dhy = t.rh.data();
   a.dcy = p.cell == Cell::LSTM ? t.rc.data() : nullptr;
-  a.dx = dx.data(); a.dh0 = dh0.data();
-  a.dc0 = p.cell == Cell::LSTM ? dc0.data() : nullptr;
-  a.dw_ih = dwih.data(); a.dw_hh = dwhh.data();
-  a.db_ih = dbih.data(); a.db_hh = dbhh.data();
-  a.dw_hr = p.P > 0 ? dwhr.data() : nullptr;
+  gr.wire(p, a);
   layer_backward(a, ex);
 
   auto fd = [&](std::vector<double>& param, const std::vector<double>& grad, const char* name) {
@@ -249,15 +262,12 @@ void check_gradients(const Problem& p) {
     auto fn = run_forward(p, tn, ex, true);
     expect(fn.y == fr.y && fn.hy == fr.hy && fn.cy == fr.cy,
            describe(p) + " forward with NaN padding in x");
-    std::vector<double> ex_(dx.size()), eh0(dh0.size()), ec0(dc0.size()), ewih(dwih.size()),
-        ewhh(dwhh.size()), ebih(dbih.size()), ebhh(dbhh.size()), ewhr(dwhr.size());
+    GradBuffers en(p, t);
+    std::vector<double> &ex_ = en.dx, &eh0 = en.dh0, &ec0 = en.dc0, &ewih = en.dwih,
+                        &ewhh = en.dwhh, &ebih = en.dbih, &ebhh = en.dbhh, &ewhr = en.dwhr;
     BackwardArgs<double> an = a;
     an.x = tn.x.data(); an.dy = tn.ry.data(); an.ws = fn.ws.data();
-    an.dx = ex_.data(); an.dh0 = eh0.data();
-    an.dc0 = p.cell == Cell::LSTM ? ec0.data() : nullptr;
-    an.dw_ih = ewih.data(); an.dw_hh = ewhh.data();
-    an.db_ih = ebih.data(); an.db_hh = ebhh.data();
-    an.dw_hr = p.P > 0 ? ewhr.data() : nullptr;
+    en.wire(p, an);
     layer_backward(an, ex);
     bool pad_zero = true;
     for (int64_t s = 0; s < p.T; ++s)
