@@ -564,6 +564,19 @@ class TokenStream:
                               sequences_scores=None if lp is None else lp.sum(dim=1))
 
 
+def _token_stream(model, input_ids: Tensor, max_new_tokens: int, dec: _Decoding,
+                  num_return_sequences: int, state, finished) -> TokenStream:
+    """The TokenStream of greedy decoding or sampling, after the checks that need ``dec``
+    (shared by :func:`stream` and :func:`generate`)."""
+    if num_return_sequences > 1 and not dec.do_sample:
+        raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding "
+                         "(do_sample=False, num_beams=1) would return identical copies; use "
+                         "do_sample=True or beam search (num_beams >= num_return_sequences)")
+    finished = _check_finished(finished, input_ids.size(0), dec, input_ids.device)
+    return TokenStream(model, input_ids, max_new_tokens, dec, num_return_sequences, state,
+                       finished)
+
+
 def stream(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool = False,
            temperature: float = 1.0, top_k: Optional[int] = 50, top_p: Optional[float] = None,
            eos_token_id: Optional[TokenIds] = None, pad_token_id: Optional[int] = None,
@@ -589,13 +602,8 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool = F
     dec = _check_decoding(do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id,
                           suppress_tokens, generator)
     _warn_ignored(dec.do_sample, 1, temperature, top_k, top_p, 1.0, False)
-    if num_return_sequences > 1 and not dec.do_sample:
-        raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding "
-                         "(do_sample=False, num_beams=1) would return identical copies; use "
-                         "do_sample=True or beam search (num_beams >= num_return_sequences)")
-    finished = _check_finished(finished, input_ids.size(0), dec, input_ids.device)
-    return TokenStream(model, input_ids, max_new_tokens, dec, num_return_sequences, state,
-                       finished)
+    return _token_stream(model, input_ids, max_new_tokens, dec, num_return_sequences, state,
+                         finished)
 
 
 # --- beam search ----------------------------------------------------------------------------
@@ -890,13 +898,8 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool =
             out.sequences_scores = None
         return out if return_dict else out.sequences
 
-    if num_return_sequences > 1 and not do_sample:
-        raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding "
-                         "(do_sample=False, num_beams=1) would return identical copies; use "
-                         "do_sample=True or beam search (num_beams >= num_return_sequences)")
-    finished = _check_finished(finished, input_ids.size(0), dec, input_ids.device)
-    steps = TokenStream(model, input_ids, max_new_tokens, dec, num_return_sequences, state,
-                        finished)
+    steps = _token_stream(model, input_ids, max_new_tokens, dec, num_return_sequences, state,
+                          finished)
     for _ in steps:
         pass
     if return_dict:
