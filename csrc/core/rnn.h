@@ -9,33 +9,21 @@
 //   I  input features        H  hidden units
 //   P  projection size (LSTM proj_size; 0 = none)
 //   S  recurrent state size  = P if P > 0 else H
-//   G  gates per cell        = 4 (LSTM), 3 (GRU), 1 (RNN)
-//   WS workspace columns     = workspace_cols(cell, H, P)
+//   G  gates per cell        = cell_info(cell).gates (cells.h)
+//   WS workspace columns     = cell_info(cell).workspace_cols(H, P)
 // All matrices are dense row-major with the last dimension contiguous.
-// Gate row order is torch's: LSTM i,f,g,o; GRU r,z,n.
+// Gate row order is each cell's gate_names (cells.h): torch's for LSTM i,f,g,o and GRU r,z,n.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "cells.h"
+
 namespace rnnfast {
 namespace core {
 
-enum class Cell : int { LSTM = 0, GRU = 1, RNN_TANH = 2, RNN_RELU = 3 };
-
 enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
-
-// Number of gates of a cell (G in the legend).
-int gates_of(Cell cell);
-
-// Columns of the per-(t, b) workspace that the forward pass saves for the
-// backward pass:
-//   LSTM: [i f g o (4H, activated) | c_{t-1} (H) | tanh(c_t) (H) | o*tanh(c_t) (H, only if P) | h_{t-1} (S)]
-//         (the CUDA kernels order the last two the other way: see cuda/rnn_cuda.h; a
-//         workspace belongs to the device that wrote it)
-//   GRU : [r z n (3H, activated) | W_hn h_{t-1} + b_hn (H) | h_{t-1} (H)]
-//   RNN : [h_t (H) | h_{t-1} (H)]
-int64_t workspace_cols(Cell cell, int64_t H, int64_t P);
 
 // Runs parallel loops. run() must call fn(ctx, begin, end) over disjoint ranges
 // that cover [0, n); it may call it from several threads at once and must

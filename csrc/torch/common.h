@@ -85,7 +85,7 @@ inline Dims check_args(core::Cell cell, const at::Tensor& input, const at::Tenso
   check_tensor(input, op, "input", input, d.packed ? 2 : 3);
   check_tensor(w_ih, op, "weight_ih", input, 2);
   check_tensor(w_hh, op, "weight_hh", input, 2);
-  d.G = core::gates_of(cell);
+  d.G = core::cell_info(cell).gates;
   if (d.packed) {
     TORCH_CHECK(opt_ptr(lengths), "rnnfast::", op,
                 ": a packed 2-D input needs lengths (the sequence lengths, non-increasing)");
@@ -214,7 +214,7 @@ inline BackwardInputs prepare_backward(
   BackwardInputs b;
   b.d = check_args(cell, input, w_ih, w_hh, w_hr, lengths, dtype_ok, dtypes, allow_packed);
   const Dims& d = b.d;
-  const int64_t WS = core::workspace_cols(cell, d.H, d.P);
+  const int64_t WS = core::cell_info(cell).workspace_cols(d.H, d.P);
   TORCH_CHECK(workspace.defined(), "rnnfast::", op,
               "_backward: workspace is required but was None");
   TORCH_CHECK(workspace.device() == input.device(), "rnnfast::", op, "_backward: workspace is on ",
@@ -295,7 +295,7 @@ inline ForwardResult empty_outputs(core::Cell cell, const Dims& d, const at::Ten
                                    const at::TensorOptions& ws_opts, bool training) {
   return {at::empty(d.rows_by(d.S), opts), at::empty({d.B, d.S}, opts),
           cell == core::Cell::LSTM ? at::empty({d.B, d.H}, opts) : at::empty({0}, opts),
-          training ? at::empty(d.rows_by(core::workspace_cols(cell, d.H, d.P)), ws_opts)
+          training ? at::empty(d.rows_by(core::cell_info(cell).workspace_cols(d.H, d.P)), ws_opts)
                    : at::empty({0}, ws_opts)};
 }
 

@@ -91,7 +91,7 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
   ForwardResult out = empty_outputs(cell, d, opts, opts, /*training=*/false);
   at::Tensor &y = std::get<0>(out), &hy = std::get<1>(out), &cy = std::get<2>(out),
              &ws = std::get<3>(out);
-  if (training) ws = workspace_tensor(d.rows_by(core::workspace_cols(cell, d.H, d.P)), opts);
+  if (training) ws = workspace_tensor(d.rows_by(core::cell_info(cell).workspace_cols(d.H, d.P)), opts);
   if (core::debug_nan_scratch())
     for (const at::Tensor* t : {&y, &hy, &cy}) debug_fill_nan(*t);
 

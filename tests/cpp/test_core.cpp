@@ -77,6 +77,13 @@ class ThreadExecutor final : public Executor {
   int n_;
 };
 
+// Every cell of cells.h.
+std::vector<Cell> all_cells() {
+  std::vector<Cell> cells;
+  for (const CellInfo& c : kCells) cells.push_back(c.id);
+  return cells;
+}
+
 struct Problem {
   Cell cell;
   int64_t T, B, I, H, P;
@@ -99,7 +106,7 @@ Tensors<Real> make(const Problem& p, unsigned seed) {
     for (auto& e : v) e = static_cast<Real>(u(gen));
     return v;
   };
-  const int64_t G = gates_of(p.cell), S = p.P > 0 ? p.P : p.H;
+  const int64_t G = cell_info(p.cell).gates, S = p.P > 0 ? p.P : p.H;
   Tensors<Real> t;
   t.x = fill(p.T * p.B * p.I);
   t.h0 = fill(p.B * S);
@@ -148,11 +155,11 @@ Result<Real> run_forward(const Problem& p, const Tensors<Real>& t, const Executo
   r.y.assign(p.T * p.B * S, Real(-7));
   r.hy.assign(p.B * S, Real(-7));
   r.cy.assign(p.B * p.H, Real(-7));
-  if (save) r.ws.assign(p.T * p.B * workspace_cols(p.cell, p.H, p.P), Real(-7));
+  if (save) r.ws.assign(p.T * p.B * cell_info(p.cell).workspace_cols(p.H, p.P), Real(-7));
   ForwardArgs<Real> a;
   a.cell = p.cell; a.T = p.T; a.B = p.B; a.I = p.I; a.H = p.H; a.P = p.P;
   a.x = t.x.data(); a.h0 = t.h0.data();
-  a.c0 = p.cell == Cell::LSTM ? t.c0.data() : nullptr;
+  a.c0 = cell_info(p.cell).cell_state ? t.c0.data() : nullptr;
   a.w_ih = t.w_ih.data(); a.w_hh = t.w_hh.data();
   a.b_ih = p.bias ? t.b_ih.data() : nullptr;
   a.b_hh = p.bias ? t.b_hh.data() : nullptr;
@@ -160,7 +167,7 @@ Result<Real> run_forward(const Problem& p, const Tensors<Real>& t, const Executo
   a.lengths = p.use_lengths ? t.lengths.data() : nullptr;
   a.reverse = p.reverse;
   a.y = r.y.data(); a.hy = r.hy.data();
-  a.cy = p.cell == Cell::LSTM ? r.cy.data() : nullptr;
+  a.cy = cell_info(p.cell).cell_state ? r.cy.data() : nullptr;
   a.ws = save ? r.ws.data() : nullptr;
   layer_forward(a, ex);
   return r;
@@ -173,7 +180,7 @@ double loss(const Problem& p, const Tensors<double>& t) {
   double s = 0;
   for (size_t i = 0; i < r.y.size(); ++i) s += r.y[i] * t.ry[i];
   for (size_t i = 0; i < r.hy.size(); ++i) s += r.hy[i] * t.rh[i];
-  if (p.cell == Cell::LSTM)
+  if (cell_info(p.cell).cell_state)
     for (size_t i = 0; i < r.cy.size(); ++i) s += r.cy[i] * t.rc[i];
   return s;
 }
@@ -191,11 +198,11 @@ struct GradBuffers {
   std::vector<double> dx, dh0, dc0, dwih, dwhh, dbih, dbhh, dwhr;
   GradBuffers(const Problem& p, const Tensors<double>& t)
       : dx(t.x.size()), dh0(t.h0.size()), dc0(t.c0.size()), dwih(t.w_ih.size()),
-        dwhh(t.w_hh.size()), dbih(gates_of(p.cell) * p.H), dbhh(gates_of(p.cell) * p.H),
+        dwhh(t.w_hh.size()), dbih(cell_info(p.cell).gates * p.H), dbhh(cell_info(p.cell).gates * p.H),
         dwhr(t.w_hr.size()) {}
   void wire(const Problem& p, BackwardArgs<double>& a) {
     a.dx = dx.data(); a.dh0 = dh0.data();
-    a.dc0 = p.cell == Cell::LSTM ? dc0.data() : nullptr;
+    a.dc0 = cell_info(p.cell).cell_state ? dc0.data() : nullptr;
     a.dw_ih = dwih.data(); a.dw_hh = dwhh.data();
     a.db_ih = dbih.data(); a.db_hh = dbhh.data();
     a.dw_hr = p.P > 0 ? dwhr.data() : nullptr;
@@ -218,7 +225,7 @@ void check_gradients(const Problem& p) {
   a.reverse = p.reverse;
   a.ws = fr.ws.data();
   a.dy = t.ry.data(); a.dhy = t.rh.data();
-  a.dcy = p.cell == Cell::LSTM ? t.rc.data() : nullptr;
+  a.dcy = cell_info(p.cell).cell_state ? t.rc.data() : nullptr;
   gr.wire(p, a);
   layer_backward(a, ex);
 
@@ -239,7 +246,7 @@ void check_gradients(const Problem& p) {
   };
   fd(t.x, dx, "x");
   fd(t.h0, dh0, "h0");
-  if (p.cell == Cell::LSTM) fd(t.c0, dc0, "c0");
+  if (cell_info(p.cell).cell_state) fd(t.c0, dc0, "c0");
   fd(t.w_ih, dwih, "w_ih");
   fd(t.w_hh, dwhh, "w_hh");
   if (p.bias) {
@@ -293,8 +300,8 @@ double max_diff(const std::vector<Real>& a, const std::vector<Real>& b) {
 // lengths: outputs, states and every gradient, on the active rows.
 void check_packed(const Problem& p, const Executor& ex) {
   auto t = make<double>(p, 4321);
-  const int64_t S = p.P > 0 ? p.P : p.H, G = gates_of(p.cell);
-  const int64_t WS = workspace_cols(p.cell, p.H, p.P);
+  const int64_t S = p.P > 0 ? p.P : p.H, G = cell_info(p.cell).gates;
+  const int64_t WS = cell_info(p.cell).workspace_cols(p.H, p.P);
   std::vector<int64_t> n(p.T), off(p.T + 1, 0);
   for (int64_t s = 0; s < p.T; ++s) {
     n[s] = 0;
@@ -323,13 +330,13 @@ void check_packed(const Problem& p, const Executor& ex) {
     ForwardArgs<double> a;
     a.cell = p.cell; a.T = p.T; a.B = p.B; a.I = p.I; a.H = p.H; a.P = p.P;
     a.x = tt.x.data(); a.h0 = t.h0.data();
-    a.c0 = p.cell == Cell::LSTM ? t.c0.data() : nullptr;
+    a.c0 = cell_info(p.cell).cell_state ? t.c0.data() : nullptr;
     a.w_ih = t.w_ih.data(); a.w_hh = t.w_hh.data();
     a.b_ih = t.b_ih.data(); a.b_hh = t.b_hh.data();
     a.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
     a.lengths = t.lengths.data(); a.reverse = p.reverse; a.packed = packed;
     a.y = fr.y.data(); a.hy = fr.hy.data();
-    a.cy = p.cell == Cell::LSTM ? fr.cy.data() : nullptr;
+    a.cy = cell_info(p.cell).cell_state ? fr.cy.data() : nullptr;
     a.ws = fr.ws.data();
     layer_forward(a, ex);
     std::vector<double> dy = packed ? gather(t.ry, S) : t.ry;
@@ -342,9 +349,9 @@ void check_packed(const Problem& p, const Executor& ex) {
     b.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
     b.lengths = t.lengths.data(); b.reverse = p.reverse; b.packed = packed;
     b.ws = fr.ws.data(); b.dy = dy.data(); b.dhy = t.rh.data();
-    b.dcy = p.cell == Cell::LSTM ? t.rc.data() : nullptr;
+    b.dcy = cell_info(p.cell).cell_state ? t.rc.data() : nullptr;
     b.dx = g.dx.data(); b.dh0 = g.dh0.data();
-    b.dc0 = p.cell == Cell::LSTM ? g.dc0.data() : nullptr;
+    b.dc0 = cell_info(p.cell).cell_state ? g.dc0.data() : nullptr;
     b.dw_ih = g.dwih.data(); b.dw_hh = g.dwhh.data();
     b.db_ih = g.dbih.data(); b.db_hh = g.dbhh.data();
     b.dw_hr = p.P > 0 ? g.dwhr.data() : nullptr;
@@ -358,10 +365,10 @@ void check_packed(const Problem& p, const Executor& ex) {
   const std::string tag = describe(p) + " packed";
   expect(max_diff(fpk.y, gather(fpad.y, S)) < tol, tag + " y");
   expect(max_diff(fpk.hy, fpad.hy) < tol, tag + " hy");
-  if (p.cell == Cell::LSTM) expect(max_diff(fpk.cy, fpad.cy) < tol, tag + " cy");
+  if (cell_info(p.cell).cell_state) expect(max_diff(fpk.cy, fpad.cy) < tol, tag + " cy");
   expect(max_diff(gpk.dx, gather(gpad.dx, p.I)) < tol, tag + " dx");
   expect(max_diff(gpk.dh0, gpad.dh0) < tol, tag + " dh0");
-  if (p.cell == Cell::LSTM) expect(max_diff(gpk.dc0, gpad.dc0) < tol, tag + " dc0");
+  if (cell_info(p.cell).cell_state) expect(max_diff(gpk.dc0, gpad.dc0) < tol, tag + " dc0");
   expect(max_diff(gpk.dwih, gpad.dwih) < tol, tag + " dw_ih");
   expect(max_diff(gpk.dwhh, gpad.dwhh) < tol, tag + " dw_hh");
   expect(max_diff(gpk.dbih, gpad.dbih) < tol, tag + " db_ih");
@@ -392,14 +399,14 @@ void activation_errors(double* ulp_sigmoid, double* ulp_tanh, bool* nan_ok) {
     for (int64_t q = 0; q < 4; ++q) x[i * G4 + q * H] = specials[i];
   ForwardArgs<float> a;
   a.cell = Cell::LSTM; a.T = 1; a.B = B; a.I = G4; a.H = H;
-  std::vector<float> y(B * H), hy(B * H), cy(B * H), ws(B * workspace_cols(Cell::LSTM, H, 0));
+  std::vector<float> y(B * H), hy(B * H), cy(B * H), ws(B * cell_info(Cell::LSTM).workspace_cols(H, 0));
   a.x = x.data(); a.w_ih = w.data(); a.w_hh = whh.data();
   a.y = y.data(); a.hy = hy.data(); a.cy = cy.data(); a.ws = ws.data();
   SerialExecutor ex;
   layer_forward(a, ex);
   *ulp_sigmoid = *ulp_tanh = 0;
   *nan_ok = true;
-  const int64_t WS = workspace_cols(Cell::LSTM, H, 0);
+  const int64_t WS = cell_info(Cell::LSTM).workspace_cols(H, 0);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t n = 0; n < G4; ++n) {
       const bool is_tanh = n / H == 2;
@@ -526,13 +533,13 @@ void check_scratch_cache() {
 // An empty sequence (T = 0): the final state is the initial one (zeros without one), and
 // backward passes dhy/dcy through to dh0/dc0 with zero weight and bias gradients.
 void check_empty_sequence() {
-  for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU})
+  for (Cell cell : all_cells())
     for (int64_t P : {int64_t(0), int64_t(2)})
       for (bool with_state : {false, true}) {
-        if (P > 0 && cell != Cell::LSTM) continue;
+        if (P > 0 && !cell_info(cell).projection) continue;
         Problem p{cell, 0, 3, 4, 5, P, false, true, false};
         auto t = make<double>(p, 5);
-        const int64_t S = P > 0 ? P : p.H, G = gates_of(cell);
+        const int64_t S = P > 0 ? P : p.H, G = cell_info(cell).gates;
         const std::string tag = describe(p) + (with_state ? " with h0" : " no h0") + " T=0";
         SerialExecutor ex;
         ForwardArgs<double> a;
@@ -541,13 +548,13 @@ void check_empty_sequence() {
         a.b_ih = t.b_ih.data(); a.b_hh = t.b_hh.data();
         a.w_hr = P > 0 ? t.w_hr.data() : nullptr;
         a.h0 = with_state ? t.h0.data() : nullptr;
-        a.c0 = with_state && cell == Cell::LSTM ? t.c0.data() : nullptr;
+        a.c0 = with_state && cell_info(cell).cell_state ? t.c0.data() : nullptr;
         std::vector<double> hy(p.B * S, -7), cy(p.B * p.H, -7);
         a.hy = hy.data();
-        a.cy = cell == Cell::LSTM ? cy.data() : nullptr;
+        a.cy = cell_info(cell).cell_state ? cy.data() : nullptr;
         layer_forward(a, ex);
         expect(hy == (with_state ? t.h0 : std::vector<double>(p.B * S, 0.0)), tag + " hy");
-        if (cell == Cell::LSTM)
+        if (cell_info(cell).cell_state)
           expect(cy == (with_state ? t.c0 : std::vector<double>(p.B * p.H, 0.0)), tag + " cy");
 
         BackwardArgs<double> g;
@@ -555,12 +562,12 @@ void check_empty_sequence() {
         g.w_ih = t.w_ih.data(); g.w_hh = t.w_hh.data();
         g.w_hr = P > 0 ? t.w_hr.data() : nullptr;
         g.dhy = t.rh.data();
-        g.dcy = cell == Cell::LSTM ? t.rc.data() : nullptr;
+        g.dcy = cell_info(cell).cell_state ? t.rc.data() : nullptr;
         std::vector<double> dh0(p.B * S, -7), dc0(p.B * p.H, -7), dwih(t.w_ih.size(), -7),
             dwhh(t.w_hh.size(), -7), dbih(G * p.H, -7), dbhh(G * p.H, -7),
             dwhr(t.w_hr.size(), -7);
         g.dh0 = dh0.data();
-        g.dc0 = cell == Cell::LSTM ? dc0.data() : nullptr;
+        g.dc0 = cell_info(cell).cell_state ? dc0.data() : nullptr;
         g.dw_ih = dwih.data(); g.dw_hh = dwhh.data();
         g.db_ih = dbih.data(); g.db_hh = dbhh.data();
         g.dw_hr = P > 0 ? dwhr.data() : nullptr;
@@ -569,7 +576,7 @@ void check_empty_sequence() {
           return std::all_of(v.begin(), v.end(), [](double e) { return e == 0.0; });
         };
         expect(dh0 == t.rh, tag + " dh0 = dhy");
-        if (cell == Cell::LSTM) expect(dc0 == t.rc, tag + " dc0 = dcy");
+        if (cell_info(cell).cell_state) expect(dc0 == t.rc, tag + " dc0 = dcy");
         expect(zeros(dwih) && zeros(dwhh) && zeros(dbih) && zeros(dbhh) &&
                    (P == 0 || zeros(dwhr)),
                tag + " zero weight and bias gradients");
@@ -634,11 +641,11 @@ int main() {
   std::printf("CPU supports: avx2=%d avx512=%d; default path %s\n", cpu_supports(Isa::Avx2),
               cpu_supports(Isa::Avx512), isa_name(initial));
   std::vector<Problem> problems;
-  for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU})
+  for (Cell cell : all_cells())
     for (int variant = 0; variant < 4; ++variant) {
       Problem p{cell, 4, 3, 5, 7, 0, variant % 2 == 1, variant != 2, variant >= 2};
       problems.push_back(p);
-      if (cell == Cell::LSTM) {
+      if (cell_info(cell).projection) {
         p.P = 3;
         problems.push_back(p);
       }
@@ -655,22 +662,22 @@ int main() {
   problems.push_back({Cell::LSTM, 2, 131, 3, 5, 0, true, true, true});
   problems.push_back({Cell::GRU, 4, 129, 2, 3, 0, false, true, true});
   // Few steps (T <= 3) take the unpacked dot-product path.
-  for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU}) {
-    problems.push_back({cell, 2, 3, 5, 7, cell == Cell::LSTM ? 3 : 0, true, true, true});
+  for (Cell cell : all_cells()) {
+    problems.push_back({cell, 2, 3, 5, 7, cell_info(cell).projection ? 3 : 0, true, true, true});
     problems.push_back({cell, 1, 2, 9, 6, 0, false, true, false});
   }
   // Non-increasing lengths: each step's GEMMs skip the inactive rows at the end.
-  for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU})
+  for (Cell cell : all_cells())
     for (bool reverse : {false, true})
-      problems.push_back({cell, 6, 7, 5, 7, cell == Cell::LSTM ? 3 : 0, reverse, true, true, true});
+      problems.push_back({cell, 6, 7, 5, 7, cell_info(cell).projection ? 3 : 0, reverse, true, true, true});
   // The packed layout against the padded call with the same lengths.
   {
     SerialExecutor serial;
     ThreadExecutor threads(2);
-    for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU})
+    for (Cell cell : all_cells())
       for (bool reverse : {false, true})
         for (int64_t P : {int64_t(0), int64_t(3)}) {
-          if (P > 0 && cell != Cell::LSTM) continue;
+          if (P > 0 && !cell_info(cell).projection) continue;
           check_packed({cell, 6, 7, 5, 7, P, reverse, true, true, true}, serial);
           check_packed({cell, 9, 53, 19, 40, P, reverse, true, true, true}, threads);
           check_packed({cell, 2, 5, 4, 6, P, reverse, true, true, true}, serial);  // dot path
@@ -688,14 +695,14 @@ int main() {
   }
   // Larger shapes: several SIMD strips, row blocks past one micro-tile, odd edges.
   std::vector<Problem> big;
-  for (Cell cell : {Cell::LSTM, Cell::GRU, Cell::RNN_TANH, Cell::RNN_RELU}) {
+  for (Cell cell : all_cells()) {
     big.push_back({cell, 9, 53, 37, 45, 0, false, true, true});
-    big.push_back({cell, 9, 53, 37, 45, cell == Cell::LSTM ? 20 : 0, true, true, true, true});
-    big.push_back({cell, 6, 1, 129, 70, cell == Cell::LSTM ? 33 : 0, true, true, false});
-    big.push_back({cell, 1, 5, 37, 45, cell == Cell::LSTM ? 20 : 0, false, true, false});
+    big.push_back({cell, 9, 53, 37, 45, cell_info(cell).projection ? 20 : 0, true, true, true, true});
+    big.push_back({cell, 6, 1, 129, 70, cell_info(cell).projection ? 33 : 0, true, true, false});
+    big.push_back({cell, 1, 5, 37, 45, cell_info(cell).projection ? 20 : 0, false, true, false});
     big.push_back({cell, 3, 8, 64, 33, 0, true, false, true});
-    big.push_back({cell, 5, 300, 17, 40, cell == Cell::LSTM ? 9 : 0, true, true, true});
-    big.push_back({cell, 7, 29, 19, 64, cell == Cell::LSTM ? 32 : 0, false, true, true, true});
+    big.push_back({cell, 5, 300, 17, 40, cell_info(cell).projection ? 9 : 0, true, true, true});
+    big.push_back({cell, 7, 29, 19, 64, cell_info(cell).projection ? 32 : 0, false, true, true, true});
   }
   for (const auto& p : big) {
     check_isas_and_threads<float>(p, 2e-5);

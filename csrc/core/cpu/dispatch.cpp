@@ -23,22 +23,6 @@ RNNFAST_DECLARE_ISA(avx512)
 #endif
 #undef RNNFAST_DECLARE_ISA
 
-int gates_of(Cell cell) {
-  switch (cell) {
-    case Cell::LSTM: return 4;
-    case Cell::GRU: return 3;
-    default: return 1;
-  }
-}
-
-int64_t workspace_cols(Cell cell, int64_t H, int64_t P) {
-  switch (cell) {
-    case Cell::LSTM: return (P > 0 ? 7 : 6) * H + (P > 0 ? P : H);
-    case Cell::GRU: return 5 * H;
-    default: return 2 * H;
-  }
-}
-
 bool cpu_supports(Isa isa) {
   switch (isa) {
     case Isa::Scalar: return true;

@@ -16,7 +16,8 @@ using KIsa = ScalarIsa;
 using KIsa = SimdIsa;
 #endif
 #include "gemm_impl.h"
-#include "cells_impl.h"
+#include "../cell_math.h"
+#include "cell_step.h"
 #include "layer_impl.h"
 
 void forward(const ForwardArgs<float>& a, const Executor& ex) { forward_entry(a, ex); }

@@ -50,7 +50,7 @@ template <class T>
 inline void save_units(const FwdStep<T>& st, const T* src, int64_t n, T* dst) {
   for_units<T>(0, n, [&](auto v, int64_t j) {
     using V = decltype(v);
-    save(st, V::load(src + j), dst + j);
+    save_value(st, V::load(src + j), dst + j);
   });
 }
 
@@ -124,18 +124,25 @@ class ActiveRows {
   int64_t count_ = 0;
 };
 
-template <class Cell, class T>
+// Whether gate k of a cell keeps its recurrent product apart from the x side (cell_math.h).
+template <class Math>
+constexpr bool apart_gate(int64_t k) {
+  return (Math::kApartGates >> k) & 1u;
+}
+
+template <class Math, class T>
 void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   constexpr int NR = kNR<T>;
+  const CellInfo& cell = cell_info(a.cell);
   const int64_t T_ = a.T, B = a.B, I = a.I, H = a.H, P = a.P;
-  const int64_t S = P > 0 ? P : H, G = Cell::G, GH = G * H;
-  const int64_t WS = workspace_cols(a.cell, H, P);
-  const int64_t hprev_off = Cell::hblocks(P) * H;
+  const int64_t S = P > 0 ? P : H, G = Math::kGates, GH = G * H;
+  const int64_t WS = cell.workspace_cols(H, P);
+  const int64_t hprev_off = cell.hprev_col(H, P), proj_in_off = cell.proj_input_col(H);
   if (B == 0 || T_ == 0) {  // no step: the final state is the initial one; y and ws have no rows
     if (a.hy) {
       if (a.h0) copy_n(a.h0, B * S, a.hy); else fill_n(a.hy, B * S, T(0));
     }
-    if (Cell::kHasC && a.cy) {
+    if (Math::kCellState && a.cy) {
       if (a.c0) copy_n(a.c0, B * H, a.cy); else fill_n(a.cy, B * H, T(0));
     }
     return;
@@ -174,7 +181,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   Buffer<T> gx(in_step ? B * GH : NX * GH), bias(GH);
   for (int64_t n = 0; n < GH; ++n)
     bias.get()[n] = (a.b_ih ? a.b_ih[n] : T(0)) +
-                    (a.b_hh && Cell::fold_hh_bias(n, H) ? a.b_hh[n] : T(0));
+                    (a.b_hh && !apart_gate<Math>(n / H) ? a.b_hh[n] : T(0));
   if (in_step) {
     // computed by the steps
   } else if (NX <= 8) {  // a few rows: not worth packing W_ih
@@ -183,7 +190,6 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     gemm<T>(ex, NX, GH, I, xin, I, 1, a.w_ih, I, /*b_trans=*/true, gx.get(), GH,
             /*accumulate=*/false);
   }
-  const T* b_hn = (G == 3 && a.b_hh) ? a.b_hh + 2 * H : nullptr;
 
   // 2. W_hh^T packed per gate: panel (gate k, strip s) holds columns
   //    k*H + s*NR .. +NR of W_hh^T, i.e. rows of W_hh, as [S, NR] (not in the dot
@@ -204,7 +210,8 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   if (P > 0 && !dot) pack_b(a.w_hr, H, true, 0, H, 0, P, whr.get(), 0, nsP);
 
   // 3. States (ping-pong h so that a step reads h_{t-1} while writing h_t).
-  Buffer<T> hbuf0(B * S), hbuf1(B * S), cbuf(Cell::kHasC ? B * H : 0), rg(Cell::kUsesRg ? B * GH : 0),
+  Buffer<T> hbuf0(B * S), hbuf1(B * S), cbuf(Math::kCellState ? B * H : 0),
+      rg(Math::kApartGates ? B * GH : 0),
       hpre(P > 0 ? B * H : 0);
   if (a.h0) copy_n(a.h0, B * S, hbuf0.get()); else fill_n(hbuf0.get(), B * S, T(0));
   // With unsorted lengths the projection GEMM also reads the rows of inactive batch
@@ -219,11 +226,11 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   const bool pack_h = !dot && B > 4;
   const int64_t pan_elems = pack_h ? ceil_div(B, MR) * MR * S : 0;
   Buffer<T> hpk(pan_elems * imax(1, ex.num_threads()));
-  if (Cell::kHasC) {
+  if (Math::kCellState) {
     if (a.c0) copy_n(a.c0, B * H, cbuf.get()); else fill_n(cbuf.get(), B * H, T(0));
   }
   const int64_t rbs = step_block_rows(B), nrb = ceil_div(B, rbs);
-  const int64_t nblk = Cell::hblocks(P);
+  const int64_t nblk = hprev_off / H;  // H-wide workspace blocks before h_{t-1}
 
   T* const hbufs[2] = {hbuf0.get(), hbuf1.get()};
   // Non-temporal workspace stores, for a workspace too large to stay in cache until the
@@ -243,6 +250,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     int64_t tb, te;
     FwdStep<T> st;
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
+    st.b_apart = Math::kApartGates ? a.b_hh : nullptr;
     const int64_t xrow = compact ? nact.offset(t) : t * B;  // step t's first row of x and gx
     st.gx = gx.get() + (in_step ? 0 : xrow * GH);  // rows b < nact[t] if compact
     // The next step's rows of x W_ih^T: this thread works on the same units then, and
@@ -257,12 +265,11 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     st.bias = bias.get();
     st.h = hcur;
     st.c = cbuf.get();
-    st.hout = P > 0 ? hpre.get() : hnext;
-    st.ld_hout = P > 0 ? H : S;
-    st.y = P > 0 ? nullptr : a.y + row0(t) * S;
     st.ws = a.ws ? a.ws + row0(t) * WS : nullptr;
     st.ws_nt = ws_nt;
-    st.b_hn = b_hn;
+    // h_t before the projection: the state, or (with P) the projection's input
+    T* const hout = P > 0 ? hpre.get() : hnext;
+    const int64_t ld_hout = P > 0 ? H : S;
     T* ytn = a.y + row0(t) * S;
 
     slot.share(nrb * nsH, &tb, &te);
@@ -290,7 +297,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         // in place: the register tile loads those gx values once, at its end, and the
         // epilogue then finds the sum in cache. The others go to rg.
         for (int64_t k = 0; k < G && ra > r0; ++k) {
-          const bool onto_gx = Cell::sums_into_gx(k);
+          const bool onto_gx = !apart_gate<Math>(k);
           T* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + k * H + j0;
           if (dot)
             gemm_dot<T>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S, out,
@@ -307,7 +314,14 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
             for (int64_t k = 0; k < G; ++k)
               prefetch_units(gx_next + b * GH + k * H + j0, j1 - j0);
           if (row_active(a.lengths, b, t)) {
-            for_units<T>(j0, j1, [&](auto v, int64_t j) { Cell::template fwd<decltype(v), T>(st, b, j); });
+            for_units<T>(j0, j1, [&](auto v, int64_t j) {
+              using V = decltype(v);
+              ForwardUnit<V, T> unit{st, b, j};
+              const V h = Math::template forward<V>(unit);
+              h.store(hout + b * ld_hout + j);
+              if (P == 0) h.store(ytn + b * S + j);
+              else if (st.ws) save_value(st, h, st.ws + b * WS + proj_in_off + j);
+            });
           } else {  // inactive: the state carries over; y and ws get zeros (no row if packed)
             if (P == 0) {
               copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
@@ -357,17 +371,18 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     }
   });
   if (a.hy) copy_n(hbufs[T_ % 2], B * S, a.hy);
-  if (Cell::kHasC && a.cy) copy_n(cbuf.get(), B * H, a.cy);
+  if (Math::kCellState && a.cy) copy_n(cbuf.get(), B * H, a.cy);
 }
 
-template <class Cell, class T>
+template <class Math, class T>
 void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   constexpr int NR = kNR<T>;
+  constexpr bool kSplit = Math::kApartGates != 0;  // dG differs between the x and h sides
+  const CellInfo& cell = cell_info(a.cell);
   const int64_t T_ = a.T, B = a.B, I = a.I, H = a.H, P = a.P;
-  const int64_t S = P > 0 ? P : H, G = Cell::G, GH = G * H, TB = T_ * B;
-  const int64_t WS = workspace_cols(a.cell, H, P);
-  const int64_t hprev_off = Cell::hblocks(P) * H;
-  const int64_t hpre_off = 6 * H;  // LSTM with projection only
+  const int64_t S = P > 0 ? P : H, G = Math::kGates, GH = G * H, TB = T_ * B;
+  const int64_t WS = cell.workspace_cols(H, P);
+  const int64_t hprev_off = cell.hprev_col(H, P), proj_in_off = cell.proj_input_col(H);
   const bool big = B * GH * S > 16384;
 
   const ActivePrefix nact(a.lengths, B, T_);
@@ -376,11 +391,11 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   // at row row0(t) + b as in ForwardArgs::packed.
   const int64_t NR_ = packed ? nact.total(T_) : TB;
   auto row0 = [&](int64_t t) { return packed ? nact.offset(t) : t * B; };
-  Buffer<T> dgx(NR_ * GH), dgh_own(Cell::kSplitGrad ? NR_ * GH : 0);
-  T* dgh = Cell::kSplitGrad ? dgh_own.get() : dgx.get();
-  Buffer<T> carry(B * S), dc(Cell::kHasC ? B * H : 0), rec(B * S);
+  Buffer<T> dgx(NR_ * GH), dgh_own(kSplit ? NR_ * GH : 0);
+  T* dgh = kSplit ? dgh_own.get() : dgx.get();
+  Buffer<T> carry(B * S), dc(Math::kCellState ? B * H : 0), rec(B * S);
   if (a.dhy) copy_n(a.dhy, B * S, carry.get()); else fill_n(carry.get(), B * S, T(0));
-  if (Cell::kHasC) {
+  if (Math::kCellState) {
     if (a.dcy) copy_n(a.dcy, B * H, dc.get()); else fill_n(dc.get(), B * H, T(0));
   }
 
@@ -393,7 +408,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   RightOperand<T> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0, &ex, direct);
   Buffer<T> dR(P > 0 ? NR_ * P : 0), dhpre(P > 0 ? B * H : 0);
   const int64_t rbs = step_block_rows(B), nrb = ceil_div(B, rbs);
-  const int64_t nblk = Cell::hblocks(P);
+  const int64_t nblk = hprev_off / H;  // H-wide workspace blocks before h_{t-1}
   // dG (h side) of each step also in A-panel layout, for the next step's GEMM
   // (for 4 rows or fewer the GEMM reads the rows of dG in place instead, as above).
   // No initial fill: a step's GEMM reads only rows the step before packed (finish_block).
@@ -404,7 +419,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   // The bias gradients are the column sums of dG (x side for b_ih, h side for b_hh), kept
   // per row block: a task adds its block while it is still in cache, and the (row block,
   // strip) of a task is the same thread's every step, so no two threads add to one sum.
-  const int64_t nsum = (a.db_ih || a.db_hh) ? (Cell::kSplitGrad ? 2 : 1) : 0;
+  const int64_t nsum = (a.db_ih || a.db_hh) ? (kSplit ? 2 : 1) : 0;
   Buffer<T> dbsum(nsum * nrb * GH);
   fill_n(dbsum.get(), nsum * nrb * GH, T(0));
   // Once the rows of its block are done, a task
@@ -443,6 +458,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     int64_t tb, te;
     BwdStep<T> st;
     st.H = H; st.S = S; st.GH = GH; st.WS = WS;
+    st.hprev_col = hprev_off;
     st.ws = a.ws + row0(t) * WS;
     st.dc = dc.get();
     st.dgx = dgx.get() + row0(t) * GH;
@@ -473,7 +489,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     auto zero_grads = [&](int64_t b, int64_t j0, int64_t j1) {
       for (int64_t k = 0; k < G; ++k) {
         fill_n(st.dgx + b * GH + k * H + j0, j1 - j0, T(0));
-        if (Cell::kSplitGrad) fill_n(st.dgh + b * GH + k * H + j0, j1 - j0, T(0));
+        if (kSplit) fill_n(st.dgh + b * GH + k * H + j0, j1 - j0, T(0));
       }
     };
 
@@ -520,7 +536,8 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           } else if (active) {
             for_units<T>(j0, j1, [&](auto v, int64_t j) {
               using V = decltype(v);
-              Cell::template bwd<V, T>(st, b, j, V::load(dh + (j - j0))).store(cr + j);
+              BackwardUnit<Math, V, T> unit{st, b, j};
+              Math::template backward<V>(unit, V::load(dh + (j - j0))).store(cr + j);
             });
           } else {
             copy_n(dh, j1 - j0, cr + j0);
@@ -550,7 +567,8 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
               const T* dhp = dhpre.get() + b * H;
               for_units<T>(j0, j1, [&](auto v, int64_t j) {
                 using V = decltype(v);
-                Cell::template bwd<V, T>(st, b, j, V::load(dhp + j));
+                BackwardUnit<Math, V, T> unit{st, b, j};
+                Math::template backward<V>(unit, V::load(dhp + j));
               });
             } else if (!packed) {
               zero_grads(b, j0, j1);
@@ -571,7 +589,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     copy_n(carry.get(), B * S, a.dh0);
     if (prev && nlast > 0) gemm<T>(ex, nlast, S, GH, prev, GH, 1, a.w_hh, S, false, a.dh0, S, true);
   }
-  if (Cell::kHasC && a.dc0) copy_n(dc.get(), B * H, a.dc0);
+  if (Math::kCellState && a.dc0) copy_n(dc.get(), B * H, a.dc0);
 
   // Whole-sequence GEMMs, over the active (t, b) only. Inactive ones have zero gate
   // gradients, but their rows of x (the padding) may hold anything: a NaN or Inf there,
@@ -596,7 +614,7 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   auto ws_cols = [&](int64_t off) -> const T* { return a.ws ? a.ws + off : nullptr; };
   Buffer<T> dgx_b, dgh_b, x_b, hp_b, dr_b, hq_b, dx_b;
   const T* dgx_c = dense(dgx.get(), GH, GH, dgx_b);
-  const T* dgh_c = Cell::kSplitGrad ? dense(dgh, GH, GH, dgh_b) : dgx_c;
+  const T* dgh_c = kSplit ? dense(dgh, GH, GH, dgh_b) : dgx_c;
   if (a.dx) {
     T* out = a.dx;
     if (compact) {
@@ -630,28 +648,18 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     }
   }
   if (a.dw_hr && P > 0)
-    gemm<T>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P, dense(ws_cols(hpre_off), WS, H, hq_b),
+    gemm<T>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P, dense(ws_cols(proj_in_off), WS, H, hq_b),
             compact ? H : WS, false, a.dw_hr, H, false);
 }
 
 template <class T>
 void forward_entry(const ForwardArgs<T>& a, const Executor& ex) {
   DenormalGuard g(call_denormal_mode<T>());
-  switch (a.cell) {
-    case Cell::LSTM: layer_forward_impl<LstmCell, T>(a, ex); break;
-    case Cell::GRU: layer_forward_impl<GruCell, T>(a, ex); break;
-    case Cell::RNN_TANH: layer_forward_impl<ElmanCell<false>, T>(a, ex); break;
-    case Cell::RNN_RELU: layer_forward_impl<ElmanCell<true>, T>(a, ex); break;
-  }
+  visit_cell(a.cell, [&](auto math) { layer_forward_impl<decltype(math), T>(a, ex); });
 }
 
 template <class T>
 void backward_entry(const BackwardArgs<T>& a, const Executor& ex) {
   DenormalGuard g(call_denormal_mode<T>());
-  switch (a.cell) {
-    case Cell::LSTM: layer_backward_impl<LstmCell, T>(a, ex); break;
-    case Cell::GRU: layer_backward_impl<GruCell, T>(a, ex); break;
-    case Cell::RNN_TANH: layer_backward_impl<ElmanCell<false>, T>(a, ex); break;
-    case Cell::RNN_RELU: layer_backward_impl<ElmanCell<true>, T>(a, ex); break;
-  }
+  visit_cell(a.cell, [&](auto math) { layer_backward_impl<decltype(math), T>(a, ex); });
 }

@@ -397,7 +397,7 @@ __global__ void store_state(int64_t n, const A* c, S* cy) {
 template <class A>
 bool use_fused_step(Cell cell, int64_t B, int64_t H, int64_t P) {
   if (P > 0 || B < 1 || B > kFusedMaxB) return false;
-  const int G = gates_of(cell);
+  const int G = cell_info(cell).gates;
   return fused_smem_bytes<A>(B, H, G, fused_units_per_block(H)) <= 48 * 1024;
 }
 
@@ -406,8 +406,8 @@ void forward_typed(const ForwardArgs& a, void* scratch, cudaStream_t stream,
                    cublasHandle_t handle) {
   using A = typename Acc<S>::type;
   const int64_t T = a.T, B = a.B, H = a.H, P = a.P, S_ = P > 0 ? P : H;
-  const int64_t GH = gates_of(a.cell) * H;
-  const int64_t WS = workspace_cols(a.cell, H, P);
+  const int64_t GH = cell_info(a.cell).gates * H;
+  const int64_t WS = cell_info(a.cell).workspace_cols(H, P);
   const bool lstm = a.cell == Cell::LSTM;
   if (T == 0 || B == 0) return;
   const bool fused = use_fused_step<A>(a.cell, B, H, P);
@@ -598,8 +598,8 @@ template <class A>
 void backward_typed(const BackwardArgs& a, void* scratch, cudaStream_t stream,
                     cublasHandle_t handle) {
   const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, S_ = P > 0 ? P : H;
-  const int64_t GH = gates_of(a.cell) * H;
-  const int64_t WS = workspace_cols(a.cell, H, P);
+  const int64_t GH = cell_info(a.cell).gates * H;
+  const int64_t WS = cell_info(a.cell).workspace_cols(H, P);
   const bool lstm = a.cell == Cell::LSTM, gru = a.cell == Cell::GRU;
   // offsets of h_{t-1} and (LSTM with P) o*tanh(c) in a workspace row
   const int64_t off_hprev = lstm ? 6 * H : (gru ? 4 * H : H);
@@ -686,7 +686,7 @@ void backward_typed(const BackwardArgs& a, void* scratch, cudaStream_t stream,
 DType accumulate_type(DType storage) { return storage == DType::F64 ? DType::F64 : DType::F32; }
 
 size_t forward_scratch_bytes(const ForwardArgs& a) {
-  const int64_t S_ = a.P > 0 ? a.P : a.H, GH = gates_of(a.cell) * a.H;
+  const int64_t S_ = a.P > 0 ? a.P : a.H, GH = cell_info(a.cell).gates * a.H;
   const size_t acc = type_size(accumulate_type(a.dtype)), st = type_size(a.dtype);
   Carve c{nullptr};
   c.take(acc * a.T * a.B * GH);
@@ -702,7 +702,7 @@ size_t forward_scratch_bytes(const ForwardArgs& a) {
 }
 
 size_t backward_scratch_bytes(const BackwardArgs& a) {
-  const int64_t S_ = a.P > 0 ? a.P : a.H, GH = gates_of(a.cell) * a.H;
+  const int64_t S_ = a.P > 0 ? a.P : a.H, GH = cell_info(a.cell).gates * a.H;
   const size_t acc = type_size(a.dtype);
   Carve c{nullptr};
   c.take(acc * a.T * a.B * GH);
