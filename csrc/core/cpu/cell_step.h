@@ -4,18 +4,18 @@
 // Included inside namespace rnnfast::core::<isa>.
 
 // Pointers of one forward step (time t), rows indexed by batch b.
-template <class T>
+template <class Real>
 struct FwdStep {
   int64_t H, P, S, GH, WS;
   // gx: x_t W_ih^T, onto which the step's GEMM has added h_{t-1} W_hh^T for the gates that
   // are not apart (cell_math.h); rg: h_{t-1} W_hh^T of the gates that are.
-  T* gx;             // [B, GH]  see above                                   read
-  const T* bias;     // [GH]     b_ih + the part of b_hh that folds in       read
-  const T* rg;       // [B, GH]  see above (only the columns of apart gates) read
-  const T* b_apart;  // [GH]     b_hh, read for the apart gates only; or null read
-  const T* h;        // [B, S]   h_{t-1}                                     read
-  T* c;              // [B, H]   cell state, c_{t-1} in, c_t out             read/written
-  T* ws;             // [B, WS]  saved for backward, or null                 written
+  Real* gx;             // [B, GH]  see above                                   read
+  const Real* bias;     // [GH]     b_ih + the part of b_hh that folds in       read
+  const Real* rg;       // [B, GH]  see above (only the columns of apart gates) read
+  const Real* b_apart;  // [GH]     b_hh, read for the apart gates only; or null read
+  const Real* h;        // [B, S]   h_{t-1}                                     read
+  Real* c;              // [B, H]   cell state, c_{t-1} in, c_t out             read/written
+  Real* ws;             // [B, WS]  saved for backward, or null                 written
   // Write ws with non-temporal stores (save_value below): it is read again only by the
   // backward pass, so it should neither take a read for ownership nor evict the weights from
   // L2. Needs every vector's address in ws aligned to its size.
@@ -23,15 +23,15 @@ struct FwdStep {
 };
 
 // A value saved for the backward pass (see FwdStep::ws_nt).
-template <class V, class T>
-inline void save_value(const FwdStep<T>& s, V v, T* p) {
+template <class V, class Real>
+inline void save_value(const FwdStep<Real>& s, V v, Real* p) {
   if (s.ws_nt) v.stream(p); else v.store(p);
 }
 
 // The forward step accessor of cell_math.h.
-template <class V, class T>
+template <class V, class Real>
 struct ForwardUnit {
-  const FwdStep<T>& s;
+  const FwdStep<Real>& s;
   int64_t b, j;
   V pre(int k) const {
     return V::load(s.gx + b * s.GH + k * s.H + j) + V::load(s.bias + k * s.H + j);
@@ -49,22 +49,22 @@ struct ForwardUnit {
 };
 
 // Pointers of one backward step.
-template <class T>
+template <class Real>
 struct BwdStep {
   int64_t H, S, GH, WS;
   int64_t hprev_col;  // column of h_{t-1} in a workspace row
-  const T* ws;        // [B, WS]  read
-  T* dc;              // [B, H]   dc_t in, dc_{t-1} out            read/written
-  T* dgx;             // [B, GH]  d(pre-activation), x side        written
-  T* dgh;             // [B, GH]  d(pre-activation), h side        written (== dgx unless the
+  const Real* ws;        // [B, WS]  read
+  Real* dc;              // [B, H]   dc_t in, dc_{t-1} out            read/written
+  Real* dgx;             // [B, GH]  d(pre-activation), x side        written
+  Real* dgh;             // [B, GH]  d(pre-activation), h side        written (== dgx unless the
                       //          cell has apart gates)
 };
 
 // The backward step accessor of cell_math.h.
-template <class Math, class V, class T>
+template <class Math, class V, class Real>
 struct BackwardUnit {
   static constexpr bool kSplit = Math::kApartGates != 0;
-  const BwdStep<T>& s;
+  const BwdStep<Real>& s;
   int64_t b, j;
   V saved(int q) const { return V::load(s.ws + b * s.WS + q * s.H + j); }
   V h_prev() const { return V::load(s.ws + b * s.WS + s.hprev_col + j); }

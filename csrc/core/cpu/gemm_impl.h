@@ -2,200 +2,20 @@
 // A read in place through (row, column) strides, an MR x NR register tile.
 //
 // Included inside namespace rnnfast::core::<isa> by a kernels_<isa>.cpp after
-// `KIsa` (ScalarIsa or SimdIsa) is defined, so every instruction set gets its
-// own copy compiled for its own target.
+// `IsaTraits` (ScalarIsa or SimdIsa) is defined and runtime_impl.h is included, so every
+// instruction set gets its own copy compiled for its own target.
 
-constexpr int MR = KIsa::MR;  // rows per register tile (the ISA's register file decides)
+constexpr int MR = IsaTraits::MR;  // rows per register tile (the ISA's register file decides)
 constexpr int MB = 48;        // rows per parallel task (a multiple of MR)
 static_assert(MB % MR == 0, "MB must be a multiple of MR");
 
 template <class T>
-using Vec = typename KIsa::template Vec<T>;
+using Vec = typename IsaTraits::template Vec<T>;
 template <class T>
-constexpr int kNR = KIsa::template NR<T>;
+constexpr int kNR = IsaTraits::template NR<T>;
 
 // Sixteen zeros: the rows past the end of an operand, for the 16 x 16 packing transposes.
 alignas(64) inline constexpr float kZeros16[16] = {};
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-
-// 64-byte aligned scratch memory owned by one kernel call. Blocks of 64 KB and up come
-// from the cross-call cache (rnn.h: scratch_alloc): no page faults when a call reuses the
-// previous call's blocks, and huge-page backed from 2 MB.
-template <class T>
-class Buffer {
- public:
-  Buffer() = default;
-  // cached = false: always from malloc (small per-thread buffers, which would otherwise take
-  // cache slots from the large per-call blocks the cache is for).
-  explicit Buffer(int64_t n, bool cached = true) { reset(n, cached); }
-  ~Buffer() { release(); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  void reset(int64_t n, bool cached = true) {
-    release();
-    if (n <= 0) return;
-    size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
-    if (cached && bytes >= kScratchMinBytes) {
-      p_ = static_cast<T*>(scratch_alloc(bytes));
-      from_cache_ = true;
-      return;
-    }
-    p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
-    if (!p_) throw std::bad_alloc();
-    debug_fill_nan(p_, bytes);  // (scratch_alloc fills its blocks itself)
-  }
-  T* get() const { return p_; }
-
- private:
-  void release() {
-    if (from_cache_) scratch_free(p_); else std::free(p_);
-    p_ = nullptr;
-    from_cache_ = false;
-  }
-  T* p_ = nullptr;
-  bool from_cache_ = false;
-};
-
-// The denormal mode of a kernel call: the MXCSR bits FTZ (flush results to zero) and DAZ
-// (read inputs as zero). Float32 calls set both: denormal arithmetic is 10-100x slower on
-// x86 and float32 RNN states decay into that range. Float64 calls keep the caller's mode, as
-// torch does (float64 denormals start at 2e-308, where states rarely go, and a user who
-// needs them gets them). The worker threads of a call take the calling thread's mode, and
-// every thread gets its own mode back when the call ends.
-#if defined(__SSE__) || defined(__x86_64__)
-constexpr unsigned kFlushDenormals = 0x8040u;
-inline unsigned denormal_mode() { return _mm_getcsr() & kFlushDenormals; }
-struct DenormalGuard {
-  unsigned saved;
-  explicit DenormalGuard(unsigned mode) : saved(_mm_getcsr()) {
-    if ((saved & kFlushDenormals) != mode) _mm_setcsr((saved & ~kFlushDenormals) | mode);
-  }
-  ~DenormalGuard() { _mm_setcsr(saved); }
-  DenormalGuard(const DenormalGuard&) = delete;
-  DenormalGuard& operator=(const DenormalGuard&) = delete;
-};
-#else
-constexpr unsigned kFlushDenormals = 0;
-inline unsigned denormal_mode() { return 0; }
-struct DenormalGuard {
-  explicit DenormalGuard(unsigned) {}
-};
-#endif
-// The mode an entry point runs a call of element type T in.
-template <class T>
-inline unsigned call_denormal_mode() {
-  return std::is_same<T, float>::value ? kFlushDenormals : denormal_mode();
-}
-
-// Orders this thread's earlier non-temporal stores before its later stores (the barrier
-// that hands the data to another thread, or the end of the kernel).
-inline void store_fence() {
-#if defined(RNNFAST_X86)
-  _mm_sfence();
-#endif
-}
-
-// Runs f(begin, end) over [0, n) on the executor; on the calling thread alone
-// when the work is too small to pay for a fork.
-template <class F>
-void parallel_for(const Executor& ex, int64_t n, bool worth_it, F&& f) {
-  if (n <= 0) return;
-  if (n == 1 || !worth_it || ex.num_threads() <= 1) {
-    f(int64_t(0), n);
-    return;
-  }
-  using Fn = typename std::remove_reference<F>::type;
-  struct Ctx {
-    Fn* f;
-    unsigned mode;
-  } ctx{&f, denormal_mode()};
-  ex.run(
-      n,
-      [](void* c, int64_t b, int64_t e) {
-        const Ctx& x = *static_cast<const Ctx*>(c);
-        DenormalGuard g(x.mode);
-        (*x.f)(b, e);
-      },
-      &ctx);
-}
-
-// A reusable barrier for the threads of one team: spins (the steps it separates
-// are microseconds apart), and yields the core after a while in case the team
-// shares it with other work.
-class SpinBarrier {
- public:
-  void join(int n) { n_.store(n, std::memory_order_relaxed); }
-  void wait() {
-    const int n = n_.load(std::memory_order_relaxed);
-    if (n <= 1) return;
-    const int gen = gen_.load(std::memory_order_acquire);
-    if (count_.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
-      count_.store(0, std::memory_order_relaxed);
-      gen_.store(gen + 1, std::memory_order_release);
-      return;
-    }
-    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
-      if (spins < 4000) {
-#if defined(RNNFAST_X86)
-        _mm_pause();
-#endif
-      } else {
-        std::this_thread::yield();
-      }
-    }
-  }
-
- private:
-  alignas(64) std::atomic<int> count_{0};
-  alignas(64) std::atomic<int> gen_{0};
-  alignas(64) std::atomic<int> n_{1};
-};
-
-// One thread's view of a team running a time loop: its share of each step's
-// tasks, and the barrier that ends each parallel phase of a step.
-struct TeamSlot {
-  int tid = 0, nth = 1;
-  SpinBarrier* bar = nullptr;
-  // This thread's contiguous share [*b, *e) of n tasks: the same share every
-  // step, so each thread keeps working on the same weights (weight-stationary).
-  void share(int64_t n, int64_t* b, int64_t* e) const {
-    *b = n * tid / nth;
-    *e = n * (tid + 1) / nth;
-  }
-  void sync() const {
-    if (bar) bar->wait();
-  }
-};
-
-// Runs body(step, slot) for step = 0 .. nsteps-1. In parallel, one team of
-// threads runs the whole loop, with a barrier between phases, instead of a fork
-// and a join per step.
-template <class Body>
-void run_steps(const Executor& ex, int64_t nsteps, bool parallel, Body&& body) {
-  if (!parallel || ex.num_threads() <= 1) {
-    TeamSlot slot;
-    for (int64_t step = 0; step < nsteps; ++step) body(step, slot);
-    return;
-  }
-  SpinBarrier bar;
-  const unsigned mode = denormal_mode();
-  auto member = [&](int tid, int nth) {
-    DenormalGuard g(mode);
-    bar.join(nth);
-    TeamSlot slot;
-    slot.tid = tid;
-    slot.nth = nth;
-    slot.bar = nth > 1 ? &bar : nullptr;
-    for (int64_t step = 0; step < nsteps; ++step) body(step, slot);
-  };
-  using M = decltype(member);
-  ex.run_team(
-      ex.num_threads(),
-      [](void* ctx, int tid, int nth) { (*static_cast<M*>(ctx))(tid, nth); }, &member);
-}
 
 // Packs rows [k0, k0 + kc) and columns [n0, n0 + n) of the K x N operand B
 // into strips [s_begin, s_end) of kc x NR values (columns past n are zero).
@@ -210,7 +30,7 @@ void pack_b(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64
     const int64_t c0 = n0 + s * NR;
     const int64_t nc = imin(NR, n0 + n - c0);
     int64_t k = 0;
-    if constexpr (KIsa::kTranspose16 && std::is_same<T, float>::value && NR % 16 == 0) {
+    if constexpr (IsaTraits::kTranspose16 && std::is_same<T, float>::value && NR % 16 == 0) {
       // B given as [N, K]: 16 of its rows (columns of the strip) by 16 k at a time through
       // the in-register transpose, where a scalar loop read each value with a stride of ldb.
       if (b_trans)
@@ -219,7 +39,7 @@ void pack_b(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64
             const float* r16[16];
             for (int i = 0; i < 16; ++i)
               r16[i] = c + i < nc ? B + (c0 + c + i) * ldb + (k0 + k) : kZeros16;
-            KIsa::transpose16(r16, dst + k * NR + c, NR, 16);
+            IsaTraits::transpose16(r16, dst + k * NR + c, NR, 16);
           }
     }
     for (; k < kc; ++k) {
@@ -331,13 +151,13 @@ void pack_a(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, T* ou
     const T* src = A + p * MR * a_rs;
     // MR sequential row streams in (rows past M read as zeros), one sequential stream out
     int64_t k = 0;
-    if constexpr (KIsa::kTranspose16 && std::is_same<T, float>::value) {
+    if constexpr (IsaTraits::kTranspose16 && std::is_same<T, float>::value) {
       static_assert(MR <= 16, "a panel of at most 16 rows");
       if (a_cs == 1)
         for (; k + 16 <= kc; k += 16) {
           const float* r16[16];
           for (int r = 0; r < 16; ++r) r16[r] = r < rows ? src + r * a_rs + k : kZeros16;
-          KIsa::transpose16(r16, dst + k * MR, MR, MR);
+          IsaTraits::transpose16(r16, dst + k * MR, MR, MR);
         }
     }
     for (; k < kc; ++k) {

@@ -1,6 +1,6 @@
-// The body every kernels_<isa>.cpp compiles in its own namespace: the vector
-// types of its instruction set, then the GEMM, the cell math, the layer driver
-// and the four entry points the dispatcher calls.
+// The body every kernels_<isa>.cpp compiles in its own namespace: the vector types of its
+// instruction set, then the runtime (buffers, threads), the GEMM, the cell math and its CPU
+// step accessors, the layer drivers, and the four entry points the dispatcher calls.
 // Before including: RNNFAST_ISA_NS (namespace name), and RNNFAST_VEC_HEADER (the
 // ISA's vector header, which defines SimdIsa) or RNNFAST_SCALAR_ONLY.
 namespace rnnfast {
@@ -9,12 +9,13 @@ namespace RNNFAST_ISA_NS {
 
 #include "vec_scalar.h"
 #if defined(RNNFAST_SCALAR_ONLY)
-using KIsa = ScalarIsa;
+using IsaTraits = ScalarIsa;
 #else
 #include "vec_x86_math.h"
 #include RNNFAST_VEC_HEADER
-using KIsa = SimdIsa;
+using IsaTraits = SimdIsa;
 #endif
+#include "runtime_impl.h"
 #include "gemm_impl.h"
 #include "../cell_math.h"
 #include "cell_step.h"

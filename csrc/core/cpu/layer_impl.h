@@ -9,20 +9,20 @@
 // Included inside namespace rnnfast::core::<isa>.
 
 // Applies f(V-type tag, j) to units [j0, j1): full vectors, then a scalar tail.
-template <class T, class F>
+template <class Real, class F>
 inline void for_units(int64_t j0, int64_t j1, F&& f) {
-  using V = Vec<T>;
+  using V = Vec<Real>;
   int64_t j = j0;
   for (; j + V::W <= j1; j += V::W) f(V(), j);
-  for (; j < j1; ++j) f(ScalarVec<T>(), j);
+  for (; j < j1; ++j) f(ScalarVec<Real>(), j);
 }
 
-template <class T>
-inline void copy_n(const T* src, int64_t n, T* dst) {
+template <class Real>
+inline void copy_n(const Real* src, int64_t n, Real* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
 }
-template <class T>
-inline void fill_n(T* dst, int64_t n, T v) {
+template <class Real>
+inline void fill_n(Real* dst, int64_t n, Real v) {
   for (int64_t i = 0; i < n; ++i) dst[i] = v;
 }
 
@@ -38,17 +38,17 @@ inline int64_t step_block_rows(int64_t B) {
 
 // Asks for the cache lines of p[0 .. n) into L2 (locality hint 1): the steps ask for
 // what the next step reads, a whole step ahead, too early for L1.
-template <class T>
-inline void prefetch_units(const T* p, int64_t n) {
+template <class Real>
+inline void prefetch_units(const Real* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64)
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(Real)); off += 64)
     __builtin_prefetch(c + off, 0, 1);
 }
 
 // dst[0, n) = src[0, n), into the workspace of a forward step (see FwdStep::ws_nt).
-template <class T>
-inline void save_units(const FwdStep<T>& st, const T* src, int64_t n, T* dst) {
-  for_units<T>(0, n, [&](auto v, int64_t j) {
+template <class Real>
+inline void save_units(const FwdStep<Real>& st, const Real* src, int64_t n, Real* dst) {
+  for_units<Real>(0, n, [&](auto v, int64_t j) {
     using V = decltype(v);
     save_value(st, V::load(src + j), dst + j);
   });
@@ -112,8 +112,8 @@ class ActiveRows {
   int64_t offset(int64_t t) const { return off_.get()[t]; }
   // Copies the active rows of src (grid row r at src + r * ld, cols wide) into the dense
   // [count(), cols] matrix dst.
-  template <class T>
-  void gather(const Executor& ex, const T* src, int64_t ld, int64_t cols, T* dst) const {
+  template <class Real>
+  void gather(const Executor& ex, const Real* src, int64_t ld, int64_t cols, Real* dst) const {
     parallel_for(ex, count_, count_ * cols > 65536, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) copy_n(src + at(k) * ld, cols, dst + k * cols);
     });
@@ -130,33 +130,33 @@ constexpr bool apart_gate(int64_t k) {
   return (Math::kApartGates >> k) & 1u;
 }
 
-template <class Math, class T>
-void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
-  constexpr int NR = kNR<T>;
+template <class Math, class Real>
+void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
+  constexpr int NR = kNR<Real>;
   const CellInfo& cell = cell_info(a.cell);
-  const int64_t T_ = a.T, B = a.B, I = a.I, H = a.H, P = a.P;
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P;
   const int64_t S = P > 0 ? P : H, G = Math::kGates, GH = G * H;
   const int64_t WS = cell.workspace_cols(H, P);
   const int64_t hprev_off = cell.hprev_col(H, P), proj_in_off = cell.proj_input_col(H);
-  if (B == 0 || T_ == 0) {  // no step: the final state is the initial one; y and ws have no rows
+  if (B == 0 || T == 0) {  // no step: the final state is the initial one; y and ws have no rows
     if (a.hy) {
-      if (a.h0) copy_n(a.h0, B * S, a.hy); else fill_n(a.hy, B * S, T(0));
+      if (a.h0) copy_n(a.h0, B * S, a.hy); else fill_n(a.hy, B * S, Real(0));
     }
     if (Math::kCellState && a.cy) {
-      if (a.c0) copy_n(a.c0, B * H, a.cy); else fill_n(a.cy, B * H, T(0));
+      if (a.c0) copy_n(a.c0, B * H, a.cy); else fill_n(a.cy, B * H, Real(0));
     }
     return;
   }
   const bool big = B * GH * S > 16384;
-  const ActivePrefix nact(a.lengths, B, T_);
+  const ActivePrefix nact(a.lengths, B, T);
   // With prefix lengths only the active (t, b) get an input projection, stored
   // densely: row nact.offset(t) + b. A packed input already is that matrix.
   const bool packed = a.packed;
-  const bool compact = packed || (nact.prefix() && nact.total(T_) < T_ * B);
-  const int64_t NX = compact ? nact.total(T_) : T_ * B;
-  Buffer<T> xc(compact && !packed ? NX * I : 0);
-  if (compact && !packed) ActiveRows(a.lengths, B, T_).gather(ex, a.x, I, I, xc.get());
-  const T* const xin = compact && !packed ? xc.get() : a.x;
+  const bool compact = packed || (nact.prefix() && nact.total(T) < T * B);
+  const int64_t NX = compact ? nact.total(T) : T * B;
+  Buffer<Real> xc(compact && !packed ? NX * I : 0);
+  if (compact && !packed) ActiveRows(a.lengths, B, T).gather(ex, a.x, I, I, xc.get());
+  const Real* const xin = compact && !packed ? xc.get() : a.x;
   // First row of step t in y and ws (of every row of it, or of its active ones if packed).
   auto row0 = [&](int64_t t) { return packed ? nact.offset(t) : t * B; };
 
@@ -172,22 +172,22 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   //      cache, while both weight matrices fit in the threads' L2 together: each step
   //      reads its thread's share of W_ih (packed like W_hh) from L2 instead of reading a
   //      gx row set back from memory (which was also written there first).
-  const bool dot = T_ <= 3 && B <= 8;
+  const bool dot = T <= 3 && B <= 8;
   const int64_t nth = imax(1, ex.num_threads());
   const bool fused = !dot && B <= 16 && B >= 2 &&
-                     (I + S) * GH * static_cast<int64_t>(sizeof(T)) <= nth * (768 << 10) &&
-                     NX * GH * static_cast<int64_t>(sizeof(T)) > (4 << 20);
+                     (I + S) * GH * static_cast<int64_t>(sizeof(Real)) <= nth * (768 << 10) &&
+                     NX * GH * static_cast<int64_t>(sizeof(Real)) > (4 << 20);
   const bool in_step = dot || fused;
-  Buffer<T> gx(in_step ? B * GH : NX * GH), bias(GH);
+  Buffer<Real> gx(in_step ? B * GH : NX * GH), bias(GH);
   for (int64_t n = 0; n < GH; ++n)
-    bias.get()[n] = (a.b_ih ? a.b_ih[n] : T(0)) +
-                    (a.b_hh && !apart_gate<Math>(n / H) ? a.b_hh[n] : T(0));
+    bias.get()[n] = (a.b_ih ? a.b_ih[n] : Real(0)) +
+                    (a.b_hh && !apart_gate<Math>(n / H) ? a.b_hh[n] : Real(0));
   if (in_step) {
     // computed by the steps
   } else if (NX <= 8) {  // a few rows: not worth packing W_ih
-    gemm_dot<T>(NX, GH, I, xin, I, a.w_ih, I, gx.get(), GH, /*acc=*/false);
+    gemm_dot<Real>(NX, GH, I, xin, I, a.w_ih, I, gx.get(), GH, /*acc=*/false);
   } else {
-    gemm<T>(ex, NX, GH, I, xin, I, 1, a.w_ih, I, /*b_trans=*/true, gx.get(), GH,
+    gemm<Real>(ex, NX, GH, I, xin, I, 1, a.w_ih, I, /*b_trans=*/true, gx.get(), GH,
             /*accumulate=*/false);
   }
 
@@ -195,7 +195,7 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   //    k*H + s*NR .. +NR of W_hh^T, i.e. rows of W_hh, as [S, NR] (not in the dot
   //    case above: the steps then read the rows of W_hh in place).
   const int64_t nsH = ceil_div(H, NR);
-  Buffer<T> whh(dot ? 0 : G * nsH * S * NR), wih(fused ? G * nsH * I * NR : 0);
+  Buffer<Real> whh(dot ? 0 : G * nsH * S * NR), wih(fused ? G * nsH * I * NR : 0);
   if (!dot)
     parallel_for(ex, G * nsH, big, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
@@ -206,17 +206,17 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
       }
     });
   const int64_t nsP = P > 0 ? ceil_div(P, NR) : 0;
-  Buffer<T> whr(dot ? 0 : nsP * H * NR);
+  Buffer<Real> whr(dot ? 0 : nsP * H * NR);
   if (P > 0 && !dot) pack_b(a.w_hr, H, true, 0, H, 0, P, whr.get(), 0, nsP);
 
   // 3. States (ping-pong h so that a step reads h_{t-1} while writing h_t).
-  Buffer<T> hbuf0(B * S), hbuf1(B * S), cbuf(Math::kCellState ? B * H : 0),
+  Buffer<Real> hbuf0(B * S), hbuf1(B * S), cbuf(Math::kCellState ? B * H : 0),
       rg(Math::kApartGates ? B * GH : 0),
       hpre(P > 0 ? B * H : 0);
-  if (a.h0) copy_n(a.h0, B * S, hbuf0.get()); else fill_n(hbuf0.get(), B * S, T(0));
+  if (a.h0) copy_n(a.h0, B * S, hbuf0.get()); else fill_n(hbuf0.get(), B * S, Real(0));
   // With unsorted lengths the projection GEMM also reads the rows of inactive batch
   // rows (their results are discarded): keep them defined.
-  if (P > 0) fill_n(hpre.get(), B * H, T(0));
+  if (P > 0) fill_n(hpre.get(), B * H, Real(0));
   // The recurrent GEMM reads h_{t-1} in A-panel layout (see pack_a): each thread packs
   // its own copy at the start of the step, from the rows the previous step wrote (half of
   // them by the other thread). Scattering h_t into a shared panel as it was produced cost
@@ -225,30 +225,30 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
   // (5-20% faster per step at B = 1..4 on Zen 4; from B = 8 the panel wins).
   const bool pack_h = !dot && B > 4;
   const int64_t pan_elems = pack_h ? ceil_div(B, MR) * MR * S : 0;
-  Buffer<T> hpk(pan_elems * imax(1, ex.num_threads()));
+  Buffer<Real> hpk(pan_elems * imax(1, ex.num_threads()));
   if (Math::kCellState) {
-    if (a.c0) copy_n(a.c0, B * H, cbuf.get()); else fill_n(cbuf.get(), B * H, T(0));
+    if (a.c0) copy_n(a.c0, B * H, cbuf.get()); else fill_n(cbuf.get(), B * H, Real(0));
   }
   const int64_t rbs = step_block_rows(B), nrb = ceil_div(B, rbs);
   const int64_t nblk = hprev_off / H;  // H-wide workspace blocks before h_{t-1}
 
-  T* const hbufs[2] = {hbuf0.get(), hbuf1.get()};
+  Real* const hbufs[2] = {hbuf0.get(), hbuf1.get()};
   // Non-temporal workspace stores, for a workspace too large to stay in cache until the
   // backward pass reads it (a smaller one is then read from cache: 1.4 MB written this way
   // made that pass stall on memory). They need every vector of it aligned: a 64-byte
   // aligned base (the allocators of the glue give that) and widths that keep each row and
   // block aligned.
-  constexpr int64_t W = Vec<T>::W;
-  const bool ws_nt = a.ws && NX * WS * static_cast<int64_t>(sizeof(T)) > (8 << 20) &&
-                     reinterpret_cast<uintptr_t>(a.ws) % (W * sizeof(T)) == 0 && H % W == 0 &&
+  constexpr int64_t W = Vec<Real>::W;
+  const bool ws_nt = a.ws && NX * WS * static_cast<int64_t>(sizeof(Real)) > (8 << 20) &&
+                     reinterpret_cast<uintptr_t>(a.ws) % (W * sizeof(Real)) == 0 && H % W == 0 &&
                      WS % W == 0;
-  run_steps(ex, T_, big, [&](int64_t step, const TeamSlot& slot) {
-    const int64_t t = a.reverse ? T_ - 1 - step : step;
-    T* const hcur = hbufs[step % 2];
-    T* const hnext = hbufs[(step + 1) % 2];
-    T* const hpk_mine = hpk.get() + slot.tid * pan_elems;
+  run_steps(ex, T, big, [&](int64_t step, const TeamSlot& slot) {
+    const int64_t t = a.reverse ? T - 1 - step : step;
+    Real* const hcur = hbufs[step % 2];
+    Real* const hnext = hbufs[(step + 1) % 2];
+    Real* const hpk_mine = hpk.get() + slot.tid * pan_elems;
     int64_t tb, te;
-    FwdStep<T> st;
+    FwdStep<Real> st;
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
     st.b_apart = Math::kApartGates ? a.b_hh : nullptr;
     const int64_t xrow = compact ? nact.offset(t) : t * B;  // step t's first row of x and gx
@@ -257,8 +257,8 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     // asks for them into L2 one row at a time during this step's epilogue. Fetched only
     // when needed, their scattered (row, gate) pieces stalled the epilogue on memory.
     const int64_t tn = a.reverse ? t - 1 : t + 1;
-    const bool has_next = step + 1 < T_ && !in_step;
-    const T* const gx_next =
+    const bool has_next = step + 1 < T && !in_step;
+    const Real* const gx_next =
         has_next ? gx.get() + (compact ? nact.offset(tn) : tn * B) * GH : nullptr;
     const int64_t nact_next = has_next ? nact[tn] : 0;
     st.rg = rg.get();
@@ -268,9 +268,9 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
     st.ws = a.ws ? a.ws + row0(t) * WS : nullptr;
     st.ws_nt = ws_nt;
     // h_t before the projection: the state, or (with P) the projection's input
-    T* const hout = P > 0 ? hpre.get() : hnext;
+    Real* const hout = P > 0 ? hpre.get() : hnext;
     const int64_t ld_hout = P > 0 ? H : S;
-    T* ytn = a.y + row0(t) * S;
+    Real* ytn = a.y + row0(t) * S;
 
     slot.share(nrb * nsH, &tb, &te);
     if (pack_h && tb < te) pack_a(nact[t], S, hcur, S, 1, hpk_mine);
@@ -285,12 +285,12 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
             for (int64_t k = 0; k < G; ++k) prefetch_units(st.gx + b * GH + k * H + j0, j1 - j0);
         if (in_step)  // this task's columns of x_t W_ih^T (see step 1)
           for (int64_t k = 0; k < G && ra > r0; ++k) {
-            const T* xr = xin + (xrow + r0) * I;
-            T* out = st.gx + r0 * GH + k * H + j0;
+            const Real* xr = xin + (xrow + r0) * I;
+            Real* out = st.gx + r0 * GH + k * H + j0;
             if (dot)
-              gemm_dot<T>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (k * H + j0) * I, I, out, GH, false);
+              gemm_dot<Real>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (k * H + j0) * I, I, out, GH, false);
             else
-              strip_rows<T>(ra - r0, I, xr, I, 1, wih.get() + (k * nsH + s) * I * NR, NR, out, GH,
+              strip_rows<Real>(ra - r0, I, xr, I, 1, wih.get() + (k * nsH + s) * I * NR, NR, out, GH,
                             j1 - j0, false);
           }
         // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
@@ -298,15 +298,15 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
         // epilogue then finds the sum in cache. The others go to rg.
         for (int64_t k = 0; k < G && ra > r0; ++k) {
           const bool onto_gx = !apart_gate<Math>(k);
-          T* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + k * H + j0;
+          Real* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + k * H + j0;
           if (dot)
-            gemm_dot<T>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S, out,
+            gemm_dot<Real>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S, out,
                         GH, onto_gx);
           else if (pack_h)
-            strip_rows_packed<T>(ra - r0, S, hpk_mine + r0 * S, whh.get() + (k * nsH + s) * S * NR,
+            strip_rows_packed<Real>(ra - r0, S, hpk_mine + r0 * S, whh.get() + (k * nsH + s) * S * NR,
                                  NR, out, GH, j1 - j0, onto_gx);
           else
-            strip_rows<T>(ra - r0, S, hcur + r0 * S, S, 1, whh.get() + (k * nsH + s) * S * NR, NR,
+            strip_rows<Real>(ra - r0, S, hcur + r0 * S, S, 1, whh.get() + (k * nsH + s) * S * NR, NR,
                           out, GH, j1 - j0, onto_gx);
         }
         for (int64_t b = r0; b < r1; ++b) {
@@ -314,9 +314,9 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
             for (int64_t k = 0; k < G; ++k)
               prefetch_units(gx_next + b * GH + k * H + j0, j1 - j0);
           if (row_active(a.lengths, b, t)) {
-            for_units<T>(j0, j1, [&](auto v, int64_t j) {
+            for_units<Real>(j0, j1, [&](auto v, int64_t j) {
               using V = decltype(v);
-              ForwardUnit<V, T> unit{st, b, j};
+              ForwardUnit<V, Real> unit{st, b, j};
               const V h = Math::template forward<V>(unit);
               h.store(hout + b * ld_hout + j);
               if (P == 0) h.store(ytn + b * S + j);
@@ -325,10 +325,10 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
           } else {  // inactive: the state carries over; y and ws get zeros (no row if packed)
             if (P == 0) {
               copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
-              if (!packed) fill_n(ytn + b * S + j0, j1 - j0, T(0));
+              if (!packed) fill_n(ytn + b * S + j0, j1 - j0, Real(0));
             }
             if (st.ws && !packed)
-              for (int64_t q = 0; q < nblk; ++q) fill_n(st.ws + b * WS + q * H + j0, j1 - j0, T(0));
+              for (int64_t q = 0; q < nblk; ++q) fill_n(st.ws + b * WS + q * H + j0, j1 - j0, Real(0));
           }
           if (P == 0) {
             if (st.ws && (!packed || b < ra))
@@ -349,17 +349,17 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
           const int64_t ra = imin(r1, nact[t]);
           const int64_t j0 = s * NR, j1 = imin(P, j0 + NR);
           if (ra > r0 && dot)
-            gemm_dot<T>(ra - r0, j1 - j0, H, hpre.get() + r0 * H, H, a.w_hr + j0 * H, H,
+            gemm_dot<Real>(ra - r0, j1 - j0, H, hpre.get() + r0 * H, H, a.w_hr + j0 * H, H,
                         hnext + r0 * S + j0, S, false);
           else if (ra > r0)
-            strip_rows<T>(ra - r0, H, hpre.get() + r0 * H, H, 1, whr.get() + s * H * NR, NR,
+            strip_rows<Real>(ra - r0, H, hpre.get() + r0 * H, H, 1, whr.get() + s * H * NR, NR,
                           hnext + r0 * S + j0, S, j1 - j0, false);
           for (int64_t b = r0; b < r1; ++b) {
             if (row_active(a.lengths, b, t)) {
               copy_n(hnext + b * S + j0, j1 - j0, ytn + b * S + j0);
             } else {
               copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
-              if (!packed) fill_n(ytn + b * S + j0, j1 - j0, T(0));
+              if (!packed) fill_n(ytn + b * S + j0, j1 - j0, Real(0));
             }
             if (st.ws && (!packed || b < ra))
               save_units(st, hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
@@ -370,43 +370,43 @@ void layer_forward_impl(const ForwardArgs<T>& a, const Executor& ex) {
       slot.sync();
     }
   });
-  if (a.hy) copy_n(hbufs[T_ % 2], B * S, a.hy);
+  if (a.hy) copy_n(hbufs[T % 2], B * S, a.hy);
   if (Math::kCellState && a.cy) copy_n(cbuf.get(), B * H, a.cy);
 }
 
-template <class Math, class T>
-void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
-  constexpr int NR = kNR<T>;
+template <class Math, class Real>
+void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
+  constexpr int NR = kNR<Real>;
   constexpr bool kSplit = Math::kApartGates != 0;  // dG differs between the x and h sides
   const CellInfo& cell = cell_info(a.cell);
-  const int64_t T_ = a.T, B = a.B, I = a.I, H = a.H, P = a.P;
-  const int64_t S = P > 0 ? P : H, G = Math::kGates, GH = G * H, TB = T_ * B;
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P;
+  const int64_t S = P > 0 ? P : H, G = Math::kGates, GH = G * H, TB = T * B;
   const int64_t WS = cell.workspace_cols(H, P);
   const int64_t hprev_off = cell.hprev_col(H, P), proj_in_off = cell.proj_input_col(H);
   const bool big = B * GH * S > 16384;
 
-  const ActivePrefix nact(a.lengths, B, T_);
+  const ActivePrefix nact(a.lengths, B, T);
   const bool packed = a.packed;
   // Rows of the per-step buffers (dG, dR): every (t, b), or the active ones if packed,
   // at row row0(t) + b as in ForwardArgs::packed.
-  const int64_t NR_ = packed ? nact.total(T_) : TB;
+  const int64_t NR_ = packed ? nact.total(T) : TB;
   auto row0 = [&](int64_t t) { return packed ? nact.offset(t) : t * B; };
-  Buffer<T> dgx(NR_ * GH), dgh_own(kSplit ? NR_ * GH : 0);
-  T* dgh = kSplit ? dgh_own.get() : dgx.get();
-  Buffer<T> carry(B * S), dc(Math::kCellState ? B * H : 0), rec(B * S);
-  if (a.dhy) copy_n(a.dhy, B * S, carry.get()); else fill_n(carry.get(), B * S, T(0));
+  Buffer<Real> dgx(NR_ * GH), dgh_own(kSplit ? NR_ * GH : 0);
+  Real* dgh = kSplit ? dgh_own.get() : dgx.get();
+  Buffer<Real> carry(B * S), dc(Math::kCellState ? B * H : 0), rec(B * S);
+  if (a.dhy) copy_n(a.dhy, B * S, carry.get()); else fill_n(carry.get(), B * S, Real(0));
   if (Math::kCellState) {
-    if (a.dcy) copy_n(a.dcy, B * H, dc.get()); else fill_n(dc.get(), B * H, T(0));
+    if (a.dcy) copy_n(a.dcy, B * H, dc.get()); else fill_n(dc.get(), B * H, Real(0));
   }
 
   // W_hh as the [GH, S] right operand of dh_{t-1} = dG_t W_hh; W_hr as [P, H].
   // Packed once per call (each strip contiguous, used every step); a call of a
   // few steps reads them in place instead.
   const int64_t nsS = ceil_div(S, NR), nsH = ceil_div(H, NR);
-  const bool direct = T_ <= 3;
-  RightOperand<T> whh(a.w_hh, S, false, 0, GH, S, &ex, direct);
-  RightOperand<T> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0, &ex, direct);
-  Buffer<T> dR(P > 0 ? NR_ * P : 0), dhpre(P > 0 ? B * H : 0);
+  const bool direct = T <= 3;
+  RightOperand<Real> whh(a.w_hh, S, false, 0, GH, S, &ex, direct);
+  RightOperand<Real> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0, &ex, direct);
+  Buffer<Real> dR(P > 0 ? NR_ * P : 0), dhpre(P > 0 ? B * H : 0);
   const int64_t rbs = step_block_rows(B), nrb = ceil_div(B, rbs);
   const int64_t nblk = hprev_off / H;  // H-wide workspace blocks before h_{t-1}
   // dG (h side) of each step also in A-panel layout, for the next step's GEMM
@@ -414,30 +414,30 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   // No initial fill: a step's GEMM reads only rows the step before packed (finish_block).
   const bool pack_d = B > 4;
   const int64_t npan = pack_d ? ceil_div(B, MR) : 0;
-  Buffer<T> dpk0(npan * GH * MR), dpk1(npan * GH * MR);
-  T* const dpks[2] = {dpk0.get(), dpk1.get()};
+  Buffer<Real> dpk0(npan * GH * MR), dpk1(npan * GH * MR);
+  Real* const dpks[2] = {dpk0.get(), dpk1.get()};
   // The bias gradients are the column sums of dG (x side for b_ih, h side for b_hh), kept
   // per row block: a task adds its block while it is still in cache, and the (row block,
   // strip) of a task is the same thread's every step, so no two threads add to one sum.
   const int64_t nsum = (a.db_ih || a.db_hh) ? (kSplit ? 2 : 1) : 0;
-  Buffer<T> dbsum(nsum * nrb * GH);
-  fill_n(dbsum.get(), nsum * nrb * GH, T(0));
+  Buffer<Real> dbsum(nsum * nrb * GH);
+  fill_n(dbsum.get(), nsum * nrb * GH, Real(0));
   // Once the rows of its block are done, a task
   // - packs the block for the next step's GEMM: rows [r0, r1) (r0 a multiple of MR; rows of
   //   the panel past r1 become zeros, and are never read) and, in each gate, units [j0, j1),
   //   by an in-register transpose, where scattering every value to its panel slot as it
   //   was computed took 5% of a training step;
   // - adds the block's columns to its bias-gradient sums.
-  auto finish_block = [&](T* pk, int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
-    const T* gsrc[2] = {dgx.get() + row0(t) * GH, dgh + row0(t) * GH};
+  auto finish_block = [&](Real* pk, int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
+    const Real* gsrc[2] = {dgx.get() + row0(t) * GH, dgh + row0(t) * GH};
     for (int64_t p0 = r0; pack_d && p0 < r1; p0 += MR)
       for (int64_t k = 0; k < G; ++k)
         pack_a(imin(MR, r1 - p0), j1 - j0, gsrc[1] + p0 * GH + k * H + j0, GH, 1,
                pk + p0 * GH + (k * H + j0) * MR);
     for (int64_t q = 0; q < nsum; ++q) {
-      T* sum = dbsum.get() + (q * nrb + r0 / rbs) * GH;
+      Real* sum = dbsum.get() + (q * nrb + r0 / rbs) * GH;
       for (int64_t k = 0; k < G; ++k)
-        for_units<T>(k * H + j0, k * H + j1, [&](auto v, int64_t n) {
+        for_units<Real>(k * H + j0, k * H + j1, [&](auto v, int64_t n) {
           using V = decltype(v);
           V acc = V::load(sum + n);
           for (int64_t b = r0; b < r1; ++b) acc = acc + V::load(gsrc[q] + b * GH + n);
@@ -446,39 +446,39 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     }
   };
 
-  auto time_of = [&](int64_t step) { return a.reverse ? step : T_ - 1 - step; };
-  run_steps(ex, T_, big, [&](int64_t step, const TeamSlot& slot) {
+  auto time_of = [&](int64_t step) { return a.reverse ? step : T - 1 - step; };
+  run_steps(ex, T, big, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = time_of(step);
     // dG (h side) of the step processed just before, if any; it is zero on the rows
     // [nrec, B) that were inactive there, so dG_prev W_hh is needed on [0, nrec) only
-    const T* prev = step > 0 ? dgh + row0(time_of(step - 1)) * GH : nullptr;
+    const Real* prev = step > 0 ? dgh + row0(time_of(step - 1)) * GH : nullptr;
     const int64_t nrec = prev ? nact[time_of(step - 1)] : 0;
-    const T* const dpk_prev = dpks[(step + 1) % 2];
-    T* const dpk_cur = dpks[step % 2];
+    const Real* const dpk_prev = dpks[(step + 1) % 2];
+    Real* const dpk_cur = dpks[step % 2];
     int64_t tb, te;
-    BwdStep<T> st;
+    BwdStep<Real> st;
     st.H = H; st.S = S; st.GH = GH; st.WS = WS;
     st.hprev_col = hprev_off;
     st.ws = a.ws + row0(t) * WS;
     st.dc = dc.get();
     st.dgx = dgx.get() + row0(t) * GH;
     st.dgh = dgh + row0(t) * GH;
-    const T* dyt = a.dy ? a.dy + row0(t) * S : nullptr;
+    const Real* dyt = a.dy ? a.dy + row0(t) * S : nullptr;
     // The next step's saved activations and dy, asked into L2 a row at a time during
     // this step (as the forward pass does with x W_ih^T).
-    const bool has_next = step + 1 < T_;
+    const bool has_next = step + 1 < T;
     const int64_t tn = has_next ? time_of(step + 1) : t;
-    const T* const ws_next = has_next ? a.ws + row0(tn) * WS : nullptr;
-    const T* const dy_next = has_next && a.dy ? a.dy + row0(tn) * S : nullptr;
+    const Real* const ws_next = has_next ? a.ws + row0(tn) * WS : nullptr;
+    const Real* const dy_next = has_next && a.dy ? a.dy + row0(tn) * S : nullptr;
     const int64_t nact_next = has_next ? nact[tn] : 0;
 
     // dh[b, j] = carry + dy_t (active rows) + (dG_{prev} W_hh)[b, j]; returns it and
     // leaves carry ready for the rows that are inactive at t.
-    auto total_dh = [&](int64_t b, int64_t j0, int64_t j1, T* out) {
-      const T* cr = carry.get() + b * S;
-      const T* rc = b < nrec ? rec.get() + b * S : nullptr;
-      const T* dy = dyt && row_active(a.lengths, b, t) ? dyt + b * S : nullptr;
-      for_units<T>(j0, j1, [&](auto v, int64_t j) {
+    auto total_dh = [&](int64_t b, int64_t j0, int64_t j1, Real* out) {
+      const Real* cr = carry.get() + b * S;
+      const Real* rc = b < nrec ? rec.get() + b * S : nullptr;
+      const Real* dy = dyt && row_active(a.lengths, b, t) ? dyt + b * S : nullptr;
+      for_units<Real>(j0, j1, [&](auto v, int64_t j) {
         using V = decltype(v);
         V d = V::load(cr + j);
         if (rc) d = d + V::load(rc + j);
@@ -488,17 +488,17 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     };
     auto zero_grads = [&](int64_t b, int64_t j0, int64_t j1) {
       for (int64_t k = 0; k < G; ++k) {
-        fill_n(st.dgx + b * GH + k * H + j0, j1 - j0, T(0));
-        if (kSplit) fill_n(st.dgh + b * GH + k * H + j0, j1 - j0, T(0));
+        fill_n(st.dgx + b * GH + k * H + j0, j1 - j0, Real(0));
+        if (kSplit) fill_n(st.dgh + b * GH + k * H + j0, j1 - j0, Real(0));
       }
     };
 
     // Phase 1, over strips of the S state units: dh = carry + dy_t + dG_prev W_hh; then,
     // without a projection, the cell's derivatives; with one, only dR_t (phase 2 does the cell).
-    T* dRt = P > 0 ? dR.get() + row0(t) * P : nullptr;
+    Real* dRt = P > 0 ? dR.get() + row0(t) * P : nullptr;
     slot.share(nrb * nsS, &tb, &te);
     {
-      alignas(64) T dh[kNR<T>];
+      alignas(64) Real dh[kNR<Real>];
       for (int64_t task = tb; task < te; ++task) {
         const int64_t rb = task / nsS, s = task % nsS;
         const int64_t r0 = rb * rbs, r1 = imin(B, r0 + rbs);
@@ -510,12 +510,12 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
         const int64_t rr = imin(r1, nrec);
         if (rr > r0) {
           int64_t ld;
-          const T* bs = whh.strip(s, &ld);
+          const Real* bs = whh.strip(s, &ld);
           if (pack_d)
-            strip_rows_packed<T>(rr - r0, GH, dpk_prev + r0 * GH, bs, ld, rec.get() + r0 * S + j0,
+            strip_rows_packed<Real>(rr - r0, GH, dpk_prev + r0 * GH, bs, ld, rec.get() + r0 * S + j0,
                                  S, j1 - j0, false);
           else
-            strip_rows<T>(rr - r0, GH, prev + r0 * GH, GH, 1, bs, ld, rec.get() + r0 * S + j0, S,
+            strip_rows<Real>(rr - r0, GH, prev + r0 * GH, GH, 1, bs, ld, rec.get() + r0 * S + j0, S,
                           j1 - j0, false);
         }
         for (int64_t b = r0; b < r1; ++b) {
@@ -526,17 +526,17 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           }
           total_dh(b, j0, j1, dh);
           const bool active = row_active(a.lengths, b, t);
-          T* cr = carry.get() + b * S;
+          Real* cr = carry.get() + b * S;
           if (P > 0 && active) {
             copy_n(dh, j1 - j0, dRt + b * P + j0);
-            fill_n(cr + j0, j1 - j0, T(0));
+            fill_n(cr + j0, j1 - j0, Real(0));
           } else if (P > 0) {  // inactive: dh passes to h_{t-1}, dR_t is zero (no row if packed)
-            if (!packed) fill_n(dRt + b * P + j0, j1 - j0, T(0));
+            if (!packed) fill_n(dRt + b * P + j0, j1 - j0, Real(0));
             copy_n(dh, j1 - j0, cr + j0);
           } else if (active) {
-            for_units<T>(j0, j1, [&](auto v, int64_t j) {
+            for_units<Real>(j0, j1, [&](auto v, int64_t j) {
               using V = decltype(v);
-              BackwardUnit<Math, V, T> unit{st, b, j};
+              BackwardUnit<Math, V, Real> unit{st, b, j};
               Math::template backward<V>(unit, V::load(dh + (j - j0))).store(cr + j);
             });
           } else {
@@ -558,16 +558,16 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
           const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
           const int64_t ra = imin(r1, nact[t]);
           int64_t ld;
-          const T* bs = whr.strip(s, &ld);
+          const Real* bs = whr.strip(s, &ld);
           if (ra > r0)
-            strip_rows<T>(ra - r0, P, dRt + r0 * P, P, 1, bs, ld, dhpre.get() + r0 * H + j0, H,
+            strip_rows<Real>(ra - r0, P, dRt + r0 * P, P, 1, bs, ld, dhpre.get() + r0 * H + j0, H,
                           j1 - j0, false);
           for (int64_t b = r0; b < r1; ++b) {
             if (row_active(a.lengths, b, t)) {
-              const T* dhp = dhpre.get() + b * H;
-              for_units<T>(j0, j1, [&](auto v, int64_t j) {
+              const Real* dhp = dhpre.get() + b * H;
+              for_units<Real>(j0, j1, [&](auto v, int64_t j) {
                 using V = decltype(v);
-                BackwardUnit<Math, V, T> unit{st, b, j};
+                BackwardUnit<Math, V, Real> unit{st, b, j};
                 Math::template backward<V>(unit, V::load(dhp + j));
               });
             } else if (!packed) {
@@ -581,13 +581,13 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
     }
   });
   // the last step processed; its rows past nlast were inactive (zero dG, or none if packed)
-  const T* prev = T_ > 0 ? dgh + row0(time_of(T_ - 1)) * GH : nullptr;
-  const int64_t nlast = T_ > 0 ? nact[time_of(T_ - 1)] : 0;
+  const Real* prev = T > 0 ? dgh + row0(time_of(T - 1)) * GH : nullptr;
+  const int64_t nlast = T > 0 ? nact[time_of(T - 1)] : 0;
 
   // dh0 = carry + dG_first W_hh ; dc0 = dc
   if (a.dh0) {
     copy_n(carry.get(), B * S, a.dh0);
-    if (prev && nlast > 0) gemm<T>(ex, nlast, S, GH, prev, GH, 1, a.w_hh, S, false, a.dh0, S, true);
+    if (prev && nlast > 0) gemm<Real>(ex, nlast, S, GH, prev, GH, 1, a.w_hh, S, false, a.dh0, S, true);
   }
   if (Math::kCellState && a.dc0) copy_n(dc.get(), B * H, a.dc0);
 
@@ -596,70 +596,70 @@ void layer_backward_impl(const BackwardArgs<T>& a, const Executor& ex) {
   // times a zero gate gradient, would still make dW_ih NaN. So whenever the lengths leave
   // some (t, b) inactive, the rows of the active ones are first gathered densely (ActiveRows),
   // which also spares the GEMMs the inactive rows. A packed call's buffers already are dense.
-  int64_t n_active = packed ? nact.total(T_) : TB;
+  int64_t n_active = packed ? nact.total(T) : TB;
   if (!packed && a.lengths) {
     n_active = 0;
-    for (int64_t b = 0; b < B; ++b) n_active += imin(imax(a.lengths[b], 0), T_);
+    for (int64_t b = 0; b < B; ++b) n_active += imin(imax(a.lengths[b], 0), T);
   }
   const bool compact = !packed && n_active < TB;
-  const ActiveRows active(compact ? a.lengths : nullptr, compact ? B : 0, compact ? T_ : 0);
+  const ActiveRows active(compact ? a.lengths : nullptr, compact ? B : 0, compact ? T : 0);
   const int64_t N = n_active;
-  auto dense = [&](const T* src, int64_t ld, int64_t cols, Buffer<T>& buf) -> const T* {
+  auto dense = [&](const Real* src, int64_t ld, int64_t cols, Buffer<Real>& buf) -> const Real* {
     if (!compact) return src;
     buf.reset(N * cols);
     active.gather(ex, src, ld, cols, buf.get());
     return buf.get();
   };
   // Columns [off, ...) of the saved workspace (none if nothing was saved: an empty call).
-  auto ws_cols = [&](int64_t off) -> const T* { return a.ws ? a.ws + off : nullptr; };
-  Buffer<T> dgx_b, dgh_b, x_b, hp_b, dr_b, hq_b, dx_b;
-  const T* dgx_c = dense(dgx.get(), GH, GH, dgx_b);
-  const T* dgh_c = kSplit ? dense(dgh, GH, GH, dgh_b) : dgx_c;
+  auto ws_cols = [&](int64_t off) -> const Real* { return a.ws ? a.ws + off : nullptr; };
+  Buffer<Real> dgx_b, dgh_b, x_b, hp_b, dr_b, hq_b, dx_b;
+  const Real* dgx_c = dense(dgx.get(), GH, GH, dgx_b);
+  const Real* dgh_c = kSplit ? dense(dgh, GH, GH, dgh_b) : dgx_c;
   if (a.dx) {
-    T* out = a.dx;
+    Real* out = a.dx;
     if (compact) {
       dx_b.reset(N * I);
       out = dx_b.get();
     }
-    gemm<T>(ex, N, I, GH, dgx_c, GH, 1, a.w_ih, I, false, out, I, false);
+    gemm<Real>(ex, N, I, GH, dgx_c, GH, 1, a.w_ih, I, false, out, I, false);
     if (compact)  // scatter back; inactive rows get zeros
-      parallel_for(ex, T_, TB * I > 65536, [&](int64_t b, int64_t e) {
+      parallel_for(ex, T, TB * I > 65536, [&](int64_t b, int64_t e) {
         for (int64_t t = b; t < e; ++t) {
           int64_t k = active.offset(t);
           for (int64_t r = 0; r < B; ++r) {
-            T* d = a.dx + (t * B + r) * I;
-            if (row_active(a.lengths, r, t)) copy_n(out + (k++) * I, I, d); else fill_n(d, I, T(0));
+            Real* d = a.dx + (t * B + r) * I;
+            if (row_active(a.lengths, r, t)) copy_n(out + (k++) * I, I, d); else fill_n(d, I, Real(0));
           }
         }
       });
   }
-  if (a.dw_ih) gemm<T>(ex, GH, I, N, dgx_c, 1, GH, dense(a.x, I, I, x_b), I, false, a.dw_ih, I, false);
+  if (a.dw_ih) gemm<Real>(ex, GH, I, N, dgx_c, 1, GH, dense(a.x, I, I, x_b), I, false, a.dw_ih, I, false);
   if (a.dw_hh)
-    gemm<T>(ex, GH, S, N, dgh_c, 1, GH, dense(ws_cols(hprev_off), WS, S, hp_b), compact ? S : WS,
+    gemm<Real>(ex, GH, S, N, dgh_c, 1, GH, dense(ws_cols(hprev_off), WS, S, hp_b), compact ? S : WS,
             false, a.dw_hh, S, false);
-  T* const db_out[2] = {a.db_ih, a.db_hh};
+  Real* const db_out[2] = {a.db_ih, a.db_hh};
   for (int q = 0; q < 2; ++q) {
     if (!db_out[q]) continue;
-    const T* sums = dbsum.get() + (nsum == 2 ? q : 0) * nrb * GH;
+    const Real* sums = dbsum.get() + (nsum == 2 ? q : 0) * nrb * GH;
     for (int64_t n = 0; n < GH; ++n) {
-      T v = T(0);
+      Real v = Real(0);
       for (int64_t rb = 0; rb < nrb; ++rb) v += sums[rb * GH + n];
       db_out[q][n] = v;
     }
   }
   if (a.dw_hr && P > 0)
-    gemm<T>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P, dense(ws_cols(proj_in_off), WS, H, hq_b),
+    gemm<Real>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P, dense(ws_cols(proj_in_off), WS, H, hq_b),
             compact ? H : WS, false, a.dw_hr, H, false);
 }
 
-template <class T>
-void forward_entry(const ForwardArgs<T>& a, const Executor& ex) {
-  DenormalGuard g(call_denormal_mode<T>());
-  visit_cell(a.cell, [&](auto math) { layer_forward_impl<decltype(math), T>(a, ex); });
+template <class Real>
+void forward_entry(const ForwardArgs<Real>& a, const Executor& ex) {
+  DenormalGuard g(call_denormal_mode<Real>());
+  visit_cell(a.cell, [&](auto math) { layer_forward_impl<decltype(math), Real>(a, ex); });
 }
 
-template <class T>
-void backward_entry(const BackwardArgs<T>& a, const Executor& ex) {
-  DenormalGuard g(call_denormal_mode<T>());
-  visit_cell(a.cell, [&](auto math) { layer_backward_impl<decltype(math), T>(a, ex); });
+template <class Real>
+void backward_entry(const BackwardArgs<Real>& a, const Executor& ex) {
+  DenormalGuard g(call_denormal_mode<Real>());
+  visit_cell(a.cell, [&](auto math) { layer_backward_impl<decltype(math), Real>(a, ex); });
 }
