@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "cells.h"
 
@@ -103,6 +104,33 @@ struct BackwardArgs {
   Real* db_hh = nullptr;            // [G*H]      written; null = not needed
   Real* dw_hr = nullptr;            // [P, H]     written; null = not needed
 };
+
+// The strategy of one CPU layer call: decided once per call from the shapes, the lengths and
+// the thread count, before any work, by the active instruction set's planner (its register
+// tile width enters), and then followed by the driver's phases (input projection, step loop,
+// weight gradients).
+struct LayerPlan {
+  bool parallel = false;          // the step loop runs on a team of threads
+  bool weights_in_place = false;  // few steps: the step GEMMs read the weight rows in place
+                                  // (dot products), nothing is packed
+  bool input_in_steps = false;    // forward: each step computes its units' x_t W_ih^T from W_ih
+                                  // packed like W_hh, instead of one GEMM for all steps
+  bool compact_rows = false;      // only the active (t, b) get rows in the whole-sequence
+                                  // GEMMs (input projection; weight gradients)
+  bool packed_panel = false;      // the step GEMM reads its left operand (h_{t-1} forward, the
+                                  // gate gradients backward) from a packed panel
+  bool stream_workspace = false;  // forward: workspace written with non-temporal stores
+  int64_t block_rows = 0;         // batch rows per row block of a step
+  int64_t row_blocks = 0;
+  int64_t strip_width = 0;        // hidden units per step task (the GEMM's register tile width)
+};
+// One line, "field=value ..." (for tests and debugging).
+std::string to_string(const LayerPlan& plan);
+
+LayerPlan plan_forward(const ForwardArgs<float>& a, int threads);
+LayerPlan plan_forward(const ForwardArgs<double>& a, int threads);
+LayerPlan plan_backward(const BackwardArgs<float>& a, int threads);
+LayerPlan plan_backward(const BackwardArgs<double>& a, int threads);
 
 // Entry points. They check nothing: the caller validates shapes.
 void layer_forward(const ForwardArgs<float>& a, const Executor& ex);

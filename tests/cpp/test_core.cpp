@@ -633,11 +633,54 @@ void check_denormals() {
 #endif
 }
 
+// The plans: each decision of LayerPlan follows from the shapes and lengths as documented.
+void check_plans() {
+  auto forward = [](int64_t T, int64_t B, int64_t I, int64_t H, const int64_t* lengths) {
+    ForwardArgs<float> a;
+    a.cell = Cell::LSTM;
+    a.T = T; a.B = B; a.I = I; a.H = H; a.lengths = lengths;
+    return plan_forward(a, 2);
+  };
+  auto backward = [](int64_t T, int64_t B, int64_t H, const int64_t* lengths) {
+    BackwardArgs<float> a;
+    a.cell = Cell::GRU;
+    a.T = T; a.B = B; a.I = H; a.H = H; a.lengths = lengths;
+    return plan_backward(a, 2);
+  };
+  const LayerPlan few = forward(2, 1, 128, 128, nullptr);
+  expect(few.weights_in_place && !few.input_in_steps && !few.packed_panel,
+         "plan: 2 steps of 1 row read the weights in place: " + to_string(few));
+  expect(to_string(few).find("weights_in_place=1") != std::string::npos,
+         "plan: to_string names the decisions: " + to_string(few));
+  const LayerPlan batch = forward(50, 16, 64, 64, nullptr);
+  expect(!batch.weights_in_place && batch.packed_panel && batch.parallel && !batch.compact_rows,
+         "plan: 50 steps of 16 rows pack the weights and h: " + to_string(batch));
+  const LayerPlan small_batch = forward(50, 4, 64, 64, nullptr);
+  expect(!small_batch.packed_panel, "plan: 4 rows read h in place: " + to_string(small_batch));
+  const LayerPlan long_seq = forward(5000, 8, 64, 64, nullptr);
+  expect(long_seq.input_in_steps,
+         "plan: a long small-batch call projects the input in the steps: " + to_string(long_seq));
+  const int64_t sorted[4] = {5, 4, 2, 1}, unsorted[4] = {2, 5, 1, 4};
+  expect(forward(5, 4, 8, 8, sorted).compact_rows,
+         "plan: non-increasing lengths compact the input projection");
+  expect(!forward(5, 4, 8, 8, unsorted).compact_rows,
+         "plan: unsorted lengths project every row forward");
+  expect(backward(5, 4, 8, unsorted).compact_rows,
+         "plan: backward gathers the active rows for any lengths");
+  expect(!backward(5, 4, 8, nullptr).compact_rows, "plan: no lengths, no gather backward");
+  expect(backward(3, 16, 8, nullptr).weights_in_place && !backward(4, 16, 8, nullptr).weights_in_place,
+         "plan: backward reads the weights in place for up to 3 steps");
+  const LayerPlan rows = forward(10, 300, 8, 8, nullptr);
+  expect(rows.row_blocks * rows.block_rows >= 300 && (rows.row_blocks - 1) * rows.block_rows < 300,
+         "plan: the row blocks cover the batch: " + to_string(rows));
+}
+
 int main() {
   const Isa initial = active_isa();
   check_scratch_cache();
   check_empty_sequence();
   check_denormals();
+  check_plans();
   std::printf("CPU supports: avx2=%d avx512=%d; default path %s\n", cpu_supports(Isa::Avx2),
               cpu_supports(Isa::Avx512), isa_name(initial));
   std::vector<Problem> problems;

@@ -19,13 +19,13 @@ struct FwdStep {
   // Write ws with non-temporal stores (save_value below): it is read again only by the
   // backward pass, so it should neither take a read for ownership nor evict the weights from
   // L2. Needs every vector's address in ws aligned to its size.
-  bool ws_nt;
+  bool stream_ws;
 };
 
-// A value saved for the backward pass (see FwdStep::ws_nt).
+// A value saved for the backward pass (see FwdStep::stream_ws).
 template <class V, class Real>
 inline void save_value(const FwdStep<Real>& s, V v, Real* p) {
-  if (s.ws_nt) v.stream(p); else v.store(p);
+  if (s.stream_ws) v.stream(p); else v.store(p);
 }
 
 // The forward step accessor of cell_math.h.

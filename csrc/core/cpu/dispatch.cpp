@@ -15,6 +15,10 @@ namespace core {
   void forward(const ForwardArgs<double>&, const Executor&);      \
   void backward(const BackwardArgs<float>&, const Executor&);     \
   void backward(const BackwardArgs<double>&, const Executor&);    \
+  LayerPlan plan(const ForwardArgs<float>&, int);                 \
+  LayerPlan plan(const ForwardArgs<double>&, int);                \
+  LayerPlan plan(const BackwardArgs<float>&, int);                \
+  LayerPlan plan(const BackwardArgs<double>&, int);               \
   }
 RNNFAST_DECLARE_ISA(scalar)
 #if defined(__x86_64__) || defined(_M_X64)
@@ -94,6 +98,34 @@ static void route_backward(const A& a, const Executor& ex) {
 #endif
     default: scalar::backward(a, ex); return;
   }
+}
+
+template <class A>
+static LayerPlan route_plan(const A& a, int threads) {
+  switch (active_isa()) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::Avx512: return avx512::plan(a, threads);
+    case Isa::Avx2: return avx2::plan(a, threads);
+#endif
+    default: return scalar::plan(a, threads);
+  }
+}
+
+LayerPlan plan_forward(const ForwardArgs<float>& a, int threads) { return route_plan(a, threads); }
+LayerPlan plan_forward(const ForwardArgs<double>& a, int threads) { return route_plan(a, threads); }
+LayerPlan plan_backward(const BackwardArgs<float>& a, int threads) { return route_plan(a, threads); }
+LayerPlan plan_backward(const BackwardArgs<double>& a, int threads) {
+  return route_plan(a, threads);
+}
+
+std::string to_string(const LayerPlan& p) {
+  auto flag = [](const char* name, bool v) { return std::string(name) + (v ? "=1 " : "=0 "); };
+  return flag("parallel", p.parallel) + flag("weights_in_place", p.weights_in_place) +
+         flag("input_in_steps", p.input_in_steps) + flag("compact_rows", p.compact_rows) +
+         flag("packed_panel", p.packed_panel) + flag("stream_workspace", p.stream_workspace) +
+         "block_rows=" + std::to_string(p.block_rows) +
+         " row_blocks=" + std::to_string(p.row_blocks) +
+         " strip_width=" + std::to_string(p.strip_width);
 }
 
 void layer_forward(const ForwardArgs<float>& a, const Executor& ex) { route_forward(a, ex); }

@@ -25,6 +25,10 @@ void forward(const ForwardArgs<float>& a, const Executor& ex) { forward_entry(a,
 void forward(const ForwardArgs<double>& a, const Executor& ex) { forward_entry(a, ex); }
 void backward(const BackwardArgs<float>& a, const Executor& ex) { backward_entry(a, ex); }
 void backward(const BackwardArgs<double>& a, const Executor& ex) { backward_entry(a, ex); }
+LayerPlan plan(const ForwardArgs<float>& a, int threads) { return make_forward_plan(a, threads); }
+LayerPlan plan(const ForwardArgs<double>& a, int threads) { return make_forward_plan(a, threads); }
+LayerPlan plan(const BackwardArgs<float>& a, int threads) { return make_backward_plan(a, threads); }
+LayerPlan plan(const BackwardArgs<double>& a, int threads) { return make_backward_plan(a, threads); }
 
 }  // namespace RNNFAST_ISA_NS
 }  // namespace core
