@@ -5,9 +5,12 @@
 CPU kernels are always built. CUDA sources (csrc/core/cuda/*.cu and the glue in
 csrc/torch/cuda) are compiled only when the installed torch has CUDA and nvcc
 is found, for sm_80 and sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise;
-RNNFAST_NO_CUDA=1 skips them.
+RNNFAST_NO_CUDA=1 skips them. A CUDA build records the hash of the sources its
+CUDA path is compiled from (scripts/cuda_sources_hash.py) as
+rnnfast._C.cuda_sources_sha, which rnnfast checks against the GPU-verified ones.
 """
 import glob
+import importlib.util
 import os
 import sys
 
@@ -19,6 +22,15 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _cuda_sources_sha():
+    """sha256 of the sources the CUDA path is compiled from (scripts/cuda_sources_hash.py)."""
+    path = os.path.join(ROOT, "scripts", "cuda_sources_hash.py")
+    spec = importlib.util.spec_from_file_location("rnnfast_cuda_sources_hash", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.sources_sha(module.WorkingTree(ROOT))
 
 
 def _cxx_standard():
@@ -88,6 +100,9 @@ def _extension():
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         define_macros.append(("RNNFAST_WITH_CUDA", None))
+        # A bare token (64 hex digits), which the C++ side quotes: a quoted value would not
+        # survive the shell that runs ninja's compile commands.
+        define_macros.append(("RNNFAST_CUDA_SOURCES_SHA", _cuda_sources_sha()))
         inc, lib, flag = _cublas_paths(cpp_extension.CUDA_HOME)
         return cpp_extension.CUDAExtension(
             "rnnfast._C",
@@ -110,6 +125,8 @@ setup(
     description="Fused LSTM/GRU/RNN kernels for PyTorch: drop-in nn.LSTM, nn.GRU, nn.RNN",
     package_dir={"": "python"},
     packages=find_packages("python"),
+    # the manifest of GPU-verified CUDA source hashes, read at import (_cuda_verified.py)
+    package_data={"rnnfast": ["cuda_verified.json"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",

@@ -7,7 +7,11 @@
 #      gradients, bf16/fp16 error, determinism, autocast, compile),
 #   3. runs compute-sanitizer memcheck over a small case of every kernel path,
 #   4. runs the GPU benchmark against cuDNN (bench/bench_gpu.py),
-# writes logs and summary.md under $OUT (default bench/results/gpu-run; at most 7 files, so
+#   5. when the tests and the sanitizer passed, writes cuda-verified-entry.json: the entry to
+#      add to python/rnnfast/cuda_verified.json (the manifest of GPU-verified hashes of the
+#      CUDA sources, scripts/cuda_sources_hash.py), so that builds of these sources run their
+#      CUDA kernels by default; record the run in the results file the entry names,
+# writes logs and summary.md under $OUT (default bench/results/gpu-run; at most 8 files, so
 # the device tool brings them all back) and prints a short summary last. Exit status: 0 when the build, the tests and the sanitizer all passed.
 #   GPU_CHECK_BENCH=quick|full|none  (default full)   GPU_CHECK_BENCH_SECONDS (default 170)
 set -uo pipefail
@@ -68,6 +72,9 @@ cat "$OUT/build.probe" >> "$OUT/build.log"; rm -f "$OUT/build.probe"
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 export RNNFAST_CUDA_KERNELS=1 RNNFAST_REQUIRE_CUDA=1
 $PY -c "import rnnfast; print(rnnfast.info())" | tee -a "$OUT/summary.md"
+built_sha=$($PY -c "import rnnfast; print(rnnfast._C.cuda_sources_sha)" 2>&1)
+tree_sha=$($PY scripts/cuda_sources_hash.py 2>&1)
+status "CUDA sources sha256: built $built_sha, working tree $tree_sha"
 
 # 2. tests
 t0=$(date +%s)
@@ -91,6 +98,18 @@ if [ "$mode" != none ]; then
   timeout $(( ${GPU_CHECK_BENCH_SECONDS:-170} + 60 )) $PY bench/bench_gpu.py --out "$OUT" \
     --time-limit "${GPU_CHECK_BENCH_SECONDS:-170}" $extra > "$OUT/bench.log" 2>&1
   status "benchmark: rc=$? in $(( $(date +%s) - t0 )) s (gpu_bench.md)"
+fi
+
+# 5. the manifest entry, for a passing run of the sources the build was compiled from
+if [ $tests_rc -eq 0 ] && [ $san_rc -eq 0 ]; then
+  if [ "$built_sha" = "$tree_sha" ]; then
+    card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+    $PY scripts/cuda_sources_hash.py --entry --card "$card" \
+      --results "bench/results/gpu-$(date -u +%F).md" > "$OUT/cuda-verified-entry.json"
+    status "manifest entry: cuda-verified-entry.json (add it to python/rnnfast/cuda_verified.json)"
+  else
+    status "no manifest entry: the build's CUDA sources differ from the working tree's"
+  fi
 fi
 
 echo

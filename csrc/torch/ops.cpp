@@ -214,6 +214,10 @@ PYBIND11_MODULE(_C, m) {
         "outputs start filled with NaN.");
 #ifdef RNNFAST_WITH_CUDA
   m.attr("cuda_built") = true;
+#define RNNFAST_QUOTE(...) #__VA_ARGS__
+#define RNNFAST_STRING(x) RNNFAST_QUOTE(x)
+  // sha256 of the CUDA sources, from setup.py (scripts/cuda_sources_hash.py)
+  m.attr("cuda_sources_sha") = RNNFAST_STRING(RNNFAST_CUDA_SOURCES_SHA);
 #else
   m.attr("cuda_built") = false;
 #endif

@@ -26,14 +26,12 @@ import torch.autograd.forward_ad as _fwad
 from . import _C  # noqa: F401  (loads the library that defines the ops)
 from . import _reference
 
-# Whether a run on a real GPU has verified the CUDA kernels of this source tree
-# (bench/gpu_check.sh; each run is recorded in bench/results/gpu-*.md). Verified on an
-# NVIDIA H200 on 2026-11-27 (bench/results/gpu-2026-11-27.md): all CUDA tests passed and
-# compute-sanitizer memcheck was clean. Whoever changes csrc/core/cuda or csrc/torch/cuda
-# reruns bench/gpu_check.sh on a GPU before relying on this. Since that run, the ops' autograd
-# moved from torch.library.register_autograd to C++ (csrc/torch/autograd.cpp, 2026-11-28): the
-# same device-independent code the CPU tests run; the next GPU run confirms it on CUDA.
-CUDA_KERNELS_VERIFIED = True
+# Whether a run on a real GPU (bench/gpu_check.sh) verified the CUDA sources this extension
+# was built from: derived from the build's hash of those sources and the committed manifest of
+# verified hashes (_cuda_verified.py), never set by hand.
+from ._cuda_verified import cuda_kernels_verified
+
+CUDA_KERNELS_VERIFIED = cuda_kernels_verified()
 # RNNFAST_CUDA_KERNELS=1 forces the CUDA kernels on, =0 forces the reference loop.
 _CUDA_KERNELS_ENV = os.environ.get("RNNFAST_CUDA_KERNELS", "")
 

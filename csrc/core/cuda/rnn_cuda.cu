@@ -13,6 +13,10 @@
 namespace rnnfast {
 namespace core {
 namespace cuda {
+
+// The pointwise math of every cell, shared with the CPU kernels (cells::Lstm, ...; visit_cell).
+#include "../cell_math.h"
+
 namespace {
 
 // ---------------------------------------------------------------------------
@@ -61,16 +65,45 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
 template <class S>
 __device__ __forceinline__ S from_acc(double v) { return v; }
 
-__device__ __forceinline__ float sigm(float v) { return 1.f / (1.f + expf(-v)); }
-__device__ __forceinline__ double sigm(double v) { return 1.0 / (1.0 + exp(-v)); }
-__device__ __forceinline__ float tanh_(float v) { return tanhf(v); }
-__device__ __forceinline__ double tanh_(double v) { return tanh(v); }
-// max(0, v) that keeps NaN, as torch.relu does.
+RNNFAST_HD float sigm(float v) { return 1.f / (1.f + expf(-v)); }
+RNNFAST_HD double sigm(double v) { return 1.0 / (1.0 + exp(-v)); }
+RNNFAST_HD float tanh_(float v) { return tanhf(v); }
+RNNFAST_HD double tanh_(double v) { return tanh(v); }
+
+// The value type V of the cell math (cell_math.h) on CUDA: one thread computes one unit, so V
+// is one scalar of the accumulation type A.
 template <class A>
-__device__ __forceinline__ A relu_(A v) { return (v > A(0) || v != v) ? v : A(0); }
+struct Value {
+  A v;
+  RNNFAST_HD Value operator+(Value b) const { return {v + b.v}; }
+  RNNFAST_HD Value operator-(Value b) const { return {v - b.v}; }
+  RNNFAST_HD Value operator*(Value b) const { return {v * b.v}; }
+  RNNFAST_HD static Value set1(A x) { return {x}; }
+  RNNFAST_HD static Value fmadd(Value a, Value b, Value c) { return {a.v * b.v + c.v}; }
+  RNNFAST_HD static Value sigmoid(Value a) { return {sigm(a.v)}; }
+  RNNFAST_HD static Value tanh(Value a) { return {tanh_(a.v)}; }
+  // max(0, v) that keeps NaN, as torch.relu does.
+  RNNFAST_HD static Value relu(Value a) { return {(a.v > A(0) || a.v != a.v) ? a.v : A(0)}; }
+  // As torch's relu backward: passes d unless h <= 0 (so a NaN h passes d).
+  RNNFAST_HD static Value where_pos(Value h, Value d) { return {h.v <= A(0) ? A(0) : d.v}; }
+};
 
 template <class S> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
+
+// A storage type, as a value (visit_storage passes one to its function).
+template <class S> struct Storage { using type = S; };
+
+// Calls f(Storage<S>{}) with the storage type S of `dtype`.
+template <class F>
+decltype(auto) visit_storage(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::F64: return f(Storage<double>{});
+    case DType::F16: return f(Storage<__half>{});
+    case DType::BF16: return f(Storage<__nv_bfloat16>{});
+    default: return f(Storage<float>{});
+  }
+}
 
 cudaDataType_t cuda_type(DType t) {
   switch (t) {
@@ -137,14 +170,15 @@ void bind_stream(cublasHandle_t handle, cudaStream_t stream) {
   check_blas(cublasSetPointerMode(handle, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
 }
 
-// Carves aligned pieces out of the caller's scratch buffer (or, with a null
-// base, just adds up their sizes).
+// Carves aligned arrays out of the caller's scratch buffer (or, with a null
+// base, just adds up their sizes and returns null pointers).
 struct Carve {
   char* base;
   size_t used = 0;
-  void* take(size_t bytes) {
-    void* p = base ? base + used : nullptr;
-    used += (bytes + 255) / 256 * 256;
+  template <class E>
+  E* take(int64_t count) {
+    E* p = base ? reinterpret_cast<E*>(base + used) : nullptr;
+    used += (sizeof(E) * count + 255) / 256 * 256;
     return p;
   }
 };
@@ -157,6 +191,94 @@ __device__ __forceinline__ bool active(const int64_t* lengths, int64_t b, int64_
   return lengths == nullptr || t < lengths[b];
 }
 
+// Whether gate k of a cell keeps its recurrent product apart from the x side (cell_math.h).
+template <class Math>
+RNNFAST_HD constexpr bool apart_gate(int k) {
+  return (Math::kApartGates >> k) & 1u;
+}
+
+// P >= 0, and P > 0 only for the cells that accept a projection (cells.h).
+void check_projection(Cell cell, int64_t P) {
+  const CellInfo& info = cell_info(cell);
+  if (P < 0)
+    throw std::runtime_error("rnnfast CUDA: the projection size P must be >= 0, got " +
+                             std::to_string(P));
+  if (P > 0 && !info.projection)
+    throw std::runtime_error(std::string("rnnfast CUDA: the ") + info.name +
+                             " cell takes no projection, got P = " + std::to_string(P));
+}
+
+// ---------------------------------------------------------------------------
+// Scratch buffers
+// ---------------------------------------------------------------------------
+// Each is carved out of `base` in the order of its fields. With a null base every pointer is
+// null and only `bytes` is computed: that is what *_scratch_bytes() report, so the size and
+// the pointers the kernels use come from this one description.
+
+// The sizes a scratch layout depends on, from ForwardArgs or BackwardArgs.
+struct ScratchSizes {
+  const CellInfo& cell;
+  int64_t T, B, H, P;
+  int64_t S;   // state size: P if P > 0, else H
+  int64_t GH;  // gate rows: G * H
+
+  template <class Args>
+  explicit ScratchSizes(const Args& a)
+      : cell(cell_info(a.cell)), T(a.T), B(a.B), H(a.H), P(a.P), S(a.P > 0 ? a.P : a.H),
+        GH(cell_info(a.cell).gates * a.H) {}
+};
+
+template <class S, class A = typename Acc<S>::type>
+struct ForwardScratch {
+  A* gx;      // [T, B, G*H]  x W_ih^T of every step
+  A* gh;      // [B, G*H]     h_{t-1} W_hh^T (the cuBLAS path)
+  S* h;       // [B, S]       the state
+  S* h_alt;   // [B, S]       h_t of the fused step, which may not overwrite h_{t-1}
+  A* c;       // [B, H]       the cell state (cells with one), or null
+  S* hfull;   // [B, H]       with P: the projection input o * tanh(c_t), or null
+  A* rproj;   // [B, P]       with P: hfull W_hr^T, or null
+  size_t bytes;
+
+  ForwardScratch(const ForwardArgs& a, void* base) {
+    const ScratchSizes n(a);
+    Carve carve{static_cast<char*>(base)};
+    gx = carve.take<A>(n.T * n.B * n.GH);
+    gh = carve.take<A>(n.B * n.GH);
+    h = carve.take<S>(n.B * n.S);
+    h_alt = carve.take<S>(n.B * n.S);
+    c = n.cell.cell_state ? carve.take<A>(n.B * n.H) : nullptr;
+    hfull = n.P > 0 ? carve.take<S>(n.B * n.H) : nullptr;
+    rproj = n.P > 0 ? carve.take<A>(n.B * n.P) : nullptr;
+    bytes = carve.used;
+  }
+};
+
+template <class A>
+struct BackwardScratch {
+  A* dgx;     // [T, B, G*H]  gradient of the gate pre-activations, x side
+  A* dgh;     // [T, B, G*H]  h side: its own array for cells with apart gates, else dgx
+  A* dh;      // [B, S]       gradient w.r.t. the state
+  A* dc;      // [B, H]       gradient w.r.t. the cell state (cells with one), or null
+  A* dr;      // [T, B, P]    with P: gradient w.r.t. hfull W_hr^T, or null
+  A* dhfull;  // [B, H]       with P: gradient w.r.t. the projection input, or null
+  A* ones;    // [max(T*B, 1)] ones, for the bias gradients as GEMVs
+  size_t bytes;
+
+  BackwardScratch(const BackwardArgs& a, void* base) {
+    const ScratchSizes n(a);
+    const int64_t rows = n.T * n.B;
+    Carve carve{static_cast<char*>(base)};
+    dgx = carve.take<A>(rows * n.GH);
+    dgh = n.cell.apart_gates ? carve.take<A>(rows * n.GH) : dgx;
+    dh = carve.take<A>(n.B * n.S);
+    dc = n.cell.cell_state ? carve.take<A>(n.B * n.H) : nullptr;
+    dr = n.P > 0 ? carve.take<A>(rows * n.P) : nullptr;
+    dhfull = n.P > 0 ? carve.take<A>(n.B * n.H) : nullptr;
+    ones = carve.take<A>(rows > 0 ? rows : 1);
+    bytes = carve.used;
+  }
+};
+
 // ---------------------------------------------------------------------------
 // Forward kernels (one thread per (b, j), j < H)
 // ---------------------------------------------------------------------------
@@ -164,6 +286,8 @@ __device__ __forceinline__ bool active(const int64_t* lengths, int64_t b, int64_
 template <class S, class A>
 struct FwdStep {
   int64_t B, H, S_, WS;
+  int64_t hprev_col;       // column of h_{t-1} in a workspace row (cells.h)
+  int64_t proj_input_col;  // column of the projection input (with P)
   const A* gx;        // [B, G*H]   x W_ih^T at this step
   const A* gh;        // [B, G*H]   h_{t-1} W_hh^T (unfused path)
   const S* b_ih;      // [G*H] or null
@@ -173,8 +297,8 @@ struct FwdStep {
   const S* h_in;      // [B, S]  h_{t-1}
   S* h_out;           // [B, S]  h_t (inactive rows: h_{t-1}); may alias h_in when the
                       //         recurrent product was computed by an earlier launch
-  A* c;               // [B, H]  LSTM cell state, updated in place
-  S* hfull;           // [B, H]  LSTM with P: o * tanh(c) before projection
+  A* c;               // [B, H]  cell state (cells with one), updated in place
+  S* hfull;           // [B, H]  with P: o * tanh(c) before projection
   S* y;               // [B, S]  output at this step
   A* ws;              // [B, WS] or null
 };
@@ -184,106 +308,70 @@ __device__ __forceinline__ A bias(const S* b, int64_t k) {
   return b ? to_acc(b[k]) : A(0);
 }
 
-// The pointwise part of one step for unit (b, j), given gh[q] = (h_{t-1} W_hh^T)[b, q*H + j].
-struct LstmOp {
-  static constexpr int G = 4;
-  template <class S, class A>
-  __device__ static void point(const FwdStep<S, A>& s, int64_t b, int64_t j, const A* gh) {
-    const int64_t H = s.H, GH = 4 * H;
-    const A* gx = s.gx + b * GH;
-    A pre[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int64_t k = q * H + j;
-      pre[q] = gx[k] + gh[q] + bias<S, A>(s.b_ih, k) + bias<S, A>(s.b_hh, k);
-    }
-    const A i = sigm(pre[0]), f = sigm(pre[1]), g = tanh_(pre[2]), o = sigm(pre[3]);
-    const A c_prev = s.c[b * H + j];
-    const A c = f * c_prev + i * g;
-    const A tc = tanh_(c);
-    const A h = o * tc;
-    const bool on = active(s.lengths, b, s.t);
-    if (s.ws) {
-      A* w = s.ws + b * s.WS;
-      w[j] = i;
-      w[H + j] = f;
-      w[2 * H + j] = g;
-      w[3 * H + j] = o;
-      w[4 * H + j] = c_prev;
-      w[5 * H + j] = tc;
-      if (j < s.S_) w[6 * H + j] = to_acc(s.h_in[b * s.S_ + j]);
-      if (s.hfull) w[6 * H + s.S_ + j] = h;
-    }
-    if (on) s.c[b * H + j] = c;
-    if (s.hfull) {
-      s.hfull[b * H + j] = from_acc<S>(h);  // the projection epilogue masks rows
-    } else {
-      const S hs = from_acc<S>(h);
-      s.h_out[b * H + j] = on ? hs : s.h_in[b * H + j];
-      s.y[b * H + j] = on ? hs : from_acc<S>(A(0));
-    }
+// The forward step accessor of cell_math.h for unit j of batch row b. The recurrent product
+// of gate k, (h_{t-1} W_hh^T)[b, k*H + j], is at gh[k * gh_stride]: in FwdStep::gh on the
+// cuBLAS path, in shared memory on the fused one.
+template <class Math, class S, class A>
+struct ForwardUnit {
+  using V = Value<A>;
+  const FwdStep<S, A>& s;
+  int64_t b, j;
+  const A* gh;
+  int64_t gh_stride;
+  bool on;  // whether row b is active at this step: only then is the cell state updated
+
+  __device__ V pre(int k) const {
+    const int64_t col = k * s.H + j;
+    A p = s.gx[b * Math::kGates * s.H + col];
+    if (!apart_gate<Math>(k)) p += gh[k * gh_stride];
+    p += bias<S, A>(s.b_ih, col);
+    if (!apart_gate<Math>(k)) p += bias<S, A>(s.b_hh, col);
+    return {p};
+  }
+  __device__ V recurrent(int k) const {
+    return {gh[k * gh_stride] + bias<S, A>(s.b_hh, k * s.H + j)};
+  }
+  __device__ V h_prev() const { return {to_acc(s.h_in[b * s.S_ + j])}; }
+  __device__ V c_prev() const { return {s.c[b * s.H + j]}; }
+  __device__ void set_c(V c) const {
+    if (on) s.c[b * s.H + j] = c.v;
+  }
+  __device__ void save(int q, V v) const {
+    if (s.ws) s.ws[b * s.WS + q * s.H + j] = v.v;
   }
 };
 
-struct GruOp {
-  static constexpr int G = 3;
-  template <class S, class A>
-  __device__ static void point(const FwdStep<S, A>& s, int64_t b, int64_t j, const A* gh) {
-    const int64_t H = s.H;
-    const A* gx = s.gx + b * 3 * H;
-    const A r = sigm(gx[j] + bias<S, A>(s.b_ih, j) + gh[0] + bias<S, A>(s.b_hh, j));
-    const A z = sigm(gx[H + j] + bias<S, A>(s.b_ih, H + j) + gh[1] + bias<S, A>(s.b_hh, H + j));
-    const A hn = gh[2] + bias<S, A>(s.b_hh, 2 * H + j);
-    const A n = tanh_(gx[2 * H + j] + bias<S, A>(s.b_ih, 2 * H + j) + r * hn);
-    const S h_prev_s = s.h_in[b * H + j];
-    const A h_prev = to_acc(h_prev_s);
-    const A h = (A(1) - z) * n + z * h_prev;
-    const bool on = active(s.lengths, b, s.t);
-    if (s.ws) {
-      A* w = s.ws + b * s.WS;
-      w[j] = r;
-      w[H + j] = z;
-      w[2 * H + j] = n;
-      w[3 * H + j] = hn;
-      w[4 * H + j] = h_prev;
-    }
-    const S hs = from_acc<S>(h);
-    s.h_out[b * H + j] = on ? hs : h_prev_s;
-    s.y[b * H + j] = on ? hs : from_acc<S>(A(0));
+// The pointwise part of one forward step for unit j of batch row b: the cell's math, then the
+// driver's part: saving h_{t-1} and the projection input, and the length mask on the output
+// and the state.
+template <class Math, class S, class A>
+__device__ __forceinline__ void forward_point(const FwdStep<S, A>& s, int64_t b, int64_t j,
+                                              const A* gh, int64_t gh_stride) {
+  const bool on = active(s.lengths, b, s.t);
+  ForwardUnit<Math, S, A> unit{s, b, j, gh, gh_stride, on};
+  const A h = Math::template forward<Value<A>>(unit).v;
+  if (s.ws) {
+    A* w = s.ws + b * s.WS;
+    if (j < s.S_) w[s.hprev_col + j] = to_acc(s.h_in[b * s.S_ + j]);
+    if (s.hfull) w[s.proj_input_col + j] = h;
   }
-};
-
-template <bool Relu>
-struct ElmanOp {
-  static constexpr int G = 1;
-  template <class S, class A>
-  __device__ static void point(const FwdStep<S, A>& s, int64_t b, int64_t j, const A* gh) {
-    const int64_t H = s.H;
-    const A pre = s.gx[b * H + j] + gh[0] + bias<S, A>(s.b_ih, j) + bias<S, A>(s.b_hh, j);
-    const A h = Relu ? relu_(pre) : tanh_(pre);
-    const bool on = active(s.lengths, b, s.t);
-    const S h_prev_s = s.h_in[b * H + j];
-    if (s.ws) {
-      A* w = s.ws + b * s.WS;
-      w[j] = h;
-      w[H + j] = to_acc(h_prev_s);
-    }
-    const S hs = from_acc<S>(h);
-    s.h_out[b * H + j] = on ? hs : h_prev_s;
-    s.y[b * H + j] = on ? hs : from_acc<S>(A(0));
+  if (s.hfull) {
+    s.hfull[b * s.H + j] = from_acc<S>(h);  // the projection epilogue masks rows
+    return;
   }
-};
+  const int64_t k = b * s.H + j;  // S == H without projection
+  const S hs = from_acc<S>(h);
+  s.h_out[k] = on ? hs : s.h_in[k];
+  s.y[k] = on ? hs : from_acc<S>(A(0));
+}
 
 // Pointwise step after a cuBLAS recurrent product: one thread per (b, j).
-template <class Op, class S, class A>
+template <class Math, class S, class A>
 __global__ void forward_step(FwdStep<S, A> s) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= s.B * s.H) return;
-  const int64_t b = idx / s.H, j = idx % s.H, GH = Op::G * s.H;
-  A gh[Op::G];
-#pragma unroll
-  for (int q = 0; q < Op::G; ++q) gh[q] = s.gh[b * GH + q * s.H + j];
-  Op::template point<S, A>(s, b, j, gh);
+  const int64_t b = idx / s.H, j = idx % s.H;
+  forward_point<Math>(s, b, j, s.gh + b * Math::kGates * s.H + j, s.H);
 }
 
 // Small batches: the whole step in one launch. Block x owns hidden units
@@ -294,10 +382,11 @@ __global__ void forward_step(FwdStep<S, A> s) {
 constexpr int kFusedMaxB = 8;
 constexpr int kFusedThreads = 256;
 
-template <class Op, class S, class A>
+template <class Math, class S, class A>
 __global__ void __launch_bounds__(kFusedThreads) fused_forward_step(FwdStep<S, A> s,
                                                                     const S* __restrict__ w_hh,
                                                                     int JT) {
+  constexpr int G = Math::kGates;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* hs = reinterpret_cast<A*>(smem_raw);     // [B][S]
   const int B = static_cast<int>(s.B), Sd = static_cast<int>(s.S_);
@@ -308,7 +397,7 @@ __global__ void __launch_bounds__(kFusedThreads) fused_forward_step(FwdStep<S, A
   for (int i = threadIdx.x; i < B * Sd; i += blockDim.x) hs[i] = to_acc(s.h_in[i]);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-  for (int rr = warp; rr < Op::G * jn; rr += nwarps) {
+  for (int rr = warp; rr < G * jn; rr += nwarps) {
     const int q = rr / jn, jj = rr % jn;
     const S* w = w_hh + (q * H + j0 + jj) * Sd;
     A acc[kFusedMaxB];
@@ -332,12 +421,10 @@ __global__ void __launch_bounds__(kFusedThreads) fused_forward_step(FwdStep<S, A
     }
   }
   __syncthreads();
+  // gate q of unit jj, row b is at dots[(q * jn + jj) * kFusedMaxB + b]
   for (int i = threadIdx.x; i < B * jn; i += blockDim.x) {
     const int b = i / jn, jj = i % jn;
-    A gh[Op::G];
-#pragma unroll
-    for (int q = 0; q < Op::G; ++q) gh[q] = dots[(q * jn + jj) * kFusedMaxB + b];
-    Op::template point<S, A>(s, b, j0 + jj, gh);
+    forward_point<Math>(s, b, j0 + jj, dots + jj * kFusedMaxB + b, int64_t(jn) * kFusedMaxB);
   }
 }
 
@@ -350,21 +437,21 @@ size_t fused_smem_bytes(int64_t B, int64_t S_, int G, int JT) {
   return sizeof(A) * (B * S_ + int64_t(G) * JT * kFusedMaxB);
 }
 
-template <class Op, class S, class A>
+template <class Math, class S, class A>
 void launch_step(bool fused, const FwdStep<S, A>& st, const void* w_hh, cudaStream_t stream) {
   if (fused) {
     const int JT = fused_units_per_block(st.H);
     const unsigned grid = static_cast<unsigned>((st.H + JT - 1) / JT);
-    fused_forward_step<Op, S, A>
-        <<<grid, kFusedThreads, fused_smem_bytes<A>(st.B, st.S_, Op::G, JT), stream>>>(
+    fused_forward_step<Math, S, A>
+        <<<grid, kFusedThreads, fused_smem_bytes<A>(st.B, st.S_, Math::kGates, JT), stream>>>(
             st, static_cast<const S*>(w_hh), JT);
   } else {
-    forward_step<Op, S, A><<<blocks_for(st.B * st.H), kThreads, 0, stream>>>(st);
+    forward_step<Math, S, A><<<blocks_for(st.B * st.H), kThreads, 0, stream>>>(st);
   }
   check_launch(fused ? "fused_forward_step" : "forward_step");
 }
 
-// LSTM projection epilogue: r = hfull W_hr^T (in rproj) becomes the state and
+// Projection epilogue: r = hfull W_hr^T (in rproj) becomes the state and
 // the output of active rows; inactive rows keep their state and output zeros.
 template <class S, class A>
 __global__ void projection_epilogue(int64_t B, int64_t P, const A* rproj, const int64_t* lengths,
@@ -394,80 +481,71 @@ __global__ void store_state(int64_t n, const A* c, S* cy) {
 
 // Whether the fused small-batch step applies: few rows, no projection, and
 // h_{t-1} fits the default 48 KB of shared memory.
-template <class A>
-bool use_fused_step(Cell cell, int64_t B, int64_t H, int64_t P) {
+template <class Math, class A>
+bool use_fused_step(int64_t B, int64_t H, int64_t P) {
   if (P > 0 || B < 1 || B > kFusedMaxB) return false;
-  const int G = cell_info(cell).gates;
-  return fused_smem_bytes<A>(B, H, G, fused_units_per_block(H)) <= 48 * 1024;
+  return fused_smem_bytes<A>(B, H, Math::kGates, fused_units_per_block(H)) <= 48 * 1024;
 }
 
-template <class S>
-void forward_typed(const ForwardArgs& a, void* scratch, cudaStream_t stream,
-                   cublasHandle_t handle) {
+template <class Math, class S>
+void forward_impl(const ForwardArgs& a, void* scratch, cudaStream_t stream,
+                  cublasHandle_t handle) {
   using A = typename Acc<S>::type;
+  const CellInfo& cell = cell_info(Math::kCell);
   const int64_t T = a.T, B = a.B, H = a.H, P = a.P, S_ = P > 0 ? P : H;
-  const int64_t GH = cell_info(a.cell).gates * H;
-  const int64_t WS = cell_info(a.cell).workspace_cols(H, P);
-  const bool lstm = a.cell == Cell::LSTM;
+  const int64_t GH = Math::kGates * H;
+  const int64_t WS = cell.workspace_cols(H, P);
   if (T == 0 || B == 0) return;
-  const bool fused = use_fused_step<A>(a.cell, B, H, P);
+  const bool fused = use_fused_step<Math, A>(B, H, P);
 
-  Carve carve{static_cast<char*>(scratch)};
-  A* gx = static_cast<A*>(carve.take(sizeof(A) * T * B * GH));
-  A* gh = static_cast<A*>(carve.take(sizeof(A) * B * GH));
-  S* h = static_cast<S*>(carve.take(sizeof(S) * B * S_));
-  S* h_alt = static_cast<S*>(carve.take(sizeof(S) * B * S_));
-  A* c = lstm ? static_cast<A*>(carve.take(sizeof(A) * B * H)) : nullptr;
-  S* hfull = P > 0 ? static_cast<S*>(carve.take(sizeof(S) * B * H)) : nullptr;
-  A* rproj = P > 0 ? static_cast<A*>(carve.take(sizeof(A) * B * P)) : nullptr;
+  const ForwardScratch<S> buf(a, scratch);
+  S* h = buf.h;
+  S* h_alt = buf.h_alt;
 
   const DType acc = accumulate_type(a.dtype);
   const Gemm gemm{handle, stream, a.dtype, acc, acc, false};
 
   // Input projection of every step at once.
-  gemm(false, true, T * B, GH, a.I, a.x, a.I, a.w_ih, a.I, 0.0, gx, GH, "x W_ih^T");
+  gemm(false, true, T * B, GH, a.I, a.x, a.I, a.w_ih, a.I, 0.0, buf.gx, GH, "x W_ih^T");
 
-  const int64_t n_init = B * (lstm ? (S_ > H ? S_ : H) : S_);
+  const int64_t n_init = B * (Math::kCellState ? (S_ > H ? S_ : H) : S_);
   init_state<S, A><<<blocks_for(n_init), kThreads, 0, stream>>>(
-      B * S_, B * H, static_cast<const S*>(a.h0), static_cast<const S*>(a.c0), h, c);
+      B * S_, B * H, static_cast<const S*>(a.h0), static_cast<const S*>(a.c0), h, buf.c);
   check_launch("init_state");
 
   FwdStep<S, A> st{};
   st.B = B; st.H = H; st.S_ = S_; st.WS = WS;
-  st.gh = gh;
+  st.hprev_col = cell.hprev_col(H, P);
+  st.proj_input_col = cell.proj_input_col(H);
+  st.gh = buf.gh;
   st.b_ih = static_cast<const S*>(a.b_ih);
   st.b_hh = static_cast<const S*>(a.b_hh);
   st.lengths = a.lengths;
-  st.c = c; st.hfull = hfull;
+  st.c = buf.c; st.hfull = buf.hfull;
   S* y = static_cast<S*>(a.y);
   A* ws = static_cast<A*>(a.ws);
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = a.reverse ? T - 1 - k : k;
-    if (!fused) gemm(false, true, B, GH, S_, h, S_, a.w_hh, S_, 0.0, gh, GH, "h W_hh^T");
+    if (!fused) gemm(false, true, B, GH, S_, h, S_, a.w_hh, S_, 0.0, buf.gh, GH, "h W_hh^T");
     st.t = t;
-    st.gx = gx + t * B * GH;
+    st.gx = buf.gx + t * B * GH;
     st.y = y + t * B * S_;
     st.ws = ws ? ws + t * B * WS : nullptr;
     st.h_in = h;
     st.h_out = fused ? h_alt : h;
-    switch (a.cell) {
-      case Cell::LSTM: launch_step<LstmOp>(fused, st, a.w_hh, stream); break;
-      case Cell::GRU: launch_step<GruOp>(fused, st, a.w_hh, stream); break;
-      case Cell::RNN_TANH: launch_step<ElmanOp<false>>(fused, st, a.w_hh, stream); break;
-      case Cell::RNN_RELU: launch_step<ElmanOp<true>>(fused, st, a.w_hh, stream); break;
-    }
+    launch_step<Math>(fused, st, a.w_hh, stream);
     if (fused) std::swap(h, h_alt);
     if (P > 0) {
-      gemm(false, true, B, P, H, hfull, H, a.w_hr, H, 0.0, rproj, P, "h W_hr^T");
+      gemm(false, true, B, P, H, buf.hfull, H, a.w_hr, H, 0.0, buf.rproj, P, "h W_hr^T");
       projection_epilogue<S, A><<<blocks_for(B * P), kThreads, 0, stream>>>(
-          B, P, rproj, a.lengths, t, h, y + t * B * S_);
+          B, P, buf.rproj, a.lengths, t, h, y + t * B * S_);
       check_launch("projection_epilogue");
     }
   }
   check_cuda(cudaMemcpyAsync(a.hy, h, sizeof(S) * B * S_, cudaMemcpyDeviceToDevice, stream),
              "copy hy");
-  if (lstm) {
-    store_state<S, A><<<blocks_for(B * H), kThreads, 0, stream>>>(B * H, c,
+  if (Math::kCellState) {
+    store_state<S, A><<<blocks_for(B * H), kThreads, 0, stream>>>(B * H, buf.c,
                                                                   static_cast<S*>(a.cy));
     check_launch("store_state");
   }
@@ -480,90 +558,67 @@ void forward_typed(const ForwardArgs& a, void* scratch, cudaStream_t stream,
 template <class A>
 struct BwdStep {
   int64_t B, H, S_, WS;
+  int64_t hprev_col;  // column of h_{t-1} in a workspace row (cells.h)
   const A* ws;       // [B, WS] at this step
   const A* dy;       // [B, S] at this step, or null
-  const A* dhfull;   // [B, H] LSTM with P: d(o tanh c) from the projection
+  const A* dhfull;   // [B, H] with P: d(o tanh c) from the projection
   const int64_t* lengths;
   int64_t t;
   A* dh;             // [B, S] gradient w.r.t. the state; in: d h_t (recurrent part), out:
                      // the direct part of d h_{t-1} (the GEMM adds dG W_hh next)
-  A* dc;             // [B, H] LSTM: in d c_t, out d c_{t-1}
+  A* dc;             // [B, H] cells with a cell state: in d c_t, out d c_{t-1}
   A* dgx;            // [B, G*H] gradient of the gate pre-activations (input side)
-  A* dgh;            // [B, G*H] hidden side (GRU; the same as dgx otherwise)
+  A* dgh;            // [B, G*H] hidden side (cells with apart gates; the same as dgx otherwise)
 };
 
-template <class A>
-__global__ void lstm_backward_step(BwdStep<A> s) {
+// The backward step accessor of cell_math.h for unit j of batch row b.
+template <class Math, class A>
+struct BackwardUnit {
+  using V = Value<A>;
+  static constexpr bool kSplit = Math::kApartGates != 0;  // dgh is not dgx
+  const BwdStep<A>& s;
+  int64_t b, j;
+
+  __device__ int64_t gate(int k) const { return (b * Math::kGates + k) * s.H + j; }
+  __device__ V saved(int q) const { return {s.ws[b * s.WS + q * s.H + j]}; }
+  __device__ V h_prev() const { return {s.ws[b * s.WS + s.hprev_col + j]}; }
+  __device__ V dc() const { return {s.dc[b * s.H + j]}; }
+  __device__ void set_dc(V v) const { s.dc[b * s.H + j] = v.v; }
+  __device__ void set_dpre(int k, V v) const {
+    s.dgx[gate(k)] = v.v;
+    if (kSplit && !apart_gate<Math>(k)) s.dgh[gate(k)] = v.v;
+  }
+  __device__ void set_dpre_apart(int k, V v) const { s.dgh[gate(k)] = v.v; }
+};
+
+// One backward step for unit j of batch row b, one thread per (b, j): dh_t (the recurrent part
+// plus dy_t, or from the projection) through the cell's math. Inactive rows get zero gate
+// gradients and pass dh and dc through unchanged.
+template <class Math, class A>
+__global__ void backward_step(BwdStep<A> s) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= s.B * s.H) return;
-  const int64_t b = idx / s.H, j = idx % s.H, H = s.H;
-  A* dg = s.dgx + b * 4 * H;
+  const int64_t b = idx / s.H, j = idx % s.H, k = b * s.H + j;
+  BackwardUnit<Math, A> unit{s, b, j};
   if (!active(s.lengths, b, s.t)) {
-    dg[j] = dg[H + j] = dg[2 * H + j] = dg[3 * H + j] = A(0);
-    return;  // dh and dc pass through unchanged
+#pragma unroll
+    for (int q = 0; q < Math::kGates; ++q) {
+      s.dgx[unit.gate(q)] = A(0);
+      if (BackwardUnit<Math, A>::kSplit) s.dgh[unit.gate(q)] = A(0);
+    }
+    return;
   }
-  const A* w = s.ws + b * s.WS;
-  const A i = w[j], f = w[H + j], g = w[2 * H + j], o = w[3 * H + j];
-  const A c_prev = w[4 * H + j], tc = w[5 * H + j];
-  A dht;
   if (s.dhfull) {
-    dht = s.dhfull[b * H + j];
-  } else {
-    dht = s.dh[b * H + j] + (s.dy ? s.dy[b * H + j] : A(0));
-    s.dh[b * H + j] = A(0);
-  }
-  const A dct = s.dc[b * H + j] + dht * o * (A(1) - tc * tc);
-  dg[j] = dct * g * i * (A(1) - i);
-  dg[H + j] = dct * c_prev * f * (A(1) - f);
-  dg[2 * H + j] = dct * i * (A(1) - g * g);
-  dg[3 * H + j] = dht * tc * o * (A(1) - o);
-  s.dc[b * H + j] = dct * f;
-}
-
-template <class A>
-__global__ void gru_backward_step(BwdStep<A> s) {
-  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= s.B * s.H) return;
-  const int64_t b = idx / s.H, j = idx % s.H, H = s.H;
-  A* dgx = s.dgx + b * 3 * H;
-  A* dgh = s.dgh + b * 3 * H;
-  if (!active(s.lengths, b, s.t)) {
-    dgx[j] = dgx[H + j] = dgx[2 * H + j] = A(0);
-    dgh[j] = dgh[H + j] = dgh[2 * H + j] = A(0);
+    // With P, projection_backward has consumed dh; the cells that accept a projection (LSTM)
+    // add nothing to dh_{t-1} outside W_hh.
+    Math::template backward<Value<A>>(unit, Value<A>{s.dhfull[k]});
     return;
   }
-  const A* w = s.ws + b * s.WS;
-  const A r = w[j], z = w[H + j], n = w[2 * H + j], hn = w[3 * H + j], h_prev = w[4 * H + j];
-  const A dht = s.dh[b * H + j] + (s.dy ? s.dy[b * H + j] : A(0));
-  const A dn = dht * (A(1) - z) * (A(1) - n * n);
-  const A dr = dn * hn * r * (A(1) - r);
-  const A dz = dht * (h_prev - n) * z * (A(1) - z);
-  dgx[j] = dr;
-  dgx[H + j] = dz;
-  dgx[2 * H + j] = dn;
-  dgh[j] = dr;
-  dgh[H + j] = dz;
-  dgh[2 * H + j] = dn * r;
-  s.dh[b * H + j] = dht * z;
+  const A dh = s.dh[k] + (s.dy ? s.dy[k] : A(0));
+  s.dh[k] = Math::template backward<Value<A>>(unit, Value<A>{dh}).v;
 }
 
-template <class A, bool Relu>
-__global__ void elman_backward_step(BwdStep<A> s) {
-  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= s.B * s.H) return;
-  const int64_t b = idx / s.H, j = idx % s.H, H = s.H;
-  if (!active(s.lengths, b, s.t)) {
-    s.dgx[b * H + j] = A(0);
-    return;
-  }
-  const A h = s.ws[b * s.WS + j];
-  const A dht = s.dh[b * H + j] + (s.dy ? s.dy[b * H + j] : A(0));
-  // relu: as torch, pass the gradient unless h <= 0 (a NaN h passes it)
-  s.dgx[b * H + j] = Relu ? (h <= A(0) ? A(0) : dht) : dht * (A(1) - h * h);
-  s.dh[b * H + j] = A(0);
-}
-
-// LSTM with projection, first stage of a step: dr = dh + dy for active rows
+// With P, first stage of a step: dr = dh + dy for active rows
 // (and dh is consumed), zero for inactive rows (whose dh passes through).
 template <class A>
 __global__ void projection_backward(int64_t B, int64_t P, const A* dy, const int64_t* lengths,
@@ -594,25 +649,17 @@ void copy_or_zero(A* dst, const void* src, int64_t n, cudaStream_t stream, const
     check_cuda(cudaMemsetAsync(dst, 0, sizeof(A) * n, stream), what);
 }
 
-template <class A>
-void backward_typed(const BackwardArgs& a, void* scratch, cudaStream_t stream,
-                    cublasHandle_t handle) {
+template <class Math, class A>
+void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
+                   cublasHandle_t handle) {
+  const CellInfo& cell = cell_info(Math::kCell);
   const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, S_ = P > 0 ? P : H;
-  const int64_t GH = cell_info(a.cell).gates * H;
-  const int64_t WS = cell_info(a.cell).workspace_cols(H, P);
-  const bool lstm = a.cell == Cell::LSTM, gru = a.cell == Cell::GRU;
-  // offsets of h_{t-1} and (LSTM with P) o*tanh(c) in a workspace row
-  const int64_t off_hprev = lstm ? 6 * H : (gru ? 4 * H : H);
-  const int64_t off_hfull = 6 * H + S_;
+  const int64_t GH = Math::kGates * H;
+  const int64_t WS = cell.workspace_cols(H, P);
 
-  Carve carve{static_cast<char*>(scratch)};
-  A* dgx = static_cast<A*>(carve.take(sizeof(A) * T * B * GH));
-  A* dgh = gru ? static_cast<A*>(carve.take(sizeof(A) * T * B * GH)) : dgx;
-  A* dh = static_cast<A*>(carve.take(sizeof(A) * B * S_));
-  A* dc = lstm ? static_cast<A*>(carve.take(sizeof(A) * B * H)) : nullptr;
-  A* dr = P > 0 ? static_cast<A*>(carve.take(sizeof(A) * T * B * P)) : nullptr;
-  A* dhfull = P > 0 ? static_cast<A*>(carve.take(sizeof(A) * B * H)) : nullptr;
-  A* ones = static_cast<A*>(carve.take(sizeof(A) * (T * B > 0 ? T * B : 1)));
+  const BackwardScratch<A> buf(a, scratch);
+  A* dh = buf.dh;
+  A* dc = buf.dc;
 
   const Gemm gemm{handle, stream, a.dtype, a.dtype, a.dtype, a.tf32};
   A* dw_ih = static_cast<A*>(a.dw_ih);
@@ -621,19 +668,20 @@ void backward_typed(const BackwardArgs& a, void* scratch, cudaStream_t stream,
   A* db_hh = static_cast<A*>(a.db_hh);
   if (T * B == 0) {  // no rows: every gradient is zero
     for (auto [p, n] : {std::pair<void*, int64_t>{a.dx, T * B * I}, {a.dh0, B * S_},
-                        {a.dc0, lstm ? B * H : 0}, {a.dw_ih, GH * I}, {a.dw_hh, GH * S_},
-                        {a.db_ih, GH}, {a.db_hh, GH}, {a.dw_hr, P * H}})
+                        {a.dc0, Math::kCellState ? B * H : 0}, {a.dw_ih, GH * I},
+                        {a.dw_hh, GH * S_}, {a.db_ih, GH}, {a.db_hh, GH}, {a.dw_hr, P * H}})
       if (p && n) check_cuda(cudaMemsetAsync(p, 0, sizeof(A) * n, stream), "zero gradients");
     return;
   }
 
   copy_or_zero<A>(dh, a.dhy, B * S_, stream, "dh init");
-  if (lstm) copy_or_zero<A>(dc, a.dcy, B * H, stream, "dc init");
+  if (Math::kCellState) copy_or_zero<A>(dc, a.dcy, B * H, stream, "dc init");
 
   BwdStep<A> st{};
   st.B = B; st.H = H; st.S_ = S_; st.WS = WS;
+  st.hprev_col = cell.hprev_col(H, P);
   st.lengths = a.lengths;
-  st.dh = dh; st.dc = dc; st.dhfull = dhfull;
+  st.dh = dh; st.dc = dc; st.dhfull = buf.dhfull;
   const A* ws = static_cast<const A*>(a.ws);
   const A* dy = static_cast<const A*>(a.dy);
   const unsigned grid = blocks_for(B * H);
@@ -642,43 +690,41 @@ void backward_typed(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     const A* dy_t = dy ? dy + t * B * S_ : nullptr;
     if (P > 0) {
       projection_backward<A><<<blocks_for(B * P), kThreads, 0, stream>>>(
-          B, P, dy_t, a.lengths, t, dh, dr + t * B * P);
+          B, P, dy_t, a.lengths, t, dh, buf.dr + t * B * P);
       check_launch("projection_backward");
-      gemm(false, false, B, H, P, dr + t * B * P, P, a.w_hr, H, 0.0, dhfull, H, "dr W_hr");
+      gemm(false, false, B, H, P, buf.dr + t * B * P, P, a.w_hr, H, 0.0, buf.dhfull, H,
+           "dr W_hr");
       st.dy = nullptr;
     } else {
       st.dy = dy_t;
     }
     st.t = t;
     st.ws = ws + t * B * WS;
-    st.dgx = dgx + t * B * GH;
-    st.dgh = dgh + t * B * GH;
-    switch (a.cell) {
-      case Cell::LSTM: lstm_backward_step<A><<<grid, kThreads, 0, stream>>>(st); break;
-      case Cell::GRU: gru_backward_step<A><<<grid, kThreads, 0, stream>>>(st); break;
-      case Cell::RNN_TANH: elman_backward_step<A, false><<<grid, kThreads, 0, stream>>>(st); break;
-      case Cell::RNN_RELU: elman_backward_step<A, true><<<grid, kThreads, 0, stream>>>(st); break;
-    }
-    check_launch("backward step");
+    st.dgx = buf.dgx + t * B * GH;
+    st.dgh = buf.dgh + t * B * GH;
+    backward_step<Math, A><<<grid, kThreads, 0, stream>>>(st);
+    check_launch("backward_step");
     // dh_{t-1} = direct part (left in dh by the step kernel) + dG_t W_hh
     gemm(false, false, B, S_, GH, st.dgh, GH, a.w_hh, S_, 1.0, dh, S_, "dG W_hh");
   }
   check_cuda(cudaMemcpyAsync(a.dh0, dh, sizeof(A) * B * S_, cudaMemcpyDeviceToDevice, stream),
              "copy dh0");
-  if (lstm && a.dc0)
+  if (Math::kCellState && a.dc0)
     check_cuda(cudaMemcpyAsync(a.dc0, dc, sizeof(A) * B * H, cudaMemcpyDeviceToDevice, stream),
                "copy dc0");
 
   const int64_t R = T * B;
-  gemm(false, false, R, I, GH, dgx, GH, a.w_ih, I, 0.0, a.dx, I, "dG W_ih");
-  gemm(true, false, GH, I, R, dgx, GH, a.x, I, 0.0, dw_ih, I, "dG^T x");
-  gemm(true, false, GH, S_, R, dgh, GH, ws + off_hprev, WS, 0.0, dw_hh, S_, "dG^T h");
+  gemm(false, false, R, I, GH, buf.dgx, GH, a.w_ih, I, 0.0, a.dx, I, "dG W_ih");
+  gemm(true, false, GH, I, R, buf.dgx, GH, a.x, I, 0.0, dw_ih, I, "dG^T x");
+  gemm(true, false, GH, S_, R, buf.dgh, GH, ws + cell.hprev_col(H, P), WS, 0.0, dw_hh, S_,
+       "dG^T h");
   if (P > 0)
-    gemm(true, false, P, H, R, dr, P, ws + off_hfull, WS, 0.0, a.dw_hr, H, "dr^T hfull");
-  fill<A><<<blocks_for(R), kThreads, 0, stream>>>(R, A(1), ones);
+    gemm(true, false, P, H, R, buf.dr, P, ws + cell.proj_input_col(H), WS, 0.0, a.dw_hr, H,
+         "dr^T hfull");
+  fill<A><<<blocks_for(R), kThreads, 0, stream>>>(R, A(1), buf.ones);
   check_launch("fill");
-  gemm(true, false, GH, 1, R, dgx, GH, ones, 1, 0.0, db_ih, 1, "bias_ih gradient");
-  gemm(true, false, GH, 1, R, dgh, GH, ones, 1, 0.0, db_hh, 1, "bias_hh gradient");
+  gemm(true, false, GH, 1, R, buf.dgx, GH, buf.ones, 1, 0.0, db_ih, 1, "bias_ih gradient");
+  gemm(true, false, GH, 1, R, buf.dgh, GH, buf.ones, 1, 0.0, db_hh, 1, "bias_hh gradient");
 }
 
 }  // namespace
@@ -686,57 +732,40 @@ void backward_typed(const BackwardArgs& a, void* scratch, cudaStream_t stream,
 DType accumulate_type(DType storage) { return storage == DType::F64 ? DType::F64 : DType::F32; }
 
 size_t forward_scratch_bytes(const ForwardArgs& a) {
-  const int64_t S_ = a.P > 0 ? a.P : a.H, GH = cell_info(a.cell).gates * a.H;
-  const size_t acc = type_size(accumulate_type(a.dtype)), st = type_size(a.dtype);
-  Carve c{nullptr};
-  c.take(acc * a.T * a.B * GH);
-  c.take(acc * a.B * GH);
-  c.take(st * a.B * S_);
-  c.take(st * a.B * S_);
-  if (a.cell == Cell::LSTM) c.take(acc * a.B * a.H);
-  if (a.P > 0) {
-    c.take(st * a.B * a.H);
-    c.take(acc * a.B * a.P);
-  }
-  return c.used;
+  return visit_storage(a.dtype, [&](auto storage) {
+    return ForwardScratch<typename decltype(storage)::type>(a, nullptr).bytes;
+  });
 }
 
 size_t backward_scratch_bytes(const BackwardArgs& a) {
-  const int64_t S_ = a.P > 0 ? a.P : a.H, GH = cell_info(a.cell).gates * a.H;
-  const size_t acc = type_size(a.dtype);
-  Carve c{nullptr};
-  c.take(acc * a.T * a.B * GH);
-  if (a.cell == Cell::GRU) c.take(acc * a.T * a.B * GH);
-  c.take(acc * a.B * S_);
-  if (a.cell == Cell::LSTM) c.take(acc * a.B * a.H);
-  if (a.P > 0) {
-    c.take(acc * a.T * a.B * a.P);
-    c.take(acc * a.B * a.H);
-  }
-  c.take(acc * (a.T * a.B > 0 ? a.T * a.B : 1));
-  return c.used;
+  return a.dtype == DType::F64 ? BackwardScratch<double>(a, nullptr).bytes
+                               : BackwardScratch<float>(a, nullptr).bytes;
 }
 
 void layer_forward(const ForwardArgs& a, void* scratch, cudaStream_t stream,
                    cublasHandle_t handle) {
+  check_projection(a.cell, a.P);
   bind_stream(handle, stream);
-  switch (a.dtype) {
-    case DType::F32: forward_typed<float>(a, scratch, stream, handle); break;
-    case DType::F64: forward_typed<double>(a, scratch, stream, handle); break;
-    case DType::F16: forward_typed<__half>(a, scratch, stream, handle); break;
-    case DType::BF16: forward_typed<__nv_bfloat16>(a, scratch, stream, handle); break;
-  }
+  visit_storage(a.dtype, [&](auto storage) {
+    using S = typename decltype(storage)::type;
+    visit_cell(a.cell, [&](auto math) {
+      forward_impl<decltype(math), S>(a, scratch, stream, handle);
+    });
+  });
 }
 
 void layer_backward(const BackwardArgs& a, void* scratch, cudaStream_t stream,
                     cublasHandle_t handle) {
-  bind_stream(handle, stream);
-  if (a.dtype == DType::F64)
-    backward_typed<double>(a, scratch, stream, handle);
-  else if (a.dtype == DType::F32)
-    backward_typed<float>(a, scratch, stream, handle);
-  else
+  if (a.dtype != DType::F64 && a.dtype != DType::F32)
     throw std::runtime_error("rnnfast CUDA: the backward pass runs in float32 or float64");
+  check_projection(a.cell, a.P);
+  bind_stream(handle, stream);
+  visit_cell(a.cell, [&](auto math) {
+    if (a.dtype == DType::F64)
+      backward_impl<decltype(math), double>(a, scratch, stream, handle);
+    else
+      backward_impl<decltype(math), float>(a, scratch, stream, handle);
+  });
 }
 
 }  // namespace cuda

@@ -3,9 +3,10 @@
 // Nothing here includes torch. The caller passes device pointers, sizes, a
 // stream, a cuBLAS handle whose stream is that stream, and a scratch buffer of
 // at least *_scratch_bytes() bytes (16-byte aligned). Shapes and gate order are
-// those of csrc/core/rnn.h (same legend), and so is the workspace layout, except
-// that an LSTM with projection saves [... | h_{t-1} (S) | o*tanh(c_t) (H)] here, in
-// the accumulation type (float32 for 16-bit data).
+// those of csrc/core/rnn.h (same legend), and so is the workspace layout (one per
+// cell, shared with the CPU kernels: csrc/core/cell_math.h), saved here in the
+// accumulation type (float32 for 16-bit data). The pointwise math of each cell is
+// the CPU kernels' too (cell_math.h).
 //
 // Algorithm (one layer, one direction):
 //   forward : gx = x W_ih^T for every step in one GEMM; then per step one GEMM
@@ -94,8 +95,8 @@ size_t forward_scratch_bytes(const ForwardArgs& a);
 size_t backward_scratch_bytes(const BackwardArgs& a);
 
 // Enqueue the work on `stream`; they return before it runs. They throw
-// std::runtime_error on a CUDA or cuBLAS error and on sizes past cuBLAS's
-// 32-bit limits.
+// std::runtime_error on a CUDA or cuBLAS error, on sizes past cuBLAS's
+// 32-bit limits and on a projection (P > 0) for a cell that accepts none.
 void layer_forward(const ForwardArgs& a, void* scratch, cudaStream_t stream,
                    cublasHandle_t handle);
 void layer_backward(const BackwardArgs& a, void* scratch, cudaStream_t stream,
