@@ -277,9 +277,11 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
     parallel_for(ex, G * hidden_strips, parallel, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const int64_t k = i / hidden_strips, s = i % hidden_strips;
-        pack_b(a.w_hh + k * H * S, S, true, 0, S, 0, H, whh.get() + k * hidden_strips * S * NR, s, s + 1);
+        pack_b(a.w_hh + k * H * S, S, true, 0, S, 0, H, whh.get() + k * hidden_strips * S * NR, s,
+               s + 1);
         if (input_in_steps)
-          pack_b(a.w_ih + k * H * I, I, true, 0, I, 0, H, wih.get() + k * hidden_strips * I * NR, s, s + 1);
+          pack_b(a.w_ih + k * H * I, I, true, 0, I, 0, H, wih.get() + k * hidden_strips * I * NR,
+                 s, s + 1);
       }
     });
   const int64_t proj_strips = P > 0 ? ceil_div(P, NR) : 0;
@@ -352,10 +354,11 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
             const Real* xr = x_rows_in + (xrow + r0) * I;
             Real* out = st.gx + r0 * GH + k * H + j0;
             if (in_place)
-              gemm_dot<Real>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (k * H + j0) * I, I, out, GH, false);
+              gemm_dot<Real>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (k * H + j0) * I, I, out, GH,
+                             false);
             else
-              strip_rows<Real>(ra - r0, I, xr, I, 1, wih.get() + (k * hidden_strips + s) * I * NR, NR, out, GH,
-                            j1 - j0, false);
+              strip_rows<Real>(ra - r0, I, xr, I, 1, wih.get() + (k * hidden_strips + s) * I * NR,
+                               NR, out, GH, j1 - j0, false);
           }
         // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
         // in place: the register tile loads those gx values once, at its end, and the
@@ -363,15 +366,16 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
         for (int64_t k = 0; k < G && ra > r0; ++k) {
           const bool onto_gx = !apart_gate<Math>(k);
           Real* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + k * H + j0;
+          const Real* w_strip = whh.get() + (k * hidden_strips + s) * S * NR;
           if (in_place)
-            gemm_dot<Real>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S, out,
-                        GH, onto_gx);
+            gemm_dot<Real>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S,
+                           out, GH, onto_gx);
           else if (pack_h)
-            strip_rows_packed<Real>(ra - r0, S, h_panel + r0 * S, whh.get() + (k * hidden_strips + s) * S * NR,
-                                 NR, out, GH, j1 - j0, onto_gx);
+            strip_rows_packed<Real>(ra - r0, S, h_panel + r0 * S, w_strip, NR, out, GH, j1 - j0,
+                                    onto_gx);
           else
-            strip_rows<Real>(ra - r0, S, hcur + r0 * S, S, 1, whh.get() + (k * hidden_strips + s) * S * NR, NR,
-                          out, GH, j1 - j0, onto_gx);
+            strip_rows<Real>(ra - r0, S, hcur + r0 * S, S, 1, w_strip, NR, out, GH, j1 - j0,
+                             onto_gx);
         }
         for (int64_t b = r0; b < r1; ++b) {
           if (b < active_next && (compact || row_active(a.lengths, b, tn)))
@@ -392,7 +396,8 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
               if (!packed) fill_n(ytn + b * S + j0, j1 - j0, Real(0));
             }
             if (st.ws && !packed)
-              for (int64_t q = 0; q < blocks_before_hprev; ++q) fill_n(st.ws + b * WS + q * H + j0, j1 - j0, Real(0));
+              for (int64_t q = 0; q < blocks_before_hprev; ++q)
+                fill_n(st.ws + b * WS + q * H + j0, j1 - j0, Real(0));
           }
           if (P == 0) {
             if (st.ws && (!packed || b < ra))
@@ -478,7 +483,8 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   // before packed (finish_block).
   const bool pack_dgate = plan.packed_panel;
   const int64_t dgate_panel_blocks = pack_dgate ? ceil_div(B, MR) : 0;
-  Buffer<Real> dgate_panel0(dgate_panel_blocks * GH * MR), dgate_panel1(dgate_panel_blocks * GH * MR);
+  Buffer<Real> dgate_panel0(dgate_panel_blocks * GH * MR),
+      dgate_panel1(dgate_panel_blocks * GH * MR);
   Real* const dgate_panels[2] = {dgate_panel0.get(), dgate_panel1.get()};
   // The bias gradients are the column sums of dG (x side for b_ih, h side for b_hh), kept
   // per row block: a task adds its block while it is still in cache, and the (row block,
@@ -576,8 +582,8 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
           int64_t ld;
           const Real* bs = whh.strip(s, &ld);
           if (pack_dgate)
-            strip_rows_packed<Real>(rr - r0, GH, dgate_panel_prev + r0 * GH, bs, ld, rec.get() + r0 * S + j0,
-                                 S, j1 - j0, false);
+            strip_rows_packed<Real>(rr - r0, GH, dgate_panel_prev + r0 * GH, bs, ld,
+                                    rec.get() + r0 * S + j0, S, j1 - j0, false);
           else
             strip_rows<Real>(rr - r0, GH, prev + r0 * GH, GH, 1, bs, ld, rec.get() + r0 * S + j0, S,
                           j1 - j0, false);
@@ -651,7 +657,8 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   // dh0 = carry + dG_first W_hh ; dc0 = dc
   if (a.dh0) {
     copy_n(carry.get(), B * S, a.dh0);
-    if (prev && nlast > 0) gemm<Real>(ex, nlast, S, GH, prev, GH, 1, a.w_hh, S, false, a.dh0, S, true);
+    if (prev && nlast > 0)
+      gemm<Real>(ex, nlast, S, GH, prev, GH, 1, a.w_hh, S, false, a.dh0, S, true);
   }
   if (Math::kCellState && a.dc0) copy_n(dc.get(), B * H, a.dc0);
 
@@ -684,12 +691,16 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
           int64_t k = active_grid.offset(t);
           for (int64_t r = 0; r < B; ++r) {
             Real* d = a.dx + (t * B + r) * I;
-            if (row_active(a.lengths, r, t)) copy_n(out + (k++) * I, I, d); else fill_n(d, I, Real(0));
+            if (row_active(a.lengths, r, t))
+              copy_n(out + (k++) * I, I, d);
+            else
+              fill_n(d, I, Real(0));
           }
         }
       });
   }
-  if (a.dw_ih) gemm<Real>(ex, GH, I, N, dgx_c, 1, GH, dense(a.x, I, I, x_b), I, false, a.dw_ih, I, false);
+  if (a.dw_ih)
+    gemm<Real>(ex, GH, I, N, dgx_c, 1, GH, dense(a.x, I, I, x_b), I, false, a.dw_ih, I, false);
   if (a.dw_hh)
     gemm<Real>(ex, GH, S, N, dgh_c, 1, GH, dense(ws_cols(hprev_off), WS, S, hp_b), compact ? S : WS,
             false, a.dw_hh, S, false);
@@ -704,8 +715,9 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     }
   }
   if (a.dw_hr && P > 0)
-    gemm<Real>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P, dense(ws_cols(proj_in_off), WS, H, hq_b),
-            compact ? H : WS, false, a.dw_hr, H, false);
+    gemm<Real>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P,
+               dense(ws_cols(proj_in_off), WS, H, hq_b), compact ? H : WS, false, a.dw_hr, H,
+               false);
 }
 
 template <class Real>
