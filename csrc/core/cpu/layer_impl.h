@@ -495,8 +495,8 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   // Once the rows of its block are done, a task
   // - packs the block for the next step's GEMM: rows [r0, r1) (r0 a multiple of MR; rows of
   //   the panel past r1 become zeros, and are never read) and, in each gate, units [j0, j1),
-  //   by an in-register transpose, where scattering every value to its panel slot as it
-  //   was computed took 5% of a training step;
+  //   by an in-register transpose (cheaper than scattering each value to its panel slot as
+  //   it is computed);
   // - adds the block's columns to its bias-gradient sums.
   auto finish_block = [&](Real* pk, int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
     const Real* gsrc[2] = {dgx.get() + row0(t) * GH, dgh + row0(t) * GH};

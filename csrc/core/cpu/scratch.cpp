@@ -4,8 +4,7 @@
 // of every step, the saved workspace, gate gradients). Fresh ones cost page faults and
 // page clearing on every call: malloc hands blocks of this size back to the system when
 // they are freed (mmap'd chunks, or a trimmed heap top), so the next call faults them in
-// again (69 faults, 8% of a training call at T=200 B=1 H=128); reusing the previous call's
-// blocks costs nothing. Blocks from 2 MB are 2 MB-aligned and advised to use huge pages,
+// again; reusing the previous call's blocks costs nothing. Blocks from 2 MB are 2 MB-aligned and advised to use huge pages,
 // which also spares the steps TLB misses on their rows scattered over many 4 KB pages.
 #include <atomic>
 #include <cstdint>
