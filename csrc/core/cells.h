@@ -69,10 +69,10 @@ struct CellInfo {
   constexpr int64_t workspace_cols(int64_t H, int64_t P) const {
     return hprev_col(H, P) + (P > 0 ? P : H);
   }
+  // H-wide blocks of a workspace row before h_{t-1}: the cell's, and the projection input.
+  constexpr int64_t blocks_before_hprev(int64_t P) const { return saved_blocks + (P > 0 ? 1 : 0); }
   // Column offsets of h_{t-1} and of the projection input in a workspace row.
-  constexpr int64_t hprev_col(int64_t H, int64_t P) const {
-    return (saved_blocks + (P > 0 ? 1 : 0)) * H;
-  }
+  constexpr int64_t hprev_col(int64_t H, int64_t P) const { return blocks_before_hprev(P) * H; }
   constexpr int64_t proj_input_col(int64_t H) const { return saved_blocks * H; }
 };
 

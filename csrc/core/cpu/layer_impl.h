@@ -304,7 +304,7 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
     if (a.c0) copy_n(a.c0, B * H, cbuf.get()); else fill_n(cbuf.get(), B * H, Real(0));
   }
   const int64_t block_rows = plan.block_rows, row_blocks = plan.row_blocks;
-  const int64_t blocks_before_hprev = hprev_off / H;  // H-wide workspace blocks before h_{t-1}
+  const int64_t blocks_before_hprev = cell.blocks_before_hprev(P);
 
   Real* const hbufs[2] = {hbuf0.get(), hbuf1.get()};
   const bool stream_ws = plan.stream_workspace;
@@ -477,7 +477,7 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   RightOperand<Real> whr(a.w_hr, H, false, 0, P, P > 0 ? H : 0, &ex, in_place);
   Buffer<Real> dR(P > 0 ? grad_rows * P : 0), dhpre(P > 0 ? B * H : 0);
   const int64_t block_rows = plan.block_rows, row_blocks = plan.row_blocks;
-  const int64_t blocks_before_hprev = hprev_off / H;  // H-wide workspace blocks before h_{t-1}
+  const int64_t blocks_before_hprev = cell.blocks_before_hprev(P);
   // dG (h side) of each step also in A-panel layout, for the next step's GEMM (see
   // LayerPlan::packed_panel). No initial fill: a step's GEMM reads only rows the step
   // before packed (finish_block).
