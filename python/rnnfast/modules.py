@@ -290,7 +290,7 @@ class RNNBase(nn.Module):
         states (the ops start from zeros without a state tensor)."""
         cell = self._cell
         # the initial states, stacked: (h0,) or (h0, c0), each [layers * directions, B, *]
-        stacked = () if hx is None else tuple(hx) if cell.cell_state else (hx,)
+        stacked = None if hx is None else tuple(hx) if cell.cell_state else (hx,)
         run = _layer_fn(x.device)
         num_directions = 2 if self.bidirectional else 1
         finals = []
@@ -300,8 +300,8 @@ class RNNBase(nn.Module):
                 idx = layer * num_directions + direction
                 # _all_weights lists the layer's parameters in the ops' weights order
                 weights = [getattr(self, name) for name in self._all_weights[idx]]
-                out, final = run(cell.name, x, [s[idx] for s in stacked], weights, lengths,
-                                 direction == 1)
+                state = [s[idx] for s in stacked] if stacked is not None else []
+                out, final = run(cell.name, x, state, weights, lengths, direction == 1)
                 outs.append(out)
                 finals.append(final)
             x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
@@ -309,8 +309,8 @@ class RNNBase(nn.Module):
                 x = F.dropout(x, self.dropout, True)
         # stacked copies even for one (layer, direction): a view would refuse an in-place
         # h_n.detach_(), which truncated-BPTT code calls on nn.LSTM's states
-        states = tuple(torch.stack([f[k] for f in finals], 0) for k in range(cell.states))
-        return x, (states if cell.cell_state else states[0])
+        states = [torch.stack(per_state, 0) for per_state in zip(*finals)]
+        return x, (tuple(states) if cell.cell_state else states[0])
 
     def forward(self, input, hx=None):
         name = "RNN" if self.mode.startswith("RNN") else self.mode
