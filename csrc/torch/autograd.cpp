@@ -45,6 +45,15 @@ at::Tensor or_undefined(const OptTensor& t) { return given(t) ? *t : at::Tensor(
 // (undefined where the state list was empty), then the weights.
 enum Saved { kInput, kLengths, kWorkspace, kFirstState };
 
+// The cell and the direction of a call, kept in the context's saved_data as one integer (one
+// hash-map entry per call): the cell's index in core::kCells, times two, plus 1 for reverse.
+constexpr const char* kCallKey = "call";
+int64_t call_code(const core::CellInfo& cell, bool reverse) {
+  return static_cast<int64_t>(&cell - core::kCells) * 2 + (reverse ? 1 : 0);
+}
+const core::CellInfo& cell_of_code(int64_t code) { return core::kCells[code / 2]; }
+bool reverse_of_code(int64_t code) { return code % 2 == 1; }
+
 // The position of the first weight in the saved list.
 size_t first_weight(const core::CellInfo& cell) { return kFirstState + cell.states(); }
 
@@ -112,13 +121,15 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
         op.call(cell->name, input, state, weights, lengths, reverse, training);
     // The states are saved for a backward that autograd records (see the top); whether they
     // are defined also says whether a state list was given (and gets gradients back).
-    variable_list saved{input, or_undefined(lengths), ws};
+    variable_list saved;
     saved.reserve(kFirstState + cell->states() + weights.size());
+    saved.push_back(input);
+    saved.push_back(or_undefined(lengths));
+    saved.push_back(ws);
     for (int k = 0; k < cell->states(); ++k) saved.push_back(state.empty() ? at::Tensor() : state[k]);
     saved.insert(saved.end(), weights.begin(), weights.end());
-    ctx->save_for_backward(saved);
-    ctx->saved_data["cell"] = static_cast<int64_t>(cell - core::kCells);
-    ctx->saved_data["reverse"] = reverse;
+    ctx->save_for_backward(std::move(saved));
+    ctx->saved_data[kCallKey] = call_code(*cell, reverse);
     // The workspace is not marked non-differentiable (compiled autograd refuses C++ Functions
     // that mark outputs so); its gradient, never defined in practice, is ignored. Gradients of
     // unused outputs stay undefined; the backward op takes them as absent.
@@ -135,12 +146,13 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<BackwardSig>(glue::kBackwardOp);
     const variable_list saved = ctx->get_saved_variables();
-    const core::CellInfo& cell = core::kCells[ctx->saved_data["cell"].toInt()];
+    const int64_t code = ctx->saved_data[kCallKey].toInt();
+    const core::CellInfo& cell = cell_of_code(code);
       const at::Tensor &input = saved[kInput], &ws = saved[kWorkspace];
     TORCH_CHECK(ws.dim() == input.dim(), "rnnfast.", cell.name,
                 ": backward needs the activations saved by a forward pass with training=True; "
                 "this forward ran with training=False");
-    const bool reverse = ctx->saved_data["reverse"].toBool();
+    const bool reverse = reverse_of_code(code);
     const bool state_given = saved[kFirstState].defined();
     const at::TensorList weights = at::TensorList(saved).slice(first_weight(cell));
     at::Tensor grad_input;
