@@ -64,6 +64,7 @@ def workspace_dtype(input: torch.Tensor) -> torch.dtype:
         return torch.float32
     return input.dtype
 
+
 # The cells the ops take, and their gate counts, from the C++ description.
 CELLS = tuple(_cells.DESCRIPTIONS)
 GATES = {name: info.gates for name, info in _cells.DESCRIPTIONS.items()}
@@ -89,7 +90,7 @@ def _rows(input: torch.Tensor, lengths: Optional[torch.Tensor]) -> Tuple[tuple, 
 # The innermost active torch.func transform, or None.
 _peek_functorch = torch._C._functorch.peek_interpreter_stack
 
-
+# The forward op's overload, looked up once rather than through the packet on every call.
 _LAYER = torch.ops.rnnfast.layer.default
 
 
