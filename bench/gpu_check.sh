@@ -49,8 +49,8 @@ probe() {
   PYTHONPATH=$PWD/python $PY -c "
 import torch, rnnfast
 try:
-    torch.ops.rnnfast.lstm_layer(torch.randn(3, 2, 4), None, None, torch.randn(20, 4),
-                                 torch.randn(20, 6), None, None, None, None, False, False)
+    torch.ops.rnnfast.layer('lstm', torch.randn(3, 2, 4), [],
+                            [torch.randn(20, 4), torch.randn(20, 6)], None, False, False)
 except RuntimeError as e:
     print('probe: error path ok:', str(e).splitlines()[0])
 " > "$OUT/build.probe" 2>&1

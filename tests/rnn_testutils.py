@@ -79,6 +79,42 @@ def make_pair(kind: str, *args, seed: int = 0, dtype=torch.float64, **kw):
 
 
 # --------------------------------------------------------------------------------------------
+# Arguments of the raw ops
+# --------------------------------------------------------------------------------------------
+
+
+def op_args(cell: str, proj: int = 0, lengths: bool = True, reverse: bool = False,
+            dtype=torch.float64, T: int = 3, B: int = 2, I: int = 4, H: int = 5,
+            requires_grad: bool = True, bias: bool = True, state: bool = True, seed: int = 0,
+            device=None, training: bool = True) -> tuple:
+    """(cell, input, state, weights, lengths, reverse, training) for torch.ops.rnnfast.layer,
+    shaped from the cell's description: the cell's initial states ([] with state=False) and
+    its weights in the ops' order, with biases (bias) and a projection of `proj` rows
+    (proj > 0). Random values from `seed`; lengths [T, T - 1, ...][:B] or None."""
+    from rnnfast import _cells
+
+    g = torch.Generator().manual_seed(seed)
+    info = _cells.cell(cell)
+
+    def r(shape):
+        t = torch.randn(*shape, dtype=dtype, generator=g).to(device)
+        return t.requires_grad_(requires_grad)
+
+    sizes = _cells.extent_sizes(info, I, H, proj)
+    states = [r(s) for s in _cells.state_shapes(info, B, H, proj)] if state else []
+    weights = [r(_cells.param_shape(p, sizes)) for p in _cells.params_of(bias, proj > 0)]
+    return (cell, r((T, B, I)), states, weights,
+            torch.tensor([T, T - 1][:B]) if lengths else None, reverse, training)
+
+
+def projections(cell: str) -> List[int]:
+    """The projection sizes to test a cell with: 0, and 3 where the cell takes one."""
+    from rnnfast import _cells
+
+    return [0, 3] if _cells.cell(cell).projection else [0]
+
+
+# --------------------------------------------------------------------------------------------
 # Running a module forward + backward and collecting everything comparable
 # --------------------------------------------------------------------------------------------
 

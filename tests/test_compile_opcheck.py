@@ -1,14 +1,15 @@
 """torch.compile(fullgraph=True) through rnnfast modules: compiled against eager rnnfast and
-against torch.nn's modules holding the same state_dict (float64).
-
-(opcheck tests on the raw torch.ops.rnnfast ops are added separately.)
+against torch.nn's modules holding the same state_dict (float64); and torch.library.opcheck of
+the two raw ops (rnnfast::layer, rnnfast::layer_backward) over their tensor lists, for every
+cell: given or zero initial states, with and without biases, with a projection where the cell
+takes one, with and without lengths, padded and packed.
 """
 import pytest
 import torch
 import torch.nn as nn
 
 import rnnfast
-from rnn_testutils import ATOL
+from rnn_testutils import ATOL, op_args, projections
 
 
 class Tagger(nn.Module):
@@ -159,3 +160,71 @@ def test_compiled_autograd_matches_torch(kind):
     assert len(got) == len(want)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+
+
+# ================================================================== opcheck of the raw ops
+
+
+@pytest.mark.parametrize("cell", rnnfast.ops.CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_forward(cell, reverse):
+    for proj in projections(cell):
+        for lengths in (False, True):
+            for bias in (False, True):
+                for state in (True, False):
+                    torch.library.opcheck(torch.ops.rnnfast.layer,
+                                          op_args(cell, proj, lengths, reverse, bias=bias,
+                                                  state=state))
+
+
+@pytest.mark.parametrize("cell", rnnfast.ops.CELLS)
+def test_opcheck_backward(cell):
+    """Every gradient list the op takes: one per state, all None, or empty."""
+    for proj in projections(cell):
+        for bias in (False, True):
+            args = op_args(cell, proj, requires_grad=False, bias=bias)
+            out, state_out, ws = torch.ops.rnnfast.layer(*args)
+            _, x, _, weights, lengths, reverse, _ = args
+            grads = [torch.randn_like(s) for s in state_out]
+            for grad_state in (grads, [None] * len(grads), []):
+                call = (cell, torch.randn_like(out), grad_state, x, weights, lengths, ws, reverse)
+                grad_input, grad_states, grad_weights = torch.ops.rnnfast.layer_backward(*call)
+                assert grad_input.shape == x.shape
+                assert [t.shape for t in grad_states] == [s.shape for s in state_out]
+                assert [t.shape for t in grad_weights] == [w.shape for w in weights]
+                torch.library.opcheck(torch.ops.rnnfast.layer_backward, call)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_opcheck_packed(training):
+    """A packed [N, I] input (PackedSequence.data order) with its non-increasing lengths."""
+    for cell in rnnfast.ops.CELLS:
+        _, _, state, weights, _, _, _ = op_args(cell, B=3, requires_grad=training)
+        x = torch.randn(7, 4, dtype=torch.float64, requires_grad=training)
+        torch.library.opcheck(torch.ops.rnnfast.layer,
+                              (cell, x, state, weights, torch.tensor([3, 2, 2]), False, training))
+
+
+@pytest.mark.parametrize("cell", rnnfast.ops.CELLS)
+def test_compile_fullgraph_raw_op(cell):
+    """The forward op with its lists, traced whole by torch.compile (aot_eager: the fake
+    kernels of both ops give the graph's shapes), against eager: outputs, final states and the
+    gradients of the input, the states and every weight."""
+    for proj in projections(cell):
+        args = op_args(cell, proj)
+        _, x, state, weights, lengths, reverse, _ = args
+
+        def f(x, state, weights):
+            out, final = rnnfast.ops.layer(cell, x, state, weights, lengths, reverse)
+            return out, final
+
+        torch._dynamo.reset()
+        results = []
+        for fn in (f, torch.compile(f, fullgraph=True, backend="aot_eager")):
+            out, final = fn(x, state, weights)
+            loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
+            loss = loss + sum(s.square().sum() for s in final)
+            results.append([out, *final, *torch.autograd.grad(loss, [x, *state, *weights])])
+        assert len(results[1]) == len(results[0]) == 1 + 2 * len(state) + 1 + len(weights)
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

@@ -19,10 +19,11 @@ import pytest
 import torch
 
 import rnnfast
-from rnnfast import _reference
+from rnnfast import _cells, _reference
 
-CELLS = [("lstm", 0), ("lstm", 3), ("gru", 0), ("rnn_tanh", 0), ("rnn_relu", 0)]
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+# every cell, and with a projection (P = 3) each cell that takes one
+CELLS = [(c, 0) for c in rnnfast.ops.CELLS] + [
+    (c, 3) for c in rnnfast.ops.CELLS if _cells.cell(c).projection]
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,14 +112,24 @@ def test_debug_nan_scratch_mode_is_on_when_asked_and_parity_holds():
 # --------------------------------------------------------------------------------------------
 
 def _params(cell, I, H, P, seed):
+    """The layer's initial states ([h] or [h, c], batch 4) and weights (with biases; weight_hr
+    with P), by name: h0, c0, then the weights' names."""
     g = torch.Generator().manual_seed(seed)
-    G, S = GATES[cell], (P or H)
+    info = _cells.cell(cell)
 
     def r(*shape):
         return (torch.rand(shape, generator=g, dtype=torch.float64) - 0.5)
 
-    return dict(w_ih=r(G * H, I), w_hh=r(G * H, S), b_ih=r(G * H), b_hh=r(G * H),
-                w_hr=r(P, H) if P else None, h0=r(4, S), c0=r(4, H) if cell == "lstm" else None)
+    sizes = _cells.extent_sizes(info, I, H, P)
+    states = {n: r(*shape) for n, shape in zip(("h0", "c0"), _cells.state_shapes(info, 4, H, P))}
+    weights = {p.name: r(*_cells.param_shape(p, sizes)) for p in _cells.params_of(True, P > 0)}
+    return {**states, **weights}
+
+
+def _split(named):
+    """The state list and the weights list of the tensors named as by _params."""
+    return ([named[n] for n in ("h0", "c0") if n in named],
+            [named[p.name] for p in _cells.PARAMS if p.name in named])
 
 
 def _grads(fn, leaves, upstream):
@@ -149,7 +160,8 @@ def test_padding_of_x_and_grad_output_never_reaches_a_result(cell, P, order, rev
     x = torch.randn(T, B, I, generator=g, dtype=torch.float64)
     gy = torch.randn(T, B, S, generator=g, dtype=torch.float64)
     ghy = torch.randn(B, S, generator=g, dtype=torch.float64)
-    gcy = torch.randn(B, H, generator=g, dtype=torch.float64) if cell == "lstm" else None
+    gcy = (torch.randn(B, H, generator=g, dtype=torch.float64)
+           if _cells.cell(cell).cell_state else None)
     x_clean = x.masked_fill(pad.unsqueeze(2), 0.0)
     gy_clean = gy.masked_fill(pad.unsqueeze(2), 0.0)
     x_dirty, gy_dirty = x_clean.clone(), gy_clean.clone()
@@ -159,17 +171,18 @@ def test_padding_of_x_and_grad_output_never_reaches_a_result(cell, P, order, rev
         gy_dirty[t, b, ::2] = specials[(k + 1) % 3]
     p = _params(cell, I, H, P, seed=5)
 
-    def ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, w_hr=None):
-        return _reference.layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, L, reverse)
+    def ref(x, **named):
+        out, final = _reference.layer(cell, x, *_split(named), L, reverse)
+        return [out, *final]
 
-    def ours(x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, w_hr=None):
+    def ours(x, **named):
         if order == "packed":  # the rows of the active (t, b), time-major
-            out, hy, cy = rnnfast.ops.layer(cell, x[~pad], h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                            w_hr, L, reverse)
+            out, final = rnnfast.ops.layer(cell, x[~pad], *_split(named), L, reverse)
             full = out.new_zeros(T, B, S)
             full[~pad] = out
-            return full, hy, cy
-        return rnnfast.ops.layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, L, reverse)
+            return [full, *final]
+        out, final = rnnfast.ops.layer(cell, x, *_split(named), L, reverse)
+        return [out, *final]
 
     want_out, want = _grads(ref, dict(p, x=x_clean), (gy_clean, ghy, gcy))
     got_out, got = _grads(ours, dict(p, x=x_dirty), (gy_dirty, ghy, gcy))
@@ -189,14 +202,12 @@ def test_empty_sequence_raises_in_the_raw_op_as_in_the_modules(cell, P):
     """The core API defines T = 0 (the final state is the initial one; tests/cpp), but the
     raw ops refuse it with a clear RuntimeError, as torch's and rnnfast's modules do: a
     padded [0, B, I] input, and a packed one whose lengths are all zero."""
-    p = _params(cell, 5, 7, P, seed=1)
-    op = getattr(torch.ops.rnnfast, f"{cell}_layer")
+    state, weights = _split(_params(cell, 5, 7, P, seed=1))
     for x, lengths in [(torch.zeros(0, 4, 5, dtype=torch.float64), None),
                        (torch.zeros(0, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long))]:
         for training in (False, True):
             with pytest.raises(RuntimeError, match="at least one time step"):
-                op(x, p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["w_hr"],
-                   lengths, False, training)
+                torch.ops.rnnfast.layer(cell, x, state, weights, lengths, False, training)
     kind = {"lstm": "LSTM", "gru": "GRU"}.get(cell, "RNN")
     kw = {"nonlinearity": cell[4:]} if kind == "RNN" else ({"proj_size": P} if P else {})
     for cls in (getattr(torch.nn, kind), getattr(rnnfast, kind)):

@@ -15,10 +15,11 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnfast
-from rnnfast import _reference, ops
+from rnnfast import _cells, _reference, ops
 
 from rnn_testutils import (CELL_KIND_NAMES, KIND_NAMES, assert_results_close, call_dense,
-                           call_packed, fwd_bwd, hx_shapes, is_lstm, make_pair, randn)
+                           call_packed, fwd_bwd, hx_shapes, is_lstm, make_pair, op_args,
+                           projections, randn)
 
 _AVAILABLE = (torch.cuda.is_available() and bool(rnnfast._C.cuda_built)
               and ops.has_native_kernels("cuda"))
@@ -186,36 +187,27 @@ def test_cells_float64(kind):
 def test_raw_op_lengths_with_zeros(cell, reverse):
     """The op itself with lengths that include 0 and T, against the reference loop."""
     T, B, I, H = 5, 4, 3, 6
-    P = 2 if cell == "lstm" else 0
-    G = ops.GATES[cell]
-    S = P or H
+    info = _cells.cell(cell)
+    P = 2 if info.projection else 0
     torch.manual_seed(0)
-    args = dict(
-        input=torch.randn(T, B, I, dtype=torch.float64),
-        hx=torch.randn(B, S, dtype=torch.float64),
-        cx=torch.randn(B, H, dtype=torch.float64) if cell == "lstm" else None,
-        weight_ih=torch.randn(G * H, I, dtype=torch.float64),
-        weight_hh=torch.randn(G * H, S, dtype=torch.float64),
-        bias_ih=torch.randn(G * H, dtype=torch.float64),
-        bias_hh=torch.randn(G * H, dtype=torch.float64),
-        weight_hr=torch.randn(P, H, dtype=torch.float64) if P else None,
-    )
+    sizes = _cells.extent_sizes(info, I, H, P)
+    state = [torch.randn(*s, dtype=torch.float64) for s in _cells.state_shapes(info, B, H, P)]
+    weights = {p.name: torch.randn(*_cells.param_shape(p, sizes), dtype=torch.float64)
+               for p in _cells.params_of(True, P > 0)}
     lengths = torch.tensor([0, 5, 2, 3])
 
     def run(fn, device):
-        leaves = {k: (v.to(device).requires_grad_() if v is not None else None)
-                  for k, v in args.items()}
-        out, hy, cy = fn(cell, leaves["input"], leaves["hx"], leaves["cx"], leaves["weight_ih"],
-                         leaves["weight_hh"], leaves["bias_ih"], leaves["bias_hh"],
-                         leaves["weight_hr"], lengths, reverse)
-        res = {"out": out, "hy": hy}
-        if cy is not None:
-            res["cy"] = cy
+        x = torch.randn(T, B, I, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        x = x.to(device).requires_grad_()
+        st = [t.to(device).requires_grad_() for t in state]
+        ws = {k: v.to(device).requires_grad_() for k, v in weights.items()}
+        out, final = fn(cell, x, st, list(ws.values()), lengths, reverse)
+        res = {"out": out, **{f"state{k}": t for k, t in enumerate(final)}}
         loss = sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype, device=device)
                     .reshape(v.shape)).sum() for v in res.values())
-        names = [k for k, v in leaves.items() if v is not None]
-        grads = torch.autograd.grad(loss, [leaves[k] for k in names])
-        res.update({f"grad:{k}": g for k, g in zip(names, grads)})
+        leaves = {"input": x, **{f"state{k}": t for k, t in enumerate(st)}, **ws}
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        res.update({f"grad:{k}": g for k, g in zip(leaves, grads)})
         return {k: v.detach().cpu() for k, v in res.items()}
 
     expected = run(_reference.layer, "cpu")
@@ -345,18 +337,20 @@ def test_gradcheck_float64():
 @pytest.mark.parametrize("cell", ops.CELLS)
 @pytest.mark.parametrize("training", [False, True])
 def test_opcheck(cell, training):
-    T, B, I, H = 3, 2, 4, 5
-    G = ops.GATES[cell]
-    P = 3 if cell == "lstm" else 0
-    S = P or H
-    dev = dict(device=CUDA, dtype=torch.float32)
-    args = (torch.randn(T, B, I, **dev, requires_grad=training), torch.randn(B, S, **dev),
-            torch.randn(B, H, **dev) if cell == "lstm" else None,
-            torch.randn(G * H, I, **dev, requires_grad=training),
-            torch.randn(G * H, S, **dev, requires_grad=training), torch.randn(G * H, **dev),
-            torch.randn(G * H, **dev), torch.randn(P, H, **dev) if P else None,
-            torch.tensor([3, 1]), False, training)
-    torch.library.opcheck(getattr(torch.ops.rnnfast, f"{cell}_layer"), args)
+    """Both ops, with and without biases (the CUDA backward then writes the bias gradients to
+    scratch), with a projection where the cell takes one."""
+    proj = projections(cell)[-1]
+    for bias in (True, False):
+        args = op_args(cell, proj, dtype=torch.float32, device=CUDA, requires_grad=training,
+                       bias=bias, training=training)
+        torch.library.opcheck(torch.ops.rnnfast.layer, args)
+        if training:
+            _, x, _, weights, lengths, reverse, _ = args
+            out, final, ws = torch.ops.rnnfast.layer(*args)
+            grad_state = [torch.randn_like(final[0])] + [None] * (len(final) - 1)
+            torch.library.opcheck(torch.ops.rnnfast.layer_backward,
+                                  (cell, torch.randn_like(out), grad_state, x.detach(),
+                                   [w.detach() for w in weights], lengths, ws.detach(), reverse))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -364,9 +358,8 @@ def test_fake_workspace_dtype_matches_kernel(dtype):
     x = torch.randn(3, 2, 4, device=CUDA, dtype=dtype)
     w_ih = torch.randn(20, 4, device=CUDA, dtype=dtype)
     w_hh = torch.randn(20, 5, device=CUDA, dtype=dtype)
-    real = torch.ops.rnnfast.lstm_layer(x, None, None, w_ih, w_hh, None, None, None, None,
-                                        False, True)
-    assert real[3].dtype == torch.float32 == ops.workspace_dtype(x)
+    real = torch.ops.rnnfast.layer("lstm", x, [], [w_ih, w_hh], None, False, True)
+    assert real[2].dtype == torch.float32 == ops.workspace_dtype(x)
     assert real[0].dtype == dtype
 
 
@@ -384,15 +377,15 @@ C = torch.device("cuda")
 msgs = []
 for dev in ("cpu", "cuda"):
     try:  # lengths on the GPU: the op wants them on the CPU
-        torch.ops.rnnfast.gru_layer(torch.randn(3, 2, 4, device=dev), None, None,
-                                    torch.randn(15, 4, device=dev), torch.randn(15, 5, device=dev),
-                                    None, None, None, torch.tensor([3, 1], device=C), False, False)
+        torch.ops.rnnfast.layer("gru", torch.randn(3, 2, 4, device=dev), [],
+                                [torch.randn(15, 4, device=dev), torch.randn(15, 5, device=dev)],
+                                torch.tensor([3, 1], device=C), False, False)
     except RuntimeError as e:
         msgs.append(str(e).splitlines()[0])
     try:  # weight_hh of the wrong shape
-        torch.ops.rnnfast.lstm_layer(torch.randn(3, 2, 4, device=dev), None, None,
-                                     torch.randn(20, 4, device=dev), torch.randn(20, 6, device=dev),
-                                     None, None, None, None, False, False)
+        torch.ops.rnnfast.layer("lstm", torch.randn(3, 2, 4, device=dev), [],
+                                [torch.randn(20, 4, device=dev), torch.randn(20, 6, device=dev)],
+                                None, False, False)
     except RuntimeError as e:
         msgs.append(str(e).splitlines()[0])
 print("\n".join(msgs))

@@ -14,7 +14,8 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnfast
-from rnn_testutils import CELL_KIND_NAMES, KIND_NAMES, is_lstm, make_pair
+from rnnfast import _cells
+from rnn_testutils import CELL_KIND_NAMES, KIND_NAMES, is_lstm, make_pair, op_args
 
 T, B, I, H = 3, 2, 2, 3
 
@@ -193,17 +194,17 @@ def test_first_order_stays_on_the_fused_backward(monkeypatch):
 
 
 def test_backward_op_is_not_silently_differentiable():
-    """A graph through a backward op raises when differentiated (was: zeros + a warning)."""
+    """A graph through the backward op raises when differentiated (was: zeros + a warning)."""
     _, new = make_pair("GRU", 3, 4)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
-    w = [new.weight_ih_l0, new.weight_hh_l0]
-    out, hy, cy, ws = torch.ops.rnnfast.gru_layer(x, None, None, *w, new.bias_ih_l0,
-                                                  new.bias_hh_l0, None, None, False, True)
+    w = [new.weight_ih_l0, new.weight_hh_l0, new.bias_ih_l0, new.bias_hh_l0]
+    out, _, ws = torch.ops.rnnfast.layer("gru", x, [], w, None, False, True)
     gy = torch.randn_like(out, requires_grad=True)
-    grads = torch.ops.rnnfast.gru_layer_backward(gy, None, None, x, *w, None, None,
-                                                 ws.detach(), False)
-    with pytest.raises(RuntimeError, match="not implemented"):
-        grads[0].sum().backward()
+    grad_input, grad_state, grad_weights = torch.ops.rnnfast.layer_backward(
+        "gru", gy, [], x, w, None, ws.detach(), False)
+    for g in [grad_input, *grad_state, *grad_weights]:
+        with pytest.raises(RuntimeError, match="not implemented"):
+            g.sum().backward(retain_graph=True)
 
 
 def test_fused_first_order_matches_recompute_float32():
@@ -219,46 +220,44 @@ def test_fused_first_order_matches_recompute_float32():
 def test_raw_op_double_backward_with_lengths_and_reverse():
     """The op itself (unsorted lengths, reverse, all optional tensors given): gradgradcheck."""
     torch.manual_seed(3)
-    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
-    hx = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
-    cx = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-    w_ih = torch.randn(20, 2, dtype=torch.float64, requires_grad=True)
-    w_hh = torch.randn(20, 2, dtype=torch.float64, requires_grad=True)
-    b_ih = torch.randn(20, dtype=torch.float64, requires_grad=True)
-    b_hh = torch.randn(20, dtype=torch.float64, requires_grad=True)
-    w_hr = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([2, 4, 1])
-
-    def fn(*a):
-        return rnnfast.ops.layer("lstm", *a, lengths, True)
-
-    assert torch.autograd.gradgradcheck(fn, (x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr),
-                                        fast_mode=True)
-
-
-def _op_args(cell, proj, seed):
-    g = torch.Generator().manual_seed(seed)
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
-    Hh, S = 5, (2 if proj else 5)
 
     def r(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
-    return dict(hx=r(3, S), cx=r(3, Hh) if cell == "lstm" else None, w_ih=r(G * Hh, 2),
-                w_hh=r(G * Hh, S), b_ih=r(G * Hh), b_hh=r(G * Hh),
-                w_hr=r(S, Hh) if proj else None)
+    x, hx, cx = r(4, 3, 2), r(3, 2), r(3, 5)
+    weights = [r(20, 2), r(20, 2), r(20), r(20), r(2, 5)]
+    lengths = torch.tensor([2, 4, 1])
+
+    def fn(x, hx, cx, *weights):
+        out, final = rnnfast.ops.layer("lstm", x, [hx, cx], list(weights), lengths, True)
+        return (out, *final)
+
+    assert torch.autograd.gradgradcheck(fn, (x, hx, cx, *weights), fast_mode=True)
+
+
+def _op_args(cell, proj, seed, with_state=True):
+    """(state, weights) of the op for `cell`, leaves: B=3, I=2, H=5, weights with biases (and
+    a weight_hr of 2 rows with proj)."""
+    _, _, state, weights, _, _, _ = op_args(cell, 2 if proj else 0, B=3, I=2, H=5, seed=seed,
+                                            state=with_state)
+    return state, weights
+
+
+# every cell, and with a projection each cell that takes one
+OP_CASES = [(c, False) for c in rnnfast.ops.CELLS] + [
+    (c, True) for c in rnnfast.ops.CELLS if _cells.cell(c).projection]
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("layout", ["dense", "unsorted_lengths", "packed"])
-@pytest.mark.parametrize("cell,proj", [("lstm", False), ("lstm", True), ("gru", False),
-                                       ("rnn_tanh", False), ("rnn_relu", False)])
-def test_recompute_matches_fused_op(cell, proj, layout, reverse):
+@pytest.mark.parametrize("cell,proj", OP_CASES)
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "zero_state"])
+def test_recompute_matches_fused_op(cell, proj, layout, reverse, with_state):
     """The create_graph path recomputes with rnnfast._reference; gradgradcheck alone cannot
     see a reference that is wrong in a self-consistent way, so its outputs and first-order
     gradients are tied here to the fused op's (which the parity suite ties to torch), for
     every layout the op takes: dense, unsorted lengths, packed rows."""
-    a = _op_args(cell, proj, seed=7)
+    state, weights = _op_args(cell, proj, seed=7, with_state=with_state)
     g = torch.Generator().manual_seed(8)
     lengths = None
     if layout == "dense":
@@ -270,15 +269,15 @@ def test_recompute_matches_fused_op(cell, proj, layout, reverse):
         lengths = torch.tensor([4, 2, 1])
         x = torch.randn(int(lengths.sum()), 2, generator=g, dtype=torch.float64)
     x.requires_grad_()
-    args = (x, a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["w_hr"])
-    leaves = [t for t in args if t is not None]
+    leaves = [x] + state + weights
 
     def outputs(fn):
-        out, hy, cy = fn(cell, *args, lengths, reverse)
-        return [out, hy] + ([cy] if cy is not None else [])
+        out, final = fn(cell, x, state, weights, lengths, reverse)
+        return [out] + list(final)
 
     fused = outputs(rnnfast.ops.layer)
     ref = outputs(rnnfast._reference.layer)
+    assert len(fused) == len(ref) == 1 + _cells.cell(cell).states
     for f, r in zip(fused, ref):
         torch.testing.assert_close(f, r, atol=1e-12, rtol=0)
     ups = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in fused]
@@ -287,3 +286,21 @@ def test_recompute_matches_fused_op(cell, proj, layout, reverse):
     assert all(t.requires_grad for t in graph)
     for f, r in zip(first, graph):
         torch.testing.assert_close(f, r.detach(), atol=1e-12, rtol=0)
+
+
+def test_reference_layer_backward_returns_lists():
+    """rnnfast._reference.layer_backward (the create_graph path) returns (grad_input, one
+    gradient per given state, one per weight), None where a tensor needs none."""
+    from rnnfast import _reference
+
+    state, weights = _op_args("lstm", True, seed=2)
+    x = torch.randn(3, 3, 2, dtype=torch.float64)          # needs no gradient
+    weights[2].requires_grad_(False)
+    out, final = _reference.layer("lstm", x, state, weights)
+    gi, gs, gw = _reference.layer_backward("lstm", False, torch.ones_like(out), [None, None], x,
+                                           state, weights, None)
+    assert gi is None and len(gs) == 2 and len(gw) == 5
+    assert gw[2] is None and all(g is not None and g.requires_grad for g in gs + gw[:2] + gw[3:])
+    gi, gs, gw = _reference.layer_backward("lstm", False, None, [None, torch.ones_like(final[1])],
+                                           x, [], weights, None)
+    assert gi is None and gs == [] and len(gw) == 5

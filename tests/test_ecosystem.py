@@ -25,7 +25,7 @@ import torch.nn as nn
 
 import rnnfast
 from rnn_testutils import (ATOL, CELL_KIND_NAMES, KIND_NAMES, fast_cls, kind_kwargs, make_pair,
-                           torch_cls)
+                           op_args, projections, torch_cls)
 
 ALL_KINDS = KIND_NAMES + CELL_KIND_NAMES
 
@@ -239,6 +239,32 @@ def test_autocast_leaves_float64_alone(kind):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = _first(new(x))
     assert got.dtype == torch.float64 and torch.equal(got, plain)
+
+
+@pytest.mark.parametrize("cell", rnnfast.ops.CELLS)
+def test_autocast_casts_the_raw_ops_lists(cell):
+    """The autocast rule registered for rnnfast::layer casts the tensors inside its lists too:
+    bfloat16 input, states and weights run as float32 (the same numbers as the float32 call on
+    the bfloat16 values), and every one of them gets a gradient in its own dtype back through
+    the cast."""
+    proj = projections(cell)[-1]
+    args = op_args(cell, proj, dtype=torch.float32, requires_grad=False)
+    _, x, state, weights, lengths, reverse, _ = args
+    bf16 = [t.to(torch.bfloat16).requires_grad_() for t in [x, *state, *weights]]
+    n = len(state)
+    with torch.no_grad():
+        want_out, want_final, _ = torch.ops.rnnfast.layer(
+            cell, bf16[0].float(), [t.float() for t in bf16[1:1 + n]],
+            [t.float() for t in bf16[1 + n:]], lengths, reverse, False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, final = rnnfast.ops.layer(cell, bf16[0], bf16[1:1 + n], bf16[1 + n:], lengths,
+                                       reverse)
+    assert out.dtype == torch.float32 and all(t.dtype == torch.float32 for t in final)
+    assert torch.equal(out, want_out) and all(torch.equal(a, b) for a, b in zip(final, want_final))
+    grads = torch.autograd.grad(out.sum() + sum(t.sum() for t in final), bf16)
+    assert [g.dtype for g in grads] == [torch.bfloat16] * len(bf16)
+    assert all(g.abs().sum() > 0 for g in grads)
+
 
 
 # ======================================================================== functional_call

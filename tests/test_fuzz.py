@@ -44,6 +44,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # the worker runs this file as a script
     sys.path.insert(0, HERE)
 
+import rnnfast  # noqa: E402
+from rnnfast import _cells  # noqa: E402
 from rnn_testutils import (ATOL, CELL_KIND_NAMES, KIND_NAMES, call_dense, call_packed,  # noqa: E402
                            compare_modules, hx_shapes, is_lstm, make_pair, randn,
                            upstream_like)
@@ -80,8 +82,20 @@ BATCHES = [1, 2, 3, 5, 6, 7, 13]   # register tile MR = 6 rows
 DT = {"float32": torch.float32, "float64": torch.float64}
 _CLS = {"LSTM": ("LSTM", {}), "GRU": ("GRU", {}), "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
         "RNN_RELU": ("RNN", {"nonlinearity": "relu"})}
-_CELL = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+# The raw ops' cells, and the names the fuzz gives the tensors of their lists: the state list
+# holds hx (and cx for a cell with a cell state), the weights list the present parameters in
+# the C++ core's order.
+CELLS = rnnfast.ops.CELLS
+STATE_ARGS = ("hx", "cx")
+WEIGHT_ARGS = tuple(p.name for p in _cells.PARAMS)
+
+
+def _state_list(a):
+    return [a[n] for n in STATE_ARGS if a.get(n) is not None]
+
+
+def _weight_list(a):
+    return [a[n] for n in WEIGHT_ARGS if a.get(n) is not None]
 
 
 # ============================================================================================
@@ -382,12 +396,14 @@ def _run_module_case(case, phase):
 def _raw_args(case):
     """Valid raw-op arguments from the base config, then the corruptions applied."""
     cell, dt = case["cell"], DT[case["dtype"]]
+    info = _cells.cell(cell)
     T, B, I, H, P = case["T"], case["B"], case["I"], case["H"], case["P"]
-    G, S, s = GATES[cell], (case["P"] or case["H"]), case["seed"]
+    G, S, s = info.gates, (case["P"] or case["H"]), case["seed"]
     a = {
         "input": _make((T, B, I), case["dtype"], s + 1),
-        "hx": _make((B, S), case["dtype"], s + 2) if case["has_hx"] else None,
-        "cx": _make((B, H), case["dtype"], s + 3) if case["has_cx"] and cell == "lstm" else None,
+        "hx": _make((B, S), case["dtype"], s + 2) if case["has_state"] else None,
+        "cx": _make((B, H), case["dtype"], s + 3) if case["has_state"] and info.cell_state
+        else None,
         "weight_ih": _make((G * H, I), case["dtype"], s + 4) * 0.5,
         "weight_hh": _make((G * H, S), case["dtype"], s + 5) * 0.5,
         "bias_ih": _make((G * H,), case["dtype"], s + 6) if case["has_bias"] else None,
@@ -433,7 +449,7 @@ def _corrupt(a, corr, case, dt):
         a[name] = t.to(getattr(torch, corr["dtype"]))
     elif what == "nonfinite" and t is not None:
         a[name] = _inject(t.clone(), corr, case["seed"] + len(name))
-    elif what == "add_cx":  # a cx for any cell (only LSTM accepts one)
+    elif what == "add_cx":  # a cx for any cell (only one with a cell state accepts it)
         a["cx"] = _make((case["B"], case["H"]), case["dtype"], 11)
     elif what == "add_w_hr":  # a projection of the given rows (only LSTM, 0 < rows < H)
         a["weight_hr"] = _make((corr["rows"], case["H"]), case["dtype"], 12)
@@ -444,8 +460,23 @@ def _corrupt(a, corr, case, dt):
             a["lengths"] = torch.tensor(a["lengths"], dtype=torch.int64)
 
 
+def _weights_problem(info, a):
+    """Why the weights list of `a` does not read as the parameters it holds, or None: the op
+    reads the list by its length (csrc/torch/common.h), so a list missing a bias, or holding a
+    projection for a cell without one, is read as other parameters or rejected."""
+    present = [n for n in WEIGHT_ARGS if a.get(n) is not None]
+    try:
+        names = _cells.weight_names(info, len(present))
+    except RuntimeError:
+        return "weights count (or a projection for a cell without one)"
+    if list(names) != present:
+        return f"weights {present} read as {list(names)}"
+    return None
+
+
 def _expected_valid(cell, a):
     """The ops' documented contract, restated: None if `a` is valid, else the reason."""
+    info = _cells.cell(cell)
     x = a["input"]
     for n in ("input", "weight_ih", "weight_hh"):
         if a[n] is None:
@@ -457,8 +488,11 @@ def _expected_valid(cell, a):
     if x.shape[0] == 0:
         return "T == 0"
     T, B, I = x.shape
-    G = GATES[cell]
-    for n in ("weight_ih", "weight_hh", "hx", "cx", "bias_ih", "bias_hh", "weight_hr"):
+    G = info.gates
+    why = _weights_problem(info, a)
+    if why:
+        return why
+    for n in WEIGHT_ARGS + STATE_ARGS:
         if a[n] is not None and a[n].dtype != x.dtype:
             return f"{n} dtype"
     w_ih, w_hh, w_hr = a["weight_ih"], a["weight_hh"], a["weight_hr"]
@@ -469,18 +503,18 @@ def _expected_valid(cell, a):
     H = w_ih.shape[0] // G
     P = 0
     if w_hr is not None:
-        if cell != "lstm":
-            return "weight_hr for non-LSTM"
         if w_hr.dim() != 2 or not (0 < w_hr.shape[0] < H) or w_hr.shape[1] != H:
             return "weight_hr shape"
         P = w_hr.shape[0]
     S = P or H
     if tuple(w_hh.shape) != (G * H, S):
         return "weight_hh shape"
-    if a["hx"] is not None and tuple(a["hx"].shape) != (B, S):
-        return "hx shape"
-    if a["cx"] is not None and (cell != "lstm" or tuple(a["cx"].shape) != (B, H)):
-        return "cx"
+    states = _state_list(a)
+    if len(states) not in (0, info.states):
+        return f"{len(states)} states for a cell with {info.states}"
+    for k, (t, want) in enumerate(zip(states, _cells.state_shapes(info, B, H, P))):
+        if tuple(t.shape) != want:
+            return f"state[{k}] shape"
     for n in ("bias_ih", "bias_hh"):
         if a[n] is not None and tuple(a[n].shape) != (G * H,):
             return f"{n} shape"
@@ -493,15 +527,20 @@ def _expected_valid(cell, a):
     return None
 
 
+def _outputs(out, final):
+    """The op's or the reference's results by name: out, then each final state."""
+    return {"out": out, **{_cells.STATE_NAMES[k]: t for k, t in enumerate(final)}}
+
+
 def _run_raw_case(case, phase):
     import rnnfast  # noqa: F401  (registers the ops)
     from rnnfast import _reference
 
     cell = case["cell"]
-    op = getattr(torch.ops.rnnfast, f"{cell}_layer")
+    op = torch.ops.rnnfast.layer
     a = _raw_args(case)
     why_invalid = _expected_valid(cell, a)
-    names = ["input", "hx", "cx", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]
+    names = ["input", *STATE_ARGS, *WEIGHT_ARGS]
     grad = case["training"] and why_invalid is None and case["backward"]
     leaves = {}
     args = {}
@@ -515,10 +554,9 @@ def _run_raw_case(case, phase):
     res = {"invalid_reason": why_invalid}
     phase("rnnfast")
     try:
-        out = op(*[args[n] for n in names], a["lengths"], case["reverse"], case["training"])
-        got = {"out": out[0], "hy": out[1]}
-        if cell == "lstm":
-            got["cy"] = out[2]
+        out, final, _ = op(cell, args["input"], _state_list(args), _weight_list(args),
+                           a["lengths"], case["reverse"], case["training"])
+        got = _outputs(out, final)
         if grad:
             loss = sum((v * upstream_like(v, case["seed"] + i)).sum()
                        for i, (k, v) in enumerate(sorted(got.items())))
@@ -536,11 +574,8 @@ def _run_raw_case(case, phase):
     if grad:
         ref_args = {n: (v.detach().clone().requires_grad_(True) if v is not None else None)
                     for n, v in ref_args.items()}
-    y, hy, cy = _reference.layer(cell, *[ref_args[n] for n in names], a["lengths"],
-                                 case["reverse"])
-    exp = {"out": y, "hy": hy}
-    if cell == "lstm":
-        exp["cy"] = cy
+    exp = _outputs(*_reference.layer(cell, ref_args["input"], _state_list(ref_args),
+                                     _weight_list(ref_args), a["lengths"], case["reverse"]))
     if grad:
         loss = sum((v * upstream_like(v, case["seed"] + i)).sum()
                    for i, (k, v) in enumerate(sorted(exp.items())))
@@ -554,32 +589,33 @@ def _run_raw_case(case, phase):
 
 
 def _run_backward_case(case, phase):
-    """Calls the *_backward op directly with one argument corrupted."""
+    """Calls the backward op directly with one argument corrupted."""
     import rnnfast  # noqa: F401
 
     cell = case["cell"]
+    info = _cells.cell(cell)
     dt = DT[case["dtype"]]
     a = _raw_args(dict(case, corruptions=[]))
-    fwd = getattr(torch.ops.rnnfast, f"{cell}_layer")
-    y, hy, cy, ws = fwd(a["input"], a["hx"], a["cx"], a["weight_ih"], a["weight_hh"],
-                        a["bias_ih"], a["bias_hh"], a["weight_hr"], a["lengths"], case["reverse"],
-                        case["training"])
-    b = {"grad_output": torch.randn_like(y), "grad_hy": torch.randn_like(hy),
-         "grad_cy": torch.randn_like(cy) if cell == "lstm" else None,
-         "input": a["input"], "weight_ih": a["weight_ih"], "weight_hh": a["weight_hh"],
-         "weight_hr": a["weight_hr"], "lengths": a["lengths"], "workspace": ws}
+    y, final, ws = torch.ops.rnnfast.layer(cell, a["input"], _state_list(a), _weight_list(a),
+                                           a["lengths"], case["reverse"], case["training"])
+    b = {"grad_output": torch.randn_like(y), "grad_hy": torch.randn_like(final[0]),
+         "grad_cy": torch.randn_like(final[1]) if info.cell_state else None,
+         "input": a["input"], "lengths": a["lengths"], "workspace": ws,
+         **{n: a[n] for n in WEIGHT_ARGS}}
     for corr in case["corruptions"]:
         _corrupt(b, corr, case, dt)
     T, B, I = a["input"].shape
-    H = a["weight_ih"].shape[0] // GATES[cell]
+    H = a["weight_ih"].shape[0] // info.gates
     P = case["P"]
     S = P or H
-    ws_cols = {"lstm": (7 if P else 6) * H + S, "gru": 5 * H}.get(cell, 2 * H)
-    want = {"grad_output": (T, B, S), "grad_hy": (B, S), "workspace": (T, B, ws_cols),
+    want = {"grad_output": (T, B, S), "grad_hy": (B, S),
+            "workspace": (T, B, rnnfast.ops.workspace_cols(cell, H, P)),
             "input": (T, B, I), "weight_ih": tuple(a["weight_ih"].shape),
             "weight_hh": tuple(a["weight_hh"].shape)}
-    if cell == "lstm":
+    if info.cell_state:
         want["grad_cy"] = (B, H)
+    if case["has_bias"]:
+        want["bias_ih"] = want["bias_hh"] = (info.gates * H,)
     if P:
         want["weight_hr"] = (P, H)
     why = None
@@ -595,17 +631,20 @@ def _run_backward_case(case, phase):
             why = why or f"{n} dtype/shape"
     if b["weight_hr"] is not None and not P:
         why = why or "weight_hr added"
+    why = why or _weights_problem(info, b)
     L = b["lengths"]
     if L is not None and (L.dtype != torch.int64 or L.dim() != 1 or L.shape[0] != B or
                           (B and (int(L.min()) < 0 or int(L.max()) > T))):
         why = why or "lengths"
     res = {"invalid_reason": why}
     phase("rnnfast")
-    bwd = getattr(torch.ops.rnnfast, f"{cell}_layer_backward")
+    grad_state = [b["grad_hy"]] + ([b["grad_cy"]] if info.cell_state else [])
     try:
-        outs = bwd(b["grad_output"], b["grad_hy"], b["grad_cy"], b["input"], b["weight_ih"],
-                   b["weight_hh"], b["weight_hr"], b["lengths"], b["workspace"], case["reverse"])
-        res["rnnfast"] = {"ok": True, "finite": bool(all(torch.isfinite(o).all() for o in outs))}
+        outs = torch.ops.rnnfast.layer_backward(cell, b["grad_output"], grad_state, b["input"],
+                                                _weight_list(b), b["lengths"], b["workspace"],
+                                                case["reverse"])
+        flat = [outs[0], *outs[1], *outs[2]]
+        res["rnnfast"] = {"ok": True, "finite": bool(all(torch.isfinite(o).all() for o in flat))}
     except Exception as exc:  # noqa: BLE001
         res["rnnfast"] = {"ok": False, "type": type(exc).__name__, "msg": str(exc)[:400]}
     return res
@@ -617,7 +656,7 @@ def _run_huge_case(case, phase):
     import rnnfast
 
     name, cell = case["name"], case["cell"]
-    G, H, I = GATES[cell], 4, 3
+    G, H, I = _cells.cell(cell).gates, 4, 3
     x = torch.zeros(1, 1, I)
     w_ih, w_hh = torch.zeros(G * H, I), torch.zeros(G * H, H)
     if name == "op_T_2e44":  # reading the input needs 2^44 rows
@@ -639,9 +678,8 @@ def _run_huge_case(case, phase):
         "cell_hidden_2e40": lambda: rnnfast.GRUCell(4, 2 ** 40),
         "module_T_2e44": lambda: rnnfast.LSTM(3, 4)(torch.zeros(1, 1, 3).expand(2 ** 44, 1, 3)),
     }
-    op = getattr(torch.ops.rnnfast, f"{cell}_layer")
-    fn = calls.get(name, lambda: op(x, None, None, w_ih, w_hh, None, None, None, None, False,
-                                    True))
+    fn = calls.get(name, lambda: torch.ops.rnnfast.layer(cell, x, [], [w_ih, w_hh], None, False,
+                                                         True))
     phase("rnnfast")
     try:
         fn()
@@ -952,23 +990,23 @@ def malformed_module_cases(draw, malformations=("shapes", "dtypes", "pack"), kin
 
 
 REQUIRED = ("input", "weight_ih", "weight_hh", "workspace")
-RAW_ARGS = ["input", "hx", "cx", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr",
-            "lengths"]
+RAW_ARGS = ["input", *STATE_ARGS, *WEIGHT_ARGS, "lengths"]
+BACKWARD_ARGS = ["grad_output", "grad_hy", "grad_cy", "input", *WEIGHT_ARGS, "lengths",
+                 "workspace"]
 
 
 @st.composite
 def raw_cases(draw, backward_op=False):
-    cell = draw(st.sampled_from(list(GATES)), label="cell")
+    cell = draw(st.sampled_from(CELLS), label="cell")
     H = draw(st.sampled_from([1, 2, 7, 8, 9, 16, 17, 33]), label="H")
-    P = draw(st.integers(1, H - 1), label="P") if cell == "lstm" and H > 1 and \
+    P = draw(st.integers(1, H - 1), label="P") if _cells.cell(cell).projection and H > 1 and \
         draw(st.booleans(), label="use_P") else 0
     T = draw(st.integers(1, 5), label="T")
     B = draw(st.sampled_from([0, 1, 2, 3, 7]), label="B")
     case = dict(type="backward" if backward_op else "raw", cell=cell, H=H, P=P, T=T, B=B,
                 I=draw(st.sampled_from([1, 3, 8, 17]), label="I"),
                 dtype=draw(st.sampled_from(["float32", "float64"]), label="dtype"),
-                has_hx=draw(st.booleans(), label="has_hx"),
-                has_cx=draw(st.booleans(), label="has_cx"),
+                has_state=draw(st.booleans(), label="has_state"),
                 has_bias=draw(st.booleans(), label="has_bias"),
                 reverse=draw(st.booleans(), label="reverse"),
                 training=draw(st.booleans(), label="training") if not backward_op else
@@ -977,8 +1015,7 @@ def raw_cases(draw, backward_op=False):
                 seed=draw(st.integers(0, 999), label="seed"))
     case["lengths"] = (draw(st.lists(st.integers(0, T), min_size=B, max_size=B), label="lengths")
                        if draw(st.booleans(), label="has_lengths") else None)
-    args = (["grad_output", "grad_hy", "grad_cy", "input", "weight_ih", "weight_hh", "weight_hr",
-             "lengths", "workspace"] if backward_op else RAW_ARGS)
+    args = BACKWARD_ARGS if backward_op else RAW_ARGS
     corrs = []
     for i in range(draw(st.integers(0, 2), label="n_corruptions")):
         what = draw(st.sampled_from(["drop", "noncontig", "rank_up", "rank_down", "resize",
@@ -1129,29 +1166,22 @@ def test_worker_turns_crashes_and_hangs_into_results():
         w.close()
 
 
-@pytest.mark.parametrize("op,arg", [("forward", "input"), ("forward", "weight_ih"),
-                                    ("forward", "weight_hh"), ("backward", "workspace"),
-                                    ("backward", "weight_hh")])
+@pytest.mark.parametrize("op,arg", [("forward", "input"), ("forward", "weights"),
+                                    ("backward", "workspace"), ("backward", "weights")])
 def test_required_arg_none_is_a_clear_error(op, arg):
-    """None passed for a required tensor of a raw op: a RuntimeError that names the argument."""
-    import rnnfast  # noqa: F401
-
+    """None passed for a required tensor of a raw op (or inside its weights list): an error
+    that names the argument."""
     x, w_ih, w_hh = torch.randn(2, 3, 4), torch.randn(12, 4), torch.randn(12, 4)
-    fwd = torch.ops.rnnfast.gru_layer
-    y, hy, _, ws = fwd(x, None, None, w_ih, w_hh, None, None, None, None, False, True)
+    y, _, ws = torch.ops.rnnfast.layer("gru", x, [], [w_ih, w_hh], None, False, True)
+    a = dict(input=x, weights=[w_ih, w_hh], workspace=ws)
+    a[arg] = [w_ih, None] if arg == "weights" else None
     if op == "forward":
-        a = dict(input=x, weight_ih=w_ih, weight_hh=w_hh)
-        a[arg] = None
         def call():
-            return fwd(a["input"], None, None, a["weight_ih"], a["weight_hh"], None, None, None,
-                       None, False, True)
+            return torch.ops.rnnfast.layer("gru", a["input"], [], a["weights"], None, False, True)
     else:
-        a = dict(workspace=ws, weight_hh=w_hh)
-        a[arg] = None
         def call():
-            return torch.ops.rnnfast.gru_layer_backward(
-                torch.ones_like(y), None, None, x, w_ih, a["weight_hh"], None, None,
-                a["workspace"], False)
+            return torch.ops.rnnfast.layer_backward("gru", torch.ones_like(y), [], x,
+                                                    a["weights"], None, a["workspace"], False)
     with pytest.raises((RuntimeError, TypeError)) as info:
         call()
     msg = str(info.value)

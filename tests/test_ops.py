@@ -1,5 +1,5 @@
-"""The raw ops: torch.library.opcheck on every op, argument checks in the glue,
-build info, and parity on every SIMD path this CPU supports."""
+"""The raw ops: argument checks in the glue, packed inputs, build info, and parity on every
+SIMD path this CPU supports. (torch.library.opcheck of both ops: test_compile_opcheck.py.)"""
 import glob
 import os
 import re
@@ -13,66 +13,156 @@ from torch import nn
 import rnnfast
 from rnnfast import _C
 
-CELLS = [("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)]
+from rnnfast.ops import CELLS
+from rnn_testutils import op_args, projections
 
 
-def _args(cell, G, proj=0, lengths=True, reverse=False, dtype=torch.float64, T=3, B=2, I=4,
-          H=5, requires_grad=True):
-    g = torch.Generator().manual_seed(0)
-    S = proj or H
-
-    def r(*shape):
-        return torch.randn(*shape, dtype=dtype, generator=g).requires_grad_(requires_grad)
-
-    return (r(T, B, I), r(B, S), r(B, H) if cell == "lstm" else None, r(G * H, I), r(G * H, S),
-            r(G * H), r(G * H), r(proj, H) if proj else None,
-            torch.tensor([T, T - 1][:B]) if lengths else None, reverse, True)
-
-
-@pytest.mark.parametrize("cell,G", CELLS)
-@pytest.mark.parametrize("reverse", [False, True])
-def test_opcheck_forward(cell, G, reverse):
-    op = getattr(torch.ops.rnnfast, f"{cell}_layer")
-    for proj in ([0, 3] if cell == "lstm" else [0]):
-        for lengths in (False, True):
-            torch.library.opcheck(op, _args(cell, G, proj, lengths, reverse))
-
-
-@pytest.mark.parametrize("cell,G", CELLS)
-def test_opcheck_backward(cell, G):
-    fwd = getattr(torch.ops.rnnfast, f"{cell}_layer")
-    bwd = getattr(torch.ops.rnnfast, f"{cell}_layer_backward")
-    args = _args(cell, G, requires_grad=False)
-    out, hy, cy, ws = fwd(*args)
-    x, _, _, w_ih, w_hh, _, _, w_hr, lengths, reverse, _ = args
-    grads = (torch.randn_like(out), torch.randn_like(hy),
-             torch.randn_like(cy) if cell == "lstm" else None)
-    torch.library.opcheck(bwd, (*grads, x, w_ih, w_hh, w_hr, lengths, ws, reverse))
+def _info(cell):
+    return next(d for d in _C.cells() if d["name"] == cell)
 
 
 def test_inference_saves_nothing_and_backward_says_why():
-    args = list(_args("lstm", 4, requires_grad=False))
+    args = list(op_args("lstm", requires_grad=False))
     args[-1] = False
-    out, hy, cy, ws = torch.ops.rnnfast.lstm_layer(*args)
+    out, state_out, ws = torch.ops.rnnfast.layer(*args)
     assert ws.numel() == 0
     with pytest.raises(RuntimeError, match="training=False"):
-        torch.ops.rnnfast.lstm_layer_backward(out, hy, cy, args[0], args[3], args[4], None, None,
-                                              ws, False)
+        torch.ops.rnnfast.layer_backward("lstm", out, state_out, args[1], args[3], None, ws,
+                                         False)
+
+
+def _set_weight(k, fn):
+    return lambda a: a[3].__setitem__(k, fn(a[3][k]))
 
 
 @pytest.mark.parametrize("bad,match", [
-    (lambda a: a.__setitem__(3, a[3][:, :2]), "weight_ih"),
-    (lambda a: a.__setitem__(1, a[1][:1]), "hx"),
-    (lambda a: a.__setitem__(8, torch.tensor([9, 1])), "lengths"),
-    (lambda a: a.__setitem__(8, torch.tensor([1.0, 1.0])), "lengths"),
-    (lambda a: a.__setitem__(0, a[0].float()), "dtype"),
-    (lambda a: a.__setitem__(0, a[0][:0]), "time step"),
+    (_set_weight(0, lambda w: w[:, :2]),
+     r"rnnfast::layer\(lstm\): weight_ih must have shape \[20, 4\], got \[20, 2\]"),
+    (_set_weight(0, lambda w: w[:7]), r"weight_ih has 7 rows, not a multiple of 4 gates"),
+    (_set_weight(1, lambda w: w[:, :4]), r"weight_hh must have shape \[20, 5\], got \[20, 4\]"),
+    (_set_weight(2, lambda w: w[:19]), r"bias_ih must have shape \[20\], got \[19\]"),
+    (_set_weight(3, lambda w: w.float()), r"bias_hh has dtype Float but the input has dtype"),
+    (_set_weight(3, lambda w: w[None]), r"bias_hh must be 1-D"),
+    (lambda a: a[2].__setitem__(0, a[2][0][:1]),
+     r"state\[0\] \(h\) must have shape \[2, 5\], got \[1, 5\]"),
+    (lambda a: a[2].__setitem__(1, a[2][1][:, :4]),
+     r"state\[1\] \(c\) must have shape \[2, 5\], got \[2, 4\]"),
+    (lambda a: a[2].pop(), r"state must be empty \(zero initial states\) or hold 2 tensors"),
+    (lambda a: a.__setitem__(4, torch.tensor([9, 1])), "lengths"),
+    (lambda a: a.__setitem__(4, torch.tensor([1.0, 1.0])), "lengths"),
+    (lambda a: a.__setitem__(1, a[1].float()), "dtype"),
+    (lambda a: a.__setitem__(1, a[1][:0]), "time step"),
+    # three weights are weight_ih, weight_hh, weight_hr: here the third is bias_ih
+    (lambda a: a[3].pop(), r"weight_hr must be 2-D"),
+    (lambda a: a[3].extend([a[3][0], a[3][0]]),
+     r"weights must hold 2 \(weight_ih, weight_hh\), 4 \(weight_ih, weight_hh, bias_ih, "
+     r"bias_hh\), 3 \(weight_ih, weight_hh, weight_hr\) or 5 \(weight_ih, weight_hh, bias_ih, "
+     r"bias_hh, weight_hr\) tensors, got 6 tensors"),
+    (lambda a: a[3].append(torch.randn(5, 5, dtype=torch.float64)),
+     r"weight_hr must have 0 < rows < 5, got 5"),
 ])
 def test_glue_rejects_bad_arguments(bad, match):
-    args = list(_args("lstm", 4, requires_grad=False))
+    args = list(op_args("lstm", requires_grad=False))
     bad(args)
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.rnnfast.lstm_layer(*args)
+        torch.ops.rnnfast.layer(*args)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_unknown_cell_is_a_value_error(requires_grad):
+    args = list(op_args("lstm", requires_grad=requires_grad))
+    args[0] = "lstmx"
+    with pytest.raises(ValueError, match=r"rnnfast::layer: unknown cell 'lstmx', expected one "
+                       r"of " + ", ".join(CELLS)):
+        torch.ops.rnnfast.layer(*args)
+    with pytest.raises(ValueError, match="unknown cell 'lstmx'"):
+        rnnfast.ops.layer(*args[:-1])
+
+
+@pytest.mark.parametrize("cell", [c for c in CELLS if not _info(c)["projection"]])
+@pytest.mark.parametrize("bias", [False, True])
+def test_projection_rejected_for_cells_without(cell, bias):
+    """A weights list whose length means a projection, for a cell that takes none."""
+    args = list(op_args(cell, requires_grad=False, bias=bias))
+    args[3].append(torch.randn(2, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=rf"rnnfast::layer\({cell}\): weights has "
+                       rf"{len(args[3])} tensors, which are .*weight_hr, but the {cell} cell "
+                       r"takes no projection"):
+        torch.ops.rnnfast.layer(*args)
+
+
+def test_backward_rejects_bad_arguments():
+    args = op_args("gru", requires_grad=False)
+    out, state_out, ws = torch.ops.rnnfast.layer(*args)
+    _, x, _, weights, lengths, reverse, _ = args
+    bwd = torch.ops.rnnfast.layer_backward
+    with pytest.raises(RuntimeError, match=r"rnnfast::layer_backward\(gru\): grad_state must "
+                       r"be empty \(no state gradients\) or hold 1 tensor"):
+        bwd("gru", out, [None, None], x, weights, lengths, ws, reverse)
+    with pytest.raises(RuntimeError, match=r"rnnfast::layer_backward\(gru\): grad_state\[0\] "
+                       r"\(h\) must have shape \[2, 5\], got \[2, 4\]"):
+        bwd("gru", out, [state_out[0][:, :4]], x, weights, lengths, ws, reverse)
+    with pytest.raises(RuntimeError, match=r"rnnfast::layer_backward\(gru\): workspace must "
+                       r"have shape"):
+        bwd("gru", out, [], x, weights, lengths, ws[:, :, 1:], reverse)
+    with pytest.raises(RuntimeError, match=r"rnnfast::layer_backward\(gru\): weight_hh must "
+                       r"have shape"):
+        bwd("gru", out, [], x, [weights[0], weights[1][:, 1:]] + weights[2:], lengths, ws,
+            reverse)
+    with pytest.raises(ValueError, match=r"rnnfast::layer_backward: unknown cell 'GRU'"):
+        bwd("GRU", out, [], x, weights, lengths, ws, reverse)
+
+
+def test_python_derives_the_cells_from_the_cpp_description():
+    """ops.CELLS / GATES / workspace_cols, the modules' parameters and the reference loop read
+    the description the kernels use (_C.cells(), _C.layer_params()): the workspace the fake
+    kernel predicts is the one the op saves, and every module's parameters are the ops'
+    weights list with the shapes the extents give."""
+    described = {d["name"]: d for d in _C.cells()}
+    assert CELLS == tuple(described)
+    assert rnnfast.ops.GATES == {n: d["gates"] for n, d in described.items()}
+    params = _C.layer_params()
+    assert [p["name"] for p in params] == ["weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                                           "weight_hr"]
+    for cell in CELLS:
+        for proj in projections(cell):
+            _, x, state, weights, lengths, reverse, _ = op_args(cell, proj, requires_grad=False)
+            _, _, ws = torch.ops.rnnfast.layer(cell, x, state, weights, lengths, reverse, True)
+            assert ws.shape[-1] == rnnfast.ops.workspace_cols(cell, 5, proj), (cell, proj)
+    for m, cell in [(rnnfast.LSTM(3, 5, proj_size=2, bias=False), "lstm"),
+                    (rnnfast.GRU(3, 5, num_layers=2), "gru"), (rnnfast.RNN(3, 5), "rnn_tanh")]:
+        G = described[cell]["gates"]
+        P = getattr(m, "proj_size", 0)
+        sizes = {"input": 3, "hidden": 5, "state": P or 5, "proj": P, "gate_rows": G * 5}
+        want = [(p["name"] + "_l0", (sizes[p["rows"]],) + ((sizes[p["cols"]],) if p["cols"] else ()))
+                for p in params if p["presence"] == "always"
+                or (p["presence"] == "bias" and m.bias) or (p["presence"] == "projection" and P)]
+        got = [(n, tuple(t.shape)) for n, t in m.named_parameters() if n.endswith("_l0")]
+        assert got == want, (cell, got, want)
+
+
+def test_reference_has_no_step_for_an_unknown_cell(monkeypatch):
+    """A cell the C++ description lists but the reference loop has no math for raises
+    NotImplementedError naming it (not a wrong result)."""
+    from rnnfast import _reference
+
+    monkeypatch.delitem(_reference._STEPS, "gru")
+    _, x, state, weights, lengths, reverse, _ = op_args("gru", requires_grad=False)
+    with pytest.raises(NotImplementedError, match="no step for the cell 'gru'"):
+        _reference.layer("gru", x, state, weights, lengths, reverse)
+
+
+def test_reference_checks_its_lists():
+    from rnnfast import _reference
+
+    _, x, state, weights, _, _, _ = op_args("lstm", requires_grad=False)
+    with pytest.raises(RuntimeError, match="state must be empty .* or \\[h, c\\], got 1"):
+        _reference.layer("lstm", x, state[:1], weights)
+    with pytest.raises(RuntimeError, match="takes no projection"):
+        _reference.layer("gru", x, [], weights[:2] + [weights[0]])
+    with pytest.raises(ValueError, match="unknown cell 'lstmx', expected one of " +
+                       ", ".join(CELLS)):
+        _reference.layer("lstmx", x, [], weights)
 
 
 def test_info():
@@ -207,49 +297,45 @@ def _packed_rows(lengths, T):
     return [(t, b) for t in range(T) for b in range(len(lengths)) if lengths[b] > t]
 
 
-@pytest.mark.parametrize("cell,G", CELLS)
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_packed_input_matches_padded(cell, G, reverse):
+def test_packed_input_matches_padded(cell, reverse):
     """The op on packed rows [N, I] == the op on the padded batch with the same lengths:
     outputs on the active rows, final states and every gradient (float64)."""
     T, B, I, H = 6, 5, 4, 5
     lengths = torch.tensor([6, 4, 4, 2, 0])
     rows = _packed_rows(lengths.tolist(), T)
     idx = torch.tensor([t * B + b for t, b in rows])
-    op = getattr(torch.ops.rnnfast, f"{cell}_layer")
-    for proj in ([0, 3] if cell == "lstm" else [0]):
-        args = list(_args(cell, G, proj, False, reverse, T=T, B=B, I=I, H=H))
-        args[8] = lengths
-        x = args[0].detach()
+    for proj in projections(cell):
+        _, x, state, weights, _, _, _ = op_args(cell, proj, False, reverse, T=T, B=B, I=I, H=H)
+        x = x.detach()
         results = []
         for packed in (False, True):
-            leaves = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor)
-                      and a.is_floating_point() else a for a in args]
-            xin = leaves[0]
-            if packed:
-                xin = x.reshape(T * B, I)[idx].clone().requires_grad_()
-            out, hy, cy, _ = op(xin, *leaves[1:])
+            st = [t.detach().clone().requires_grad_() for t in state]
+            ws = [t.detach().clone().requires_grad_() for t in weights]
+            xin = (x.reshape(T * B, I)[idx] if packed else x).clone().requires_grad_()
+            out, state_out, _ = torch.ops.rnnfast.layer(cell, xin, st, ws, lengths, reverse,
+                                                        True)
             out_rows = out if packed else out.reshape(T * B, -1)[idx]
             loss = (out_rows * torch.linspace(-1, 1, out_rows.numel(), dtype=out.dtype)
-                    .reshape(out_rows.shape)).sum() + hy.sum() * 0.5
-            if cell == "lstm":
-                loss = loss + cy.sum() * 0.25
-            params = [a for a in leaves[1:8] if isinstance(a, torch.Tensor)]
-            grads = torch.autograd.grad(loss, [xin] + params)
+                    .reshape(out_rows.shape)).sum()
+            loss = loss + sum(s.sum() * 0.5 ** (k + 1) for k, s in enumerate(state_out))
+            grads = torch.autograd.grad(loss, [xin] + st + ws)
             gx = grads[0] if packed else grads[0].reshape(T * B, I)[idx]
-            results.append([out_rows, hy, cy, gx, *grads[1:]])
+            results.append([out_rows, *state_out, gx, *grads[1:]])
         for a, b in zip(*results):
             torch.testing.assert_close(b, a, atol=1e-12, rtol=0)
 
 
+# torch's module for each cell, to compare the op against
 _TORCH_CELLS = {"lstm": (nn.LSTM, {}), "gru": (nn.GRU, {}),
                 "rnn_tanh": (nn.RNN, {"nonlinearity": "tanh"}),
                 "rnn_relu": (nn.RNN, {"nonlinearity": "relu"})}
 
 
-@pytest.mark.parametrize("cell,G", CELLS)
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_packed_input_matches_torch(cell, G, reverse):
+def test_packed_input_matches_torch(cell, reverse):
     """The op on packed rows [N, I] against torch's own module on the same PackedSequence
     (float64): output rows, final states, and the gradients of the rows, of the initial states
     and of every weight. The reverse op is compared with the reverse direction of a
@@ -257,75 +343,59 @@ def test_packed_input_matches_torch(cell, G, reverse):
     T, B, I, H = 6, 5, 4, 5
     lengths = torch.tensor([6, 4, 4, 2, 1])          # torch packs no empty sequence
     cls, kw = _TORCH_CELLS[cell]
-    for proj in ([0, 3] if cell == "lstm" else [0]):
-        args = _args(cell, G, proj, False, reverse, T=T, B=B, I=I, H=H)
-        x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = (
-            a.detach() if isinstance(a, torch.Tensor) else a for a in args[:8])
+    for proj in projections(cell):
+        _, x, state, weights, _, _, _ = op_args(cell, proj, False, reverse, T=T, B=B, I=I, H=H)
+        x = x.detach()
+        state = [t.detach() for t in state]
+        names = [p["name"] for p in _C.layer_params()
+                 if p["presence"] in ("always", "bias") or (proj and p["presence"] == "projection")]
+        named = dict(zip(names, [t.detach() for t in weights]))
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths)
         rows = packed.data
-        weights = {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}
-        if proj:
-            weights["weight_hr"] = w_hr
-        upstream = torch.linspace(-1, 1, rows.shape[0] * (proj or H), dtype=torch.float64)
-        upstream = upstream.reshape(rows.shape[0], proj or H)
+        S = proj or H
+        upstream = torch.linspace(-1, 1, rows.shape[0] * S, dtype=torch.float64)
+        upstream = upstream.reshape(rows.shape[0], S)
 
-        def loss_of(out_rows, hy, cy):
-            loss = (out_rows * upstream).sum() + hy.sum() * 0.5
-            return loss + cy.sum() * 0.25 if cy is not None else loss
+        def loss_of(out_rows, final):
+            return (out_rows * upstream).sum() + sum(s.sum() * 0.5 ** (k + 1)
+                                                     for k, s in enumerate(final))
 
         # rnnfast's op
-        leaves = [t.clone().requires_grad_() if t is not None else None
-                  for t in (rows, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)]
-        out, hy, cy, _ = getattr(torch.ops.rnnfast, f"{cell}_layer")(
-            *leaves, lengths, reverse, True)
-        cy = cy if cell == "lstm" else None
-        grads = torch.autograd.grad(loss_of(out, hy, cy), [t for t in leaves if t is not None])
-        mine = [out, hy] + ([cy] if cy is not None else []) + list(grads)
+        leaves = [t.clone().requires_grad_() for t in [rows] + state + list(named.values())]
+        st, ws = leaves[1:1 + len(state)], leaves[1 + len(state):]
+        out, final, _ = torch.ops.rnnfast.layer(cell, leaves[0], st, ws, lengths, reverse, True)
+        grads = torch.autograd.grad(loss_of(out, final), leaves)
+        mine = [out, *final] + list(grads)
 
         # torch: the same weights in a (bidirectional, for reverse) module
         torch.manual_seed(1)
-        ref = cls(I, H, bidirectional=reverse, proj_size=proj, dtype=torch.float64, **kw) \
-            if cell == "lstm" else cls(I, H, bidirectional=reverse, dtype=torch.float64, **kw)
+        extra = {"proj_size": proj} if proj else {}
+        ref = cls(I, H, bidirectional=reverse, dtype=torch.float64, **kw, **extra)
         suffix = "_l0_reverse" if reverse else "_l0"
         with torch.no_grad():
-            for name, value in weights.items():
+            for name, value in named.items():
                 getattr(ref, name + suffix).copy_(value)
         d = 1 if reverse else 0
         rows_leaf = rows.clone().requires_grad_()
-        h_leaf = hx.clone().requires_grad_()
-        c_leaf = cx.clone().requires_grad_() if cx is not None else None
-        S = proj or H
+        state_leaves = [s.clone().requires_grad_() for s in state]
 
-        def full(state_leaf, width):    # [D, B, width] with this direction's row from the leaf
-            other = torch.zeros(B, width, dtype=torch.float64)
+        def full(state_leaf):    # [D, B, width] with this direction's row from the leaf
+            other = torch.zeros_like(state_leaf)
             return torch.stack([other, state_leaf]) if reverse else state_leaf.unsqueeze(0)
 
-        h0 = full(h_leaf, S)
-        state = (h0, full(c_leaf, H)) if cell == "lstm" else h0
+        hx = tuple(full(s) for s in state_leaves)
         ref_out, ref_state = ref(nn.utils.rnn.PackedSequence(rows_leaf, packed.batch_sizes),
-                                 state)
+                                 hx if len(hx) > 1 else hx[0])
         ref_rows = ref_out.data[:, d * S:(d + 1) * S]
-        ref_h = (ref_state[0] if cell == "lstm" else ref_state)[d]
-        ref_c = ref_state[1][d] if cell == "lstm" else None
-        targets = [rows_leaf, h_leaf] + ([c_leaf] if c_leaf is not None else [])
-        targets += [getattr(ref, name + suffix) for name in weights]
-        ref_grads = torch.autograd.grad(loss_of(ref_rows, ref_h, ref_c), targets)
-        theirs = [ref_rows, ref_h] + ([ref_c] if ref_c is not None else []) + list(ref_grads)
-        # the op's gradients come in argument order: rows, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr
+        ref_final = [s[d] for s in (ref_state if len(hx) > 1 else (ref_state,))]
+        targets = [rows_leaf] + state_leaves + [getattr(ref, name + suffix) for name in named]
+        ref_grads = torch.autograd.grad(loss_of(ref_rows, ref_final), targets)
+        theirs = [ref_rows, *ref_final] + list(ref_grads)
+        # the op's gradients come in argument order: rows, states, weights
         assert len(mine) == len(theirs)
         for i, (a, b) in enumerate(zip(mine, theirs)):
             torch.testing.assert_close(a, b, atol=1e-9, rtol=0,
                                        msg=lambda m, i=i: f"{cell} proj={proj} item {i}: {m}")
-
-
-@pytest.mark.parametrize("training", [False, True])
-def test_opcheck_packed(training):
-    lengths = torch.tensor([3, 2, 2])
-    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=training)
-    args = (x, torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64),
-            torch.randn(20, 4, dtype=torch.float64, requires_grad=training),
-            torch.randn(20, 5, dtype=torch.float64), None, None, None, lengths, False, training)
-    torch.library.opcheck(torch.ops.rnnfast.lstm_layer, args)
 
 
 @pytest.mark.parametrize("lengths,match", [
@@ -338,5 +408,5 @@ def test_opcheck_packed(training):
 ])
 def test_packed_input_argument_errors(lengths, match):
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.rnnfast.gru_layer(torch.randn(7, 4), None, None, torch.randn(15, 4),
-                                    torch.randn(15, 5), None, None, None, lengths, False, False)
+        torch.ops.rnnfast.layer("gru", torch.randn(7, 4), [],
+                                [torch.randn(15, 4), torch.randn(15, 5)], lengths, False, False)

@@ -38,7 +38,7 @@ def test_profile_module_forward_backward(cls, kw):
 
     ours = _check(_event_names(run))
     # forward and backward both go through rnnfast ops
-    assert len(ours) >= 2, ours
+    assert {"rnnfast::layer", "rnnfast::layer_backward"} <= set(ours), ours
 
 
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
@@ -84,3 +84,8 @@ def test_ops_registered_under_rnnfast_namespace():
         assert found
         for n in found:
             assert isinstance(getattr(ns, n), torch._ops.OpOverloadPacket), n
+    # one forward and one backward op for every cell
+    for n in ("layer", "layer_backward"):
+        assert isinstance(getattr(ns, n), torch._ops.OpOverloadPacket), n
+    for cell in rnnfast.ops.CELLS:
+        assert not hasattr(ns, f"{cell}_layer"), f"a per-cell op {cell}_layer is registered"

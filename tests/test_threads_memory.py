@@ -222,11 +222,10 @@ def test_rss_flat_over_many_calls(mode):
                     gru(x)
             else:
                 # errors raised at argument checking and after allocations
-                for bad in (lambda: torch.ops.rnnfast.gru_layer(
-                                x.detach(), None, None, w_ih, w_hh, None, None, None,
-                                bad_lengths, False, True),
-                            lambda: torch.ops.rnnfast.gru_layer_backward(
-                                None, None, None, x.detach(), w_ih, w_hh, None, None,
+                for bad in (lambda: torch.ops.rnnfast.layer(
+                                "gru", x.detach(), [], [w_ih, w_hh], bad_lengths, False, True),
+                            lambda: torch.ops.rnnfast.layer_backward(
+                                "gru", None, [None], x.detach(), [w_ih, w_hh], None,
                                 torch.zeros(16, 4, 7), False),
                             lambda: lstm(x[..., :3])):
                     with pytest.raises(RuntimeError):
@@ -404,11 +403,12 @@ def test_raw_op_sees_in_place_weight_change():
     from rnnfast import _reference
 
     x, w_ih, w_hh = randn(5, 2, 3), randn(16, 3, seed=1), randn(16, 4, seed=2)
-    op = torch.ops.rnnfast.lstm_layer
     for _ in range(3):
-        y, hy, cy, _ = op(x, None, None, w_ih, w_hh, None, None, None, None, False, False)
-        ry, rhy, rcy = _reference.layer("lstm", x, None, None, w_ih, w_hh, None, None)
+        y, final, _ = torch.ops.rnnfast.layer("lstm", x, [], [w_ih, w_hh], None, False, False)
+        ry, rfinal = _reference.layer("lstm", x, [], [w_ih, w_hh])
         torch.testing.assert_close(y, ry, atol=1e-12, rtol=0)
+        for a, b in zip(final, rfinal):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
         w_hh.mul_(0.5)  # same storage, same pointer, new values
         x[0].add_(1.0)
 

@@ -1,6 +1,6 @@
-// Autograd for the layer ops, registered under the Autograd dispatch key (every device): the
-// forward op runs below autograd and saves what its backward op needs; the backward op gives
-// the gradients. No math here.
+// Autograd for rnnfast::layer, registered under the Autograd dispatch key (every device): the
+// forward op runs below autograd and saves what rnnfast::layer_backward needs; that op gives
+// the gradients. One autograd Function serves every cell. No math here.
 //
 // In C++ rather than with torch.library.register_autograd: the Python wrapper that generates
 // (an autograd.Function per call, the op's default arguments filled in from its schema on
@@ -11,8 +11,8 @@
 // mode on inside backward), the fused backward op would give gradients with no graph behind
 // them. The backward then calls rnnfast._reference.layer_backward instead, which recomputes
 // the layer with differentiable torch ops and differentiates it with create_graph=True. The
-// backward ops themselves are not differentiable: their Autograd kernel is torch's
-// not-implemented fallback, which raises if anything backpropagates through them.
+// backward op itself is not differentiable: its Autograd kernel is torch's not-implemented
+// fallback, which raises if anything backpropagates through it.
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/extension.h>
@@ -31,30 +31,42 @@ using OptTensor = c10::optional<at::Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using ForwardSig = ForwardResult(const at::Tensor&, const OptTensor&, const OptTensor&,
-                                 const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                 const OptTensor&, const OptTensor&, const OptTensor&, bool, bool);
-using BackwardSig = BackwardResult(const OptTensor&, const OptTensor&, const OptTensor&,
-                                   const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                   const OptTensor&, const OptTensor&, const at::Tensor&, bool);
+using ForwardSig = ForwardResult(c10::string_view, const at::Tensor&, at::TensorList,
+                                 at::TensorList, const OptTensor&, bool, bool);
+using BackwardSig = BackwardResult(c10::string_view, const OptTensor&,
+                                   const c10::List<OptTensor>&, const at::Tensor&,
+                                   at::TensorList, const OptTensor&, const at::Tensor&, bool);
 
 OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 at::Tensor or_undefined(const OptTensor& t) { return given(t) ? *t : at::Tensor(); }
 
-// Positions in the forward's save_for_backward list.
-enum Saved { kInput, kWih, kWhh, kWhr, kLengths, kWorkspace, kHx, kCx, kBih, kBhh };
+// The forward's save_for_backward list: these three, then the cell's states() initial states
+// (undefined where the state list was empty), then the weights.
+enum Saved { kInput, kLengths, kWorkspace, kFirstState };
 
-// "lstm", "gru", "rnn_tanh", "rnn_relu"
-std::string short_name(core::Cell cell) {
-  std::string name = glue::cell_name(cell);
-  return name.substr(0, name.size() - std::string("_layer").size());
+// The cell and the direction of a call, kept in the context's saved_data as one integer (one
+// hash-map entry per call): the cell's index in core::kCells, times two, plus 1 for reverse.
+constexpr const char* kCallKey = "call";
+int64_t call_code(const core::CellInfo& cell, bool reverse) {
+  return static_cast<int64_t>(&cell - core::kCells) * 2 + (reverse ? 1 : 0);
 }
+const core::CellInfo& cell_of_code(int64_t code) { return core::kCells[code / 2]; }
+bool reverse_of_code(int64_t code) { return code % 2 == 1; }
+
+// The position of the first weight in the saved list.
+size_t first_weight(const core::CellInfo& cell) { return kFirstState + cell.states(); }
 
 // The differentiable backward (rnnfast._reference.layer_backward, see the top of this file):
-// gradients of (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr), undefined where none is needed.
-variable_list differentiable_backward(const char* cell, bool reverse, const variable_list& grads,
-                                      bool lstm, const variable_list& saved) {
+// the gradients of the input, of each given initial state and of each weight, undefined where
+// none is needed.
+struct DifferentiableGrads {
+  at::Tensor input;
+  std::vector<at::Tensor> state, weights;
+};
+DifferentiableGrads differentiable_backward(const core::CellInfo& cell, bool reverse,
+                                            const variable_list& grads,
+                                            const variable_list& saved) {
   namespace py = pybind11;
   py::gil_scoped_acquire gil;
   // leaked on purpose: no Python object may be destroyed after the interpreter is gone; the
@@ -64,123 +76,139 @@ variable_list differentiable_backward(const char* cell, bool reverse, const vari
   auto wrap = [](const at::Tensor& t) -> py::object {
     return t.defined() ? py::cast(t) : py::none();
   };
-  py::object out = fn(cell, reverse, wrap(grads[0]), wrap(grads[1]),
-                         lstm ? wrap(grads[2]) : py::none(), wrap(saved[kInput]),
-                         wrap(saved[kHx]), wrap(saved[kCx]), wrap(saved[kWih]), wrap(saved[kWhh]),
-                         wrap(saved[kBih]), wrap(saved[kBhh]), wrap(saved[kWhr]),
-                         wrap(saved[kLengths]));
-  variable_list result;
-  for (py::handle g : out) result.push_back(g.is_none() ? at::Tensor() : g.cast<at::Tensor>());
-  TORCH_CHECK(result.size() == 8, "rnnfast: layer_backward returned ", result.size(),
-              " gradients, expected 8");
+  const int states = cell.states();
+  py::list grad_state, state, weights;
+  for (int k = 0; k < states; ++k) grad_state.append(wrap(grads[1 + k]));
+  if (saved[kFirstState].defined())
+    for (int k = 0; k < states; ++k) state.append(py::cast(saved[kFirstState + k]));
+  for (size_t i = first_weight(cell); i < saved.size(); ++i) weights.append(py::cast(saved[i]));
+  py::tuple out = fn(cell.name, reverse, wrap(grads[0]), grad_state, wrap(saved[kInput]), state,
+                     weights, wrap(saved[kLengths]));
+  auto unwrap = [](py::handle g) { return g.is_none() ? at::Tensor() : g.cast<at::Tensor>(); };
+  TORCH_CHECK(out.size() == 3, "rnnfast: layer_backward returned ", out.size(),
+              " items, expected 3 (grad_input, grad_state, grad_weights)");
+  DifferentiableGrads result;
+  result.input = unwrap(out[0]);
+  for (py::handle g : out[1]) result.state.push_back(unwrap(g));
+  for (py::handle g : out[2]) result.weights.push_back(unwrap(g));
+  TORCH_CHECK(result.state.size() == py::len(state) && result.weights.size() == py::len(weights),
+              "rnnfast: layer_backward returned ", result.state.size(), " state and ",
+              result.weights.size(), " weight gradients, expected ", py::len(state), " and ",
+              py::len(weights));
   return result;
 }
 
 // The op's handle, looked up once.
 template <class Sig>
-c10::TypedOperatorHandle<Sig> find_op(const std::string& name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), "").typed<Sig>();
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow((std::string("rnnfast::") + name).c_str(), "")
+      .typed<Sig>();
 }
 
-template <core::Cell cell>
-struct LayerFunction : public torch::autograd::Function<LayerFunction<cell>> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const OptTensor& hx,
-                               const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                               const OptTensor& b_ih, const OptTensor& b_hh,
-                               const OptTensor& w_hr, const OptTensor& lengths, bool reverse,
+// One Function for every cell. Function flattens the tensor lists: the forward's variables
+// are the input, each state tensor and each weight (and the lengths, if given), and the
+// backward returns one gradient for each, in that order; its outputs are the output, each
+// final state and the workspace.
+struct LayerFunction : public torch::autograd::Function<LayerFunction> {
+  static variable_list forward(AutogradContext* ctx, const core::CellInfo* cell,
+                               const at::Tensor& input, at::TensorList state,
+                               at::TensorList weights, const OptTensor& lengths, bool reverse,
                                bool training) {
-    static const auto op = find_op<ForwardSig>(std::string("rnnfast::") + glue::cell_name(cell));
+    static const auto op = find_op<ForwardSig>(glue::kForwardOp);
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [y, hy, cy, ws] =
-        op.call(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training);
-    // hx, cx and the biases are saved for a backward that autograd records (see the top);
-    // whether they are defined also says which optional inputs were variables (given and
-    // defined, as Function counts them): only those get a gradient back.
-    ctx->save_for_backward({input, w_ih, w_hh, or_undefined(w_hr), or_undefined(lengths), ws,
-                            or_undefined(hx), or_undefined(cx), or_undefined(b_ih),
-                            or_undefined(b_hh)});
-    ctx->saved_data["reverse"] = reverse;
+    auto [y, state_out, ws] =
+        op.call(cell->name, input, state, weights, lengths, reverse, training);
+    // The states are saved for a backward that autograd records (see the top); whether they
+    // are defined also says whether a state list was given (and gets gradients back).
+    variable_list saved;
+    saved.reserve(kFirstState + cell->states() + weights.size());
+    saved.push_back(input);
+    saved.push_back(or_undefined(lengths));
+    saved.push_back(ws);
+    for (int k = 0; k < cell->states(); ++k) saved.push_back(state.empty() ? at::Tensor() : state[k]);
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    ctx->save_for_backward(std::move(saved));
+    ctx->saved_data[kCallKey] = call_code(*cell, reverse);
     // The workspace is not marked non-differentiable (compiled autograd refuses C++ Functions
     // that mark outputs so); its gradient, never defined in practice, is ignored. Gradients of
     // unused outputs stay undefined; the backward op takes them as absent.
     ctx->set_materialize_grads(false);
-    return {y, hy, cy, ws};
+    variable_list out;
+    out.reserve(state_out.size() + 2);
+    out.push_back(y);
+    out.insert(out.end(), state_out.begin(), state_out.end());
+    out.push_back(ws);
+    return out;
   }
 
-  // One gradient per forward argument, in order; none for the absent optional tensors (their
-  // forward arguments were not variables), the lengths and the flags.
+  // grads: the output's, each final state's, the workspace's.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op =
-        find_op<BackwardSig>(std::string("rnnfast::") + glue::cell_name(cell) + "_backward");
+    static const auto op = find_op<BackwardSig>(glue::kBackwardOp);
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[kInput], &w_ih = saved[kWih], &w_hh = saved[kWhh],
-                     &ws = saved[kWorkspace];
-    TORCH_CHECK(ws.dim() == input.dim(), "rnnfast.", short_name(cell),
+    const int64_t code = ctx->saved_data[kCallKey].toInt();
+    const core::CellInfo& cell = cell_of_code(code);
+      const at::Tensor &input = saved[kInput], &ws = saved[kWorkspace];
+    TORCH_CHECK(ws.dim() == input.dim(), "rnnfast.", cell.name,
                 ": backward needs the activations saved by a forward pass with training=True; "
                 "this forward ran with training=False");
-    const bool lstm = cell == core::Cell::LSTM;
-    const bool reverse = ctx->saved_data["reverse"].toBool();
-    at::Tensor gx, ghx, gcx, gwih, gwhh, gbih, gbhh, gwhr;
+    const bool reverse = reverse_of_code(code);
+    const bool state_given = saved[kFirstState].defined();
+    const at::TensorList weights = at::TensorList(saved).slice(first_weight(cell));
+    at::Tensor grad_input;
+    std::vector<at::Tensor> grad_state, grad_weights;
     if (at::GradMode::is_enabled()) {
-      auto g = differentiable_backward(short_name(cell).c_str(), reverse, grads, lstm, saved);
-      gx = g[0], ghx = g[1], gcx = g[2], gwih = g[3], gwhh = g[4], gbih = g[5], gbhh = g[6],
-      gwhr = g[7];
+      DifferentiableGrads g = differentiable_backward(cell, reverse, grads, saved);
+      grad_input = std::move(g.input);
+      grad_state = std::move(g.state);
+      grad_weights = std::move(g.weights);
     } else {
       // grad mode is off: nothing to record, so straight to the backend kernel
       at::AutoDispatchBelowADInplaceOrView below;
-      std::tie(gx, ghx, gcx, gwih, gwhh, gbih, gbhh, gwhr) =
-          op.call(optional_of(grads[0]), optional_of(grads[1]),
-                  lstm ? optional_of(grads[2]) : c10::nullopt, input, w_ih, w_hh,
-                  optional_of(saved[kWhr]), optional_of(saved[kLengths]), ws, reverse);
+      c10::List<OptTensor> grad_state_out;
+      grad_state_out.reserve(cell.states());
+      for (int k = 0; k < cell.states(); ++k) grad_state_out.push_back(optional_of(grads[1 + k]));
+      std::tie(grad_input, grad_state, grad_weights) =
+          op.call(cell.name, optional_of(grads[0]), grad_state_out, input, weights,
+                  optional_of(saved[kLengths]), ws, reverse);
     }
-    // Function drops the entries of arguments that were not variables (they must be
-    // undefined); the others are returned even where an input needs no gradient.
-    auto if_given = [&](int k, const at::Tensor& g) { return saved[k].defined() ? g : at::Tensor(); };
-    const at::Tensor none;
-    return {gx,
-            if_given(kHx, ghx),
-            if_given(kCx, gcx),
-            gwih,
-            gwhh,
-            if_given(kBih, gbih),
-            if_given(kBhh, gbhh),
-            if_given(kWhr, gwhr),
-            none,
-            none,
-            none};
+    // One entry per flattened forward argument: none for the cell, the lengths and the flags
+    // (not variables, or not differentiable), none for the states when no state list was
+    // given (it had no elements).
+    variable_list result;
+    result.reserve(5 + cell.states() + weights.size());
+    result.emplace_back();                     // cell
+    result.push_back(std::move(grad_input));   // input
+    if (state_given)
+      for (int k = 0; k < cell.states(); ++k) result.push_back(std::move(grad_state[k]));
+    for (at::Tensor& g : grad_weights) result.push_back(std::move(g));
+    result.emplace_back();  // lengths
+    result.emplace_back();  // reverse
+    result.emplace_back();  // training
+    return result;
   }
 };
 
-// The Autograd kernel of an op: LayerFunction records the backward when grad mode is on and
-// an input requires grad; otherwise it only runs the forward.
-template <core::Cell cell>
-ForwardResult layer_autograd(const at::Tensor& input, const OptTensor& hx, const OptTensor& cx,
-                             const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
-                             const OptTensor& b_hh, const OptTensor& w_hr,
+// The Autograd kernel of rnnfast::layer: LayerFunction records the backward when grad mode is
+// on and an input requires grad; otherwise it only runs the forward.
+ForwardResult layer_autograd(c10::string_view cell_name, const at::Tensor& input,
+                             at::TensorList state, at::TensorList weights,
                              const OptTensor& lengths, bool reverse, bool training) {
-  // autograd needs the required tensors (their devices); the glue checks the rest
-  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{input, "input"},
-                                {w_ih, "weight_ih"},
-                                {w_hh, "weight_hh"}})
-    TORCH_CHECK(t.defined(), "rnnfast::", glue::cell_name(cell), ": ", name,
-                " is required but was None");
-  variable_list out = LayerFunction<cell>::apply(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                 lengths, reverse, training);
-  return {out[0], out[1], out[2], out[3]};
+  const core::CellInfo& cell = glue::find_cell(cell_name, glue::kForwardOp);
+  // autograd needs the input (its device); the glue checks the rest
+  TORCH_CHECK(input.defined(), glue::OpName{glue::kForwardOp, cell.name},
+              ": input is required but was None");
+  variable_list out =
+      LayerFunction::apply(&cell, input, state, weights, lengths, reverse, training);
+  return {out.front(), std::vector<at::Tensor>(out.begin() + 1, out.end() - 1), out.back()};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnfast, Autograd, m) {
-  using core::Cell;
-  m.impl("lstm_layer", &layer_autograd<Cell::LSTM>);
-  m.impl("gru_layer", &layer_autograd<Cell::GRU>);
-  m.impl("rnn_tanh_layer", &layer_autograd<Cell::RNN_TANH>);
-  m.impl("rnn_relu_layer", &layer_autograd<Cell::RNN_RELU>);
-  // not differentiable: an error, never a silent zero, if a graph goes through them
-  for (const char* op : {"lstm_layer_backward", "gru_layer_backward", "rnn_tanh_layer_backward",
-                         "rnn_relu_layer_backward"})
-    m.impl(op, torch::autograd::autogradNotImplementedFallback());
+  m.impl(glue::kForwardOp, &layer_autograd);
+  // not differentiable: an error, never a silent zero, if a graph goes through it
+  m.impl(glue::kBackwardOp, torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace rnnfast

@@ -1,9 +1,17 @@
-// Torch glue shared by the CPU and CUDA registrations: argument validation
-// (shapes, dtypes, devices) and contiguous copies of the arguments. No math.
+// Torch glue shared by the CPU and CUDA registrations: the two op schemas, argument
+// validation (shapes, dtypes, devices) and contiguous copies of the arguments. No math.
+//
+// Everything here is generic over the cell: a cell's facts (gates, whether it has a cell
+// state, whether it accepts a projection, its workspace) come from its description
+// (core::kCells, cells.h), and the parameters a layer takes from core::kLayerParams.
 #pragma once
 
 #include <torch/extension.h>
 
+#include <array>
+#include <ostream>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "../core/rnn.h"
@@ -13,14 +21,138 @@ namespace glue {
 
 namespace core = ::rnnfast::core;
 
-inline const char* cell_name(core::Cell cell) {
-  switch (cell) {
-    case core::Cell::LSTM: return "lstm_layer";
-    case core::Cell::GRU: return "gru_layer";
-    case core::Cell::RNN_TANH: return "rnn_tanh_layer";
-    default: return "rnn_relu_layer";
-  }
+// The two ops, one schema each for every cell. `state` is empty (zero initial states) or holds
+// CellInfo::states() tensors, [h] or [h, c]; `weights` holds the present entries of
+// core::kLayerParams in that order (see WeightLayout below).
+constexpr const char* kForwardOp = "layer";
+constexpr const char* kBackwardOp = "layer_backward";
+constexpr const char* kForwardSchema =
+    "layer(str cell, Tensor input, Tensor[] state, Tensor[] weights, Tensor? lengths, "
+    "bool reverse, bool training) -> (Tensor output, Tensor[] state_out, Tensor workspace)";
+constexpr const char* kBackwardSchema =
+    "layer_backward(str cell, Tensor? grad_output, Tensor?[] grad_state, Tensor input, "
+    "Tensor[] weights, Tensor? lengths, Tensor workspace, bool reverse) -> "
+    "(Tensor grad_input, Tensor[] grad_state, Tensor[] grad_weights)";
+
+// (output, state_out, workspace) and (grad_input, grad_state, grad_weights).
+using ForwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>;
+using BackwardResult =
+    std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// Names the op and its cell in error messages: "rnnfast::layer(lstm)".
+struct OpName {
+  const char* op;
+  const char* cell;
+};
+inline std::ostream& operator<<(std::ostream& os, const OpName& n) {
+  return os << "rnnfast::" << n.op << "(" << n.cell << ")";
 }
+
+// The cell called `name`, or a ValueError listing the known cells.
+inline const core::CellInfo& find_cell(c10::string_view name, const char* op) {
+  for (const core::CellInfo& c : core::kCells)
+    if (name == c.name) return c;
+  std::string known;
+  for (const core::CellInfo& c : core::kCells) known += (known.empty() ? "" : ", ") + std::string(c.name);
+  TORCH_CHECK_VALUE(false, "rnnfast::", op, ": unknown cell '", name, "', expected one of ",
+                    known);
+}
+
+// The names of the states, by position in `state`: h, then c for a cell with a cell state.
+constexpr int kStateH = 0, kStateC = 1;
+constexpr const char* kStateNames[] = {"h", "c"};
+
+// --- the weights list ---------------------------------------------------------------------
+//
+// Which parameters a `weights` list holds is read off its length. The list has, in
+// core::kLayerParams order, every Always parameter, then the Bias ones if the layer has biases
+// (bias=True) and the Projection ones if it has a projection. The Bias group (bias_ih, bias_hh:
+// biases come in pairs) and the Projection group (weight_hr) differ in size and neither is
+// empty, so each of the four combinations has its own length: the length says which groups
+// are there. A cell without `projection` accepts only the lengths without it.
+
+constexpr int params_with(core::Presence p) {
+  int n = 0;
+  for (const core::ParamSpec& s : core::kLayerParams) n += s.presence == p ? 1 : 0;
+  return n;
+}
+static_assert(params_with(core::Presence::Bias) > 0 && params_with(core::Presence::Projection) > 0 &&
+                  params_with(core::Presence::Bias) != params_with(core::Presence::Projection),
+              "the length of a weights list must say which optional parameters it holds");
+
+// Which optional parameter groups a weights list holds.
+struct WeightLayout {
+  bool bias = false, projection = false;
+  constexpr bool has(core::Presence p) const {
+    return p == core::Presence::Always || (p == core::Presence::Bias && bias) ||
+           (p == core::Presence::Projection && projection);
+  }
+  constexpr int count() const {
+    int n = 0;
+    for (const core::ParamSpec& s : core::kLayerParams) n += has(s.presence) ? 1 : 0;
+    return n;
+  }
+};
+
+// The position of the parameter called `name` in core::kLayerParams (-1 if none).
+constexpr int param_index(const char* name) {
+  for (int i = 0; i < core::kLayerParamCount; ++i) {
+    const char *a = core::kLayerParams[i].name, *b = name;
+    while (*a && *a == *b) ++a, ++b;
+    if (*a == *b) return i;
+  }
+  return -1;
+}
+// The parameters the kernels' arguments name.
+constexpr int kWeightIh = param_index("weight_ih"), kWeightHh = param_index("weight_hh"),
+              kBiasIh = param_index("bias_ih"), kBiasHh = param_index("bias_hh"),
+              kWeightHr = param_index("weight_hr");
+static_assert(kWeightIh >= 0 && kWeightHh >= 0 && kBiasIh >= 0 && kBiasHh >= 0 && kWeightHr >= 0,
+              "every parameter the kernels take is in core::kLayerParams");
+
+// One tensor per entry of core::kLayerParams; undefined = absent.
+using ParamTensors = std::array<at::Tensor, core::kLayerParamCount>;
+
+// "weight_ih, weight_hh, bias_ih, bias_hh": the parameters of one layout, in list order.
+inline std::string param_names(WeightLayout layout) {
+  std::string s;
+  for (const core::ParamSpec& p : core::kLayerParams)
+    if (layout.has(p.presence)) s += (s.empty() ? "" : ", ") + std::string(p.name);
+  return s;
+}
+
+// The layouts `cell` accepts, for messages: "2 (weight_ih, weight_hh) or 4 (...)".
+inline std::string accepted_layouts(const core::CellInfo& cell) {
+  std::vector<std::string> items;
+  for (bool projection : {false, true}) {
+    if (projection && !cell.projection) continue;
+    for (bool bias : {false, true}) {
+      const WeightLayout l{bias, projection};
+      items.push_back(std::to_string(l.count()) + " (" + param_names(l) + ")");
+    }
+  }
+  std::string s;
+  for (size_t i = 0; i < items.size(); ++i)
+    s += (i == 0 ? "" : i + 1 == items.size() ? " or " : ", ") + items[i];
+  return s;
+}
+
+// The layout of a weights list of `n` tensors for `cell`.
+inline WeightLayout decode_weights(const core::CellInfo& cell, const OpName& op, size_t n) {
+  for (bool projection : {false, true})
+    for (bool bias : {false, true}) {
+      const WeightLayout l{bias, projection};
+      if (static_cast<size_t>(l.count()) != n) continue;
+      TORCH_CHECK(!projection || cell.projection, op, ": weights has ", n, " tensors, which are ",
+                  param_names(l), ", but the ", cell.name,
+                  " cell takes no projection (weight_hr); it takes ", accepted_layouts(cell));
+      return l;
+    }
+  TORCH_CHECK(false, op, ": weights must hold ", accepted_layouts(cell), " tensors, got ", n,
+              " tensors");
+}
+
+// --- sizes and checks ---------------------------------------------------------------------
 
 // Sizes of one layer call, read off the weights and checked against the
 // other arguments. N is the number of input rows: T*B, or sum(lengths) for a
@@ -28,6 +160,7 @@ inline const char* cell_name(core::Cell cell) {
 struct Dims {
   int64_t T, B, I, H, P, S, G, N;
   bool packed;
+  WeightLayout layout;
   // Leading dimensions of input-shaped tensors (x, y, workspace, dx).
   std::vector<int64_t> rows() const {
     return packed ? std::vector<int64_t>{N} : std::vector<int64_t>{T, B};
@@ -37,24 +170,52 @@ struct Dims {
     r.push_back(cols);
     return r;
   }
+  // The size an extent of the shape legend (rnn.h) stands for.
+  int64_t extent(core::Extent e) const {
+    switch (e) {
+      case core::Extent::Input: return I;
+      case core::Extent::Hidden: return H;
+      case core::Extent::State: return S;
+      case core::Extent::Proj: return P;
+      case core::Extent::GateRows: return G * H;
+      case core::Extent::None: break;
+    }
+    return 0;
+  }
+  // The shape of a parameter: [rows] or [rows, cols].
+  std::vector<int64_t> shape_of(const core::ParamSpec& p) const {
+    if (p.cols == core::Extent::None) return {extent(p.rows)};
+    return {extent(p.rows), extent(p.cols)};
+  }
+  // The shape of state k ([h] or [h, c]): h is [B, S], c is [B, H].
+  std::vector<int64_t> state_shape(int k) const { return {B, k == kStateH ? S : H}; }
 };
 
 // t must be defined, on the input's device, of the input's dtype and of rank dim.
-inline void check_tensor(const at::Tensor& t, const char* op, const char* name,
+template <class Name>
+inline void check_tensor(const at::Tensor& t, const OpName& op, const Name& name,
                          const at::Tensor& input, int64_t dim) {
-  TORCH_CHECK(t.defined(), "rnnfast::", op, ": ", name, " is required but was None");
-  TORCH_CHECK(t.device() == input.device(), "rnnfast::", op, ": ", name, " is on ", t.device(),
+  TORCH_CHECK(t.defined(), op, ": ", name, " is required but was None");
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
               " but the input is on ", input.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), "rnnfast::", op, ": ", name,
-              " has dtype ", t.scalar_type(), " but the input has dtype ", input.scalar_type());
-  TORCH_CHECK(t.dim() == dim, "rnnfast::", op, ": ", name, " must be ", dim, "-D, got shape ",
-              t.sizes());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but the input has dtype ", input.scalar_type());
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got shape ", t.sizes());
 }
 
-inline void check_shape(const at::Tensor& t, const char* op, const char* name,
+template <class Name>
+inline void check_shape(const at::Tensor& t, const OpName& op, const Name& name,
                         at::IntArrayRef want) {
-  TORCH_CHECK(t.sizes() == want, "rnnfast::", op, ": ", name, " must have shape ", want,
-              ", got ", t.sizes());
+  TORCH_CHECK(t.sizes() == want, op, ": ", name, " must have shape ", want, ", got ", t.sizes());
+}
+
+// "state[1] (c)", for messages.
+struct StateName {
+  const char* list;
+  int k;
+};
+inline std::ostream& operator<<(std::ostream& os, const StateName& n) {
+  return os << n.list << "[" << n.k << "] (" << kStateNames[n.k] << ")";
 }
 
 inline const at::Tensor* opt_ptr(const c10::optional<at::Tensor>& t) {
@@ -66,48 +227,54 @@ inline c10::optional<at::Tensor> opt_contiguous(const c10::optional<at::Tensor>&
   return c10::nullopt;
 }
 
-// Validates input, weights and lengths; `dtypes` names what this backend
-// accepts (for the message). Lengths are a CPU tensor on every device. A 2-D
-// input is the packed layout (rows of the active (t, b), time-major), which needs
-// non-increasing lengths summing to its rows; only backends with allow_packed.
-inline Dims check_args(core::Cell cell, const at::Tensor& input, const at::Tensor& w_ih,
-                       const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr,
-                       const c10::optional<at::Tensor>& lengths, bool dtype_ok,
-                       const char* dtypes, bool allow_packed) {
-  const char* op = cell_name(cell);
-  TORCH_CHECK(input.defined(), "rnnfast::", op, ": input is required but was None");
-  TORCH_CHECK(dtype_ok, "rnnfast::", op, ": input on ", input.device(), " must be ", dtypes,
-              ", got ", input.scalar_type());
+// Validates input, weights and lengths; `dtypes` names what this backend accepts (for the
+// message) and fills `params` with the weights by kLayerParams position. Lengths are a CPU
+// tensor on every device. A 2-D input is the packed layout (rows of the active (t, b),
+// time-major), which needs non-increasing lengths summing to its rows; only backends with
+// allow_packed.
+inline Dims check_args(const core::CellInfo& cell, const OpName& op, const at::Tensor& input,
+                       at::TensorList weights, const c10::optional<at::Tensor>& lengths,
+                       bool dtype_ok, const char* dtypes, bool allow_packed,
+                       ParamTensors& params) {
+  TORCH_CHECK(input.defined(), op, ": input is required but was None");
+  TORCH_CHECK(dtype_ok, op, ": input on ", input.device(), " must be ", dtypes, ", got ",
+              input.scalar_type());
   Dims d{};
   d.packed = input.dim() == 2;
-  TORCH_CHECK(!d.packed || allow_packed, "rnnfast::", op,
+  TORCH_CHECK(!d.packed || allow_packed, op,
               ": a packed 2-D input is supported on CPU only; got one on ", input.device());
   check_tensor(input, op, "input", input, d.packed ? 2 : 3);
-  check_tensor(w_ih, op, "weight_ih", input, 2);
-  check_tensor(w_hh, op, "weight_hh", input, 2);
-  d.G = core::cell_info(cell).gates;
+  d.layout = decode_weights(cell, op, weights.size());
+  size_t next = 0;
+  for (int i = 0; i < core::kLayerParamCount; ++i) {
+    const core::ParamSpec& p = core::kLayerParams[i];
+    if (!d.layout.has(p.presence)) continue;
+    params[i] = weights[next++];
+    check_tensor(params[i], op, p.name, input, p.cols == core::Extent::None ? 1 : 2);
+  }
+  d.G = cell.gates;
   if (d.packed) {
-    TORCH_CHECK(opt_ptr(lengths), "rnnfast::", op,
+    TORCH_CHECK(opt_ptr(lengths), op,
                 ": a packed 2-D input needs lengths (the sequence lengths, non-increasing)");
     const auto& L = *opt_ptr(lengths);
-    TORCH_CHECK(L.device().is_cpu() && L.scalar_type() == at::kLong && L.dim() == 1,
-                "rnnfast::", op, ": lengths must be a 1-D int64 CPU tensor, got ",
-                L.scalar_type(), " ", L.sizes(), " on ", L.device());
+    TORCH_CHECK(L.device().is_cpu() && L.scalar_type() == at::kLong && L.dim() == 1, op,
+                ": lengths must be a 1-D int64 CPU tensor, got ", L.scalar_type(), " ",
+                L.sizes(), " on ", L.device());
     d.N = input.size(0);
     d.B = L.size(0);
     const auto Lc = L.contiguous();
     const int64_t* l = Lc.data_ptr<int64_t>();
     int64_t sum = 0;
     for (int64_t b = 0; b < d.B; ++b) {
-      TORCH_CHECK(l[b] >= 0 && (b == 0 || l[b] <= l[b - 1]), "rnnfast::", op,
+      TORCH_CHECK(l[b] >= 0 && (b == 0 || l[b] <= l[b - 1]), op,
                   ": with a packed 2-D input, lengths must be non-negative and non-increasing, "
                   "got ", L.sizes(), " with lengths[", b, "] = ", l[b]);
       // sum <= N throughout, so it cannot overflow
-      TORCH_CHECK(l[b] <= d.N - sum, "rnnfast::", op, ": a packed 2-D input has one row per "
+      TORCH_CHECK(l[b] <= d.N - sum, op, ": a packed 2-D input has one row per "
                   "active step, but lengths add up to more than its ", d.N, " rows");
       sum += l[b];
     }
-    TORCH_CHECK(sum == d.N, "rnnfast::", op, ": a packed 2-D input has one row per active "
+    TORCH_CHECK(sum == d.N, op, ": a packed 2-D input has one row per active "
                 "step, sum(lengths) = ", sum, ", but it has ", d.N, " rows");
     d.T = d.B > 0 ? l[0] : 0;
     d.I = input.size(1);
@@ -117,79 +284,80 @@ inline Dims check_args(core::Cell cell, const at::Tensor& input, const at::Tenso
     d.I = input.size(2);
     d.N = d.T * d.B;
   }
-  TORCH_CHECK(w_ih.size(0) % d.G == 0, "rnnfast::", op, ": weight_ih has ", w_ih.size(0),
-              " rows, not a multiple of ", d.G, " gates");
-  d.H = w_ih.size(0) / d.G;
-  check_shape(w_ih, op, "weight_ih", {d.G * d.H, d.I});
+  // H from the first parameter with G*H rows (weight_ih), P from the one with P rows
+  // (weight_hr, present with a projection); then every parameter's shape from its extents.
+  d.H = -1;
+  for (int i = 0; i < core::kLayerParamCount && d.H < 0; ++i) {
+    const core::ParamSpec& p = core::kLayerParams[i];
+    if (!params[i].defined() || p.rows != core::Extent::GateRows) continue;
+    TORCH_CHECK(params[i].size(0) % d.G == 0, op, ": ", p.name, " has ", params[i].size(0),
+                " rows, not a multiple of ", d.G, " gates");
+    d.H = params[i].size(0) / d.G;
+  }
   d.P = 0;
-  if (auto p = opt_ptr(w_hr)) {
-    TORCH_CHECK(cell == core::Cell::LSTM, "rnnfast::", op, ": weight_hr is only for LSTM");
-    check_tensor(*p, op, "weight_hr", input, 2);
-    d.P = p->size(0);
-    TORCH_CHECK(d.P > 0 && d.P < d.H, "rnnfast::", op, ": weight_hr must have 0 < rows < ", d.H,
+  for (int i = 0; i < core::kLayerParamCount; ++i) {
+    const core::ParamSpec& p = core::kLayerParams[i];
+    if (!params[i].defined() || p.rows != core::Extent::Proj) continue;
+    d.P = params[i].size(0);
+    TORCH_CHECK(d.P > 0 && d.P < d.H, op, ": ", p.name, " must have 0 < rows < ", d.H,
                 ", got ", d.P);
-    check_shape(*p, op, "weight_hr", {d.P, d.H});
   }
   d.S = d.P > 0 ? d.P : d.H;
-  check_shape(w_hh, op, "weight_hh", {d.G * d.H, d.S});
-  TORCH_CHECK(d.T > 0, "rnnfast::", op, ": input must have at least one time step");
+  for (int i = 0; i < core::kLayerParamCount; ++i)
+    if (params[i].defined()) check_shape(params[i], op, core::kLayerParams[i].name,
+                                         d.shape_of(core::kLayerParams[i]));
+  TORCH_CHECK(d.T > 0, op, ": input must have at least one time step");
   if (auto p = opt_ptr(lengths); p && !d.packed) {
     const auto& L = *p;
     TORCH_CHECK(L.device().is_cpu() && L.scalar_type() == at::kLong && L.dim() == 1 &&
                     L.size(0) == d.B,
-                "rnnfast::", op, ": lengths must be a 1-D int64 CPU tensor of size ", d.B,
-                ", got ", L.scalar_type(), " ", L.sizes(), " on ", L.device());
+                op, ": lengths must be a 1-D int64 CPU tensor of size ", d.B, ", got ",
+                L.scalar_type(), " ", L.sizes(), " on ", L.device());
     if (d.B > 0) {
       auto mn = L.min().item<int64_t>(), mx = L.max().item<int64_t>();
-      TORCH_CHECK(mn >= 0 && mx <= d.T, "rnnfast::", op, ": lengths must lie in [0, ", d.T,
+      TORCH_CHECK(mn >= 0 && mx <= d.T, op, ": lengths must lie in [0, ", d.T,
                   "], got values in [", mn, ", ", mx, "]");
     }
   }
   return d;
 }
 
+inline at::Tensor contiguous_or_undefined(const at::Tensor& t) {
+  return t.defined() ? t.contiguous() : t;
+}
+
 // The forward arguments, validated and made contiguous.
 struct ForwardInputs {
+  const core::CellInfo* cell;
   Dims d;
-  at::Tensor input, w_ih, w_hh;
-  c10::optional<at::Tensor> hx, cx, b_ih, b_hh, w_hr, lengths;
+  at::Tensor input;
+  std::array<at::Tensor, 2> state;  // [h, c]; undefined = zeros (c: also for a cell without)
+  ParamTensors params;              // undefined = absent
+  c10::optional<at::Tensor> lengths;
 };
 
-inline ForwardInputs prepare_forward(
-    core::Cell cell, const at::Tensor& input, const c10::optional<at::Tensor>& hx,
-    const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-    const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths,
-    bool dtype_ok, const char* dtypes, bool allow_packed) {
-  const char* op = cell_name(cell);
+inline ForwardInputs prepare_forward(c10::string_view cell_name, const at::Tensor& input,
+                                     at::TensorList state, at::TensorList weights,
+                                     const c10::optional<at::Tensor>& lengths, bool dtype_ok,
+                                     const char* dtypes, bool allow_packed) {
   ForwardInputs f;
-  f.d = check_args(cell, input, w_ih, w_hh, w_hr, lengths, dtype_ok, dtypes, allow_packed);
+  f.cell = &find_cell(cell_name, kForwardOp);
+  const core::CellInfo& cell = *f.cell;
+  const OpName op{kForwardOp, cell.name};
+  ParamTensors params;
+  f.d = check_args(cell, op, input, weights, lengths, dtype_ok, dtypes, allow_packed, params);
   const Dims& d = f.d;
-  if (auto p = opt_ptr(hx)) {
-    check_tensor(*p, op, "hx", input, 2);
-    check_shape(*p, op, "hx", {d.B, d.S});
-  }
-  if (auto p = opt_ptr(cx)) {
-    TORCH_CHECK(cell == core::Cell::LSTM, "rnnfast::", op, ": cx is only for LSTM");
-    check_tensor(*p, op, "cx", input, 2);
-    check_shape(*p, op, "cx", {d.B, d.H});
-  }
-  if (auto p = opt_ptr(b_ih)) {
-    check_tensor(*p, op, "bias_ih", input, 1);
-    check_shape(*p, op, "bias_ih", {d.G * d.H});
-  }
-  if (auto p = opt_ptr(b_hh)) {
-    check_tensor(*p, op, "bias_hh", input, 1);
-    check_shape(*p, op, "bias_hh", {d.G * d.H});
+  TORCH_CHECK(state.empty() || static_cast<int>(state.size()) == cell.states(), op,
+              ": state must be empty (zero initial states) or hold ", cell.states(),
+              cell.states() == 1 ? " tensor [h]" : " tensors [h, c]", ", got ", state.size(),
+              " tensors");
+  for (int k = 0; k < static_cast<int>(state.size()); ++k) {
+    check_tensor(state[k], op, StateName{"state", k}, input, 2);
+    check_shape(state[k], op, StateName{"state", k}, d.state_shape(k));
+    f.state[k] = state[k].contiguous();
   }
   f.input = input.contiguous();
-  f.w_ih = w_ih.contiguous();
-  f.w_hh = w_hh.contiguous();
-  f.hx = opt_contiguous(hx);
-  f.cx = opt_contiguous(cx);
-  f.b_ih = opt_contiguous(b_ih);
-  f.b_hh = opt_contiguous(b_hh);
-  f.w_hr = opt_contiguous(w_hr);
+  for (int i = 0; i < core::kLayerParamCount; ++i) f.params[i] = contiguous_or_undefined(params[i]);
   f.lengths = opt_contiguous(lengths);
   return f;
 }
@@ -198,120 +366,102 @@ inline ForwardInputs prepare_forward(
 // have dtype ws_dtype (the CPU kernels save it in the input's dtype, the CUDA
 // kernels in the accumulation type).
 struct BackwardInputs {
+  const core::CellInfo* cell;
   Dims d;
-  at::Tensor input, w_ih, w_hh, ws;
-  c10::optional<at::Tensor> gy, ghy, gcy, w_hr, lengths;
+  at::Tensor input, ws, grad_output;
+  std::array<at::Tensor, 2> grad_state;  // [dh, dc]; undefined = zeros
+  ParamTensors params;                   // undefined = absent
+  c10::optional<at::Tensor> lengths;
 };
 
 inline BackwardInputs prepare_backward(
-    core::Cell cell, const c10::optional<at::Tensor>& grad_output,
-    const c10::optional<at::Tensor>& grad_hy, const c10::optional<at::Tensor>& grad_cy,
-    const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths,
+    c10::string_view cell_name, const c10::optional<at::Tensor>& grad_output,
+    const c10::List<c10::optional<at::Tensor>>& grad_state, const at::Tensor& input,
+    at::TensorList weights, const c10::optional<at::Tensor>& lengths,
     const at::Tensor& workspace, at::ScalarType ws_dtype, bool dtype_ok, const char* dtypes,
     bool allow_packed) {
-  const char* op = cell_name(cell);
   BackwardInputs b;
-  b.d = check_args(cell, input, w_ih, w_hh, w_hr, lengths, dtype_ok, dtypes, allow_packed);
+  b.cell = &find_cell(cell_name, kBackwardOp);
+  const core::CellInfo& cell = *b.cell;
+  const OpName op{kBackwardOp, cell.name};
+  ParamTensors params;
+  b.d = check_args(cell, op, input, weights, lengths, dtype_ok, dtypes, allow_packed, params);
   const Dims& d = b.d;
-  const int64_t WS = core::cell_info(cell).workspace_cols(d.H, d.P);
-  TORCH_CHECK(workspace.defined(), "rnnfast::", op,
-              "_backward: workspace is required but was None");
-  TORCH_CHECK(workspace.device() == input.device(), "rnnfast::", op, "_backward: workspace is on ",
+  const int64_t WS = cell.workspace_cols(d.H, d.P);
+  TORCH_CHECK(workspace.defined(), op, ": workspace is required but was None");
+  TORCH_CHECK(workspace.device() == input.device(), op, ": workspace is on ",
               workspace.device(), " but the input is on ", input.device());
-  TORCH_CHECK(workspace.scalar_type() == ws_dtype, "rnnfast::", op,
-              "_backward: workspace has dtype ", workspace.scalar_type(), ", expected ", ws_dtype);
-  TORCH_CHECK(workspace.dim() == (d.packed ? 2 : 3),
-              "rnnfast::", op, "_backward: the workspace is empty: the forward pass ran with "
+  TORCH_CHECK(workspace.scalar_type() == ws_dtype, op, ": workspace has dtype ",
+              workspace.scalar_type(), ", expected ", ws_dtype);
+  TORCH_CHECK(workspace.dim() == (d.packed ? 2 : 3), op,
+              ": the workspace is empty: the forward pass ran with "
               "training=False and saved nothing for backward");
   check_shape(workspace, op, "workspace", d.rows_by(WS));
   if (auto p = opt_ptr(grad_output)) {
     check_tensor(*p, op, "grad_output", input, d.packed ? 2 : 3);
     check_shape(*p, op, "grad_output", d.rows_by(d.S));
-    b.gy = p->contiguous();
+    b.grad_output = p->contiguous();
   }
-  if (auto p = opt_ptr(grad_hy)) {
-    check_tensor(*p, op, "grad_hy", input, 2);
-    check_shape(*p, op, "grad_hy", {d.B, d.S});
-    b.ghy = p->contiguous();
-  }
-  if (auto p = opt_ptr(grad_cy)) {
-    if (cell == core::Cell::LSTM) {
-      check_tensor(*p, op, "grad_cy", input, 2);
-      check_shape(*p, op, "grad_cy", {d.B, d.H});
-      b.gcy = p->contiguous();
+  TORCH_CHECK(grad_state.empty() || static_cast<int>(grad_state.size()) == cell.states(), op,
+              ": grad_state must be empty (no state gradients) or hold ", cell.states(),
+              cell.states() == 1 ? " tensor [h]" : " tensors [h, c]", " (each may be None), got ",
+              grad_state.size());
+  for (int k = 0; k < static_cast<int>(grad_state.size()); ++k) {
+    const c10::optional<at::Tensor> g = grad_state.get(k);
+    if (auto p = opt_ptr(g)) {
+      check_tensor(*p, op, StateName{"grad_state", k}, input, 2);
+      check_shape(*p, op, StateName{"grad_state", k}, d.state_shape(k));
+      b.grad_state[k] = p->contiguous();
     }
   }
   b.input = input.contiguous();
-  b.w_ih = w_ih.contiguous();
-  b.w_hh = w_hh.contiguous();
   b.ws = workspace.contiguous();
-  b.w_hr = opt_contiguous(w_hr);
+  for (int i = 0; i < core::kLayerParamCount; ++i) b.params[i] = contiguous_or_undefined(params[i]);
   b.lengths = opt_contiguous(lengths);
   return b;
 }
 
-// Gradient tensors of one backward call, allocated with `opts`.
-struct Grads {
-  at::Tensor dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr;
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-             at::Tensor>
-  tuple() const {
-    return {dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
-  }
-};
-
-inline Grads empty_grads(core::Cell cell, const Dims& d, const at::TensorOptions& opts) {
-  Grads g;
-  g.dx = at::empty(d.rows_by(d.I), opts);
-  g.dh0 = at::empty({d.B, d.S}, opts);
-  g.dc0 = cell == core::Cell::LSTM ? at::empty({d.B, d.H}, opts) : at::empty({0}, opts);
-  g.dw_ih = at::empty({d.G * d.H, d.I}, opts);
-  g.dw_hh = at::empty({d.G * d.H, d.S}, opts);
-  g.db_ih = at::empty({d.G * d.H}, opts);
-  g.db_hh = at::empty({d.G * d.H}, opts);
-  g.dw_hr = d.P > 0 ? at::empty({d.P, d.H}, opts) : at::empty({0}, opts);
-  return g;
-}
-
-// One schema for every cell; the cell is the op's name.
-constexpr const char* kForwardArgs =
-    "(Tensor input, Tensor? hx, Tensor? cx, Tensor weight_ih, Tensor weight_hh, "
-    "Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? lengths, bool reverse, "
-    "bool training) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)";
-constexpr const char* kBackwardArgs =
-    "(Tensor? grad_output, Tensor? grad_hy, Tensor? grad_cy, Tensor input, Tensor weight_ih, "
-    "Tensor weight_hh, Tensor? weight_hr, Tensor? lengths, Tensor workspace, bool reverse) -> "
-    "(Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_weight_ih, "
-    "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh, Tensor grad_weight_hr)";
-
-using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                  at::Tensor, at::Tensor, at::Tensor>;
-
-// The outputs of one forward call (output, hy, cy, workspace), allocated with `opts`;
-// the workspace, saved only when training, with `ws_opts`.
-inline ForwardResult empty_outputs(core::Cell cell, const Dims& d, const at::TensorOptions& opts,
+// The outputs of one forward call (output, state_out, workspace), allocated with `opts`;
+// the workspace, saved only when training, with `ws_opts` (empty when not training).
+inline ForwardResult empty_outputs(const core::CellInfo& cell, const Dims& d,
+                                   const at::TensorOptions& opts,
                                    const at::TensorOptions& ws_opts, bool training) {
-  return {at::empty(d.rows_by(d.S), opts), at::empty({d.B, d.S}, opts),
-          cell == core::Cell::LSTM ? at::empty({d.B, d.H}, opts) : at::empty({0}, opts),
-          training ? at::empty(d.rows_by(core::cell_info(cell).workspace_cols(d.H, d.P)), ws_opts)
+  std::vector<at::Tensor> state_out;
+  state_out.reserve(cell.states());
+  for (int k = 0; k < cell.states(); ++k) state_out.push_back(at::empty(d.state_shape(k), opts));
+  return {at::empty(d.rows_by(d.S), opts), std::move(state_out),
+          training ? at::empty(d.rows_by(cell.workspace_cols(d.H, d.P)), ws_opts)
                    : at::empty({0}, ws_opts)};
 }
 
-// Registers forward_op<Cell> / backward_op<Cell> of a backend under every
-// cell's op names for one dispatch key.
-#define RNNFAST_REGISTER_BACKEND(KEY, FWD, BWD)                                 \
-  TORCH_LIBRARY_IMPL(rnnfast, KEY, m) {                                         \
-    using ::rnnfast::core::Cell;                                                \
-    m.impl("lstm_layer", &FWD<Cell::LSTM>);                                     \
-    m.impl("gru_layer", &FWD<Cell::GRU>);                                       \
-    m.impl("rnn_tanh_layer", &FWD<Cell::RNN_TANH>);                             \
-    m.impl("rnn_relu_layer", &FWD<Cell::RNN_RELU>);                             \
-    m.impl("lstm_layer_backward", &BWD<Cell::LSTM>);                            \
-    m.impl("gru_layer_backward", &BWD<Cell::GRU>);                              \
-    m.impl("rnn_tanh_layer_backward", &BWD<Cell::RNN_TANH>);                    \
-    m.impl("rnn_relu_layer_backward", &BWD<Cell::RNN_RELU>);                    \
+// The gradients of one backward call (grad_input, grad_state, grad_weights), allocated with
+// `opts`: grad_state has one per state of the cell, grad_weights one per given weight.
+inline BackwardResult empty_grads(const core::CellInfo& cell, const Dims& d,
+                                  const at::TensorOptions& opts) {
+  std::vector<at::Tensor> grad_state, grad_weights;
+  grad_state.reserve(cell.states());
+  for (int k = 0; k < cell.states(); ++k) grad_state.push_back(at::empty(d.state_shape(k), opts));
+  for (const core::ParamSpec& p : core::kLayerParams)
+    if (d.layout.has(p.presence)) grad_weights.push_back(at::empty(d.shape_of(p), opts));
+  return {at::empty(d.rows_by(d.I), opts), std::move(grad_state), std::move(grad_weights)};
+}
+
+// The gradient of the parameter at kLayerParams position `index` in a grad_weights list
+// (undefined if the layout has none).
+inline const at::Tensor& grad_of(const std::vector<at::Tensor>& grad_weights,
+                                 const WeightLayout& layout, int index) {
+  static const at::Tensor kNone;
+  if (!layout.has(core::kLayerParams[index].presence)) return kNone;
+  size_t pos = 0;
+  for (int i = 0; i < index; ++i) pos += layout.has(core::kLayerParams[i].presence) ? 1 : 0;
+  return grad_weights[pos];
+}
+
+// Registers a backend's forward and backward kernels for one dispatch key.
+#define RNNFAST_REGISTER_BACKEND(KEY, FWD, BWD)           \
+  TORCH_LIBRARY_IMPL(rnnfast, KEY, m) {                   \
+    m.impl(::rnnfast::glue::kForwardOp, &FWD);            \
+    m.impl(::rnnfast::glue::kBackwardOp, &BWD);           \
   }
 
 }  // namespace glue

@@ -43,9 +43,10 @@ class AtenExecutor final : public core::Executor {
 
 using namespace ::rnnfast::glue;
 
+// The data of a tensor, or null where it is absent (undefined).
 template <class Real>
-const Real* data_or_null(const c10::optional<at::Tensor>& t) {
-  return t ? t->data_ptr<Real>() : nullptr;
+Real* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<Real>() : nullptr;
 }
 
 bool cpu_dtype_ok(const at::Tensor& input) {
@@ -76,106 +77,105 @@ at::Tensor workspace_tensor(std::vector<int64_t> sizes, const at::TensorOptions&
   return at::from_blob(p, sizes, [](void* q) { core::scratch_free(q); }, opts);
 }
 
-template <core::Cell cell>
-ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tensor>& hx_,
-                         const c10::optional<at::Tensor>& cx_, const at::Tensor& w_ih_,
-                         const at::Tensor& w_hh_, const c10::optional<at::Tensor>& b_ih_,
-                         const c10::optional<at::Tensor>& b_hh_,
-                         const c10::optional<at::Tensor>& w_hr_,
+ForwardResult forward_op(c10::string_view cell_name, const at::Tensor& input_,
+                         at::TensorList state_, at::TensorList weights_,
                          const c10::optional<at::Tensor>& lengths_, bool reverse, bool training) {
-  const ForwardInputs f = prepare_forward(cell, input_, hx_, cx_, w_ih_, w_hh_, b_ih_, b_hh_,
-                                          w_hr_, lengths_, cpu_dtype_ok(input_),
-                                          "float32 or float64", /*allow_packed=*/true);
+  const ForwardInputs f = prepare_forward(cell_name, input_, state_, weights_, lengths_,
+                                          cpu_dtype_ok(input_), "float32 or float64",
+                                          /*allow_packed=*/true);
+  const core::CellInfo& cell = *f.cell;
   const Dims& d = f.d;
   const auto opts = f.input.options();
   ForwardResult out = empty_outputs(cell, d, opts, opts, /*training=*/false);
-  at::Tensor &y = std::get<0>(out), &hy = std::get<1>(out), &cy = std::get<2>(out),
-             &ws = std::get<3>(out);
-  if (training) ws = workspace_tensor(d.rows_by(core::cell_info(cell).workspace_cols(d.H, d.P)), opts);
-  if (core::debug_nan_scratch())
-    for (const at::Tensor* t : {&y, &hy, &cy}) debug_fill_nan(*t);
+  at::Tensor &y = std::get<0>(out), &ws = std::get<2>(out);
+  const std::vector<at::Tensor>& state_out = std::get<1>(out);
+  if (training) ws = workspace_tensor(d.rows_by(cell.workspace_cols(d.H, d.P)), opts);
+  if (core::debug_nan_scratch()) {
+    debug_fill_nan(y);
+    for (const at::Tensor& t : state_out) debug_fill_nan(t);
+  }
 
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(f.input.scalar_type(), "rnnfast_layer_forward", [&] {
     core::ForwardArgs<scalar_t> a;
-    a.cell = cell;
+    a.cell = cell.id;
     a.T = d.T; a.B = d.B; a.I = d.I; a.H = d.H; a.P = d.P;
     a.x = f.input.data_ptr<scalar_t>();
-    a.h0 = data_or_null<scalar_t>(f.hx);
-    a.c0 = data_or_null<scalar_t>(f.cx);
-    a.w_ih = f.w_ih.data_ptr<scalar_t>();
-    a.w_hh = f.w_hh.data_ptr<scalar_t>();
-    a.b_ih = data_or_null<scalar_t>(f.b_ih);
-    a.b_hh = data_or_null<scalar_t>(f.b_hh);
-    a.w_hr = data_or_null<scalar_t>(f.w_hr);
+    a.h0 = data_or_null<scalar_t>(f.state[kStateH]);
+    a.c0 = data_or_null<scalar_t>(f.state[kStateC]);
+    a.w_ih = data_or_null<scalar_t>(f.params[kWeightIh]);
+    a.w_hh = data_or_null<scalar_t>(f.params[kWeightHh]);
+    a.b_ih = data_or_null<scalar_t>(f.params[kBiasIh]);
+    a.b_hh = data_or_null<scalar_t>(f.params[kBiasHh]);
+    a.w_hr = data_or_null<scalar_t>(f.params[kWeightHr]);
     a.lengths = f.lengths ? f.lengths->data_ptr<int64_t>() : nullptr;
     a.reverse = reverse;
     a.packed = d.packed;
     a.y = y.data_ptr<scalar_t>();
-    a.hy = hy.data_ptr<scalar_t>();
-    a.cy = cell == core::Cell::LSTM ? cy.data_ptr<scalar_t>() : nullptr;
+    a.hy = state_out[kStateH].data_ptr<scalar_t>();
+    a.cy = cell.cell_state ? state_out[kStateC].data_ptr<scalar_t>() : nullptr;
     a.ws = training ? ws.data_ptr<scalar_t>() : nullptr;
     core::layer_forward(a, ex);
   });
   return out;
 }
 
-template <core::Cell cell>
-BackwardResult backward_op(const c10::optional<at::Tensor>& grad_output,
-                           const c10::optional<at::Tensor>& grad_hy,
-                           const c10::optional<at::Tensor>& grad_cy, const at::Tensor& input_,
-                           const at::Tensor& w_ih_, const at::Tensor& w_hh_,
-                           const c10::optional<at::Tensor>& w_hr_,
+BackwardResult backward_op(c10::string_view cell_name,
+                           const c10::optional<at::Tensor>& grad_output,
+                           const c10::List<c10::optional<at::Tensor>>& grad_state,
+                           const at::Tensor& input_, at::TensorList weights_,
                            const c10::optional<at::Tensor>& lengths_,
                            const at::Tensor& workspace, bool reverse) {
   const BackwardInputs in = prepare_backward(
-      cell, grad_output, grad_hy, grad_cy, input_, w_ih_, w_hh_, w_hr_, lengths_, workspace,
+      cell_name, grad_output, grad_state, input_, weights_, lengths_, workspace,
       input_.defined() ? input_.scalar_type() : at::kFloat, cpu_dtype_ok(input_),
       "float32 or float64", /*allow_packed=*/true);
+  const core::CellInfo& cell = *in.cell;
   const Dims& d = in.d;
-  Grads g = empty_grads(cell, d, in.input.options());
-  if (core::debug_nan_scratch())
-    for (const at::Tensor* t : {&g.dx, &g.dh0, &g.dc0, &g.dw_ih, &g.dw_hh, &g.db_ih, &g.db_hh,
-                                &g.dw_hr})
-      debug_fill_nan(*t);
+  BackwardResult g = empty_grads(cell, d, in.input.options());
+  const at::Tensor& dx = std::get<0>(g);
+  const std::vector<at::Tensor>& dstate = std::get<1>(g);
+  const std::vector<at::Tensor>& dweights = std::get<2>(g);
+  if (core::debug_nan_scratch()) {
+    debug_fill_nan(dx);
+    for (const at::Tensor& t : dstate) debug_fill_nan(t);
+    for (const at::Tensor& t : dweights) debug_fill_nan(t);
+  }
 
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(in.input.scalar_type(), "rnnfast_layer_backward", [&] {
     core::BackwardArgs<scalar_t> a;
-    a.cell = cell;
+    a.cell = cell.id;
     a.T = d.T; a.B = d.B; a.I = d.I; a.H = d.H; a.P = d.P;
     a.x = in.input.data_ptr<scalar_t>();
-    a.w_ih = in.w_ih.data_ptr<scalar_t>();
-    a.w_hh = in.w_hh.data_ptr<scalar_t>();
-    a.w_hr = data_or_null<scalar_t>(in.w_hr);
+    a.w_ih = data_or_null<scalar_t>(in.params[kWeightIh]);
+    a.w_hh = data_or_null<scalar_t>(in.params[kWeightHh]);
+    a.w_hr = data_or_null<scalar_t>(in.params[kWeightHr]);
     a.lengths = in.lengths ? in.lengths->data_ptr<int64_t>() : nullptr;
     a.reverse = reverse;
     a.packed = d.packed;
     a.ws = in.ws.data_ptr<scalar_t>();
-    a.dy = data_or_null<scalar_t>(in.gy);
-    a.dhy = data_or_null<scalar_t>(in.ghy);
-    a.dcy = data_or_null<scalar_t>(in.gcy);
-    a.dx = g.dx.data_ptr<scalar_t>();
-    a.dh0 = g.dh0.data_ptr<scalar_t>();
-    a.dc0 = cell == core::Cell::LSTM ? g.dc0.data_ptr<scalar_t>() : nullptr;
-    a.dw_ih = g.dw_ih.data_ptr<scalar_t>();
-    a.dw_hh = g.dw_hh.data_ptr<scalar_t>();
-    a.db_ih = g.db_ih.data_ptr<scalar_t>();
-    a.db_hh = g.db_hh.data_ptr<scalar_t>();
-    a.dw_hr = d.P > 0 ? g.dw_hr.data_ptr<scalar_t>() : nullptr;
+    a.dy = data_or_null<scalar_t>(in.grad_output);
+    a.dhy = data_or_null<scalar_t>(in.grad_state[kStateH]);
+    a.dcy = data_or_null<scalar_t>(in.grad_state[kStateC]);
+    a.dx = dx.data_ptr<scalar_t>();
+    a.dh0 = dstate[kStateH].data_ptr<scalar_t>();
+    a.dc0 = cell.cell_state ? dstate[kStateC].data_ptr<scalar_t>() : nullptr;
+    a.dw_ih = data_or_null<scalar_t>(grad_of(dweights, d.layout, kWeightIh));
+    a.dw_hh = data_or_null<scalar_t>(grad_of(dweights, d.layout, kWeightHh));
+    a.db_ih = data_or_null<scalar_t>(grad_of(dweights, d.layout, kBiasIh));
+    a.db_hh = data_or_null<scalar_t>(grad_of(dweights, d.layout, kBiasHh));
+    a.dw_hr = data_or_null<scalar_t>(grad_of(dweights, d.layout, kWeightHr));
     core::layer_backward(a, ex);
   });
-  return g.tuple();
+  return g;
 }
 
 }  // namespace
 
 TORCH_LIBRARY(rnnfast, m) {
-  for (auto cell : {core::Cell::LSTM, core::Cell::GRU, core::Cell::RNN_TANH, core::Cell::RNN_RELU}) {
-    const std::string name = glue::cell_name(cell);
-    m.def((name + glue::kForwardArgs).c_str());
-    m.def((name + "_backward" + glue::kBackwardArgs).c_str());
-  }
+  m.def(glue::kForwardSchema);
+  m.def(glue::kBackwardSchema);
 }
 
 RNNFAST_REGISTER_BACKEND(CPU, forward_op, backward_op)
@@ -212,6 +212,56 @@ PYBIND11_MODULE(_C, m) {
   m.def("debug_nan_scratch", [] { return core::debug_nan_scratch(); },
         "Whether the debug mode RNNFAST_DEBUG_NAN_SCRATCH=1 is on: CPU scratch blocks and "
         "outputs start filled with NaN.");
+  // The cells' descriptions (core::kCells) and the per-layer parameters (core::kLayerParams),
+  // from which the Python side derives its cell list, parameter shapes and fake kernels.
+  m.def("cells", [] {
+    pybind11::list cells;
+    for (const core::CellInfo& c : core::kCells) {
+      pybind11::list gate_names;
+      std::string names = c.gate_names;
+      for (size_t start = 0, comma; start <= names.size(); start = comma + 1) {
+        comma = names.find(',', start);
+        if (comma == std::string::npos) comma = names.size();
+        gate_names.append(names.substr(start, comma - start));
+      }
+      pybind11::dict d;
+      d["name"] = c.name;
+      d["gate_names"] = gate_names;
+      d["gates"] = c.gates;
+      d["cell_state"] = c.cell_state;
+      d["projection"] = c.projection;
+      d["apart_gates"] = c.apart_gates;
+      d["saved_blocks"] = c.saved_blocks;
+      cells.append(d);
+    }
+    return cells;
+  }, "The cells the ops know (the `cell` argument), with their descriptions (csrc/core/cells.h).");
+  m.def("layer_params", [] {
+    auto extent = [](core::Extent e) -> pybind11::object {
+      switch (e) {
+        case core::Extent::Input: return pybind11::str("input");
+        case core::Extent::Hidden: return pybind11::str("hidden");
+        case core::Extent::State: return pybind11::str("state");
+        case core::Extent::Proj: return pybind11::str("proj");
+        case core::Extent::GateRows: return pybind11::str("gate_rows");
+        case core::Extent::None: break;
+      }
+      return pybind11::none();
+    };
+    pybind11::list params;
+    for (const core::ParamSpec& p : core::kLayerParams) {
+      pybind11::dict d;
+      d["name"] = p.name;
+      d["rows"] = extent(p.rows);
+      d["cols"] = extent(p.cols);
+      d["presence"] = p.presence == core::Presence::Always ? "always"
+                      : p.presence == core::Presence::Bias ? "bias" : "projection";
+      params.append(d);
+    }
+    return params;
+  }, "The per-layer parameters in the ops' `weights` order: name, rows and cols as extents "
+     "(input, hidden, state, proj, gate_rows; cols None for 1-D) and when present (always, bias, "
+     "projection).");
 #ifdef RNNFAST_WITH_CUDA
   m.attr("cuda_built") = true;
 #define RNNFAST_QUOTE(...) #__VA_ARGS__

@@ -10,42 +10,67 @@ Three uses, all needing the op's exact semantics written as differentiable torch
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import functools
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from . import _cells
 
-def _step(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr):
-    gi = F.linear(x, w_ih, b_ih)
-    gh = F.linear(h, w_hh, b_hh)
-    if cell == "lstm":
-        i, f, g, o = (gi + gh).chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        if w_hr is not None:
-            h = F.linear(h, w_hr)
-        return h, c
-    if cell == "gru":
-        xr, xz, xn = gi.chunk(3, dim=-1)
-        hr, hz, hn = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        return (1 - z) * n + z * h, None
-    pre = gi + gh
-    return (torch.relu(pre) if cell == "rnn_relu" else torch.tanh(pre)), None
+# One step of a cell: (gates G, x W_ih^T + b_ih, h W_hh^T + b_hh, states [h] or [h, c], the
+# named weights) -> the new states. Each cell's pointwise math, written as torch ops.
+Step = Callable[[int, torch.Tensor, torch.Tensor, List[torch.Tensor], Dict[str, torch.Tensor]],
+                List[torch.Tensor]]
 
 
-def _padded_layer(cell, input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                  lengths, reverse):
+def _lstm_step(gates, gi, gh, state, w):
+    h, c = state
+    i, f, g, o = (gi + gh).chunk(gates, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    if w.get("weight_hr") is not None:
+        h = F.linear(h, w["weight_hr"])
+    return [h, c]
+
+
+def _gru_step(gates, gi, gh, state, w):
+    h, = state
+    xr, xz, xn = gi.chunk(gates, dim=-1)
+    hr, hz, hn = gh.chunk(gates, dim=-1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return [(1 - z) * n + z * h]
+
+
+def _elman_step(activation, gates, gi, gh, state, w):
+    return [activation(gi + gh)]
+
+
+_STEPS: Dict[str, Step] = {
+    "lstm": _lstm_step,
+    "gru": _gru_step,
+    "rnn_tanh": functools.partial(_elman_step, torch.tanh),
+    "rnn_relu": functools.partial(_elman_step, torch.relu),
+}
+
+
+def _step_of(info: _cells.Cell) -> Step:
+    try:
+        return _STEPS[info.name]
+    except KeyError:
+        raise NotImplementedError(
+            f"rnnfast._reference has no step for the cell {info.name!r} (it knows "
+            f"{', '.join(_STEPS)}); add its math to _STEPS") from None
+
+
+def _padded_layer(info, step, input, state, w, lengths, reverse):
     T, B, _ = input.shape
-    H = weight_hh.shape[1] if weight_hr is None else weight_hr.shape[1]
-    S = weight_hh.shape[1]
-    h = hx if hx is not None else input.new_zeros(B, S)
-    c = None
-    if cell == "lstm":
-        c = cx if cx is not None else input.new_zeros(B, H)
+    H, P = _cells.layer_sizes(info, w)
+    if not state:
+        state = [input.new_zeros(shape) for shape in _cells.state_shapes(info, B, H, P)]
+    state = list(state)
     outs = [None] * T
     steps = range(T - 1, -1, -1) if reverse else range(T)
     active_all = None
@@ -53,35 +78,39 @@ def _padded_layer(cell, input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, w
         active_all = lengths.to(input.device).unsqueeze(0) > torch.arange(
             T, device=input.device).unsqueeze(1)  # [T, B]
     for t in steps:
-        h_new, c_new = _step(cell, input[t], h, c, weight_ih, weight_hh, bias_ih, bias_hh,
-                             weight_hr)
+        gi = F.linear(input[t], w["weight_ih"], w.get("bias_ih"))
+        gh = F.linear(state[0], w["weight_hh"], w.get("bias_hh"))
+        new = step(info.gates, gi, gh, state, w)
         if active_all is not None:
             active = active_all[t].unsqueeze(1)
-            h = torch.where(active, h_new, h)
-            if c is not None:
-                c = torch.where(active, c_new, c)
-            outs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+            state = [torch.where(active, n, s) for n, s in zip(new, state)]
+            outs[t] = torch.where(active, new[0], torch.zeros_like(new[0]))
         else:
-            h, c = h_new, c_new
-            outs[t] = h_new
-    out = torch.stack(outs, 0) if T > 0 else input.new_zeros(0, B, S)
-    return out, h, c
+            state = new
+            outs[t] = new[0]
+    out = torch.stack(outs, 0) if T > 0 else input.new_zeros(0, B, P or H)
+    return out, state
 
 
-def layer(cell: str, input: torch.Tensor, hx: Optional[torch.Tensor], cx: Optional[torch.Tensor],
-          weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias_ih: Optional[torch.Tensor],
-          bias_hh: Optional[torch.Tensor], weight_hr: Optional[torch.Tensor] = None,
-          lengths: Optional[torch.Tensor] = None, reverse: bool = False
-          ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """One layer, one direction: (output, h_T, c_T or None), as :func:`rnnfast.ops.layer`.
+def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]],
+          weights: Sequence[torch.Tensor], lengths: Optional[torch.Tensor] = None,
+          reverse: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """One layer, one direction: (output, final states), as :func:`rnnfast.ops.layer`.
 
-    ``input`` is [T, B, I], or the packed rows [N, I] of a PackedSequence with their
-    non-increasing ``lengths``. With ``lengths``, steps past a sequence's end leave its state
-    unchanged and give zero output rows; the reverse direction starts at each sequence's end.
+    ``state`` is None or [] (zeros) or the cell's initial states ([h] or [h, c]); ``weights``
+    the layer's parameters in the ops' order (weight_ih, weight_hh[, bias_ih, bias_hh]
+    [, weight_hr]). ``input`` is [T, B, I], or the packed rows [N, I] of a PackedSequence with
+    their non-increasing ``lengths``. With ``lengths``, steps past a sequence's end leave its
+    state unchanged and give zero output rows; the reverse direction starts at each sequence's
+    end.
     """
+    info = _cells.cell(cell)
+    step = _step_of(info)
+    state = list(state) if state is not None else []
+    _cells.check_state(info, state)
+    w = dict(zip(_cells.weight_names(info, len(weights)), weights))
     if input.dim() != 2:
-        return _padded_layer(cell, input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh,
-                             weight_hr, lengths, reverse)
+        return _padded_layer(info, step, input, state, w, lengths, reverse)
     if lengths is None:
         raise RuntimeError("rnnfast: a packed 2-D input needs lengths (the sequence lengths, "
                            "non-increasing)")
@@ -96,42 +125,41 @@ def layer(cell: str, input: torch.Tensor, hx: Optional[torch.Tensor], cx: Option
         raise RuntimeError(f"rnnfast: a packed input of {input.shape[0]} rows needs lengths "
                            f"summing to that, got sum(lengths) = {tt.numel()}")
     padded = input.new_zeros(T, B, input.shape[1]).index_put((tt, bb), input)
-    out, h, c = _padded_layer(cell, padded, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh,
-                              weight_hr, lengths, reverse)
-    return out[tt, bb], h, c
+    out, final = _padded_layer(info, step, padded, state, w, lengths, reverse)
+    return out[tt, bb], final
 
 
 def layer_backward(cell: str, reverse: bool, grad_output: Optional[torch.Tensor],
-                   grad_hy: Optional[torch.Tensor], grad_cy: Optional[torch.Tensor],
-                   input: torch.Tensor, hx: Optional[torch.Tensor], cx: Optional[torch.Tensor],
-                   weight_ih: torch.Tensor, weight_hh: torch.Tensor,
-                   bias_ih: Optional[torch.Tensor], bias_hh: Optional[torch.Tensor],
-                   weight_hr: Optional[torch.Tensor], lengths: Optional[torch.Tensor]
-                   ) -> List[Optional[torch.Tensor]]:
+                   grad_state: Sequence[Optional[torch.Tensor]], input: torch.Tensor,
+                   state: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                   lengths: Optional[torch.Tensor]
+                   ) -> Tuple[Optional[torch.Tensor], List[Optional[torch.Tensor]],
+                              List[Optional[torch.Tensor]]]:
     """Gradients of one layer op, themselves differentiable (for ``create_graph=True``).
 
-    Called by the fused ops' autograd (csrc/torch/autograd.cpp) when autograd records the
+    Called by the fused op's autograd (csrc/torch/autograd.cpp) when autograd records the
     backward pass: the forward is recomputed with this module's loop and differentiated with
     ``create_graph=True``, so the gradients depend differentiably on the forward's inputs
-    and on the incoming gradients. Returns the gradients of (input, hx, cx, weight_ih,
-    weight_hh, bias_ih, bias_hh, weight_hr): None for a tensor that needs none.
+    and on the incoming gradients. ``grad_state`` holds the gradient of each final state (None
+    where there is none); ``state`` is the given initial states ([] for zeros). Returns
+    (grad_input, one gradient per tensor of ``state``, one per weight): None for a tensor that
+    needs none.
     """
-    inputs = [input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr]
-    wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+    state, weights = list(state), list(weights)
+    inputs = [input] + state + weights
+    wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
     result: List[Optional[torch.Tensor]] = [None] * len(inputs)
-    if not wanted:
-        return result
-    with torch.enable_grad():
-        out, hy, cy = layer(cell, input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh,
-                            weight_hr, lengths, reverse)
-        pairs = [(o, g) for o, g in ((out, grad_output), (hy, grad_hy), (cy, grad_cy))
-                 if o is not None and g is not None]
-        if pairs:
-            grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
-                                        [g for _, g in pairs], create_graph=True,
-                                        allow_unused=True)
-        else:
-            grads = [None] * len(wanted)
-    for i, g in zip(wanted, grads):
-        result[i] = g if g is not None else torch.zeros_like(inputs[i])
-    return result
+    if wanted:
+        with torch.enable_grad():
+            out, final = layer(cell, input, state, weights, lengths, reverse)
+            pairs = [(o, g) for o, g in zip([out] + final, [grad_output] + list(grad_state))
+                     if g is not None]
+            if pairs:
+                grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                            [g for _, g in pairs], create_graph=True,
+                                            allow_unused=True)
+            else:
+                grads = [None] * len(wanted)
+        for i, g in zip(wanted, grads):
+            result[i] = g if g is not None else torch.zeros_like(inputs[i])
+    return result[0], result[1:1 + len(state)], result[1 + len(state):]

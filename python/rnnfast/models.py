@@ -21,12 +21,14 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from . import _cells
 from .modules import GRU, LSTM
 
 __all__ = ["RNNLM", "detach_state", "save_lm", "load_lm"]
 
 State = Union[Tensor, Tuple[Tensor, Tensor]]
 
+# the cells the model offers: rnnfast's module and torch's twin for each
 _CELLS = {"lstm": (LSTM, nn.LSTM), "gru": (GRU, nn.GRU)}
 _BACKENDS = ("rnnfast", "torch")
 
@@ -150,7 +152,7 @@ class RNNLM(nn.Module):
         shape = (self.num_layers, batch_size, self.hidden_size)
         kw = dict(device=p.device if device is None else device,
                   dtype=p.dtype if dtype is None else dtype)
-        if self.cell == "lstm":
+        if _cells.DESCRIPTIONS[self.cell].cell_state:
             return torch.zeros(shape, **kw), torch.zeros(shape, **kw)
         return torch.zeros(shape, **kw)
 

@@ -22,10 +22,8 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _C, _reference, ops
+from . import _C, _cells, _reference, ops
 
-_MODE_TO_CELL = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
-_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _warned_devices = set()
 
 
@@ -78,8 +76,10 @@ class RNNBase(nn.Module):
                  dtype=None) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
-        if mode not in _MODE_TO_CELL:
+        # torch's mode names the cell: "LSTM", "GRU", "RNN_TANH", "RNN_RELU"
+        if not isinstance(mode, str) or mode.lower() not in _cells.DESCRIPTIONS:
             raise ValueError(f"Unrecognized RNN mode: {mode}")
+        cell = _cells.DESCRIPTIONS[mode.lower()]
         if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
                 or not 0 <= dropout <= 1):
             raise ValueError(
@@ -105,6 +105,10 @@ class RNNBase(nn.Module):
             raise ValueError(
                 f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
                 f"and hidden_size={hidden_size}")
+        if proj_size > 0 and not cell.projection:
+            takes = [n.upper() for n, c in _cells.DESCRIPTIONS.items() if c.projection]
+            raise ValueError(f"proj_size argument is only supported for {', '.join(takes)}, "
+                             f"not {mode}")
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero "
@@ -121,31 +125,32 @@ class RNNBase(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         num_directions = 2 if bidirectional else 1
-        gate_size = _GATES[mode] * hidden_size
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
 
+        # the layer's parameters as the C++ core lists them (names, order, shapes, presence)
+        params = _cells.params_of(bias, proj_size > 0)
         self._flat_weights_names: List[str] = []
         self._all_weights: List[List[str]] = []
         for layer in range(num_layers):
+            layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
+            sizes = _cells.extent_sizes(cell, layer_input_size, hidden_size, proj_size)
             for direction in range(num_directions):
-                layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
                 suffix = "_reverse" if direction == 1 else ""
-                params = [
-                    (f"weight_ih_l{layer}{suffix}", (gate_size, layer_input_size)),
-                    (f"weight_hh_l{layer}{suffix}", (gate_size, real_hidden_size)),
-                ]
-                if bias:
-                    params += [(f"bias_ih_l{layer}{suffix}", (gate_size,)),
-                               (f"bias_hh_l{layer}{suffix}", (gate_size,))]
-                if proj_size > 0:
-                    params += [(f"weight_hr_l{layer}{suffix}", (proj_size, hidden_size))]
-                for name, shape in params:
-                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
-                names = [name for name, _ in params]
+                names = []
+                for p in params:
+                    name = f"{p.name}_l{layer}{suffix}"
+                    setattr(self, name, nn.Parameter(
+                        torch.empty(_cells.param_shape(p, sizes), **factory_kwargs)))
+                    names.append(name)
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
         self._init_flat_weights()
         self.reset_parameters()
+
+    @property
+    def _cell(self) -> _cells.Cell:
+        """The description of this module's cell (torch's mode names it)."""
+        return _cells.DESCRIPTIONS[self.mode.lower()]
 
     # --- the nn.RNNBase surface -------------------------------------------------------------
 
@@ -248,7 +253,7 @@ class RNNBase(nn.Module):
 
     def check_forward_args(self, input: Tensor, hidden, batch_sizes: Optional[Tensor]) -> None:
         self.check_input(input, batch_sizes)
-        if self.mode == "LSTM":
+        if self._cell.cell_state:
             self.check_hidden_size(hidden[0], self.get_expected_hidden_size(input, batch_sizes),
                                    "Expected hidden[0] size {}, got {}")
             self.check_hidden_size(hidden[1], self.get_expected_cell_size(input, batch_sizes),
@@ -262,7 +267,7 @@ class RNNBase(nn.Module):
     def permute_hidden(self, hx, permutation: Optional[Tensor]):
         if permutation is None:
             return hx
-        if self.mode == "LSTM":
+        if self._cell.cell_state:
             return _apply_permutation(hx[0], permutation), _apply_permutation(hx[1], permutation)
         return _apply_permutation(hx, permutation)
 
@@ -273,7 +278,7 @@ class RNNBase(nn.Module):
         size = self.proj_size if self.proj_size > 0 else self.hidden_size
         h = torch.zeros(self.num_layers * num_directions, batch, size, dtype=input.dtype,
                         device=input.device)
-        if self.mode != "LSTM":
+        if not self._cell.cell_state:
             return h
         c = torch.zeros(self.num_layers * num_directions, batch, self.hidden_size,
                         dtype=input.dtype, device=input.device)
@@ -283,39 +288,33 @@ class RNNBase(nn.Module):
         """Runs every layer and direction over time-major x: [T, B, I], or packed rows [N, I]
         (PackedSequence.data) with their non-increasing lengths (CPU). hx None: zero initial
         states (the ops start from zeros without a state tensor)."""
-        cell = _MODE_TO_CELL[self.mode]
-        is_lstm = self.mode == "LSTM"
-        h0, c0 = (hx if is_lstm else (hx, None)) if hx is not None else (None, None)
+        cell = self._cell
+        # the initial states, stacked: (h0,) or (h0, c0), each [layers * directions, B, *]
+        stacked = None if hx is None else tuple(hx) if cell.cell_state else (hx,)
         run = _layer_fn(x.device)
         num_directions = 2 if self.bidirectional else 1
-        hs, cs = [], []
+        finals = []
         for layer in range(self.num_layers):
             outs = []
             for direction in range(num_directions):
                 idx = layer * num_directions + direction
-                # _all_weights holds (w_ih, w_hh[, b_ih, b_hh][, w_hr]) per (layer, direction)
-                w = [getattr(self, name) for name in self._all_weights[idx]]
-                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
-                w_hr = w[-1] if self.proj_size > 0 else None
-                out, h, c = run(cell, x, h0[idx] if h0 is not None else None,
-                                c0[idx] if c0 is not None else None, w[0], w[1], b_ih, b_hh,
-                                w_hr, lengths, direction == 1)
+                # _all_weights lists the layer's parameters in the ops' weights order
+                weights = [getattr(self, name) for name in self._all_weights[idx]]
+                state = [s[idx] for s in stacked] if stacked is not None else []
+                out, final = run(cell.name, x, state, weights, lengths, direction == 1)
                 outs.append(out)
-                hs.append(h)
-                cs.append(c)
+                finals.append(final)
             x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
         # stacked copies even for one (layer, direction): a view would refuse an in-place
         # h_n.detach_(), which truncated-BPTT code calls on nn.LSTM's states
-        h_n = torch.stack(hs, 0)
-        if is_lstm:
-            return x, (h_n, torch.stack(cs, 0))
-        return x, h_n
+        states = [torch.stack(per_state, 0) for per_state in zip(*finals)]
+        return x, (tuple(states) if cell.cell_state else states[0])
 
     def forward(self, input, hx=None):
         name = "RNN" if self.mode.startswith("RNN") else self.mode
-        is_lstm = self.mode == "LSTM"
+        paired = self._cell.cell_state   # the state is a tuple (h, c)
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             _check_batch_sizes(data, batch_sizes)
@@ -347,20 +346,20 @@ class RNNBase(nn.Module):
         if not is_batched:
             input = input.unsqueeze(batch_dim)
         if hx is not None:
-            states = hx if is_lstm else (hx,)
-            if is_lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            states = hx if paired else (hx,)
+            if paired and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
                 # torch fails here with a RuntimeError about hx's rank; same type, plainer words
                 got = type(hx).__name__ if not isinstance(hx, Tensor) else f"a {hx.dim()}-D tensor"
-                raise RuntimeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {got}")
+                raise RuntimeError(f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got {got}")
             want = 3 if is_batched else 2
             if any(s.dim() != want for s in states):
                 dims = ", ".join(f"{s.dim()}-D" for s in states)
-                what = "hx and cx" if is_lstm else "hx"
+                what = "hx and cx" if paired else "hx"
                 kind = "batched 3-D" if is_batched else "unbatched 2-D"
                 raise RuntimeError(
                     f"For {kind} input, {what} should also be {want}-D but got ({dims}) tensors")
             if not is_batched:
-                hx = tuple(s.unsqueeze(1) for s in states) if is_lstm else hx.unsqueeze(1)
+                hx = tuple(s.unsqueeze(1) for s in states) if paired else hx.unsqueeze(1)
         if input.size(1 - batch_dim) == 0:
             raise RuntimeError(
                 f"{name}: input has no time steps (sequence length 0, input shape "
@@ -378,7 +377,7 @@ class RNNBase(nn.Module):
             out = out.transpose(0, 1)
         if not is_batched:
             out = out.squeeze(batch_dim)
-            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if is_lstm else hidden.squeeze(1)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if paired else hidden.squeeze(1)
         return out, hidden
 
 
@@ -429,8 +428,8 @@ class RNN(RNNBase):
 class RNNCellBase(nn.Module):
     """Shared machinery of :class:`LSTMCell`, :class:`GRUCell` and :class:`RNNCell`."""
 
-    _cell = "lstm"
-    _chunks = 4
+    # The cell whose description gives the parameters (names, order, shapes).
+    _cell_name = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
                  dtype=None) -> None:
@@ -439,15 +438,15 @@ class RNNCellBase(nn.Module):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        gates = self._chunks * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty((gates, input_size), **factory_kwargs))
-        self.weight_hh = nn.Parameter(torch.empty((gates, hidden_size), **factory_kwargs))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(gates, **factory_kwargs))
-            self.bias_hh = nn.Parameter(torch.empty(gates, **factory_kwargs))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        cell = _cells.DESCRIPTIONS[self._cell_name]
+        sizes = _cells.extent_sizes(cell, input_size, hidden_size, 0)
+        # a cell takes no projection; without bias, torch registers the biases as None
+        for p in _cells.params_of(True, False):
+            if p.presence == "bias" and not bias:
+                self.register_parameter(p.name, None)
+            else:
+                setattr(self, p.name, nn.Parameter(
+                    torch.empty(_cells.param_shape(p, sizes), **factory_kwargs)))
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -501,18 +500,25 @@ class RNNCellBase(nn.Module):
                     f"({dtype})")
         return ndim == 2
 
-    def _step(self, input: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], cell: str):
+    def _step(self, input: Tensor, states: List[Optional[Tensor]], cell: str) -> List[Tensor]:
+        """One fused step of ``cell`` from the given states ([h] or [h, c]; all None: zeros, a
+        single None: zeros for that state); returns the new states."""
         run = ops.layer if input.is_cpu else _layer_fn(input.device)
-        _, h, c = run(cell, input.unsqueeze(0), hx, cx, self.weight_ih, self.weight_hh,
-                      self.bias_ih, self.bias_hh, None, None, False)
-        return h, c
+        if all(s is None for s in states):
+            states = []
+        elif any(s is None for s in states):
+            given = next(s for s in states if s is not None)
+            states = [s if s is not None else given.new_zeros(input.shape[0], self.hidden_size)
+                      for s in states]
+        weights = [getattr(self, p.name) for p in _cells.params_of(self.bias, False)]
+        _, final = run(cell, input.unsqueeze(0), states, weights, None, False)
+        return final
 
 
 class LSTMCell(RNNCellBase):
     """Drop-in for :class:`torch.nn.LSTMCell`: one fused step."""
 
-    _cell = "lstm"
-    _chunks = 4
+    _cell_name = "lstm"
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
         h0, c0 = hx if hx is not None else (None, None)
@@ -521,7 +527,7 @@ class LSTMCell(RNNCellBase):
             input = input.unsqueeze(0)
             h0 = h0.unsqueeze(0) if h0 is not None else None
             c0 = c0.unsqueeze(0) if c0 is not None else None
-        h, c = self._step(input, h0, c0, "lstm")
+        h, c = self._step(input, [h0, c0], "lstm")
         if not batched:
             return h.squeeze(0), c.squeeze(0)
         return h, c
@@ -530,22 +536,23 @@ class LSTMCell(RNNCellBase):
 class GRUCell(RNNCellBase):
     """Drop-in for :class:`torch.nn.GRUCell`: one fused step."""
 
-    _cell = "gru"
-    _chunks = 3
+    _cell_name = "gru"
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         batched = self._check(input, [("hidden", hx)], "GRUCell")
         if not batched:
             input = input.unsqueeze(0)
             hx = hx.unsqueeze(0) if hx is not None else None
-        h, _ = self._step(input, hx, None, "gru")
+        h, = self._step(input, [hx], "gru")
         return h if batched else h.squeeze(0)
 
 
 class RNNCell(RNNCellBase):
     """Drop-in for :class:`torch.nn.RNNCell` (``nonlinearity='tanh'`` or ``'relu'``)."""
 
-    _chunks = 1
+    # the parameters come from the tanh cell's description: torch accepts any nonlinearity
+    # here (and may have it changed later) and rejects an unknown one at forward
+    _cell_name = "rnn_tanh"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype=None) -> None:
@@ -559,5 +566,5 @@ class RNNCell(RNNCellBase):
         if not batched:
             input = input.unsqueeze(0)
             hx = hx.unsqueeze(0) if hx is not None else None
-        h, _ = self._step(input, hx, None, f"rnn_{self.nonlinearity}")
+        h, = self._step(input, [hx], f"rnn_{self.nonlinearity}")
         return h if batched else h.squeeze(0)

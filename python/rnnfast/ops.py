@@ -1,30 +1,37 @@
 """Typed wrappers over torch.ops.rnnfast.*: fake (meta) kernels, autocast; autograd is in C++.
 
-Every recurrent cell has one forward op over a whole sequence for one layer and
-one direction, and its backward op, with the same schema for every cell:
+One forward op runs one layer in one direction over a whole sequence, for every cell; one
+backward op gives its gradients. Their schemas name no cell and no parameter:
 
-    <cell>_layer(input[T,B,I], hx[B,S]?, cx[B,H]?, weight_ih[G*H,I], weight_hh[G*H,S],
-                 bias_ih[G*H]?, bias_hh[G*H]?, weight_hr[P,H]?, lengths[B] int64?,
-                 reverse, training) -> (output[T,B,S], hy[B,S], cy[B,H] or [0], workspace)
+    layer(cell, input[T,B,I], state, weights, lengths[B] int64?, reverse, training)
+        -> (output[T,B,S], state_out, workspace)
+    layer_backward(cell, grad_output?, grad_state, input, weights, lengths?, workspace,
+                   reverse) -> (grad_input, grad_state, grad_weights)
+
+``cell`` is one of :data:`CELLS` (their descriptions come from the C++ core, see
+:mod:`rnnfast._cells`). ``state`` is empty (zero initial states) or the cell's states:
+[h[B,S]] or, for a cell with a cell state (LSTM), [h[B,S], c[B,H]]; ``state_out`` holds the
+final states the same way. ``weights`` holds the layer's parameters in this order:
+weight_ih[G*H,I], weight_hh[G*H,S], then bias_ih[G*H], bias_hh[G*H] if it has biases, then
+weight_hr[P,H] if it has a projection (LSTM proj_size); S = P with a projection, else H, and G
+is the cell's number of gates. ``grad_state`` has one entry per state (each may be None) and
+``grad_weights`` one gradient per weight. ``training=True`` saves the activations backward
+needs in ``workspace``; with ``training=False`` it is empty.
 
 On CPU the input may also be packed, [N, I] with N = sum(lengths): the rows of the
 active (t, b) in PackedSequence.data order (time-major), with non-increasing lengths; the
 output (and workspace) are then packed the same way, [N, S].
-
-where <cell> is lstm, gru, rnn_tanh or rnn_relu, S = P if weight_hr is given
-(LSTM projection) else H, and G is 4, 3 or 1. ``training=True`` saves the
-activations backward needs in ``workspace``; with ``training=False`` it is empty.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.autograd.forward_ad as _fwad
 
 from . import _C  # noqa: F401  (loads the library that defines the ops)
-from . import _reference
+from . import _cells, _reference
 
 # Whether a run on a real GPU (bench/gpu_check.sh) verified the CUDA sources this extension
 # was built from: derived from the build's hash of those sources and the committed manifest of
@@ -55,18 +62,15 @@ def workspace_dtype(input: torch.Tensor) -> torch.dtype:
         return torch.float32
     return input.dtype
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+# The cells the ops take, and their gate counts, from the C++ description.
+CELLS = tuple(_cells.DESCRIPTIONS)
+GATES = {name: info.gates for name, info in _cells.DESCRIPTIONS.items()}
 
 
 def workspace_cols(cell: str, hidden: int, proj: int) -> int:
-    """Columns of the workspace a forward pass saves per (t, b); mirrors csrc/core."""
-    state = proj if proj > 0 else hidden
-    if cell == "lstm":
-        return (7 if proj > 0 else 6) * hidden + state
-    if cell == "gru":
-        return 5 * hidden
-    return 2 * hidden
+    """Columns of the workspace a forward pass saves per (t, b) (layout: csrc/core/cells.h)."""
+    return _cells.workspace_cols(_cells.cell(cell), hidden, proj)
 
 
 def _rows(input: torch.Tensor, lengths: Optional[torch.Tensor]) -> Tuple[tuple, int]:
@@ -84,63 +88,50 @@ def _rows(input: torch.Tensor, lengths: Optional[torch.Tensor]) -> Tuple[tuple, 
 # The innermost active torch.func transform, or None.
 _peek_functorch = torch._C._functorch.peek_interpreter_stack
 
-
-def _op(cell: str):
-    return getattr(torch.ops.rnnfast, f"{cell}_layer")
-
-
-def _register(cell: str) -> None:
-    name = f"rnnfast::{cell}_layer"
-
-    @torch.library.register_fake(name)
-    def _fake(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths,
-              reverse, training):
-        rows, B = _rows(input, lengths)
-        H = weight_ih.shape[0] // GATES[cell]
-        P = weight_hr.shape[0] if weight_hr is not None else 0
-        S = P if P > 0 else H
-        out = input.new_empty(rows + (S,))
-        hy = input.new_empty((B, S))
-        cy = input.new_empty((B, H)) if cell == "lstm" else input.new_empty((0,))
-        ws_dtype = workspace_dtype(input)
-        ws = (input.new_empty(rows + (workspace_cols(cell, H, P),), dtype=ws_dtype) if training
-              else input.new_empty((0,), dtype=ws_dtype))
-        return out, hy, cy, ws
-
-    @torch.library.register_fake(name + "_backward")
-    def _fake_backward(grad_output, grad_hy, grad_cy, input, weight_ih, weight_hh, weight_hr,
-                       lengths, workspace, reverse):
-        _, B = _rows(input, lengths)
-        H = weight_ih.shape[0] // GATES[cell]
-        P = weight_hr.shape[0] if weight_hr is not None else 0
-        S = P if P > 0 else H
-        return (
-            input.new_empty(input.shape),
-            input.new_empty((B, S)),
-            input.new_empty((B, H)) if cell == "lstm" else input.new_empty((0,)),
-            input.new_empty(weight_ih.shape),
-            input.new_empty(weight_hh.shape),
-            input.new_empty((weight_ih.shape[0],)),
-            input.new_empty((weight_ih.shape[0],)),
-            input.new_empty(weight_hr.shape) if P > 0 else input.new_empty((0,)),
-        )
-
-    # Autograd: registered in C++ (csrc/torch/autograd.cpp) under the Autograd key.
+# The forward op's overload, looked up once rather than through the packet on every call.
+_LAYER = torch.ops.rnnfast.layer.default
 
 
-for _cell in CELLS:
-    _register(_cell)
-    # Under autocast the fused ops run in float32 (they have no bf16/fp16 kernels): bf16/fp16
-    # inputs and states are cast up; float64 is left alone (autocast's own fp32 policy).
-    torch.library.register_autocast(f"rnnfast::{_cell}_layer", "cpu", torch.float32)
+@torch.library.register_fake("rnnfast::layer")
+def _fake(cell, input, state, weights, lengths, reverse, training):
+    info = _cells.cell(cell)
+    _cells.check_state(info, state)
+    w = dict(zip(_cells.weight_names(info, len(weights)), weights))
+    rows, B = _rows(input, lengths)
+    H, P = _cells.layer_sizes(info, w)
+    S = P if P > 0 else H
+    state_out = [input.new_empty(shape) for shape in _cells.state_shapes(info, B, H, P)]
+    ws_dtype = workspace_dtype(input)
+    ws = (input.new_empty(rows + (_cells.workspace_cols(info, H, P),), dtype=ws_dtype)
+          if training else input.new_empty((0,), dtype=ws_dtype))
+    return input.new_empty(rows + (S,)), state_out, ws
 
 
-def layer(cell: str, input: torch.Tensor, hx: Optional[torch.Tensor], cx: Optional[torch.Tensor],
-          weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias_ih: Optional[torch.Tensor],
-          bias_hh: Optional[torch.Tensor], weight_hr: Optional[torch.Tensor] = None,
-          lengths: Optional[torch.Tensor] = None, reverse: bool = False
-          ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """One layer, one direction over ``input`` [T, B, I]: returns (output, h_T, c_T or None).
+@torch.library.register_fake("rnnfast::layer_backward")
+def _fake_backward(cell, grad_output, grad_state, input, weights, lengths, workspace, reverse):
+    info = _cells.cell(cell)
+    w = dict(zip(_cells.weight_names(info, len(weights)), weights))
+    _, B = _rows(input, lengths)
+    H, P = _cells.layer_sizes(info, w)
+    return (input.new_empty(input.shape),
+            [input.new_empty(shape) for shape in _cells.state_shapes(info, B, H, P)],
+            [input.new_empty(t.shape) for t in weights])
+
+
+# Autograd: registered in C++ (csrc/torch/autograd.cpp) under the Autograd key.
+# Under autocast the fused ops run in float32 (they have no bf16/fp16 kernels): bf16/fp16
+# inputs, states and weights are cast up; float64 is left alone (autocast's own fp32 policy).
+torch.library.register_autocast("rnnfast::layer", "cpu", torch.float32)
+
+
+def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]],
+          weights: Sequence[torch.Tensor], lengths: Optional[torch.Tensor] = None,
+          reverse: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """One layer, one direction over ``input`` [T, B, I]: returns (output, final states).
+
+    ``state`` is None or [] for zero initial states, else the cell's states ([h] or [h, c]);
+    ``weights`` the layer's parameters in the ops' order (see the top of this module). The
+    final states come as a list the same way.
 
     Saves activations for backward only when autograd will need them. Under CUDA autocast
     the CUDA kernels run in the autocast dtype (float16 or bfloat16), as cuDNN's do.
@@ -150,22 +141,22 @@ def layer(cell: str, input: torch.Tensor, hx: Optional[torch.Tensor], cx: Option
     fused ops' autograd is a C++ ``torch::autograd::Function`` (kept in C++ for speed), which
     functorch refuses and which has no forward-mode derivative. Same results, slower.
     """
+    if state is None:
+        state = []
     if _fwad._current_level >= 0 or (not torch.compiler.is_compiling()
                                      and _peek_functorch() is not None):
-        return _reference.layer(cell, input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh,
-                                weight_hr, lengths, reverse)
+        return _reference.layer(cell, input, state, weights, lengths, reverse)
     if input.is_cuda and torch.is_autocast_enabled("cuda"):
         dt = torch.get_autocast_dtype("cuda")
 
         def cast(t):
-            return (t.to(dt) if t is not None and t.is_floating_point()
-                    and t.dtype != torch.float64 else t)
+            return t.to(dt) if t.is_floating_point() and t.dtype != torch.float64 else t
 
-        input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
-            cast(t) for t in (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
-    training = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad
-        for t in (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
-    out, hy, cy, _ = _op(cell)(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                               lengths, reverse, training)
-    return out, hy, (cy if cell == "lstm" else None)
+        input = cast(input)
+        state = [cast(t) for t in state]
+        weights = [cast(t) for t in weights]
+    training = torch.is_grad_enabled() and (
+        input.requires_grad or any(t.requires_grad for t in state)
+        or any(t.requires_grad for t in weights))
+    out, state_out, _ = _LAYER(cell, input, state, weights, lengths, reverse, training)
+    return out, state_out

@@ -36,53 +36,49 @@ at::ScalarType accumulate_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-const void* ptr_or_null(const c10::optional<at::Tensor>& t) {
-  return t ? t->data_ptr() : nullptr;
-}
+// The data of a tensor, or null where it is absent (undefined).
+void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 at::Tensor device_lengths(const c10::optional<at::Tensor>& lengths, const at::Device& device) {
   if (!lengths) return at::Tensor();
   return lengths->to(device, /*non_blocking=*/false);
 }
 
-template <core::Cell cell>
-ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tensor>& hx_,
-                         const c10::optional<at::Tensor>& cx_, const at::Tensor& w_ih_,
-                         const at::Tensor& w_hh_, const c10::optional<at::Tensor>& b_ih_,
-                         const c10::optional<at::Tensor>& b_hh_,
-                         const c10::optional<at::Tensor>& w_hr_,
+ForwardResult forward_op(c10::string_view cell_name, const at::Tensor& input_,
+                         at::TensorList state_, at::TensorList weights_,
                          const c10::optional<at::Tensor>& lengths_, bool reverse, bool training) {
-  const ForwardInputs f = prepare_forward(cell, input_, hx_, cx_, w_ih_, w_hh_, b_ih_, b_hh_,
-                                          w_hr_, lengths_, cuda_dtype_ok(input_), kDtypes,
+  const ForwardInputs f = prepare_forward(cell_name, input_, state_, weights_, lengths_,
+                                          cuda_dtype_ok(input_), kDtypes,
                                           /*allow_packed=*/false);
+  const core::CellInfo& cell = *f.cell;
   const Dims& d = f.d;
-  TORCH_CHECK(d.H > 0, "rnnfast::", cell_name(cell), ": the CUDA kernels need hidden_size > 0, "
-              "got weight_ih of shape ", f.w_ih.sizes());
+  TORCH_CHECK(d.H > 0, OpName{kForwardOp, cell.name}, ": the CUDA kernels need hidden_size > 0, "
+              "got weight_ih of shape ", f.params[kWeightIh].sizes());
   const c10::cuda::CUDAGuard guard(f.input.device());
   const auto opts = f.input.options();
   const auto acc_opts = opts.dtype(accumulate_dtype(f.input.scalar_type()));
   ForwardResult out = empty_outputs(cell, d, opts, acc_opts, training);
-  at::Tensor &y = std::get<0>(out), &hy = std::get<1>(out), &cy = std::get<2>(out),
-             &ws = std::get<3>(out);
+  at::Tensor &y = std::get<0>(out), &ws = std::get<2>(out);
+  const std::vector<at::Tensor>& state_out = std::get<1>(out);
   const at::Tensor lengths = device_lengths(f.lengths, f.input.device());
 
   kc::ForwardArgs a;
-  a.cell = cell;
+  a.cell = cell.id;
   a.dtype = to_core(f.input.scalar_type());
   a.T = d.T; a.B = d.B; a.I = d.I; a.H = d.H; a.P = d.P;
   a.x = f.input.data_ptr();
-  a.h0 = ptr_or_null(f.hx);
-  a.c0 = ptr_or_null(f.cx);
-  a.w_ih = f.w_ih.data_ptr();
-  a.w_hh = f.w_hh.data_ptr();
-  a.b_ih = ptr_or_null(f.b_ih);
-  a.b_hh = ptr_or_null(f.b_hh);
-  a.w_hr = ptr_or_null(f.w_hr);
+  a.h0 = ptr_or_null(f.state[kStateH]);
+  a.c0 = ptr_or_null(f.state[kStateC]);
+  a.w_ih = ptr_or_null(f.params[kWeightIh]);
+  a.w_hh = ptr_or_null(f.params[kWeightHh]);
+  a.b_ih = ptr_or_null(f.params[kBiasIh]);
+  a.b_hh = ptr_or_null(f.params[kBiasHh]);
+  a.w_hr = ptr_or_null(f.params[kWeightHr]);
   a.lengths = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   a.reverse = reverse;
   a.y = y.data_ptr();
-  a.hy = hy.data_ptr();
-  a.cy = cell == core::Cell::LSTM ? cy.data_ptr() : nullptr;
+  a.hy = state_out[kStateH].data_ptr();
+  a.cy = cell.cell_state ? state_out[kStateC].data_ptr() : nullptr;
   a.ws = training ? ws.data_ptr() : nullptr;
   auto scratch = at::empty({static_cast<int64_t>(kc::forward_scratch_bytes(a))},
                            opts.dtype(at::kByte));
@@ -91,49 +87,58 @@ ForwardResult forward_op(const at::Tensor& input_, const c10::optional<at::Tenso
   return out;
 }
 
-c10::optional<at::Tensor> to_dtype(const c10::optional<at::Tensor>& t, at::ScalarType dt) {
-  if (!t) return c10::nullopt;
-  return t->to(dt).contiguous();
+at::Tensor to_dtype(const at::Tensor& t, at::ScalarType dt) {
+  return t.defined() ? t.to(dt).contiguous() : t;
 }
 
-template <core::Cell cell>
-BackwardResult backward_op(const c10::optional<at::Tensor>& grad_output,
-                           const c10::optional<at::Tensor>& grad_hy,
-                           const c10::optional<at::Tensor>& grad_cy, const at::Tensor& input_,
-                           const at::Tensor& w_ih_, const at::Tensor& w_hh_,
-                           const c10::optional<at::Tensor>& w_hr_,
+BackwardResult backward_op(c10::string_view cell_name,
+                           const c10::optional<at::Tensor>& grad_output,
+                           const c10::List<c10::optional<at::Tensor>>& grad_state,
+                           const at::Tensor& input_, at::TensorList weights_,
                            const c10::optional<at::Tensor>& lengths_,
                            const at::Tensor& workspace, bool reverse) {
   const bool ok = cuda_dtype_ok(input_);
   const auto dt = ok ? input_.scalar_type() : at::kFloat;
   const auto acc = accumulate_dtype(dt);
-  const BackwardInputs in = prepare_backward(cell, grad_output, grad_hy, grad_cy, input_, w_ih_,
-                                             w_hh_, w_hr_, lengths_, workspace, acc, ok, kDtypes,
+  const BackwardInputs in = prepare_backward(cell_name, grad_output, grad_state, input_,
+                                             weights_, lengths_, workspace, acc, ok, kDtypes,
                                              /*allow_packed=*/false);
+  const core::CellInfo& cell = *in.cell;
   const Dims& d = in.d;
-  TORCH_CHECK(d.H > 0, "rnnfast::", cell_name(cell), "_backward: the CUDA kernels need "
-              "hidden_size > 0, got weight_ih of shape ", in.w_ih.sizes());
+  TORCH_CHECK(d.H > 0, OpName{kBackwardOp, cell.name}, ": the CUDA kernels need "
+              "hidden_size > 0, got weight_ih of shape ", in.params[kWeightIh].sizes());
   const c10::cuda::CUDAGuard guard(in.input.device());
   // The backward pass runs in the accumulation type: 16-bit tensors go up to
   // float32 here and the gradients come back down at the end.
   const auto x = in.input.to(acc).contiguous();
-  const auto w_ih = in.w_ih.to(acc).contiguous();
-  const auto w_hh = in.w_hh.to(acc).contiguous();
-  const auto w_hr = to_dtype(in.w_hr, acc);
-  const auto gy = to_dtype(in.gy, acc);
-  const auto ghy = to_dtype(in.ghy, acc);
-  const auto gcy = to_dtype(in.gcy, acc);
+  const auto w_ih = to_dtype(in.params[kWeightIh], acc);
+  const auto w_hh = to_dtype(in.params[kWeightHh], acc);
+  const auto w_hr = to_dtype(in.params[kWeightHr], acc);
+  const auto gy = to_dtype(in.grad_output, acc);
+  const auto ghy = to_dtype(in.grad_state[kStateH], acc);
+  const auto gcy = to_dtype(in.grad_state[kStateC], acc);
   const at::Tensor lengths = device_lengths(in.lengths, in.input.device());
-  Grads g = empty_grads(cell, d, in.input.options().dtype(acc));
+  const auto acc_opts = in.input.options().dtype(acc);
+  BackwardResult g = empty_grads(cell, d, acc_opts);
+  at::Tensor& dx = std::get<0>(g);
+  std::vector<at::Tensor>& dstate = std::get<1>(g);
+  std::vector<at::Tensor>& dweights = std::get<2>(g);
+  // The CUDA kernels write both bias gradients always: without biases they go to scratch.
+  const at::Tensor no_bias_grad =
+      d.layout.bias ? at::Tensor() : at::empty({2, d.G * d.H}, acc_opts);
+  auto bias_grad = [&](int index, int row) {
+    return d.layout.bias ? grad_of(dweights, d.layout, index).data_ptr()
+                         : no_bias_grad[row].data_ptr();
+  };
 
   kc::BackwardArgs a;
-  a.cell = cell;
+  a.cell = cell.id;
   a.dtype = acc == at::kDouble ? kc::DType::F64 : kc::DType::F32;
   a.tf32 = dt == at::kHalf || dt == at::kBFloat16;
   a.T = d.T; a.B = d.B; a.I = d.I; a.H = d.H; a.P = d.P;
   a.x = x.data_ptr();
-  a.w_ih = w_ih.data_ptr();
-  a.w_hh = w_hh.data_ptr();
+  a.w_ih = ptr_or_null(w_ih);
+  a.w_hh = ptr_or_null(w_hh);
   a.w_hr = ptr_or_null(w_hr);
   a.lengths = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   a.reverse = reverse;
@@ -141,23 +146,24 @@ BackwardResult backward_op(const c10::optional<at::Tensor>& grad_output,
   a.dy = ptr_or_null(gy);
   a.dhy = ptr_or_null(ghy);
   a.dcy = ptr_or_null(gcy);
-  a.dx = g.dx.data_ptr();
-  a.dh0 = g.dh0.data_ptr();
-  a.dc0 = cell == core::Cell::LSTM ? g.dc0.data_ptr() : nullptr;
-  a.dw_ih = g.dw_ih.data_ptr();
-  a.dw_hh = g.dw_hh.data_ptr();
-  a.db_ih = g.db_ih.data_ptr();
-  a.db_hh = g.db_hh.data_ptr();
-  a.dw_hr = d.P > 0 ? g.dw_hr.data_ptr() : nullptr;
+  a.dx = dx.data_ptr();
+  a.dh0 = dstate[kStateH].data_ptr();
+  a.dc0 = cell.cell_state ? dstate[kStateC].data_ptr() : nullptr;
+  a.dw_ih = ptr_or_null(grad_of(dweights, d.layout, kWeightIh));
+  a.dw_hh = ptr_or_null(grad_of(dweights, d.layout, kWeightHh));
+  a.db_ih = bias_grad(kBiasIh, 0);
+  a.db_hh = bias_grad(kBiasHh, 1);
+  a.dw_hr = ptr_or_null(grad_of(dweights, d.layout, kWeightHr));
   auto scratch = at::empty({static_cast<int64_t>(kc::backward_scratch_bytes(a))},
                            in.input.options().dtype(at::kByte));
   kc::layer_backward(a, scratch.data_ptr(), at::cuda::getCurrentCUDAStream(),
                      at::cuda::getCurrentCUDABlasHandle());
   if (acc != dt) {
-    for (at::Tensor* t : {&g.dx, &g.dh0, &g.dc0, &g.dw_ih, &g.dw_hh, &g.db_ih, &g.db_hh, &g.dw_hr})
-      *t = t->to(dt);
+    dx = dx.to(dt);
+    for (at::Tensor& t : dstate) t = t.to(dt);
+    for (at::Tensor& t : dweights) t = t.to(dt);
   }
-  return g.tuple();
+  return g;
 }
 
 }  // namespace
