@@ -98,8 +98,9 @@ class CoupledLSTMReference(nn.Module):
                 cs.append(c)
             x = torch.cat(outs, dim=-1)
         hn = (torch.stack(hs), torch.stack(cs))
-        if packed:
-            return pack_padded_sequence(x, lengths, enforce_sorted=False), hn
+        if packed:  # packed as the input was (sorted, or with its sorting permutation)
+            return pack_padded_sequence(x, lengths,
+                                        enforce_sorted=input.sorted_indices is None), hn
         return (x.transpose(0, 1) if self.batch_first else x), hn
 
 
