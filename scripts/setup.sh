@@ -65,8 +65,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     fi
   fi
 fi
+# onnx + onnxruntime: the second oracle of the coupled-gate LSTM (ONNX LSTM input_forget=1)
 pip_install pybind11 ninja numpy pytest pytest-benchmark hypothesis tqdm matplotlib \
-  transformers==5.24.0 setuptools wheel
+  transformers==5.24.0 onnx==1.23.2 onnxruntime==1.32.0 setuptools wheel
 
 if [ "$PIP_MODE" = --dry-run ]; then
   echo "setup.sh: dry run: would build and install rnnfast with:" \

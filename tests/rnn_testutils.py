@@ -39,6 +39,28 @@ CELL_KINDS: Dict[str, tuple] = {
 }
 CELL_KIND_NAMES = list(CELL_KINDS)
 
+# The modules that run each op cell: (torch.nn class name or None when torch has no such cell,
+# rnnfast class name, constructor kwargs).
+CELL_MODULES: Dict[str, tuple] = {
+    "lstm": ("LSTM", "LSTM", {}),
+    "gru": ("GRU", "GRU", {}),
+    "rnn_tanh": ("RNN", "RNN", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("RNN", "RNN", {"nonlinearity": "relu"}),
+    "lstm_coupled": (None, "LSTM", {"coupled_gates": True}),
+}
+
+
+def modules_for_cell(cell: str) -> List[tuple]:
+    """[(class, kwargs)] of the modules that run the op cell `cell`: rnnfast's, and torch's
+    twin where torch has the cell."""
+    torch_name, fast_name, kw = CELL_MODULES[cell]
+    out = [(getattr(rnnfast, fast_name), kw)]
+    if torch_name is not None:
+        out.append((getattr(nn, torch_name), {k: v for k, v in kw.items()
+                                              if k != "coupled_gates"}))
+    return out
+
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Tolerances required by the project: float64 atol 1e-9 (rtol 0), float32 atol 3e-5.

@@ -20,6 +20,7 @@ import torch
 
 import rnnfast
 from rnnfast import _cells, _reference
+from rnn_testutils import modules_for_cell
 
 # every cell, and with a projection (P = 3) each cell that takes one
 CELLS = [(c, 0) for c in rnnfast.ops.CELLS] + [
@@ -208,9 +209,8 @@ def test_empty_sequence_raises_in_the_raw_op_as_in_the_modules(cell, P):
         for training in (False, True):
             with pytest.raises(RuntimeError, match="at least one time step"):
                 torch.ops.rnnfast.layer(cell, x, state, weights, lengths, False, training)
-    kind = {"lstm": "LSTM", "gru": "GRU"}.get(cell, "RNN")
-    kw = {"nonlinearity": cell[4:]} if kind == "RNN" else ({"proj_size": P} if P else {})
-    for cls in (getattr(torch.nn, kind), getattr(rnnfast, kind)):
+    for cls, kw in modules_for_cell(cell):
+        kw = {**kw, "proj_size": P} if P else kw
         with pytest.raises(RuntimeError):
             cls(5, 7, dtype=torch.float64, **kw)(torch.zeros(0, 4, 5, dtype=torch.float64))
 

@@ -80,6 +80,38 @@ struct Lstm : CellFacts<Cell::LSTM> {
   }
 };
 
+// The coupled input-forget gate LSTM (CIFG; Greff et al. 2017, "LSTM: A Search Space Odyssey";
+// ONNX LSTM with input_forget=1): gates i, g, o, and f = 1 - i.
+//   c_t = (1 - i) * c_{t-1} + i * g = c_{t-1} + i * (g - c_{t-1}),  h_t = o * tanh(c_t)
+struct CoupledLstm : CellFacts<Cell::LSTM_COUPLED> {
+  template <class V, class Step>
+  RNNFAST_HD static V forward(Step& s) {
+    const V i = V::sigmoid(s.pre(0)), g = V::tanh(s.pre(1)), o = V::sigmoid(s.pre(2));
+    const V c_prev = s.c_prev();
+    const V c = V::fmadd(i, g - c_prev, c_prev);
+    const V tc = V::tanh(c);
+    s.set_c(c);
+    s.save(0, i);
+    s.save(1, g);
+    s.save(2, o);
+    s.save(3, c_prev);
+    s.save(4, tc);
+    return o * tc;
+  }
+
+  template <class V, class Step>
+  RNNFAST_HD static V backward(Step& s, V dh) {
+    const V i = s.saved(0), g = s.saved(1), o = s.saved(2), c_prev = s.saved(3), tc = s.saved(4);
+    const V one = V::set1(1);
+    const V dc = V::fmadd(dh * o, one - tc * tc, s.dc());
+    s.set_dc(dc * (one - i));
+    s.set_dpre(0, dc * (g - c_prev) * i * (one - i));
+    s.set_dpre(1, dc * i * (one - g * g));
+    s.set_dpre(2, dh * tc * o * (one - o));
+    return V::set1(0);
+  }
+};
+
 // torch's GRU: gates r, z, n; n keeps its recurrent product apart, inside r * (...).
 //   n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)),  h_t = (1 - z) * n + z * h_{t-1}
 struct Gru : CellFacts<Cell::GRU> {

@@ -21,7 +21,8 @@ namespace core {
   X(LSTM, Lstm, "lstm", "i,f,g,o", 4, true, true, 0u, 6)                             \
   X(GRU, Gru, "gru", "r,z,n", 3, false, false, 1u << 2, 4)                           \
   X(RNN_TANH, TanhRnn, "rnn_tanh", "h", 1, false, false, 0u, 1)                      \
-  X(RNN_RELU, ReluRnn, "rnn_relu", "h", 1, false, false, 0u, 1)
+  X(RNN_RELU, ReluRnn, "rnn_relu", "h", 1, false, false, 0u, 1)                      \
+  X(LSTM_COUPLED, CoupledLstm, "lstm_coupled", "i,g,o", 3, true, true, 0u, 5)
 
 enum class Cell : int {
 #define RNNFAST_CELL_ENUM(id, ...) id,

@@ -34,6 +34,17 @@ def _lstm_step(gates, gi, gh, state, w):
     return [h, c]
 
 
+def _coupled_lstm_step(gates, gi, gh, state, w):
+    h, c = state
+    i, g, o = (gi + gh).chunk(gates, dim=-1)
+    i = torch.sigmoid(i)
+    c = (1 - i) * c + i * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    if w.get("weight_hr") is not None:
+        h = F.linear(h, w["weight_hr"])
+    return [h, c]
+
+
 def _gru_step(gates, gi, gh, state, w):
     h, = state
     xr, xz, xn = gi.chunk(gates, dim=-1)
@@ -53,6 +64,7 @@ _STEPS: Dict[str, Step] = {
     "gru": _gru_step,
     "rnn_tanh": functools.partial(_elman_step, torch.tanh),
     "rnn_relu": functools.partial(_elman_step, torch.relu),
+    "lstm_coupled": _coupled_lstm_step,
 }
 
 

@@ -73,13 +73,17 @@ class RNNBase(nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, device=None,
-                 dtype=None) -> None:
+                 dtype=None, *, cell: Optional[str] = None) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
-        # torch's mode names the cell: "LSTM", "GRU", "RNN_TANH", "RNN_RELU"
+        # torch's mode names the cell ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") unless a variant
+        # of it is named by `cell` (e.g. "lstm_coupled" for mode "LSTM")
         if not isinstance(mode, str) or mode.lower() not in _cells.DESCRIPTIONS:
             raise ValueError(f"Unrecognized RNN mode: {mode}")
-        cell = _cells.DESCRIPTIONS[mode.lower()]
+        cell = _cells.cell(cell if cell is not None else mode.lower())
+        if not cell.name.startswith(mode.lower()):
+            raise ValueError(f"cell {cell.name!r} is not a variant of mode {mode!r}")
+        self._cell_name = cell.name
         if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
                 or not 0 <= dropout <= 1):
             raise ValueError(
@@ -149,8 +153,9 @@ class RNNBase(nn.Module):
 
     @property
     def _cell(self) -> _cells.Cell:
-        """The description of this module's cell (torch's mode names it)."""
-        return _cells.DESCRIPTIONS[self.mode.lower()]
+        """The description of this module's cell."""
+        # modules pickled before the cell was stored have torch's mode's cell
+        return _cells.DESCRIPTIONS[self.__dict__.get("_cell_name") or self.mode.lower()]
 
     # --- the nn.RNNBase surface -------------------------------------------------------------
 
@@ -199,6 +204,8 @@ class RNNBase(nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
+        if self.__dict__.get("coupled_gates"):
+            s += ", coupled_gates=True"
         return s.format(**self.__dict__)
 
     def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
@@ -381,15 +388,27 @@ class RNNBase(nn.Module):
         return out, hidden
 
 
+def _coupled_cell(owner: str, coupled_gates) -> str:
+    """The LSTM cell of the `coupled_gates` argument (checked to be a bool)."""
+    _check_type(f"{owner}: coupled_gates", coupled_gates, bool, "bool")
+    return "lstm_coupled" if coupled_gates else "lstm"
+
+
 class LSTM(RNNBase):
     """Drop-in for :class:`torch.nn.LSTM` on rnnfast's fused kernels.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None)``
+    dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
+    coupled_gates=False)``
+
+    ``coupled_gates=True`` (rnnfast's own) couples the input and forget gates (CIFG: Greff et al.
+    2017, "LSTM: A Search Space Odyssey"; ONNX LSTM ``input_forget=1``): f = 1 - i, so the
+    weights and biases have 3 * hidden_size rows, in gate order i, g, o.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__("LSTM", *args, **kwargs)
+    def __init__(self, *args, coupled_gates: bool = False, **kwargs):
+        super().__init__("LSTM", *args, cell=_coupled_cell("LSTM", coupled_gates), **kwargs)
+        self.coupled_gates = coupled_gates
 
 
 class GRU(RNNBase):
@@ -432,12 +451,14 @@ class RNNCellBase(nn.Module):
     _cell_name = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
-                 dtype=None) -> None:
+                 dtype=None, *, cell: Optional[str] = None) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
+        if cell is not None:  # a variant of the class's cell
+            self._cell_name = _cells.cell(cell).name
         cell = _cells.DESCRIPTIONS[self._cell_name]
         sizes = _cells.extent_sizes(cell, input_size, hidden_size, 0)
         # a cell takes no projection; without bias, torch registers the biases as None
@@ -455,6 +476,8 @@ class RNNCellBase(nn.Module):
             s += ", bias={bias}"
         if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
             s += ", nonlinearity={nonlinearity}"
+        if self.__dict__.get("coupled_gates"):
+            s += ", coupled_gates=True"
         return s.format(**self.__dict__)
 
     def reset_parameters(self) -> None:
@@ -516,9 +539,16 @@ class RNNCellBase(nn.Module):
 
 
 class LSTMCell(RNNCellBase):
-    """Drop-in for :class:`torch.nn.LSTMCell`: one fused step."""
+    """Drop-in for :class:`torch.nn.LSTMCell`: one fused step. ``coupled_gates=True`` (rnnfast's
+    own) couples the input and forget gates, as for :class:`LSTM`."""
 
     _cell_name = "lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None, coupled_gates: bool = False) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype,
+                         cell=_coupled_cell("LSTMCell", coupled_gates))
+        self.coupled_gates = coupled_gates
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
         h0, c0 = hx if hx is not None else (None, None)
@@ -527,7 +557,7 @@ class LSTMCell(RNNCellBase):
             input = input.unsqueeze(0)
             h0 = h0.unsqueeze(0) if h0 is not None else None
             c0 = c0.unsqueeze(0) if c0 is not None else None
-        h, c = self._step(input, [h0, c0], "lstm")
+        h, c = self._step(input, [h0, c0], self._cell_name)
         if not batched:
             return h.squeeze(0), c.squeeze(0)
         return h, c
