@@ -220,6 +220,67 @@ constexpr bool apart_gate(int64_t k) {
   return (Math::kApartGates >> k) & 1u;
 }
 
+// Forward phase 1, the input projection: gx[row] = x[row] W_ih^T for the rows of every step
+// (all of them, or the active ones when the plan compacts rows: row active.offset(t) + b), in
+// one GEMM; nothing when the plan has the steps compute it. Returns the input rows (gathered
+// densely when compact), which the steps read when they compute it.
+template <class Real>
+const Real* input_projection(const ForwardArgs<Real>& a, const LayerPlan& plan,
+                             const ActivePrefix& active, int64_t GH, const Executor& ex,
+                             Buffer<Real>& x_compact, Real* gx) {
+  const int64_t T = a.T, B = a.B, I = a.I;
+  const bool gather = plan.compact_rows && !a.packed;
+  const int64_t rows = plan.compact_rows ? active.total(T) : T * B;
+  if (gather) {
+    x_compact.reset(rows * I);
+    ActiveRows(a.lengths, B, T).gather(ex, a.x, I, I, x_compact.get());
+  }
+  const Real* x = gather ? x_compact.get() : a.x;
+  if (plan.weights_in_place || plan.input_in_steps) return x;  // the steps compute gx
+  if (rows <= 8)  // a few rows: not worth packing W_ih
+    gemm_dot<Real>(rows, GH, I, x, I, a.w_ih, I, gx, GH, /*acc=*/false);
+  else
+    gemm<Real>(ex, rows, GH, I, x, I, 1, a.w_ih, I, /*b_trans=*/true, gx, GH,
+               /*accumulate=*/false);
+  return x;
+}
+
+// The weights as the step GEMMs read them (LayerPlan::weights_in_place: none packed).
+template <class Real>
+struct PackedWeights {
+  // W_hh^T per gate: panel (gate k, strip s) holds columns k*H + s*NR .. +NR of W_hh^T, i.e.
+  // rows of W_hh, as [S, NR]; W_ih^T the same way ([I, NR] panels) if the steps project the
+  // input; W_hr^T as [H, NR] panels.
+  Buffer<Real> w_hh, w_ih, w_hr;
+};
+
+// Forward phase 2: packs the weights once per call.
+template <class Real>
+void pack_weights(const ForwardArgs<Real>& a, const LayerPlan& plan, int64_t G,
+                  const Executor& ex, PackedWeights<Real>& w) {
+  if (plan.weights_in_place) return;
+  constexpr int NR = kNR<Real>;
+  const int64_t I = a.I, H = a.H, P = a.P, S = P > 0 ? P : H;
+  const int64_t hidden_strips = ceil_div(H, NR), proj_strips = P > 0 ? ceil_div(P, NR) : 0;
+  w.w_hh.reset(G * hidden_strips * S * NR);
+  if (plan.input_in_steps) w.w_ih.reset(G * hidden_strips * I * NR);
+  parallel_for(ex, G * hidden_strips, plan.parallel, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t k = i / hidden_strips, s = i % hidden_strips;
+      pack_b(a.w_hh + k * H * S, S, true, 0, S, 0, H, w.w_hh.get() + k * hidden_strips * S * NR,
+             s, s + 1);
+      if (plan.input_in_steps)
+        pack_b(a.w_ih + k * H * I, I, true, 0, I, 0, H, w.w_ih.get() + k * hidden_strips * I * NR,
+               s, s + 1);
+    }
+  });
+  if (P > 0) {
+    w.w_hr.reset(proj_strips * H * NR);
+    pack_b(a.w_hr, H, true, 0, H, 0, P, w.w_hr.get(), 0, proj_strips);
+  }
+}
+
+// One layer forward: plan, input projection, weight packing, then the step loop (phase 3).
 template <class Math, class Real>
 void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
   constexpr int NR = kNR<Real>;
@@ -242,53 +303,31 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
   const ActivePrefix active(a.lengths, B, T);
   const bool packed = a.packed;
   const bool compact = plan.compact_rows;
-  const int64_t x_rows = compact ? active.total(T) : T * B;
-  Buffer<Real> x_compact(compact && !packed ? x_rows * I : 0);
-  if (compact && !packed) ActiveRows(a.lengths, B, T).gather(ex, a.x, I, I, x_compact.get());
-  const Real* const x_rows_in = compact && !packed ? x_compact.get() : a.x;
   // First row of step t in y and ws (of every row of it, or of its active ones if packed).
   auto row0 = [&](int64_t t) { return packed ? active.offset(t) : t * B; };
-
-  // 1. gx[t, b] = x[t, b] W_ih^T, all steps at once, unless the plan has the steps compute
-  //    it. The biases (b_ih and the part of b_hh that folds in) are added by the steps.
   const bool in_place = plan.weights_in_place;
   const bool input_in_steps = plan.input_in_steps;
   const bool step_input = in_place || input_in_steps;
-  Buffer<Real> gx(step_input ? B * GH : x_rows * GH), bias(GH);
+
+  // 1. x W_ih^T for every step (or, in the steps, one step at a time). The biases (b_ih and
+  //    the part of b_hh that folds in) are added by the steps.
+  const int64_t x_rows = compact ? active.total(T) : T * B;
+  Buffer<Real> gx(step_input ? B * GH : x_rows * GH), bias(GH), x_compact;
   for (int64_t n = 0; n < GH; ++n)
     bias.get()[n] = (a.b_ih ? a.b_ih[n] : Real(0)) +
                     (a.b_hh && !apart_gate<Math>(n / H) ? a.b_hh[n] : Real(0));
-  if (step_input) {
-    // computed by the steps
-  } else if (x_rows <= 8) {  // a few rows: not worth packing W_ih
-    gemm_dot<Real>(x_rows, GH, I, x_rows_in, I, a.w_ih, I, gx.get(), GH, /*acc=*/false);
-  } else {
-    gemm<Real>(ex, x_rows, GH, I, x_rows_in, I, 1, a.w_ih, I, /*b_trans=*/true, gx.get(), GH,
-            /*accumulate=*/false);
-  }
+  const Real* const x_rows_in = input_projection(a, plan, active, GH, ex, x_compact, gx.get());
 
-  // 2. W_hh^T packed per gate: panel (gate k, strip s) holds columns
-  //    k*H + s*NR .. +NR of W_hh^T, i.e. rows of W_hh, as [S, NR] (not with weights in
-  //    place: the steps then read the rows of W_hh as they are).
-  const int64_t hidden_strips = ceil_div(H, NR);
-  Buffer<Real> whh(in_place ? 0 : G * hidden_strips * S * NR),
-      wih(input_in_steps ? G * hidden_strips * I * NR : 0);
-  if (!in_place)
-    parallel_for(ex, G * hidden_strips, parallel, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const int64_t k = i / hidden_strips, s = i % hidden_strips;
-        pack_b(a.w_hh + k * H * S, S, true, 0, S, 0, H, whh.get() + k * hidden_strips * S * NR, s,
-               s + 1);
-        if (input_in_steps)
-          pack_b(a.w_ih + k * H * I, I, true, 0, I, 0, H, wih.get() + k * hidden_strips * I * NR,
-                 s, s + 1);
-      }
-    });
-  const int64_t proj_strips = P > 0 ? ceil_div(P, NR) : 0;
-  Buffer<Real> whr(in_place ? 0 : proj_strips * H * NR);
-  if (P > 0 && !in_place) pack_b(a.w_hr, H, true, 0, H, 0, P, whr.get(), 0, proj_strips);
+  // 2. The weights as the steps read them.
+  PackedWeights<Real> packed_weights;
+  pack_weights(a, plan, G, ex, packed_weights);
+  const Real* const whh = packed_weights.w_hh.get();
+  const Real* const wih = packed_weights.w_ih.get();
+  const Real* const whr = packed_weights.w_hr.get();
+  const int64_t hidden_strips = ceil_div(H, NR), proj_strips = P > 0 ? ceil_div(P, NR) : 0;
 
-  // 3. States (ping-pong h so that a step reads h_{t-1} while writing h_t).
+  // 3. The step loop. States: h ping-pongs between two buffers, so that a step reads h_{t-1}
+  //    while writing h_t.
   Buffer<Real> hbuf0(B * S), hbuf1(B * S), cbuf(Math::kCellState ? B * H : 0),
       rg(Math::kApartGates ? B * GH : 0),
       hpre(P > 0 ? B * H : 0);
@@ -357,7 +396,7 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
               gemm_dot<Real>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (k * H + j0) * I, I, out, GH,
                              false);
             else
-              strip_rows<Real>(ra - r0, I, xr, I, 1, wih.get() + (k * hidden_strips + s) * I * NR,
+              strip_rows<Real>(ra - r0, I, xr, I, 1, wih + (k * hidden_strips + s) * I * NR,
                                NR, out, GH, j1 - j0, false);
           }
         // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
@@ -366,7 +405,7 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
         for (int64_t k = 0; k < G && ra > r0; ++k) {
           const bool onto_gx = !apart_gate<Math>(k);
           Real* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + k * H + j0;
-          const Real* w_strip = whh.get() + (k * hidden_strips + s) * S * NR;
+          const Real* w_strip = whh + (k * hidden_strips + s) * S * NR;
           if (in_place)
             gemm_dot<Real>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S,
                            out, GH, onto_gx);
@@ -421,7 +460,7 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
             gemm_dot<Real>(ra - r0, j1 - j0, H, hpre.get() + r0 * H, H, a.w_hr + j0 * H, H,
                         hnext + r0 * S + j0, S, false);
           else if (ra > r0)
-            strip_rows<Real>(ra - r0, H, hpre.get() + r0 * H, H, 1, whr.get() + s * H * NR, NR,
+            strip_rows<Real>(ra - r0, H, hpre.get() + r0 * H, H, 1, whr + s * H * NR, NR,
                           hnext + r0 * S + j0, S, j1 - j0, false);
           for (int64_t b = r0; b < r1; ++b) {
             if (row_active(a.lengths, b, t)) {
@@ -443,15 +482,95 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
   if (Math::kCellState && a.cy) copy_n(cbuf.get(), B * H, a.cy);
 }
 
+// What the step loop of a backward call leaves for its weight-gradient phase: the gate
+// gradients of every step row (T * B, or the active ones if packed; row row0(t) + b).
+template <class Real>
+struct GateGradients {
+  const Real* dgx;        // [rows, GH] x side
+  const Real* dgh;        // [rows, GH] h side (the same as dgx unless the cell has apart gates)
+  const Real* dproj;      // [rows, P]  gradient of the projection's outputs, or null
+  const Real* bias_sums;  // [sets, row_blocks, GH] per row block column sums of dgx (set 0)
+                          // and, with two sets, of dgh (set 1)
+  int64_t sets, row_blocks;
+};
+
+// Backward phase 3, the weight gradients: dx, dW_ih, dW_hh, dW_hr as whole-sequence GEMMs over
+// the active (t, b) only (LayerPlan::compact_rows: their rows are first gathered densely,
+// unless the call is packed), and the bias gradients from the per-block sums.
+template <class Real>
+void weight_gradients(const BackwardArgs<Real>& a, const LayerPlan& plan, const CellInfo& cell,
+                      const ActivePrefix& active, const GateGradients<Real>& g,
+                      const Executor& ex) {
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, S = P > 0 ? P : H, TB = T * B;
+  const int64_t GH = cell.gates * H, WS = cell.workspace_cols(H, P);
+  const bool packed = a.packed;
+  const bool compact = plan.compact_rows && !packed;
+  const ActiveRows active_grid(compact ? a.lengths : nullptr, compact ? B : 0, compact ? T : 0);
+  const int64_t N = packed ? active.total(T) : compact ? active_grid.count() : TB;
+  auto dense = [&](const Real* src, int64_t ld, int64_t cols, Buffer<Real>& buf) -> const Real* {
+    if (!compact) return src;
+    buf.reset(N * cols);
+    active_grid.gather(ex, src, ld, cols, buf.get());
+    return buf.get();
+  };
+  // Columns [off, ...) of the saved workspace (none if nothing was saved: an empty call).
+  auto ws_cols = [&](int64_t off) -> const Real* { return a.ws ? a.ws + off : nullptr; };
+  Buffer<Real> dgx_b, dgh_b, x_b, hp_b, dr_b, hq_b, dx_b;
+  const Real* dgx_c = dense(g.dgx, GH, GH, dgx_b);
+  const Real* dgh_c = g.dgh != g.dgx ? dense(g.dgh, GH, GH, dgh_b) : dgx_c;
+  if (a.dx) {
+    Real* out = a.dx;
+    if (compact) {
+      dx_b.reset(N * I);
+      out = dx_b.get();
+    }
+    gemm<Real>(ex, N, I, GH, dgx_c, GH, 1, a.w_ih, I, false, out, I, false);
+    if (compact)  // scatter back; inactive rows get zeros
+      parallel_for(ex, T, TB * I > 65536, [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) {
+          int64_t k = active_grid.offset(t);
+          for (int64_t r = 0; r < B; ++r) {
+            Real* d = a.dx + (t * B + r) * I;
+            if (row_active(a.lengths, r, t))
+              copy_n(out + (k++) * I, I, d);
+            else
+              fill_n(d, I, Real(0));
+          }
+        }
+      });
+  }
+  if (a.dw_ih)
+    gemm<Real>(ex, GH, I, N, dgx_c, 1, GH, dense(a.x, I, I, x_b), I, false, a.dw_ih, I, false);
+  if (a.dw_hh)
+    gemm<Real>(ex, GH, S, N, dgh_c, 1, GH, dense(ws_cols(cell.hprev_col(H, P)), WS, S, hp_b),
+               compact ? S : WS, false, a.dw_hh, S, false);
+  Real* const db_out[2] = {a.db_ih, a.db_hh};
+  for (int q = 0; q < 2; ++q) {
+    if (!db_out[q]) continue;
+    const Real* sums = g.bias_sums + (g.sets == 2 ? q : 0) * g.row_blocks * GH;
+    for (int64_t n = 0; n < GH; ++n) {
+      Real v = Real(0);
+      for (int64_t rb = 0; rb < g.row_blocks; ++rb) v += sums[rb * GH + n];
+      db_out[q][n] = v;
+    }
+  }
+  if (a.dw_hr && P > 0)
+    gemm<Real>(ex, P, H, N, dense(g.dproj, P, P, dr_b), 1, P,
+               dense(ws_cols(cell.proj_input_col(H)), WS, H, hq_b), compact ? H : WS, false,
+               a.dw_hr, H, false);
+}
+
+// One layer backward: plan, the reverse step loop (phases 1 and 2 of each step), the final
+// state gradients, then the weight gradients.
 template <class Math, class Real>
 void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   constexpr int NR = kNR<Real>;
   constexpr bool kSplit = Math::kApartGates != 0;  // dG differs between the x and h sides
   const CellInfo& cell = cell_info(a.cell);
-  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P;
+  const int64_t T = a.T, B = a.B, H = a.H, P = a.P;
   const int64_t S = P > 0 ? P : H, G = Math::kGates, GH = G * H, TB = T * B;
   const int64_t WS = cell.workspace_cols(H, P);
-  const int64_t hprev_off = cell.hprev_col(H, P), proj_in_off = cell.proj_input_col(H);
+  const int64_t hprev_off = cell.hprev_col(H, P);
   const LayerPlan plan = make_backward_plan(a, ex.num_threads());
   const bool parallel = plan.parallel;
 
@@ -662,62 +781,9 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   }
   if (Math::kCellState && a.dc0) copy_n(dc.get(), B * H, a.dc0);
 
-  // Whole-sequence GEMMs, over the active (t, b) only (LayerPlan::compact_rows): the rows of
-  // the active ones are first gathered densely (ActiveRows), unless the call is packed.
-  const bool compact = plan.compact_rows && !packed;
-  const ActiveRows active_grid(compact ? a.lengths : nullptr, compact ? B : 0, compact ? T : 0);
-  const int64_t N = packed ? active.total(T) : compact ? active_grid.count() : TB;
-  auto dense = [&](const Real* src, int64_t ld, int64_t cols, Buffer<Real>& buf) -> const Real* {
-    if (!compact) return src;
-    buf.reset(N * cols);
-    active_grid.gather(ex, src, ld, cols, buf.get());
-    return buf.get();
-  };
-  // Columns [off, ...) of the saved workspace (none if nothing was saved: an empty call).
-  auto ws_cols = [&](int64_t off) -> const Real* { return a.ws ? a.ws + off : nullptr; };
-  Buffer<Real> dgx_b, dgh_b, x_b, hp_b, dr_b, hq_b, dx_b;
-  const Real* dgx_c = dense(dgx.get(), GH, GH, dgx_b);
-  const Real* dgh_c = kSplit ? dense(dgh, GH, GH, dgh_b) : dgx_c;
-  if (a.dx) {
-    Real* out = a.dx;
-    if (compact) {
-      dx_b.reset(N * I);
-      out = dx_b.get();
-    }
-    gemm<Real>(ex, N, I, GH, dgx_c, GH, 1, a.w_ih, I, false, out, I, false);
-    if (compact)  // scatter back; inactive rows get zeros
-      parallel_for(ex, T, TB * I > 65536, [&](int64_t b, int64_t e) {
-        for (int64_t t = b; t < e; ++t) {
-          int64_t k = active_grid.offset(t);
-          for (int64_t r = 0; r < B; ++r) {
-            Real* d = a.dx + (t * B + r) * I;
-            if (row_active(a.lengths, r, t))
-              copy_n(out + (k++) * I, I, d);
-            else
-              fill_n(d, I, Real(0));
-          }
-        }
-      });
-  }
-  if (a.dw_ih)
-    gemm<Real>(ex, GH, I, N, dgx_c, 1, GH, dense(a.x, I, I, x_b), I, false, a.dw_ih, I, false);
-  if (a.dw_hh)
-    gemm<Real>(ex, GH, S, N, dgh_c, 1, GH, dense(ws_cols(hprev_off), WS, S, hp_b), compact ? S : WS,
-            false, a.dw_hh, S, false);
-  Real* const db_out[2] = {a.db_ih, a.db_hh};
-  for (int q = 0; q < 2; ++q) {
-    if (!db_out[q]) continue;
-    const Real* sums = dbsum.get() + (bias_sums == 2 ? q : 0) * row_blocks * GH;
-    for (int64_t n = 0; n < GH; ++n) {
-      Real v = Real(0);
-      for (int64_t rb = 0; rb < row_blocks; ++rb) v += sums[rb * GH + n];
-      db_out[q][n] = v;
-    }
-  }
-  if (a.dw_hr && P > 0)
-    gemm<Real>(ex, P, H, N, dense(dR.get(), P, P, dr_b), 1, P,
-               dense(ws_cols(proj_in_off), WS, H, hq_b), compact ? H : WS, false, a.dw_hr, H,
-               false);
+  const GateGradients<Real> grads{dgx.get(), dgh, P > 0 ? dR.get() : nullptr, dbsum.get(),
+                                  bias_sums, row_blocks};
+  weight_gradients(a, plan, cell, active, grads, ex);
 }
 
 template <class Real>
