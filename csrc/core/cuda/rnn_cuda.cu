@@ -46,14 +46,18 @@ int to_int(int64_t v, const char* what) {
 // ---------------------------------------------------------------------------
 // Element types
 // ---------------------------------------------------------------------------
+// Two types run through the code below: Storage, the type the tensors are stored in (float,
+// double, __half or __nv_bfloat16: DType), and Acc, the accumulation type the arithmetic runs
+// in (double for double, float for the others: AccumulationOf). to_acc and from_acc convert
+// between them.
 
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-template <class S>
-__device__ __forceinline__ S from_acc(float v);
+template <class Storage>
+__device__ __forceinline__ Storage from_acc(float v);
 template <>
 __device__ __forceinline__ float from_acc<float>(float v) { return v; }
 template <>
@@ -62,46 +66,48 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
-template <class S>
-__device__ __forceinline__ S from_acc(double v) { return v; }
+template <class Storage>
+__device__ __forceinline__ Storage from_acc(double v) { return v; }
 
-RNNFAST_HD float sigm(float v) { return 1.f / (1.f + expf(-v)); }
-RNNFAST_HD double sigm(double v) { return 1.0 / (1.0 + exp(-v)); }
-RNNFAST_HD float tanh_(float v) { return tanhf(v); }
-RNNFAST_HD double tanh_(double v) { return tanh(v); }
+RNNFAST_HD float sigmoid_of(float v) { return 1.f / (1.f + expf(-v)); }
+RNNFAST_HD double sigmoid_of(double v) { return 1.0 / (1.0 + exp(-v)); }
+RNNFAST_HD float tanh_of(float v) { return tanhf(v); }
+RNNFAST_HD double tanh_of(double v) { return tanh(v); }
 
 // The value type V of the cell math (cell_math.h) on CUDA: one thread computes one unit, so V
-// is one scalar of the accumulation type A.
-template <class A>
+// is one scalar of the accumulation type Acc.
+template <class Acc>
 struct Value {
-  A v;
+  Acc v;
   RNNFAST_HD Value operator+(Value b) const { return {v + b.v}; }
   RNNFAST_HD Value operator-(Value b) const { return {v - b.v}; }
   RNNFAST_HD Value operator*(Value b) const { return {v * b.v}; }
-  RNNFAST_HD static Value set1(A x) { return {x}; }
+  RNNFAST_HD static Value set1(Acc x) { return {x}; }
   RNNFAST_HD static Value fmadd(Value a, Value b, Value c) { return {a.v * b.v + c.v}; }
-  RNNFAST_HD static Value sigmoid(Value a) { return {sigm(a.v)}; }
-  RNNFAST_HD static Value tanh(Value a) { return {tanh_(a.v)}; }
+  RNNFAST_HD static Value sigmoid(Value a) { return {sigmoid_of(a.v)}; }
+  RNNFAST_HD static Value tanh(Value a) { return {tanh_of(a.v)}; }
   // max(0, v) that keeps NaN, as torch.relu does.
-  RNNFAST_HD static Value relu(Value a) { return {(a.v > A(0) || a.v != a.v) ? a.v : A(0)}; }
+  RNNFAST_HD static Value relu(Value a) {
+    return {(a.v > Acc(0) || a.v != a.v) ? a.v : Acc(0)};
+  }
   // As torch's relu backward: passes d unless h <= 0 (so a NaN h passes d).
-  RNNFAST_HD static Value where_pos(Value h, Value d) { return {h.v <= A(0) ? A(0) : d.v}; }
+  RNNFAST_HD static Value where_pos(Value h, Value d) { return {h.v <= Acc(0) ? Acc(0) : d.v}; }
 };
 
-template <class S> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
+template <class Storage> struct AccumulationOf { using type = float; };
+template <> struct AccumulationOf<double> { using type = double; };
 
 // A storage type, as a value (visit_storage passes one to its function).
-template <class S> struct Storage { using type = S; };
+template <class Storage> struct StorageTag { using type = Storage; };
 
-// Calls f(Storage<S>{}) with the storage type S of `dtype`.
+// Calls f(StorageTag<Storage>{}) with the storage type of `dtype`.
 template <class F>
 decltype(auto) visit_storage(DType dtype, F&& f) {
   switch (dtype) {
-    case DType::F64: return f(Storage<double>{});
-    case DType::F16: return f(Storage<__half>{});
-    case DType::BF16: return f(Storage<__nv_bfloat16>{});
-    default: return f(Storage<float>{});
+    case DType::F64: return f(StorageTag<double>{});
+    case DType::F16: return f(StorageTag<__half>{});
+    case DType::BF16: return f(StorageTag<__nv_bfloat16>{});
+    default: return f(StorageTag<float>{});
   }
 }
 
@@ -127,38 +133,42 @@ size_t type_size(DType t) {
 // ---------------------------------------------------------------------------
 
 // C[M, N] = alpha * op(A) op(B) + beta * C with row-major operands: op(A) is
-// A[M, K] (lda) or, with ta, A stored as [K, M]; op(B) is B[K, N] (ldb) or,
-// with tb, B stored as [N, K]. A and B have type `in`, C has type `out`; the
-// products accumulate in `acc` (F32 or F64). cuBLAS is column-major, so this
-// computes C^T = op(B)^T op(A)^T.
+// A[M, K] (lda) or, with transpose_a, A stored as [K, M]; op(B) is B[K, N] (ldb) or,
+// with transpose_b, B stored as [N, K]. A and B have type `input_type`, C has type
+// `output_type`; the products accumulate in `acc_type` (F32 or F64). cuBLAS is
+// column-major, so this computes C^T = op(B)^T op(A)^T.
 struct Gemm {
   cublasHandle_t handle;
   cudaStream_t stream;
-  DType in, out, acc;
+  DType input_type, output_type, acc_type;
   bool tf32;
 
-  void operator()(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
-                  const void* B, int64_t ldb, double beta, void* C, int64_t ldc,
-                  const char* what) const {
+  void operator()(bool transpose_a, bool transpose_b, int64_t M, int64_t N, int64_t K,
+                  const void* A, int64_t lda, const void* B, int64_t ldb, double beta, void* C,
+                  int64_t ldc, const char* what) const {
     if (M == 0 || N == 0) return;
     if (K == 0) {  // cuBLAS leaves C alone for K = 0; the product is zero
       if (beta == 0.0)
-        check_cuda(cudaMemset2DAsync(C, ldc * type_size(out), 0, N * type_size(out), M, stream),
+        check_cuda(cudaMemset2DAsync(C, ldc * type_size(output_type), 0,
+                                     N * type_size(output_type), M, stream),
                    what);
       return;
     }
-    const cublasOperation_t opA = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const cublasOperation_t opB = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const float alpha_f = 1.f, beta_f = static_cast<float>(beta);
-    const double alpha_d = 1.0, beta_d = beta;
-    const bool dbl = acc == DType::F64;
+    const cublasOperation_t op_a = transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const float alpha_float = 1.f, beta_float = static_cast<float>(beta);
+    const double alpha_double = 1.0, beta_double = beta;
+    const bool in_double = acc_type == DType::F64;
+    const void* alpha = in_double ? static_cast<const void*>(&alpha_double) : &alpha_float;
+    const void* beta_scalar = in_double ? static_cast<const void*>(&beta_double) : &beta_float;
     const cublasComputeType_t compute =
-        dbl ? CUBLAS_COMPUTE_64F : (tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F);
-    check_blas(cublasGemmEx(handle, opB, opA, to_int(N, what), to_int(M, what), to_int(K, what),
-                            dbl ? static_cast<const void*>(&alpha_d) : &alpha_f, B, cuda_type(in),
-                            to_int(ldb, what), A, cuda_type(in), to_int(lda, what),
-                            dbl ? static_cast<const void*>(&beta_d) : &beta_f, C, cuda_type(out),
-                            to_int(ldc, what), compute, CUBLAS_GEMM_DEFAULT),
+        in_double ? CUBLAS_COMPUTE_64F
+                  : (tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F);
+    check_blas(cublasGemmEx(handle, op_b, op_a, to_int(N, what), to_int(M, what),
+                            to_int(K, what), alpha, B, cuda_type(input_type), to_int(ldb, what),
+                            A, cuda_type(input_type), to_int(lda, what), beta_scalar, C,
+                            cuda_type(output_type), to_int(ldc, what), compute,
+                            CUBLAS_GEMM_DEFAULT),
                what);
   }
 };
@@ -228,53 +238,53 @@ struct ScratchSizes {
         GH(cell_info(a.cell).gates * a.H) {}
 };
 
-template <class S, class A = typename Acc<S>::type>
+template <class Storage, class Acc = typename AccumulationOf<Storage>::type>
 struct ForwardScratch {
-  A* gx;      // [T, B, G*H]  x W_ih^T of every step
-  A* gh;      // [B, G*H]     h_{t-1} W_hh^T (the cuBLAS path)
-  S* h;       // [B, S]       the state
-  S* h_alt;   // [B, S]       h_t of the fused step, which may not overwrite h_{t-1}
-  A* c;       // [B, H]       the cell state (cells with one), or null
-  S* hfull;   // [B, H]       with P: the projection input o * tanh(c_t), or null
-  A* rproj;   // [B, P]       with P: hfull W_hr^T, or null
+  Acc* gx;              // [T, B, G*H]  x W_ih^T of every step
+  Acc* gh;              // [B, G*H]     h_{t-1} W_hh^T (the cuBLAS path)
+  Storage* h;           // [B, S]       the state
+  Storage* h_alt;       // [B, S]       h_t of the fused step, which may not overwrite h_{t-1}
+  Acc* c;               // [B, H]       the cell state (cells with one), or null
+  Storage* proj_input;  // [B, H]       with P: the projection input o * tanh(c_t), or null
+  Acc* projected;       // [B, P]       with P: proj_input W_hr^T, or null
   size_t bytes;
 
   ForwardScratch(const ForwardArgs& a, void* base) {
     const ScratchSizes n(a);
     Carve carve{static_cast<char*>(base)};
-    gx = carve.take<A>(n.T * n.B * n.GH);
-    gh = carve.take<A>(n.B * n.GH);
-    h = carve.take<S>(n.B * n.S);
-    h_alt = carve.take<S>(n.B * n.S);
-    c = n.cell.cell_state ? carve.take<A>(n.B * n.H) : nullptr;
-    hfull = n.P > 0 ? carve.take<S>(n.B * n.H) : nullptr;
-    rproj = n.P > 0 ? carve.take<A>(n.B * n.P) : nullptr;
+    gx = carve.take<Acc>(n.T * n.B * n.GH);
+    gh = carve.take<Acc>(n.B * n.GH);
+    h = carve.take<Storage>(n.B * n.S);
+    h_alt = carve.take<Storage>(n.B * n.S);
+    c = n.cell.cell_state ? carve.take<Acc>(n.B * n.H) : nullptr;
+    proj_input = n.P > 0 ? carve.take<Storage>(n.B * n.H) : nullptr;
+    projected = n.P > 0 ? carve.take<Acc>(n.B * n.P) : nullptr;
     bytes = carve.used;
   }
 };
 
-template <class A>
+template <class Acc>
 struct BackwardScratch {
-  A* dgx;     // [T, B, G*H]  gradient of the gate pre-activations, x side
-  A* dgh;     // [T, B, G*H]  h side: its own array for cells with apart gates, else dgx
-  A* dh;      // [B, S]       gradient w.r.t. the state
-  A* dc;      // [B, H]       gradient w.r.t. the cell state (cells with one), or null
-  A* dr;      // [T, B, P]    with P: gradient w.r.t. hfull W_hr^T, or null
-  A* dhfull;  // [B, H]       with P: gradient w.r.t. the projection input, or null
-  A* ones;    // [max(T*B, 1)] ones, for the bias gradients as GEMVs
+  Acc* dgx;          // [T, B, G*H]  gradient of the gate pre-activations, x side
+  Acc* dgh;          // [T, B, G*H]  h side: its own array for cells with apart gates, else dgx
+  Acc* dh;           // [B, S]       gradient w.r.t. the state
+  Acc* dc;           // [B, H]       gradient w.r.t. the cell state (cells with one), or null
+  Acc* dprojected;   // [T, B, P]    with P: gradient w.r.t. proj_input W_hr^T, or null
+  Acc* dproj_input;  // [B, H]       with P: gradient w.r.t. the projection input, or null
+  Acc* ones;         // [max(T*B, 1)] ones, for the bias gradients as GEMVs
   size_t bytes;
 
   BackwardScratch(const BackwardArgs& a, void* base) {
     const ScratchSizes n(a);
     const int64_t rows = n.T * n.B;
     Carve carve{static_cast<char*>(base)};
-    dgx = carve.take<A>(rows * n.GH);
-    dgh = n.cell.apart_gates ? carve.take<A>(rows * n.GH) : dgx;
-    dh = carve.take<A>(n.B * n.S);
-    dc = n.cell.cell_state ? carve.take<A>(n.B * n.H) : nullptr;
-    dr = n.P > 0 ? carve.take<A>(rows * n.P) : nullptr;
-    dhfull = n.P > 0 ? carve.take<A>(n.B * n.H) : nullptr;
-    ones = carve.take<A>(rows > 0 ? rows : 1);
+    dgx = carve.take<Acc>(rows * n.GH);
+    dgh = n.cell.apart_gates ? carve.take<Acc>(rows * n.GH) : dgx;
+    dh = carve.take<Acc>(n.B * n.S);
+    dc = n.cell.cell_state ? carve.take<Acc>(n.B * n.H) : nullptr;
+    dprojected = n.P > 0 ? carve.take<Acc>(rows * n.P) : nullptr;
+    dproj_input = n.P > 0 ? carve.take<Acc>(n.B * n.H) : nullptr;
+    ones = carve.take<Acc>(rows > 0 ? rows : 1);
     bytes = carve.used;
   }
 };
@@ -283,55 +293,56 @@ struct BackwardScratch {
 // Forward kernels (one thread per (b, j), j < H)
 // ---------------------------------------------------------------------------
 
-template <class S, class A>
-struct FwdStep {
-  int64_t B, H, S_, WS;
-  int64_t hprev_col;       // column of h_{t-1} in a workspace row (cells.h)
-  int64_t proj_input_col;  // column of the projection input (with P)
-  const A* gx;        // [B, G*H]   x W_ih^T at this step
-  const A* gh;        // [B, G*H]   h_{t-1} W_hh^T (unfused path)
-  const S* b_ih;      // [G*H] or null
-  const S* b_hh;      // [G*H] or null
+// The arguments of one forward step kernel.
+template <class Storage, class Acc>
+struct ForwardStepArgs {
+  int64_t B, H, S, WS;
+  int64_t hprev_col;          // column of h_{t-1} in a workspace row (cells.h)
+  int64_t proj_input_col;     // column of the projection input (with P)
+  const Acc* gx;              // [B, G*H]  x W_ih^T at this step
+  const Acc* gh;              // [B, G*H]  h_{t-1} W_hh^T (unfused path)
+  const Storage* b_ih;        // [G*H] or null
+  const Storage* b_hh;        // [G*H] or null
   const int64_t* lengths;
   int64_t t;
-  const S* h_in;      // [B, S]  h_{t-1}
-  S* h_out;           // [B, S]  h_t (inactive rows: h_{t-1}); may alias h_in when the
-                      //         recurrent product was computed by an earlier launch
-  A* c;               // [B, H]  cell state (cells with one), updated in place
-  S* hfull;           // [B, H]  with P: o * tanh(c) before projection
-  S* y;               // [B, S]  output at this step
-  A* ws;              // [B, WS] or null
+  const Storage* h_in;        // [B, S]  h_{t-1}
+  Storage* h_out;             // [B, S]  h_t (inactive rows: h_{t-1}); may alias h_in when the
+                              //         recurrent product was computed by an earlier launch
+  Acc* c;                     // [B, H]  cell state (cells with one), updated in place
+  Storage* proj_input;        // [B, H]  with P: o * tanh(c) before projection
+  Storage* y;                 // [B, S]  output at this step
+  Acc* ws;                    // [B, WS] or null
 };
 
-template <class S, class A>
-__device__ __forceinline__ A bias(const S* b, int64_t k) {
-  return b ? to_acc(b[k]) : A(0);
+template <class Storage, class Acc>
+__device__ __forceinline__ Acc bias(const Storage* b, int64_t k) {
+  return b ? to_acc(b[k]) : Acc(0);
 }
 
 // The forward step accessor of cell_math.h for unit j of batch row b. The recurrent product
-// of gate k, (h_{t-1} W_hh^T)[b, k*H + j], is at gh[k * gh_stride]: in FwdStep::gh on the
-// cuBLAS path, in shared memory on the fused one.
-template <class Math, class S, class A>
+// of gate k, (h_{t-1} W_hh^T)[b, k*H + j], is at gh[k * gh_stride]: in ForwardStepArgs::gh on
+// the cuBLAS path, in shared memory on the fused one.
+template <class Math, class Storage, class Acc>
 struct ForwardUnit {
-  using V = Value<A>;
-  const FwdStep<S, A>& s;
+  using V = Value<Acc>;
+  const ForwardStepArgs<Storage, Acc>& s;
   int64_t b, j;
-  const A* gh;
+  const Acc* gh;
   int64_t gh_stride;
   bool on;  // whether row b is active at this step: only then is the cell state updated
 
   __device__ V pre(int k) const {
     const int64_t col = k * s.H + j;
-    A p = s.gx[b * Math::kGates * s.H + col];
+    Acc p = s.gx[b * Math::kGates * s.H + col];
     if (!apart_gate<Math>(k)) p += gh[k * gh_stride];
-    p += bias<S, A>(s.b_ih, col);
-    if (!apart_gate<Math>(k)) p += bias<S, A>(s.b_hh, col);
+    p += bias<Storage, Acc>(s.b_ih, col);
+    if (!apart_gate<Math>(k)) p += bias<Storage, Acc>(s.b_hh, col);
     return {p};
   }
   __device__ V recurrent(int k) const {
-    return {gh[k * gh_stride] + bias<S, A>(s.b_hh, k * s.H + j)};
+    return {gh[k * gh_stride] + bias<Storage, Acc>(s.b_hh, k * s.H + j)};
   }
-  __device__ V h_prev() const { return {to_acc(s.h_in[b * s.S_ + j])}; }
+  __device__ V h_prev() const { return {to_acc(s.h_in[b * s.S + j])}; }
   __device__ V c_prev() const { return {s.c[b * s.H + j]}; }
   __device__ void set_c(V c) const {
     if (on) s.c[b * s.H + j] = c.v;
@@ -344,87 +355,93 @@ struct ForwardUnit {
 // The pointwise part of one forward step for unit j of batch row b: the cell's math, then the
 // driver's part: saving h_{t-1} and the projection input, and the length mask on the output
 // and the state.
-template <class Math, class S, class A>
-__device__ __forceinline__ void forward_point(const FwdStep<S, A>& s, int64_t b, int64_t j,
-                                              const A* gh, int64_t gh_stride) {
+template <class Math, class Storage, class Acc>
+__device__ __forceinline__ void forward_point(const ForwardStepArgs<Storage, Acc>& s, int64_t b,
+                                              int64_t j, const Acc* gh, int64_t gh_stride) {
   const bool on = active(s.lengths, b, s.t);
-  ForwardUnit<Math, S, A> unit{s, b, j, gh, gh_stride, on};
-  const A h = Math::template forward<Value<A>>(unit).v;
+  ForwardUnit<Math, Storage, Acc> unit{s, b, j, gh, gh_stride, on};
+  const Acc h = Math::template forward<Value<Acc>>(unit).v;
   if (s.ws) {
-    A* w = s.ws + b * s.WS;
-    if (j < s.S_) w[s.hprev_col + j] = to_acc(s.h_in[b * s.S_ + j]);
-    if (s.hfull) w[s.proj_input_col + j] = h;
+    Acc* w = s.ws + b * s.WS;
+    if (j < s.S) w[s.hprev_col + j] = to_acc(s.h_in[b * s.S + j]);
+    if (s.proj_input) w[s.proj_input_col + j] = h;
   }
-  if (s.hfull) {
-    s.hfull[b * s.H + j] = from_acc<S>(h);  // the projection epilogue masks rows
+  if (s.proj_input) {
+    s.proj_input[b * s.H + j] = from_acc<Storage>(h);  // the projection epilogue masks rows
     return;
   }
   const int64_t k = b * s.H + j;  // S == H without projection
-  const S hs = from_acc<S>(h);
-  s.h_out[k] = on ? hs : s.h_in[k];
-  s.y[k] = on ? hs : from_acc<S>(A(0));
+  const Storage h_stored = from_acc<Storage>(h);
+  s.h_out[k] = on ? h_stored : s.h_in[k];
+  s.y[k] = on ? h_stored : from_acc<Storage>(Acc(0));
 }
 
 // Pointwise step after a cuBLAS recurrent product: one thread per (b, j).
-template <class Math, class S, class A>
-__global__ void forward_step(FwdStep<S, A> s) {
+template <class Math, class Storage, class Acc>
+__global__ void forward_step(ForwardStepArgs<Storage, Acc> s) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= s.B * s.H) return;
   const int64_t b = idx / s.H, j = idx % s.H;
   forward_point<Math>(s, b, j, s.gh + b * Math::kGates * s.H + j, s.H);
 }
 
-// Small batches: the whole step in one launch. Block x owns hidden units
-// [x*JT, x*JT + JT): it stages h_{t-1} in shared memory, its warps compute the
-// G*JT rows of W_hh h_{t-1} for every batch row (lanes split the reduction,
+// Small batches: the whole step in one launch. Block x owns the units_per_block hidden units
+// from x * units_per_block: it stages h_{t-1} in shared memory, its warps compute the
+// G * units_per_block rows of W_hh h_{t-1} for every batch row (lanes split the reduction,
 // then a shuffle tree), and its threads finish the pointwise part. h_t goes to
 // another buffer than h_{t-1}, which other blocks are still reading.
-constexpr int kFusedMaxB = 8;
+constexpr int kFusedMaxBatch = 8;
 constexpr int kFusedThreads = 256;
 
-template <class Math, class S, class A>
-__global__ void __launch_bounds__(kFusedThreads) fused_forward_step(FwdStep<S, A> s,
-                                                                    const S* __restrict__ w_hh,
-                                                                    int JT) {
+template <class Math, class Storage, class Acc>
+__global__ void __launch_bounds__(kFusedThreads)
+    fused_forward_step(ForwardStepArgs<Storage, Acc> s, const Storage* __restrict__ w_hh,
+                       int units_per_block) {
   constexpr int G = Math::kGates;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  A* hs = reinterpret_cast<A*>(smem_raw);     // [B][S]
-  const int B = static_cast<int>(s.B), Sd = static_cast<int>(s.S_);
+  extern __shared__ __align__(16) unsigned char shared_memory[];
+  const int B = static_cast<int>(s.B), S = static_cast<int>(s.S);
   const int64_t H = s.H;
-  A* dots = hs + B * Sd;                      // [G*JT][kFusedMaxB]
-  const int64_t j0 = blockIdx.x * int64_t(JT);
-  const int jn = static_cast<int>(H - j0 < JT ? H - j0 : JT);
-  for (int i = threadIdx.x; i < B * Sd; i += blockDim.x) hs[i] = to_acc(s.h_in[i]);
+  Acc* h_shared = reinterpret_cast<Acc*>(shared_memory);  // [B][S]
+  Acc* dots = h_shared + B * S;  // [G * units_per_block][kFusedMaxBatch]
+  const int64_t first_unit = blockIdx.x * int64_t(units_per_block);
+  // this block's units: units_per_block, fewer in the last block
+  const int units =
+      static_cast<int>(H - first_unit < units_per_block ? H - first_unit : units_per_block);
+  for (int i = threadIdx.x; i < B * S; i += blockDim.x) h_shared[i] = to_acc(s.h_in[i]);
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-  for (int rr = warp; rr < G * jn; rr += nwarps) {
-    const int q = rr / jn, jj = rr % jn;
-    const S* w = w_hh + (q * H + j0 + jj) * Sd;
-    A acc[kFusedMaxB];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  // The warps take this block's rows of W_hh in turn: row = gate * units + unit is the row of
+  // gate `gate` for hidden unit first_unit + unit.
+  for (int row = warp; row < G * units; row += warps) {
+    const int gate = row / units, unit = row % units;
+    const Storage* w = w_hh + (gate * H + first_unit + unit) * S;
+    Acc sums[kFusedMaxBatch];
 #pragma unroll
-    for (int b = 0; b < kFusedMaxB; ++b) acc[b] = A(0);
+    for (int b = 0; b < kFusedMaxBatch; ++b) sums[b] = Acc(0);
 #pragma unroll 4
-    for (int k = lane; k < Sd; k += 32) {
-      const A wv = to_acc(w[k]);
+    for (int k = lane; k < S; k += 32) {
+      const Acc weight = to_acc(w[k]);
 #pragma unroll
-      for (int b = 0; b < kFusedMaxB; ++b)
-        if (b < B) acc[b] += wv * hs[b * Sd + k];
+      for (int b = 0; b < kFusedMaxBatch; ++b)
+        if (b < B) sums[b] += weight * h_shared[b * S + k];
     }
 #pragma unroll
-    for (int b = 0; b < kFusedMaxB; ++b) {
+    for (int b = 0; b < kFusedMaxBatch; ++b) {
       if (b < B) {
-        A v = acc[b];
+        Acc v = sums[b];
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-        if (lane == 0) dots[rr * kFusedMaxB + b] = v;
+        for (int offset = 16; offset > 0; offset >>= 1)
+          v += __shfl_down_sync(0xffffffffu, v, offset);
+        if (lane == 0) dots[row * kFusedMaxBatch + b] = v;
       }
     }
   }
   __syncthreads();
-  // gate q of unit jj, row b is at dots[(q * jn + jj) * kFusedMaxB + b]
-  for (int i = threadIdx.x; i < B * jn; i += blockDim.x) {
-    const int b = i / jn, jj = i % jn;
-    forward_point<Math>(s, b, j0 + jj, dots + jj * kFusedMaxB + b, int64_t(jn) * kFusedMaxB);
+  // gate q of the block's unit `unit`, row b, is at dots[(q * units + unit) * kFusedMaxBatch + b]
+  for (int i = threadIdx.x; i < B * units; i += blockDim.x) {
+    const int b = i / units, unit = i % units;
+    forward_point<Math>(s, b, first_unit + unit, dots + unit * kFusedMaxBatch + b,
+                        int64_t(units) * kFusedMaxBatch);
   }
 }
 
@@ -432,151 +449,158 @@ __global__ void __launch_bounds__(kFusedThreads) fused_forward_step(FwdStep<S, A
 // weight reads over the whole GPU.
 int fused_units_per_block(int64_t H) { return static_cast<int>((H + 255) / 256); }
 
-template <class A>
-size_t fused_smem_bytes(int64_t B, int64_t S_, int G, int JT) {
-  return sizeof(A) * (B * S_ + int64_t(G) * JT * kFusedMaxB);
+template <class Acc>
+size_t fused_shared_bytes(int64_t B, int64_t S, int G, int units_per_block) {
+  return sizeof(Acc) * (B * S + int64_t(G) * units_per_block * kFusedMaxBatch);
 }
 
-template <class Math, class S, class A>
-void launch_step(bool fused, const FwdStep<S, A>& st, const void* w_hh, cudaStream_t stream) {
+template <class Math, class Storage, class Acc>
+void launch_step(bool fused, const ForwardStepArgs<Storage, Acc>& step, const void* w_hh,
+                 cudaStream_t stream) {
   if (fused) {
-    const int JT = fused_units_per_block(st.H);
-    const unsigned grid = static_cast<unsigned>((st.H + JT - 1) / JT);
-    fused_forward_step<Math, S, A>
-        <<<grid, kFusedThreads, fused_smem_bytes<A>(st.B, st.S_, Math::kGates, JT), stream>>>(
-            st, static_cast<const S*>(w_hh), JT);
+    const int units_per_block = fused_units_per_block(step.H);
+    const unsigned grid = static_cast<unsigned>((step.H + units_per_block - 1) / units_per_block);
+    const size_t shared_bytes =
+        fused_shared_bytes<Acc>(step.B, step.S, Math::kGates, units_per_block);
+    fused_forward_step<Math, Storage, Acc><<<grid, kFusedThreads, shared_bytes, stream>>>(
+        step, static_cast<const Storage*>(w_hh), units_per_block);
   } else {
-    forward_step<Math, S, A><<<blocks_for(st.B * st.H), kThreads, 0, stream>>>(st);
+    forward_step<Math, Storage, Acc><<<blocks_for(step.B * step.H), kThreads, 0, stream>>>(step);
   }
   check_launch(fused ? "fused_forward_step" : "forward_step");
 }
 
-// Projection epilogue: r = hfull W_hr^T (in rproj) becomes the state and
+// Projection epilogue: r = proj_input W_hr^T (in projected) becomes the state and
 // the output of active rows; inactive rows keep their state and output zeros.
-template <class S, class A>
-__global__ void projection_epilogue(int64_t B, int64_t P, const A* rproj, const int64_t* lengths,
-                                    int64_t t, S* h, S* y) {
+template <class Storage, class Acc>
+__global__ void projection_epilogue(int64_t B, int64_t P, const Acc* projected,
+                                    const int64_t* lengths, int64_t t, Storage* h, Storage* y) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= B * P) return;
   const int64_t b = idx / P;
-  const S r = from_acc<S>(rproj[idx]);
+  const Storage r = from_acc<Storage>(projected[idx]);
   const bool on = active(lengths, b, t);
   if (on) h[idx] = r;
-  y[idx] = on ? r : from_acc<S>(A(0));
+  y[idx] = on ? r : from_acc<Storage>(Acc(0));
 }
 
 // h = h0 (or 0); c = c0 (or 0), converted to the accumulation type.
-template <class S, class A>
-__global__ void init_state(int64_t nh, int64_t nc, const S* h0, const S* c0, S* h, A* c) {
+// h and h0 have h_count elements, c and c0 c_count.
+template <class Storage, class Acc>
+__global__ void init_state(int64_t h_count, int64_t c_count, const Storage* h0,
+                           const Storage* c0, Storage* h, Acc* c) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx < nh) h[idx] = h0 ? h0[idx] : from_acc<S>(A(0));
-  if (c && idx < nc) c[idx] = c0 ? to_acc(c0[idx]) : A(0);
+  if (idx < h_count) h[idx] = h0 ? h0[idx] : from_acc<Storage>(Acc(0));
+  if (c && idx < c_count) c[idx] = c0 ? to_acc(c0[idx]) : Acc(0);
 }
 
-template <class S, class A>
-__global__ void store_state(int64_t n, const A* c, S* cy) {
+template <class Storage, class Acc>
+__global__ void store_state(int64_t n, const Acc* c, Storage* cy) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx < n) cy[idx] = from_acc<S>(c[idx]);
+  if (idx < n) cy[idx] = from_acc<Storage>(c[idx]);
 }
 
 // Whether the fused small-batch step applies: few rows, no projection, and
 // h_{t-1} fits the default 48 KB of shared memory.
-template <class Math, class A>
+template <class Math, class Acc>
 bool use_fused_step(int64_t B, int64_t H, int64_t P) {
-  if (P > 0 || B < 1 || B > kFusedMaxB) return false;
-  return fused_smem_bytes<A>(B, H, Math::kGates, fused_units_per_block(H)) <= 48 * 1024;
+  if (P > 0 || B < 1 || B > kFusedMaxBatch) return false;
+  return fused_shared_bytes<Acc>(B, H, Math::kGates, fused_units_per_block(H)) <= 48 * 1024;
 }
 
-template <class Math, class S>
+template <class Math, class Storage>
 void forward_impl(const ForwardArgs& a, void* scratch, cudaStream_t stream,
                   cublasHandle_t handle) {
-  using A = typename Acc<S>::type;
+  using Acc = typename AccumulationOf<Storage>::type;
   const CellInfo& cell = cell_info(Math::kCell);
-  const int64_t T = a.T, B = a.B, H = a.H, P = a.P, S_ = P > 0 ? P : H;
+  const int64_t T = a.T, B = a.B, H = a.H, P = a.P, S = P > 0 ? P : H;
   const int64_t GH = Math::kGates * H;
   const int64_t WS = cell.workspace_cols(H, P);
   if (T == 0 || B == 0) return;
-  const bool fused = use_fused_step<Math, A>(B, H, P);
+  const bool fused = use_fused_step<Math, Acc>(B, H, P);
 
-  const ForwardScratch<S> buf(a, scratch);
-  S* h = buf.h;
-  S* h_alt = buf.h_alt;
+  const ForwardScratch<Storage> buf(a, scratch);
+  Storage* h = buf.h;
+  Storage* h_alt = buf.h_alt;
 
-  const DType acc = accumulate_type(a.dtype);
-  const Gemm gemm{handle, stream, a.dtype, acc, acc, false};
+  const DType acc_type = accumulate_type(a.dtype);
+  const Gemm gemm{handle, stream, a.dtype, acc_type, acc_type, false};
 
   // Input projection of every step at once.
   gemm(false, true, T * B, GH, a.I, a.x, a.I, a.w_ih, a.I, 0.0, buf.gx, GH, "x W_ih^T");
 
-  const int64_t n_init = B * (Math::kCellState ? (S_ > H ? S_ : H) : S_);
-  init_state<S, A><<<blocks_for(n_init), kThreads, 0, stream>>>(
-      B * S_, B * H, static_cast<const S*>(a.h0), static_cast<const S*>(a.c0), h, buf.c);
+  const int64_t init_threads = B * (Math::kCellState ? (S > H ? S : H) : S);
+  init_state<Storage, Acc><<<blocks_for(init_threads), kThreads, 0, stream>>>(
+      B * S, B * H, static_cast<const Storage*>(a.h0), static_cast<const Storage*>(a.c0), h,
+      buf.c);
   check_launch("init_state");
 
-  FwdStep<S, A> st{};
-  st.B = B; st.H = H; st.S_ = S_; st.WS = WS;
-  st.hprev_col = cell.hprev_col(H, P);
-  st.proj_input_col = cell.proj_input_col(H);
-  st.gh = buf.gh;
-  st.b_ih = static_cast<const S*>(a.b_ih);
-  st.b_hh = static_cast<const S*>(a.b_hh);
-  st.lengths = a.lengths;
-  st.c = buf.c; st.hfull = buf.hfull;
-  S* y = static_cast<S*>(a.y);
-  A* ws = static_cast<A*>(a.ws);
+  ForwardStepArgs<Storage, Acc> step{};
+  step.B = B; step.H = H; step.S = S; step.WS = WS;
+  step.hprev_col = cell.hprev_col(H, P);
+  step.proj_input_col = cell.proj_input_col(H);
+  step.gh = buf.gh;
+  step.b_ih = static_cast<const Storage*>(a.b_ih);
+  step.b_hh = static_cast<const Storage*>(a.b_hh);
+  step.lengths = a.lengths;
+  step.c = buf.c; step.proj_input = buf.proj_input;
+  Storage* y = static_cast<Storage*>(a.y);
+  Acc* ws = static_cast<Acc*>(a.ws);
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = a.reverse ? T - 1 - k : k;
-    if (!fused) gemm(false, true, B, GH, S_, h, S_, a.w_hh, S_, 0.0, buf.gh, GH, "h W_hh^T");
-    st.t = t;
-    st.gx = buf.gx + t * B * GH;
-    st.y = y + t * B * S_;
-    st.ws = ws ? ws + t * B * WS : nullptr;
-    st.h_in = h;
-    st.h_out = fused ? h_alt : h;
-    launch_step<Math>(fused, st, a.w_hh, stream);
+    if (!fused) gemm(false, true, B, GH, S, h, S, a.w_hh, S, 0.0, buf.gh, GH, "h W_hh^T");
+    step.t = t;
+    step.gx = buf.gx + t * B * GH;
+    step.y = y + t * B * S;
+    step.ws = ws ? ws + t * B * WS : nullptr;
+    step.h_in = h;
+    step.h_out = fused ? h_alt : h;
+    launch_step<Math>(fused, step, a.w_hh, stream);
     if (fused) std::swap(h, h_alt);
     if (P > 0) {
-      gemm(false, true, B, P, H, buf.hfull, H, a.w_hr, H, 0.0, buf.rproj, P, "h W_hr^T");
-      projection_epilogue<S, A><<<blocks_for(B * P), kThreads, 0, stream>>>(
-          B, P, buf.rproj, a.lengths, t, h, y + t * B * S_);
+      gemm(false, true, B, P, H, buf.proj_input, H, a.w_hr, H, 0.0, buf.projected, P,
+           "h W_hr^T");
+      projection_epilogue<Storage, Acc><<<blocks_for(B * P), kThreads, 0, stream>>>(
+          B, P, buf.projected, a.lengths, t, h, y + t * B * S);
       check_launch("projection_epilogue");
     }
   }
-  check_cuda(cudaMemcpyAsync(a.hy, h, sizeof(S) * B * S_, cudaMemcpyDeviceToDevice, stream),
+  check_cuda(cudaMemcpyAsync(a.hy, h, sizeof(Storage) * B * S, cudaMemcpyDeviceToDevice, stream),
              "copy hy");
   if (Math::kCellState) {
-    store_state<S, A><<<blocks_for(B * H), kThreads, 0, stream>>>(B * H, buf.c,
-                                                                  static_cast<S*>(a.cy));
+    store_state<Storage, Acc><<<blocks_for(B * H), kThreads, 0, stream>>>(
+        B * H, buf.c, static_cast<Storage*>(a.cy));
     check_launch("store_state");
   }
 }
 
 // ---------------------------------------------------------------------------
-// Backward kernels (accumulation type A throughout)
+// Backward kernels (accumulation type Acc throughout)
 // ---------------------------------------------------------------------------
 
-template <class A>
-struct BwdStep {
-  int64_t B, H, S_, WS;
-  int64_t hprev_col;  // column of h_{t-1} in a workspace row (cells.h)
-  const A* ws;       // [B, WS] at this step
-  const A* dy;       // [B, S] at this step, or null
-  const A* dhfull;   // [B, H] with P: d(o tanh c) from the projection
+// The arguments of one backward step kernel.
+template <class Acc>
+struct BackwardStepArgs {
+  int64_t B, H, S, WS;
+  int64_t hprev_col;         // column of h_{t-1} in a workspace row (cells.h)
+  const Acc* ws;             // [B, WS] at this step
+  const Acc* dy;             // [B, S] at this step, or null
+  const Acc* dproj_input;    // [B, H] with P: d(o tanh c) from the projection
   const int64_t* lengths;
   int64_t t;
-  A* dh;             // [B, S] gradient w.r.t. the state; in: d h_t (recurrent part), out:
-                     // the direct part of d h_{t-1} (the GEMM adds dG W_hh next)
-  A* dc;             // [B, H] cells with a cell state: in d c_t, out d c_{t-1}
-  A* dgx;            // [B, G*H] gradient of the gate pre-activations (input side)
-  A* dgh;            // [B, G*H] hidden side (cells with apart gates; the same as dgx otherwise)
+  Acc* dh;                   // [B, S] gradient w.r.t. the state; in: d h_t (recurrent part),
+                             // out: the direct part of d h_{t-1} (the GEMM adds dG W_hh next)
+  Acc* dc;                   // [B, H] cells with a cell state: in d c_t, out d c_{t-1}
+  Acc* dgx;                  // [B, G*H] gradient of the gate pre-activations (input side)
+  Acc* dgh;                  // [B, G*H] hidden side (cells with apart gates; else dgx)
 };
 
 // The backward step accessor of cell_math.h for unit j of batch row b.
-template <class Math, class A>
+template <class Math, class Acc>
 struct BackwardUnit {
-  using V = Value<A>;
+  using V = Value<Acc>;
   static constexpr bool kSplit = Math::kApartGates != 0;  // dgh is not dgx
-  const BwdStep<A>& s;
+  const BackwardStepArgs<Acc>& s;
   int64_t b, j;
 
   __device__ int64_t gate(int k) const { return (b * Math::kGates + k) * s.H + j; }
@@ -594,137 +618,138 @@ struct BackwardUnit {
 // One backward step for unit j of batch row b, one thread per (b, j): dh_t (the recurrent part
 // plus dy_t, or from the projection) through the cell's math. Inactive rows get zero gate
 // gradients and pass dh and dc through unchanged.
-template <class Math, class A>
-__global__ void backward_step(BwdStep<A> s) {
+template <class Math, class Acc>
+__global__ void backward_step(BackwardStepArgs<Acc> s) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= s.B * s.H) return;
   const int64_t b = idx / s.H, j = idx % s.H, k = b * s.H + j;
-  BackwardUnit<Math, A> unit{s, b, j};
+  BackwardUnit<Math, Acc> unit{s, b, j};
   if (!active(s.lengths, b, s.t)) {
 #pragma unroll
     for (int q = 0; q < Math::kGates; ++q) {
-      s.dgx[unit.gate(q)] = A(0);
-      if (BackwardUnit<Math, A>::kSplit) s.dgh[unit.gate(q)] = A(0);
+      s.dgx[unit.gate(q)] = Acc(0);
+      if (BackwardUnit<Math, Acc>::kSplit) s.dgh[unit.gate(q)] = Acc(0);
     }
     return;
   }
-  if (s.dhfull) {
+  if (s.dproj_input) {
     // With P, projection_backward has consumed dh; the cells that accept a projection (LSTM)
     // add nothing to dh_{t-1} outside W_hh.
-    Math::template backward<Value<A>>(unit, Value<A>{s.dhfull[k]});
+    Math::template backward<Value<Acc>>(unit, Value<Acc>{s.dproj_input[k]});
     return;
   }
-  const A dh = s.dh[k] + (s.dy ? s.dy[k] : A(0));
-  s.dh[k] = Math::template backward<Value<A>>(unit, Value<A>{dh}).v;
+  const Acc dh = s.dh[k] + (s.dy ? s.dy[k] : Acc(0));
+  s.dh[k] = Math::template backward<Value<Acc>>(unit, Value<Acc>{dh}).v;
 }
 
-// With P, first stage of a step: dr = dh + dy for active rows
+// With P, first stage of a step: dprojected = dh + dy for active rows
 // (and dh is consumed), zero for inactive rows (whose dh passes through).
-template <class A>
-__global__ void projection_backward(int64_t B, int64_t P, const A* dy, const int64_t* lengths,
-                                    int64_t t, A* dh, A* dr) {
+template <class Acc>
+__global__ void projection_backward(int64_t B, int64_t P, const Acc* dy, const int64_t* lengths,
+                                    int64_t t, Acc* dh, Acc* dprojected) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= B * P) return;
   const int64_t b = idx / P;
   if (active(lengths, b, t)) {
-    dr[idx] = dh[idx] + (dy ? dy[idx] : A(0));
-    dh[idx] = A(0);
+    dprojected[idx] = dh[idx] + (dy ? dy[idx] : Acc(0));
+    dh[idx] = Acc(0);
   } else {
-    dr[idx] = A(0);
+    dprojected[idx] = Acc(0);
   }
 }
 
-template <class A>
-__global__ void fill(int64_t n, A value, A* out) {
+template <class Acc>
+__global__ void fill(int64_t n, Acc value, Acc* out) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx < n) out[idx] = value;
 }
 
-template <class A>
-void copy_or_zero(A* dst, const void* src, int64_t n, cudaStream_t stream, const char* what) {
+template <class Acc>
+void copy_or_zero(Acc* dst, const void* src, int64_t n, cudaStream_t stream, const char* what) {
   if (n == 0) return;
   if (src)
-    check_cuda(cudaMemcpyAsync(dst, src, sizeof(A) * n, cudaMemcpyDeviceToDevice, stream), what);
+    check_cuda(cudaMemcpyAsync(dst, src, sizeof(Acc) * n, cudaMemcpyDeviceToDevice, stream),
+               what);
   else
-    check_cuda(cudaMemsetAsync(dst, 0, sizeof(A) * n, stream), what);
+    check_cuda(cudaMemsetAsync(dst, 0, sizeof(Acc) * n, stream), what);
 }
 
-template <class Math, class A>
+template <class Math, class Acc>
 void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
                    cublasHandle_t handle) {
   const CellInfo& cell = cell_info(Math::kCell);
-  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, S_ = P > 0 ? P : H;
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, S = P > 0 ? P : H;
   const int64_t GH = Math::kGates * H;
   const int64_t WS = cell.workspace_cols(H, P);
 
-  const BackwardScratch<A> buf(a, scratch);
-  A* dh = buf.dh;
-  A* dc = buf.dc;
+  const BackwardScratch<Acc> buf(a, scratch);
+  Acc* dh = buf.dh;
+  Acc* dc = buf.dc;
 
   const Gemm gemm{handle, stream, a.dtype, a.dtype, a.dtype, a.tf32};
-  A* dw_ih = static_cast<A*>(a.dw_ih);
-  A* dw_hh = static_cast<A*>(a.dw_hh);
-  A* db_ih = static_cast<A*>(a.db_ih);
-  A* db_hh = static_cast<A*>(a.db_hh);
+  Acc* dw_ih = static_cast<Acc*>(a.dw_ih);
+  Acc* dw_hh = static_cast<Acc*>(a.dw_hh);
+  Acc* db_ih = static_cast<Acc*>(a.db_ih);
+  Acc* db_hh = static_cast<Acc*>(a.db_hh);
   if (T * B == 0) {  // no rows: every gradient is zero
-    for (auto [p, n] : {std::pair<void*, int64_t>{a.dx, T * B * I}, {a.dh0, B * S_},
+    for (auto [p, n] : {std::pair<void*, int64_t>{a.dx, T * B * I}, {a.dh0, B * S},
                         {a.dc0, Math::kCellState ? B * H : 0}, {a.dw_ih, GH * I},
-                        {a.dw_hh, GH * S_}, {a.db_ih, GH}, {a.db_hh, GH}, {a.dw_hr, P * H}})
-      if (p && n) check_cuda(cudaMemsetAsync(p, 0, sizeof(A) * n, stream), "zero gradients");
+                        {a.dw_hh, GH * S}, {a.db_ih, GH}, {a.db_hh, GH}, {a.dw_hr, P * H}})
+      if (p && n) check_cuda(cudaMemsetAsync(p, 0, sizeof(Acc) * n, stream), "zero gradients");
     return;
   }
 
-  copy_or_zero<A>(dh, a.dhy, B * S_, stream, "dh init");
-  if (Math::kCellState) copy_or_zero<A>(dc, a.dcy, B * H, stream, "dc init");
+  copy_or_zero<Acc>(dh, a.dhy, B * S, stream, "dh init");
+  if (Math::kCellState) copy_or_zero<Acc>(dc, a.dcy, B * H, stream, "dc init");
 
-  BwdStep<A> st{};
-  st.B = B; st.H = H; st.S_ = S_; st.WS = WS;
-  st.hprev_col = cell.hprev_col(H, P);
-  st.lengths = a.lengths;
-  st.dh = dh; st.dc = dc; st.dhfull = buf.dhfull;
-  const A* ws = static_cast<const A*>(a.ws);
-  const A* dy = static_cast<const A*>(a.dy);
+  BackwardStepArgs<Acc> step{};
+  step.B = B; step.H = H; step.S = S; step.WS = WS;
+  step.hprev_col = cell.hprev_col(H, P);
+  step.lengths = a.lengths;
+  step.dh = dh; step.dc = dc; step.dproj_input = buf.dproj_input;
+  const Acc* ws = static_cast<const Acc*>(a.ws);
+  const Acc* dy = static_cast<const Acc*>(a.dy);
   const unsigned grid = blocks_for(B * H);
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = a.reverse ? k : T - 1 - k;  // the forward order, reversed
-    const A* dy_t = dy ? dy + t * B * S_ : nullptr;
+    const Acc* dy_t = dy ? dy + t * B * S : nullptr;
     if (P > 0) {
-      projection_backward<A><<<blocks_for(B * P), kThreads, 0, stream>>>(
-          B, P, dy_t, a.lengths, t, dh, buf.dr + t * B * P);
+      projection_backward<Acc><<<blocks_for(B * P), kThreads, 0, stream>>>(
+          B, P, dy_t, a.lengths, t, dh, buf.dprojected + t * B * P);
       check_launch("projection_backward");
-      gemm(false, false, B, H, P, buf.dr + t * B * P, P, a.w_hr, H, 0.0, buf.dhfull, H,
-           "dr W_hr");
-      st.dy = nullptr;
+      gemm(false, false, B, H, P, buf.dprojected + t * B * P, P, a.w_hr, H, 0.0,
+           buf.dproj_input, H, "dprojected W_hr");
+      step.dy = nullptr;
     } else {
-      st.dy = dy_t;
+      step.dy = dy_t;
     }
-    st.t = t;
-    st.ws = ws + t * B * WS;
-    st.dgx = buf.dgx + t * B * GH;
-    st.dgh = buf.dgh + t * B * GH;
-    backward_step<Math, A><<<grid, kThreads, 0, stream>>>(st);
+    step.t = t;
+    step.ws = ws + t * B * WS;
+    step.dgx = buf.dgx + t * B * GH;
+    step.dgh = buf.dgh + t * B * GH;
+    backward_step<Math, Acc><<<grid, kThreads, 0, stream>>>(step);
     check_launch("backward_step");
     // dh_{t-1} = direct part (left in dh by the step kernel) + dG_t W_hh
-    gemm(false, false, B, S_, GH, st.dgh, GH, a.w_hh, S_, 1.0, dh, S_, "dG W_hh");
+    gemm(false, false, B, S, GH, step.dgh, GH, a.w_hh, S, 1.0, dh, S, "dG W_hh");
   }
-  check_cuda(cudaMemcpyAsync(a.dh0, dh, sizeof(A) * B * S_, cudaMemcpyDeviceToDevice, stream),
+  check_cuda(cudaMemcpyAsync(a.dh0, dh, sizeof(Acc) * B * S, cudaMemcpyDeviceToDevice, stream),
              "copy dh0");
   if (Math::kCellState && a.dc0)
-    check_cuda(cudaMemcpyAsync(a.dc0, dc, sizeof(A) * B * H, cudaMemcpyDeviceToDevice, stream),
+    check_cuda(cudaMemcpyAsync(a.dc0, dc, sizeof(Acc) * B * H, cudaMemcpyDeviceToDevice, stream),
                "copy dc0");
 
-  const int64_t R = T * B;
-  gemm(false, false, R, I, GH, buf.dgx, GH, a.w_ih, I, 0.0, a.dx, I, "dG W_ih");
-  gemm(true, false, GH, I, R, buf.dgx, GH, a.x, I, 0.0, dw_ih, I, "dG^T x");
-  gemm(true, false, GH, S_, R, buf.dgh, GH, ws + cell.hprev_col(H, P), WS, 0.0, dw_hh, S_,
+  const int64_t rows = T * B;
+  gemm(false, false, rows, I, GH, buf.dgx, GH, a.w_ih, I, 0.0, a.dx, I, "dG W_ih");
+  gemm(true, false, GH, I, rows, buf.dgx, GH, a.x, I, 0.0, dw_ih, I, "dG^T x");
+  gemm(true, false, GH, S, rows, buf.dgh, GH, ws + cell.hprev_col(H, P), WS, 0.0, dw_hh, S,
        "dG^T h");
   if (P > 0)
-    gemm(true, false, P, H, R, buf.dr, P, ws + cell.proj_input_col(H), WS, 0.0, a.dw_hr, H,
-         "dr^T hfull");
-  fill<A><<<blocks_for(R), kThreads, 0, stream>>>(R, A(1), buf.ones);
+    gemm(true, false, P, H, rows, buf.dprojected, P, ws + cell.proj_input_col(H), WS, 0.0,
+         a.dw_hr, H, "dprojected^T proj_input");
+  fill<Acc><<<blocks_for(rows), kThreads, 0, stream>>>(rows, Acc(1), buf.ones);
   check_launch("fill");
-  gemm(true, false, GH, 1, R, buf.dgx, GH, buf.ones, 1, 0.0, db_ih, 1, "bias_ih gradient");
-  gemm(true, false, GH, 1, R, buf.dgh, GH, buf.ones, 1, 0.0, db_hh, 1, "bias_hh gradient");
+  gemm(true, false, GH, 1, rows, buf.dgx, GH, buf.ones, 1, 0.0, db_ih, 1, "bias_ih gradient");
+  gemm(true, false, GH, 1, rows, buf.dgh, GH, buf.ones, 1, 0.0, db_hh, 1, "bias_hh gradient");
 }
 
 }  // namespace
@@ -747,9 +772,9 @@ void layer_forward(const ForwardArgs& a, void* scratch, cudaStream_t stream,
   check_projection(a.cell, a.P);
   bind_stream(handle, stream);
   visit_storage(a.dtype, [&](auto storage) {
-    using S = typename decltype(storage)::type;
+    using Storage = typename decltype(storage)::type;
     visit_cell(a.cell, [&](auto math) {
-      forward_impl<decltype(math), S>(a, scratch, stream, handle);
+      forward_impl<decltype(math), Storage>(a, scratch, stream, handle);
     });
   });
 }
