@@ -337,8 +337,8 @@ def test_gradcheck_float64():
 @pytest.mark.parametrize("cell", ops.CELLS)
 @pytest.mark.parametrize("training", [False, True])
 def test_opcheck(cell, training):
-    """Both ops, with and without biases (the CUDA backward then writes the bias gradients to
-    scratch), with a projection where the cell takes one."""
+    """Both ops, with and without biases (the CUDA backward then gets null bias gradients and
+    computes none), with a projection where the cell takes one."""
     proj = projections(cell)[-1]
     for bias in (True, False):
         args = op_args(cell, proj, dtype=torch.float32, device=CUDA, requires_grad=training,

@@ -52,32 +52,47 @@ class SerialExecutor final : public Executor {
   }
 };
 
-// One layer, one direction, whole sequence.
+// The arguments of one layer call: one layer, one direction, the whole sequence. Both backends
+// take these fields: the CPU kernels as ForwardArgs<float> or <double>, the CUDA kernels as
+// cuda::ForwardArgs (rnn_cuda.h), which is ForwardArgs<void> plus the element type behind its
+// untyped pointers. Real is that element type: every tensor below has it, except where a
+// backend's header says otherwise (the CUDA workspace).
+//
+// Every pointer addresses memory of the device that runs the kernels: host memory for the CPU
+// kernels, device memory for the CUDA kernels (lengths included).
+// Null, for both backends: an input may be null only where its comment gives null a meaning
+// (zeros, no bias, every sequence full length); an output may be null where its comment says
+// "null = not needed", and is then neither written nor computed for its own sake. Every other
+// pointer the call uses must be valid (w_hr and dw_hr are used only with P > 0; c0, cy, dcy and
+// dc0 only for cells with a cell state).
 template <class Real>
 struct ForwardArgs {
   Cell cell = Cell::LSTM;
   int64_t T = 0, B = 0, I = 0, H = 0, P = 0;
   const Real* x = nullptr;          // [T, B, I]  read
   const Real* h0 = nullptr;         // [B, S]     read; null = zeros
-  const Real* c0 = nullptr;         // [B, H]     read (LSTM); null = zeros
+  const Real* c0 = nullptr;         // [B, H]     read (cells with a cell state); null = zeros
   const Real* w_ih = nullptr;       // [G*H, I]   read
   const Real* w_hh = nullptr;       // [G*H, S]   read
   const Real* b_ih = nullptr;       // [G*H]      read; null = no bias
   const Real* b_hh = nullptr;       // [G*H]      read; null = no bias
-  const Real* w_hr = nullptr;       // [P, H]     read (LSTM with P > 0)
+  const Real* w_hr = nullptr;       // [P, H]     read (P > 0)
   const int64_t* lengths = nullptr;  // [B] read; null = every sequence has length T.
                                      // Steps t >= lengths[b] leave row b's state unchanged
                                      // and write zeros to y[t, b].
   bool reverse = false;          // process t = T-1 .. 0
-  // Packed layout (PackedSequence.data order): x, y and ws hold only the active
-  // (t, b), time-major: N = sum(lengths) rows, row offset(t) + b for b < n(t),
-  // where n(t) = #{b : lengths[b] > t} and offset(t) = n(0) + ... + n(t-1).
+  // Packed layout (PackedSequence.data order; CPU kernels only, the CUDA ones reject it):
+  // x, y and ws hold only the active (t, b), time-major: N = sum(lengths) rows, row
+  // offset(t) + b for b < n(t), where n(t) = #{b : lengths[b] > t} and
+  // offset(t) = n(0) + ... + n(t-1).
   // Needs lengths, non-increasing. Shapes below then read [N, ...] for [T, B, ...].
   bool packed = false;
   Real* y = nullptr;                // [T, B, S]  written
-  Real* hy = nullptr;               // [B, S]     written
-  Real* cy = nullptr;               // [B, H]     written (LSTM)
-  Real* ws = nullptr;               // [T, B, WS] written; null = inference (nothing saved)
+  Real* hy = nullptr;               // [B, S]     written; null = not needed
+  Real* cy = nullptr;               // [B, H]     written (cells with a cell state); null = not
+                                    //            needed
+  Real* ws = nullptr;               // [T, B, WS] written, for the backward pass; null = not
+                                    //            needed (inference: nothing saved)
 };
 
 template <class Real>
@@ -87,22 +102,23 @@ struct BackwardArgs {
   const Real* x = nullptr;          // [T, B, I]  read
   const Real* w_ih = nullptr;       // [G*H, I]   read
   const Real* w_hh = nullptr;       // [G*H, S]   read
-  const Real* w_hr = nullptr;       // [P, H]     read (LSTM with P > 0)
+  const Real* w_hr = nullptr;       // [P, H]     read (P > 0)
   const int64_t* lengths = nullptr;  // [B] read; as in ForwardArgs
   bool reverse = false;
   bool packed = false;              // as in ForwardArgs: x, ws, dy, dx are [N, ...]
   const Real* ws = nullptr;         // [T, B, WS] read (written by the forward pass)
   const Real* dy = nullptr;         // [T, B, S]  read; null = zeros
   const Real* dhy = nullptr;        // [B, S]     read; null = zeros
-  const Real* dcy = nullptr;        // [B, H]     read (LSTM); null = zeros
+  const Real* dcy = nullptr;        // [B, H]     read (cells with a cell state); null = zeros
   Real* dx = nullptr;               // [T, B, I]  written; null = not needed
   Real* dh0 = nullptr;              // [B, S]     written; null = not needed
-  Real* dc0 = nullptr;              // [B, H]     written; null = not needed
+  Real* dc0 = nullptr;              // [B, H]     written (cells with a cell state); null = not
+                                    //            needed
   Real* dw_ih = nullptr;            // [G*H, I]   written; null = not needed
   Real* dw_hh = nullptr;            // [G*H, S]   written; null = not needed
   Real* db_ih = nullptr;            // [G*H]      written; null = not needed
   Real* db_hh = nullptr;            // [G*H]      written; null = not needed
-  Real* dw_hr = nullptr;            // [P, H]     written; null = not needed
+  Real* dw_hr = nullptr;            // [P, H]     written (P > 0); null = not needed
 };
 
 // The strategy of one CPU layer call: decided once per call from the shapes, the lengths and

@@ -218,6 +218,13 @@ void check_projection(Cell cell, int64_t P) {
                              " cell takes no projection, got P = " + std::to_string(P));
 }
 
+// The packed layout (rnn.h) is for the CPU kernels only.
+void check_not_packed(bool packed) {
+  if (packed)
+    throw std::runtime_error("rnnfast CUDA: the packed layout (packed = true) is not supported; "
+                             "pass padded [T, B, ...] tensors with lengths");
+}
+
 // ---------------------------------------------------------------------------
 // Scratch buffers
 // ---------------------------------------------------------------------------
@@ -271,7 +278,8 @@ struct BackwardScratch {
   Acc* dc;           // [B, H]       gradient w.r.t. the cell state (cells with one), or null
   Acc* dprojected;   // [T, B, P]    with P: gradient w.r.t. proj_input W_hr^T, or null
   Acc* dproj_input;  // [B, H]       with P: gradient w.r.t. the projection input, or null
-  Acc* ones;         // [max(T*B, 1)] ones, for the bias gradients as GEMVs
+  Acc* ones;         // [max(T*B, 1)] ones, for the bias gradients as GEMVs; null when neither
+                     //              bias gradient is wanted
   size_t bytes;
 
   BackwardScratch(const BackwardArgs& a, void* base) {
@@ -284,7 +292,7 @@ struct BackwardScratch {
     dc = n.cell.cell_state ? carve.take<Acc>(n.B * n.H) : nullptr;
     dprojected = n.P > 0 ? carve.take<Acc>(rows * n.P) : nullptr;
     dproj_input = n.P > 0 ? carve.take<Acc>(n.B * n.H) : nullptr;
-    ones = carve.take<Acc>(rows > 0 ? rows : 1);
+    ones = (a.db_ih || a.db_hh) ? carve.take<Acc>(rows > 0 ? rows : 1) : nullptr;
     bytes = carve.used;
   }
 };
@@ -516,7 +524,8 @@ void forward_impl(const ForwardArgs& a, void* scratch, cudaStream_t stream,
   const int64_t T = a.T, B = a.B, H = a.H, P = a.P, S = P > 0 ? P : H;
   const int64_t GH = Math::kGates * H;
   const int64_t WS = cell.workspace_cols(H, P);
-  if (T == 0 || B == 0) return;
+  // No rows: nothing to write. No steps (T = 0): the final state is the initial one.
+  if (B == 0) return;
   const bool fused = use_fused_step<Math, Acc>(B, H, P);
 
   const ForwardScratch<Storage> buf(a, scratch);
@@ -565,9 +574,11 @@ void forward_impl(const ForwardArgs& a, void* scratch, cudaStream_t stream,
       check_launch("projection_epilogue");
     }
   }
-  check_cuda(cudaMemcpyAsync(a.hy, h, sizeof(Storage) * B * S, cudaMemcpyDeviceToDevice, stream),
-             "copy hy");
-  if (Math::kCellState) {
+  if (a.hy)
+    check_cuda(cudaMemcpyAsync(a.hy, h, sizeof(Storage) * B * S, cudaMemcpyDeviceToDevice,
+                               stream),
+               "copy hy");
+  if (Math::kCellState && a.cy) {
     store_state<Storage, Acc><<<blocks_for(B * H), kThreads, 0, stream>>>(
         B * H, buf.c, static_cast<Storage*>(a.cy));
     check_launch("store_state");
@@ -687,13 +698,12 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
   Acc* dc = buf.dc;
 
   const Gemm gemm{handle, stream, a.dtype, a.dtype, a.dtype, a.tf32};
-  Acc* dw_ih = static_cast<Acc*>(a.dw_ih);
-  Acc* dw_hh = static_cast<Acc*>(a.dw_hh);
-  Acc* db_ih = static_cast<Acc*>(a.db_ih);
-  Acc* db_hh = static_cast<Acc*>(a.db_hh);
-  if (T * B == 0) {  // no rows: every gradient is zero
-    for (auto [p, n] : {std::pair<void*, int64_t>{a.dx, T * B * I}, {a.dh0, B * S},
-                        {a.dc0, Math::kCellState ? B * H : 0}, {a.dw_ih, GH * I},
+  if (T * B == 0) {  // no rows: the initial state's gradients are the final state's, the
+                     // weights' are zero
+    if (a.dh0) copy_or_zero<Acc>(static_cast<Acc*>(a.dh0), a.dhy, B * S, stream, "copy dh0");
+    if (Math::kCellState && a.dc0)
+      copy_or_zero<Acc>(static_cast<Acc*>(a.dc0), a.dcy, B * H, stream, "copy dc0");
+    for (auto [p, n] : {std::pair<void*, int64_t>{a.dx, T * B * I}, {a.dw_ih, GH * I},
                         {a.dw_hh, GH * S}, {a.db_ih, GH}, {a.db_hh, GH}, {a.dw_hr, P * H}})
       if (p && n) check_cuda(cudaMemsetAsync(p, 0, sizeof(Acc) * n, stream), "zero gradients");
     return;
@@ -729,27 +739,36 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     step.dgh = buf.dgh + t * B * GH;
     backward_step<Math, Acc><<<grid, kThreads, 0, stream>>>(step);
     check_launch("backward_step");
-    // dh_{t-1} = direct part (left in dh by the step kernel) + dG_t W_hh
-    gemm(false, false, B, S, GH, step.dgh, GH, a.w_hh, S, 1.0, dh, S, "dG W_hh");
+    // dh_{t-1} = direct part (left in dh by the step kernel) + dG_t W_hh; after the last
+    // step processed, dh is dh0, needed only when dh0 is
+    if (k + 1 < T || a.dh0)
+      gemm(false, false, B, S, GH, step.dgh, GH, a.w_hh, S, 1.0, dh, S, "dG W_hh");
   }
-  check_cuda(cudaMemcpyAsync(a.dh0, dh, sizeof(Acc) * B * S, cudaMemcpyDeviceToDevice, stream),
-             "copy dh0");
+  if (a.dh0)
+    check_cuda(cudaMemcpyAsync(a.dh0, dh, sizeof(Acc) * B * S, cudaMemcpyDeviceToDevice, stream),
+               "copy dh0");
   if (Math::kCellState && a.dc0)
     check_cuda(cudaMemcpyAsync(a.dc0, dc, sizeof(Acc) * B * H, cudaMemcpyDeviceToDevice, stream),
                "copy dc0");
 
+  // The whole-sequence gradients, each only if wanted.
   const int64_t rows = T * B;
-  gemm(false, false, rows, I, GH, buf.dgx, GH, a.w_ih, I, 0.0, a.dx, I, "dG W_ih");
-  gemm(true, false, GH, I, rows, buf.dgx, GH, a.x, I, 0.0, dw_ih, I, "dG^T x");
-  gemm(true, false, GH, S, rows, buf.dgh, GH, ws + cell.hprev_col(H, P), WS, 0.0, dw_hh, S,
-       "dG^T h");
-  if (P > 0)
+  if (a.dx) gemm(false, false, rows, I, GH, buf.dgx, GH, a.w_ih, I, 0.0, a.dx, I, "dG W_ih");
+  if (a.dw_ih) gemm(true, false, GH, I, rows, buf.dgx, GH, a.x, I, 0.0, a.dw_ih, I, "dG^T x");
+  if (a.dw_hh)
+    gemm(true, false, GH, S, rows, buf.dgh, GH, ws + cell.hprev_col(H, P), WS, 0.0, a.dw_hh, S,
+         "dG^T h");
+  if (P > 0 && a.dw_hr)
     gemm(true, false, P, H, rows, buf.dprojected, P, ws + cell.proj_input_col(H), WS, 0.0,
          a.dw_hr, H, "dprojected^T proj_input");
-  fill<Acc><<<blocks_for(rows), kThreads, 0, stream>>>(rows, Acc(1), buf.ones);
-  check_launch("fill");
-  gemm(true, false, GH, 1, rows, buf.dgx, GH, buf.ones, 1, 0.0, db_ih, 1, "bias_ih gradient");
-  gemm(true, false, GH, 1, rows, buf.dgh, GH, buf.ones, 1, 0.0, db_hh, 1, "bias_hh gradient");
+  if (buf.ones) {  // at least one bias gradient is wanted
+    fill<Acc><<<blocks_for(rows), kThreads, 0, stream>>>(rows, Acc(1), buf.ones);
+    check_launch("fill");
+  }
+  if (a.db_ih)
+    gemm(true, false, GH, 1, rows, buf.dgx, GH, buf.ones, 1, 0.0, a.db_ih, 1, "bias_ih gradient");
+  if (a.db_hh)
+    gemm(true, false, GH, 1, rows, buf.dgh, GH, buf.ones, 1, 0.0, a.db_hh, 1, "bias_hh gradient");
 }
 
 }  // namespace
@@ -770,6 +789,7 @@ size_t backward_scratch_bytes(const BackwardArgs& a) {
 void layer_forward(const ForwardArgs& a, void* scratch, cudaStream_t stream,
                    cublasHandle_t handle) {
   check_projection(a.cell, a.P);
+  check_not_packed(a.packed);
   bind_stream(handle, stream);
   visit_storage(a.dtype, [&](auto storage) {
     using Storage = typename decltype(storage)::type;
@@ -784,6 +804,7 @@ void layer_backward(const BackwardArgs& a, void* scratch, cudaStream_t stream,
   if (a.dtype != DType::F64 && a.dtype != DType::F32)
     throw std::runtime_error("rnnfast CUDA: the backward pass runs in float32 or float64");
   check_projection(a.cell, a.P);
+  check_not_packed(a.packed);
   bind_stream(handle, stream);
   visit_cell(a.cell, [&](auto math) {
     if (a.dtype == DType::F64)

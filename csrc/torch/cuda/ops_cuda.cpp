@@ -123,13 +123,6 @@ BackwardResult backward_op(c10::string_view cell_name,
   at::Tensor& dx = std::get<0>(g);
   std::vector<at::Tensor>& dstate = std::get<1>(g);
   std::vector<at::Tensor>& dweights = std::get<2>(g);
-  // The CUDA kernels write both bias gradients always: without biases they go to scratch.
-  const at::Tensor no_bias_grad =
-      d.layout.bias ? at::Tensor() : at::empty({2, d.G * d.H}, acc_opts);
-  auto bias_grad = [&](int index, int row) {
-    return d.layout.bias ? grad_of(dweights, d.layout, index).data_ptr()
-                         : no_bias_grad[row].data_ptr();
-  };
 
   kc::BackwardArgs a;
   a.cell = cell.id;
@@ -151,8 +144,8 @@ BackwardResult backward_op(c10::string_view cell_name,
   a.dc0 = cell.cell_state ? dstate[kStateC].data_ptr() : nullptr;
   a.dw_ih = ptr_or_null(grad_of(dweights, d.layout, kWeightIh));
   a.dw_hh = ptr_or_null(grad_of(dweights, d.layout, kWeightHh));
-  a.db_ih = bias_grad(kBiasIh, 0);
-  a.db_hh = bias_grad(kBiasHh, 1);
+  a.db_ih = ptr_or_null(grad_of(dweights, d.layout, kBiasIh));
+  a.db_hh = ptr_or_null(grad_of(dweights, d.layout, kBiasHh));
   a.dw_hr = ptr_or_null(grad_of(dweights, d.layout, kWeightHr));
   auto scratch = at::empty({static_cast<int64_t>(kc::backward_scratch_bytes(a))},
                            in.input.options().dtype(at::kByte));
