@@ -28,24 +28,39 @@ inline void save_value(const FwdStep<Real>& s, V v, Real* p) {
   if (s.stream_ws) v.stream(p); else v.store(p);
 }
 
-// The forward step accessor of cell_math.h.
+// The forward step accessor of cell_math.h. It takes its row pointers from the step once, at
+// construction: the cell's vector stores may alias anything, so reading them from the step
+// after a store would reload them.
 template <class V, class Real>
 struct ForwardUnit {
-  const FwdStep<Real>& s;
-  int64_t b, j;
-  V pre(int k) const {
-    return V::load(s.gx + b * s.GH + k * s.H + j) + V::load(s.bias + k * s.H + j);
-  }
+  ForwardUnit(const FwdStep<Real>& s, int64_t b, int64_t j)
+      : H(s.H),
+        gx(s.gx + b * s.GH + j),
+        bias(s.bias + j),
+        rg(s.rg ? s.rg + b * s.GH + j : nullptr),
+        b_apart(s.b_apart ? s.b_apart + j : nullptr),
+        h(s.h + b * s.S + j),
+        c(s.c ? s.c + b * s.H + j : nullptr),
+        ws(s.ws ? s.ws + b * s.WS + j : nullptr),
+        stream_ws(s.stream_ws) {}
+  V pre(int k) const { return V::load(gx + k * H) + V::load(bias + k * H); }
   V recurrent(int k) const {
-    V r = V::load(s.rg + b * s.GH + k * s.H + j);
-    return s.b_apart ? r + V::load(s.b_apart + k * s.H + j) : r;
+    V r = V::load(rg + k * H);
+    return b_apart ? r + V::load(b_apart + k * H) : r;
   }
-  V h_prev() const { return V::load(s.h + b * s.S + j); }
-  V c_prev() const { return V::load(s.c + b * s.H + j); }
-  void set_c(V c) const { c.store(s.c + b * s.H + j); }
+  V h_prev() const { return V::load(h); }
+  V c_prev() const { return V::load(c); }
+  void set_c(V v) const { v.store(c); }
   void save(int q, V v) const {
-    if (s.ws) save_value(s, v, s.ws + b * s.WS + q * s.H + j);
+    if (!ws) return;
+    if (stream_ws) v.stream(ws + q * H); else v.store(ws + q * H);
   }
+
+ private:
+  const int64_t H;
+  const Real *const gx, *const bias, *const rg, *const b_apart, *const h;
+  Real *const c, *const ws;
+  const bool stream_ws;
 };
 
 // Pointers of one backward step.
@@ -60,19 +75,29 @@ struct BwdStep {
                       //          cell has apart gates)
 };
 
-// The backward step accessor of cell_math.h.
+// The backward step accessor of cell_math.h (row pointers taken once, as ForwardUnit does).
 template <class Math, class V, class Real>
 struct BackwardUnit {
   static constexpr bool kSplit = Math::kApartGates != 0;
-  const BwdStep<Real>& s;
-  int64_t b, j;
-  V saved(int q) const { return V::load(s.ws + b * s.WS + q * s.H + j); }
-  V h_prev() const { return V::load(s.ws + b * s.WS + s.hprev_col + j); }
-  V dc() const { return V::load(s.dc + b * s.H + j); }
-  void set_dc(V v) const { v.store(s.dc + b * s.H + j); }
+  BackwardUnit(const BwdStep<Real>& s, int64_t b, int64_t j)
+      : H(s.H),
+        ws(s.ws + b * s.WS + j),
+        hprev(s.ws + b * s.WS + s.hprev_col + j),
+        dc_(s.dc ? s.dc + b * s.H + j : nullptr),
+        dgx(s.dgx + b * s.GH + j),
+        dgh(s.dgh + b * s.GH + j) {}
+  V saved(int q) const { return V::load(ws + q * H); }
+  V h_prev() const { return V::load(hprev); }
+  V dc() const { return V::load(dc_); }
+  void set_dc(V v) const { v.store(dc_); }
   void set_dpre(int k, V v) const {
-    v.store(s.dgx + b * s.GH + k * s.H + j);
-    if (kSplit && !((Math::kApartGates >> k) & 1u)) v.store(s.dgh + b * s.GH + k * s.H + j);
+    v.store(dgx + k * H);
+    if (kSplit && !((Math::kApartGates >> k) & 1u)) v.store(dgh + k * H);
   }
-  void set_dpre_apart(int k, V v) const { v.store(s.dgh + b * s.GH + k * s.H + j); }
+  void set_dpre_apart(int k, V v) const { v.store(dgh + k * H); }
+
+ private:
+  const int64_t H;
+  const Real *const ws, *const hprev;
+  Real *const dc_, *const dgx, *const dgh;
 };
