@@ -9,14 +9,17 @@ compared key by key.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from hypothesis import HealthCheck, Phase, seed, settings
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
+from rnnfast import _cells
 
 # --------------------------------------------------------------------------------------------
 # Module kinds
@@ -372,3 +375,52 @@ def row_id(row: dict) -> str:
         else:
             parts.append(f"{v}")
     return "-".join(parts) or "default"
+
+
+# --------------------------------------------------------------------------------------------
+# Fuzzing: budget and reproducibility (test_fuzz_parity.py, test_fuzz_malformed.py and the
+# fuzz worker), and the names the fuzz gives the tensors of the raw ops' lists
+# --------------------------------------------------------------------------------------------
+
+FUZZ_SEED = os.environ.get("RNNFAST_FUZZ_SEED")
+FUZZ_SCALE = float(os.environ.get("RNNFAST_FUZZ_SCALE", "1"))
+
+
+def fuzz_settings(n: int, shrink: bool = True):
+    kw = dict(max_examples=max(1, int(round(n * FUZZ_SCALE))), deadline=None, database=None,
+              print_blob=True, suppress_health_check=list(HealthCheck))
+    if not shrink:  # each crash costs a worker restart (~2 s): report the first one as found
+        kw["phases"] = (Phase.explicit, Phase.reuse, Phase.generate)
+    if FUZZ_SEED is None:
+        kw["derandomize"] = True
+    return settings(**kw)
+
+
+def fuzz_seed(fn):
+    return seed(int(FUZZ_SEED))(fn) if FUZZ_SEED is not None else fn
+
+
+# Sizes straddling the SIMD strip widths (NR = 8 scalar / 8-16 AVX2 / 16-32 AVX-512) and the
+# vector widths (4 / 8 / 16), plus 1.
+SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33]
+BATCHES = [1, 2, 3, 5, 6, 7, 13]   # register tile MR = 6 rows
+DT = {"float32": torch.float32, "float64": torch.float64}
+FUZZ_CLASSES = {"LSTM": ("LSTM", {}), "GRU": ("GRU", {}), "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
+        "RNN_RELU": ("RNN", {"nonlinearity": "relu"})}
+# The raw ops' cells, and the names the fuzz gives the tensors of their lists: the state list
+# holds hx (and cx for a cell with a cell state), the weights list the present parameters in
+# the C++ core's order.
+CELLS = rnnfast.ops.CELLS
+STATE_ARGS = ("hx", "cx")
+WEIGHT_ARGS = tuple(p.name for p in _cells.PARAMS)
+
+
+def state_list(a):
+    return [a[n] for n in STATE_ARGS if a.get(n) is not None]
+
+
+def weight_list(a):
+    return [a[n] for n in WEIGHT_ARGS if a.get(n) is not None]
+
+
+# ============================================================================================

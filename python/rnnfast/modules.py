@@ -44,10 +44,6 @@ def _layer_fn(device: torch.device):
     return _reference.layer
 
 
-def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Tensor:
-    return tensor.index_select(dim, permutation)
-
-
 def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
     """torch's pad_packed_sequence trusts batch_sizes (and writes out of bounds on bad ones)."""
     if (batch_sizes.dim() != 1 or batch_sizes.numel() == 0 or batch_sizes.dtype != torch.int64
@@ -274,9 +270,10 @@ class RNNBase(nn.Module):
     def permute_hidden(self, hx, permutation: Optional[Tensor]):
         if permutation is None:
             return hx
+        # the states' batch dimension is 1
         if self._cell.cell_state:
-            return _apply_permutation(hx[0], permutation), _apply_permutation(hx[1], permutation)
-        return _apply_permutation(hx, permutation)
+            return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
+        return hx.index_select(1, permutation)
 
     # --- forward ---------------------------------------------------------------------------
 
