@@ -225,6 +225,9 @@ def _raw_args(case):
         "weight_hr": _make((P, H), case["dtype"], s + 8) * 0.5 if P else None,
         "lengths": None,
     }
+    # the cell's own parameters (e.g. peephole weights), each [H]; None for every other one
+    for k, n in enumerate(p.name for p in _cells.PARAMS if p.presence == "cell"):
+        a[n] = _make((H,), case["dtype"], s + 9 + k) * 0.5 if n in info.params else None
     if case["lengths"] is not None:
         a["lengths"] = torch.tensor(case["lengths"], dtype=torch.int64)
     for corr in case["corruptions"]:
@@ -331,6 +334,9 @@ def _expected_valid(cell, a):
             return f"state[{k}] shape"
     for n in ("bias_ih", "bias_hh"):
         if a[n] is not None and tuple(a[n].shape) != (G * H,):
+            return f"{n} shape"
+    for n in info.params:  # the cell's own, each [H]
+        if a[n] is not None and tuple(a[n].shape) != (H,):
             return f"{n} shape"
     L = a["lengths"]
     if L is not None:

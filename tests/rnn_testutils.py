@@ -50,6 +50,8 @@ CELL_MODULES: Dict[str, tuple] = {
     "rnn_tanh": ("RNN", "RNN", {"nonlinearity": "tanh"}),
     "rnn_relu": ("RNN", "RNN", {"nonlinearity": "relu"}),
     "lstm_coupled": (None, "LSTM", {"coupled_gates": True}),
+    "lstm_peephole": (None, "LSTM", {"peephole": True}),
+    "lstm_coupled_peephole": (None, "LSTM", {"coupled_gates": True, "peephole": True}),
 }
 
 
@@ -127,7 +129,7 @@ def op_args(cell: str, proj: int = 0, lengths: bool = True, reverse: bool = Fals
 
     sizes = _cells.extent_sizes(info, I, H, proj)
     states = [r(s) for s in _cells.state_shapes(info, B, H, proj)] if state else []
-    weights = [r(_cells.param_shape(p, sizes)) for p in _cells.params_of(bias, proj > 0)]
+    weights = [r(_cells.param_shape(p, sizes)) for p in _cells.params_of(info, bias, proj > 0)]
     return (cell, r((T, B, I)), states, weights,
             torch.tensor([T, T - 1][:B]) if lengths else None, reverse, training)
 

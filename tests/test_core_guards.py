@@ -123,7 +123,8 @@ def _params(cell, I, H, P, seed):
 
     sizes = _cells.extent_sizes(info, I, H, P)
     states = {n: r(*shape) for n, shape in zip(("h0", "c0"), _cells.state_shapes(info, 4, H, P))}
-    weights = {p.name: r(*_cells.param_shape(p, sizes)) for p in _cells.params_of(True, P > 0)}
+    weights = {p.name: r(*_cells.param_shape(p, sizes))
+               for p in _cells.params_of(info, True, P > 0)}
     return {**states, **weights}
 
 

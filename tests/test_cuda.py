@@ -193,7 +193,7 @@ def test_raw_op_lengths_with_zeros(cell, reverse):
     sizes = _cells.extent_sizes(info, I, H, P)
     state = [torch.randn(*s, dtype=torch.float64) for s in _cells.state_shapes(info, B, H, P)]
     weights = {p.name: torch.randn(*_cells.param_shape(p, sizes), dtype=torch.float64)
-               for p in _cells.params_of(True, P > 0)}
+               for p in _cells.params_of(info, True, P > 0)}
     lengths = torch.tensor([0, 5, 2, 3])
 
     def run(fn, device):

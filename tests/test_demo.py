@@ -77,6 +77,16 @@ def test_word_level_gru_on_a_text_file(tmp_path, capsys):
     assert tok.kind == "word" and meta["level"] == "word"
 
 
+def test_demo_with_lstm_variants(tmp_path, capsys):
+    save = tmp_path / "lm"
+    demo.main(["demo", *TINY, "--peephole", "--weight-drop", "0.3", "--save", str(save)])
+    out = capsys.readouterr().out
+    assert "LSTM with peepholes (weight_drop 0.3)" in out, out
+    assert "no speed comparison with torch" in out and "validation perplexity:" in out
+    model, _, _ = load_lm(save)
+    assert model.peephole and model.weight_drop == 0.3
+
+
 def test_stdlib_corpus_is_deterministic_and_sized():
     a = demo.stdlib_corpus(50_000)
     assert a == demo.stdlib_corpus(50_000)

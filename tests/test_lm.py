@@ -272,3 +272,31 @@ def test_argument_errors():
         model(torch.tensor([[1, 13]]))
     with pytest.raises(ValueError, match="at least one token"):
         model(torch.zeros(2, 0, dtype=torch.long))
+
+
+def test_variants_peephole_and_weight_drop(tmp_path):
+    """RNNLM(peephole=True, weight_drop=p): the LSTM variant underneath, kept by config and
+    save/load; torch's backend has neither and says so."""
+    torch.manual_seed(0)
+    tok = CharTokenizer.from_text("abcdefghijk")
+    model = RNNLM(tok.vocab_size, E, H, 2, peephole=True, weight_drop=0.25)
+    assert model.rnn.peephole and model.rnn.weight_drop == 0.25
+    assert "rnn.weight_ci_l1" in dict(model.named_parameters())
+    assert "peephole=True" in repr(model) and "weight_drop=0.25" in repr(model)
+    ids = torch.tensor([tok.encode("abcabcab")])
+    model.train()
+    torch.manual_seed(1)
+    a = model(ids)[0]
+    torch.manual_seed(2)
+    assert not torch.allclose(a, model(ids)[0])  # a new DropConnect mask per call
+    model.eval()
+    save_lm(tmp_path / "lm", model, tok)
+    loaded, _, _ = load_lm(tmp_path / "lm")
+    assert loaded.peephole and loaded.weight_drop == 0.25
+    torch.testing.assert_close(loaded(ids)[0], model(ids)[0])
+    with pytest.raises(ValueError, match="backend='torch' has no peephole"):
+        model.twin("torch")
+    with pytest.raises(ValueError, match="peephole=True needs cell='lstm'"):
+        RNNLM(V, E, H, cell="gru", peephole=True)
+    with pytest.raises(ValueError, match="weight_drop"):
+        RNNLM(V, E, H, weight_drop=1.5)

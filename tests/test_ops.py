@@ -123,20 +123,25 @@ def test_python_derives_the_cells_from_the_cpp_description():
     assert rnnfast.ops.GATES == {n: d["gates"] for n, d in described.items()}
     params = _C.layer_params()
     assert [p["name"] for p in params] == ["weight_ih", "weight_hh", "bias_ih", "bias_hh",
-                                           "weight_hr"]
+                                           "weight_hr", "weight_ci", "weight_cf", "weight_co"]
+    assert described["lstm_peephole"]["params"] == ["weight_ci", "weight_cf", "weight_co"]
+    assert described["lstm_coupled_peephole"]["params"] == ["weight_ci", "weight_co"]
+    assert all(not d["params"] for n, d in described.items() if "peephole" not in n)
     for cell in CELLS:
         for proj in projections(cell):
             _, x, state, weights, lengths, reverse, _ = op_args(cell, proj, requires_grad=False)
             _, _, ws = torch.ops.rnnfast.layer(cell, x, state, weights, lengths, reverse, True)
             assert ws.shape[-1] == rnnfast.ops.workspace_cols(cell, 5, proj), (cell, proj)
     for m, cell in [(rnnfast.LSTM(3, 5, proj_size=2, bias=False), "lstm"),
-                    (rnnfast.GRU(3, 5, num_layers=2), "gru"), (rnnfast.RNN(3, 5), "rnn_tanh")]:
+                    (rnnfast.GRU(3, 5, num_layers=2), "gru"), (rnnfast.RNN(3, 5), "rnn_tanh"),
+                    (rnnfast.LSTM(3, 5, proj_size=2, peephole=True), "lstm_peephole")]:
         G = described[cell]["gates"]
         P = getattr(m, "proj_size", 0)
         sizes = {"input": 3, "hidden": 5, "state": P or 5, "proj": P, "gate_rows": G * 5}
         want = [(p["name"] + "_l0", (sizes[p["rows"]],) + ((sizes[p["cols"]],) if p["cols"] else ()))
                 for p in params if p["presence"] == "always"
-                or (p["presence"] == "bias" and m.bias) or (p["presence"] == "projection" and P)]
+                or (p["presence"] == "bias" and m.bias) or (p["presence"] == "projection" and P)
+                or (p["presence"] == "cell" and p["name"] in described[cell]["params"])]
         got = [(n, tuple(t.shape)) for n, t in m.named_parameters() if n.endswith("_l0")]
         assert got == want, (cell, got, want)
 

@@ -16,6 +16,7 @@
 //   V recurrent(k)   h_{t-1} W_hh^T + b_hh of a gate in kApartGates (GRU's n)
 //   V h_prev()       h_{t-1} (cells without projection; S == H)
 //   V c_prev(), void set_c(V)              the cell state (kCellState)
+//   V param(n)       unit j of the cell's own parameter n < kParams (cells.h), e.g. a peephole
 //   void save(q, V)  block q < kSavedBlocks of the workspace backward reads (no-op in inference)
 // Backward:
 //   V saved(q)       block q, as saved by forward
@@ -23,6 +24,8 @@
 //   V dc(), void set_dc(V)                 dL/dc_t in, dL/dc_{t-1} out (kCellState)
 //   void set_dpre(k, V)        dL/d(pre-activation of gate k), for both the x and the h side
 //   void set_dpre_apart(k, V)  the h side of a gate in kApartGates: dL/d(recurrent(k))
+//   V param(n)                 as in forward
+//   void add_dparam(n, V)      adds this (t, b)'s part of dL/d(unit j of own parameter n)
 // backward returns the part of dL/dh_{t-1} that does not go through W_hh (zero for most).
 //
 // What is the drivers' and not the cells': length masking (inactive rows keep their state and
@@ -44,73 +47,95 @@
 
 namespace cells {
 
-// torch's LSTM: gates i, f, g, o.
-//   c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)
-struct Lstm : CellFacts<Cell::LSTM> {
+// The LSTM family: torch's LSTM, and its variants with a coupled input-forget gate and with
+// peephole connections. Gates i, f, g, o; with kCoupled, i, g, o and f = 1 - i (CIFG: Greff
+// et al. 2017, "LSTM: A Search Space Odyssey"; ONNX LSTM with input_forget=1).
+//   c_t = f * c_{t-1} + i * g  (coupled: c_{t-1} + i * (g - c_{t-1})),  h_t = o * tanh(c_t)
+// With kPeephole (Gers & Schmidhuber 2000; ONNX LSTM's P), the cell's own parameters
+// w_ci, w_cf (not coupled), w_co, each [H], add w_ci * c_{t-1} to i's pre-activation,
+// w_cf * c_{t-1} to f's, and w_co * c_t to o's.
+// Saved blocks: the gate values in gate order, then c_{t-1}, tanh(c_t), and c_t (peephole).
+template <Cell kId, bool kCoupled, bool kPeephole>
+struct LstmFamily : CellFacts<kId> {
+  static constexpr int kI = 0, kF = 1, kG = kCoupled ? 1 : 2, kO = kCoupled ? 2 : 3;
+  static constexpr int kCPrev = kO + 1, kTanhC = kO + 2, kC = kO + 3;  // saved blocks
+  static constexpr int kWci = 0, kWcf = 1, kWco = kCoupled ? 1 : 2;  // own parameters
+  static_assert(CellFacts<kId>::kGates == kO + 1 &&
+                    CellFacts<kId>::kSavedBlocks == kTanhC + 1 + (kPeephole ? 1 : 0) &&
+                    CellFacts<kId>::kParams == (kPeephole ? kWco + 1 : 0),
+                "the cell's entry in cells.h matches its math");
 
   template <class V, class Step>
   RNNFAST_HD static V forward(Step& s) {
-    const V i = V::sigmoid(s.pre(0)), f = V::sigmoid(s.pre(1));
-    const V g = V::tanh(s.pre(2)), o = V::sigmoid(s.pre(3));
     const V c_prev = s.c_prev();
-    const V c = V::fmadd(f, c_prev, i * g);
+    V zi = s.pre(kI);
+    if constexpr (kPeephole) zi = V::fmadd(s.param(kWci), c_prev, zi);
+    const V i = V::sigmoid(zi), g = V::tanh(s.pre(kG));
+    V c = V::fmadd(i, g - c_prev, c_prev);  // coupled: f = 1 - i
+    if constexpr (!kCoupled) {
+      V zf = s.pre(kF);
+      if constexpr (kPeephole) zf = V::fmadd(s.param(kWcf), c_prev, zf);
+      const V f = V::sigmoid(zf);
+      c = V::fmadd(f, c_prev, i * g);
+      s.save(kF, f);
+    }
+    V zo = s.pre(kO);
+    if constexpr (kPeephole) zo = V::fmadd(s.param(kWco), c, zo);
+    const V o = V::sigmoid(zo);
     const V tc = V::tanh(c);
     s.set_c(c);
-    s.save(0, i);
-    s.save(1, f);
-    s.save(2, g);
-    s.save(3, o);
-    s.save(4, c_prev);
-    s.save(5, tc);
+    s.save(kI, i);
+    s.save(kG, g);
+    s.save(kO, o);
+    s.save(kCPrev, c_prev);
+    s.save(kTanhC, tc);
+    if constexpr (kPeephole) s.save(kC, c);
     return o * tc;
   }
 
   template <class V, class Step>
   RNNFAST_HD static V backward(Step& s, V dh) {
-    const V i = s.saved(0), f = s.saved(1), g = s.saved(2), o = s.saved(3);
-    const V c_prev = s.saved(4), tc = s.saved(5);
+    const V i = s.saved(kI), g = s.saved(kG), o = s.saved(kO);
+    const V c_prev = s.saved(kCPrev), tc = s.saved(kTanhC);
     const V one = V::set1(1);
-    const V dc = V::fmadd(dh * o, one - tc * tc, s.dc());
-    s.set_dc(dc * f);
-    s.set_dpre(0, dc * g * i * (one - i));
-    s.set_dpre(1, dc * c_prev * f * (one - f));
-    s.set_dpre(2, dc * i * (one - g * g));
-    s.set_dpre(3, dh * tc * o * (one - o));
+    const V dzo = dh * tc * o * (one - o);
+    V dc = V::fmadd(dh * o, one - tc * tc, s.dc());
+    if constexpr (kPeephole) {
+      dc = V::fmadd(dzo, s.param(kWco), dc);
+      s.add_dparam(kWco, dzo * s.saved(kC));
+    }
+    const V dzg = dc * i * (one - g * g);
+    if constexpr (kCoupled) {
+      const V dzi = dc * (g - c_prev) * i * (one - i);
+      V dc_prev = dc * (one - i);
+      if constexpr (kPeephole) {
+        dc_prev = V::fmadd(dzi, s.param(kWci), dc_prev);
+        s.add_dparam(kWci, dzi * c_prev);
+      }
+      s.set_dc(dc_prev);
+      s.set_dpre(kI, dzi);
+    } else {
+      const V f = s.saved(kF);
+      const V dzi = dc * g * i * (one - i), dzf = dc * c_prev * f * (one - f);
+      V dc_prev = dc * f;
+      if constexpr (kPeephole) {
+        dc_prev = V::fmadd(dzf, s.param(kWcf), V::fmadd(dzi, s.param(kWci), dc_prev));
+        s.add_dparam(kWci, dzi * c_prev);
+        s.add_dparam(kWcf, dzf * c_prev);
+      }
+      s.set_dc(dc_prev);
+      s.set_dpre(kI, dzi);
+      s.set_dpre(kF, dzf);
+    }
+    s.set_dpre(kG, dzg);
+    s.set_dpre(kO, dzo);
     return V::set1(0);
   }
 };
-
-// The coupled input-forget gate LSTM (CIFG; Greff et al. 2017, "LSTM: A Search Space Odyssey";
-// ONNX LSTM with input_forget=1): gates i, g, o, and f = 1 - i.
-//   c_t = (1 - i) * c_{t-1} + i * g = c_{t-1} + i * (g - c_{t-1}),  h_t = o * tanh(c_t)
-struct CoupledLstm : CellFacts<Cell::LSTM_COUPLED> {
-  template <class V, class Step>
-  RNNFAST_HD static V forward(Step& s) {
-    const V i = V::sigmoid(s.pre(0)), g = V::tanh(s.pre(1)), o = V::sigmoid(s.pre(2));
-    const V c_prev = s.c_prev();
-    const V c = V::fmadd(i, g - c_prev, c_prev);
-    const V tc = V::tanh(c);
-    s.set_c(c);
-    s.save(0, i);
-    s.save(1, g);
-    s.save(2, o);
-    s.save(3, c_prev);
-    s.save(4, tc);
-    return o * tc;
-  }
-
-  template <class V, class Step>
-  RNNFAST_HD static V backward(Step& s, V dh) {
-    const V i = s.saved(0), g = s.saved(1), o = s.saved(2), c_prev = s.saved(3), tc = s.saved(4);
-    const V one = V::set1(1);
-    const V dc = V::fmadd(dh * o, one - tc * tc, s.dc());
-    s.set_dc(dc * (one - i));
-    s.set_dpre(0, dc * (g - c_prev) * i * (one - i));
-    s.set_dpre(1, dc * i * (one - g * g));
-    s.set_dpre(2, dh * tc * o * (one - o));
-    return V::set1(0);
-  }
-};
+using Lstm = LstmFamily<Cell::LSTM, false, false>;
+using CoupledLstm = LstmFamily<Cell::LSTM_COUPLED, true, false>;
+using PeepholeLstm = LstmFamily<Cell::LSTM_PEEPHOLE, false, true>;
+using CoupledPeepholeLstm = LstmFamily<Cell::LSTM_COUPLED_PEEPHOLE, true, true>;
 
 // torch's GRU: gates r, z, n; n keeps its recurrent product apart, inside r * (...).
 //   n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)),  h_t = (1 - z) * n + z * h_{t-1}

@@ -16,13 +16,18 @@ namespace core {
 // One line per cell:
 //   X(id, math struct (cell_math.h), name, gate names (weight row order), gates G,
 //     has a cell state c, accepts a projection (weight_hr), apart gates (bit k: gate k keeps
-//     h W_hh^T + b_hh apart from the x side), H-wide workspace blocks its forward saves)
-#define RNNFAST_CELLS(X)                                                             \
-  X(LSTM, Lstm, "lstm", "i,f,g,o", 4, true, true, 0u, 6)                             \
-  X(GRU, Gru, "gru", "r,z,n", 3, false, false, 1u << 2, 4)                           \
-  X(RNN_TANH, TanhRnn, "rnn_tanh", "h", 1, false, false, 0u, 1)                      \
-  X(RNN_RELU, ReluRnn, "rnn_relu", "h", 1, false, false, 0u, 1)                      \
-  X(LSTM_COUPLED, CoupledLstm, "lstm_coupled", "i,g,o", 3, true, true, 0u, 5)
+//     h W_hh^T + b_hh apart from the x side), H-wide workspace blocks its forward saves,
+//     the cell's own parameters (Presence::Cell entries of kLayerParams, in that order))
+#define RNNFAST_CELLS(X)                                                                   \
+  X(LSTM, Lstm, "lstm", "i,f,g,o", 4, true, true, 0u, 6, "")                               \
+  X(GRU, Gru, "gru", "r,z,n", 3, false, false, 1u << 2, 4, "")                             \
+  X(RNN_TANH, TanhRnn, "rnn_tanh", "h", 1, false, false, 0u, 1, "")                        \
+  X(RNN_RELU, ReluRnn, "rnn_relu", "h", 1, false, false, 0u, 1, "")                        \
+  X(LSTM_COUPLED, CoupledLstm, "lstm_coupled", "i,g,o", 3, true, true, 0u, 5, "")          \
+  X(LSTM_PEEPHOLE, PeepholeLstm, "lstm_peephole", "i,f,g,o", 4, true, true, 0u, 7,         \
+    "weight_ci,weight_cf,weight_co")                                                       \
+  X(LSTM_COUPLED_PEEPHOLE, CoupledPeepholeLstm, "lstm_coupled_peephole", "i,g,o", 3, true, \
+    true, 0u, 6, "weight_ci,weight_co")
 
 enum class Cell : int {
 #define RNNFAST_CELL_ENUM(id, ...) id,
@@ -33,8 +38,9 @@ enum class Cell : int {
 // A size of the shape legend (rnn.h), for parameter shapes.
 enum class Extent : int { None = 0, Input, Hidden, State, Proj, GateRows };
 
-// When a parameter exists: always, with bias=True, or with a projection (proj_size > 0).
-enum class Presence : int { Always = 0, Bias, Projection };
+// When a parameter exists: always, with bias=True, with a projection (proj_size > 0), or in
+// the cells that list it as their own (RNNFAST_CELLS).
+enum class Presence : int { Always = 0, Bias, Projection, Cell };
 
 // One per-layer parameter: nn.Module names it <name>_l<layer>[_reverse]. Shape [rows] if cols
 // is None, else [rows, cols].
@@ -52,8 +58,38 @@ inline constexpr ParamSpec kLayerParams[] = {
     {"bias_ih", Extent::GateRows, Extent::None, Presence::Bias},
     {"bias_hh", Extent::GateRows, Extent::None, Presence::Bias},
     {"weight_hr", Extent::Proj, Extent::Hidden, Presence::Projection},
+    // peephole connections (Gers & Schmidhuber 2000): c_{t-1} into the i and f gates, c_t
+    // into the o gate, each through a diagonal weight
+    {"weight_ci", Extent::Hidden, Extent::None, Presence::Cell},
+    {"weight_cf", Extent::Hidden, Extent::None, Presence::Cell},
+    {"weight_co", Extent::Hidden, Extent::None, Presence::Cell},
 };
 inline constexpr int kLayerParamCount = sizeof(kLayerParams) / sizeof(kLayerParams[0]);
+// The most parameters of its own a cell may have (the size of the kernels' arrays of them).
+inline constexpr int kMaxCellParams = 4;
+
+// The kLayerParams positions named by a comma list, as bits (bit i: kLayerParams[i]); bit 31
+// if a name is not a Presence::Cell entry or the names are out of kLayerParams order.
+constexpr unsigned cell_param_mask(const char* list) {
+  unsigned mask = 0;
+  int last = -1;
+  for (const char* p = list; *p;) {
+    int found = -1;
+    for (int i = 0; i < kLayerParamCount && found < 0; ++i) {
+      const char *a = kLayerParams[i].name, *b = p;
+      while (*a && *a == *b) ++a, ++b;
+      if (!*a && (*b == ',' || !*b)) found = i;
+    }
+    if (found <= last || kLayerParams[found].presence != Presence::Cell) return 1u << 31;
+    mask |= 1u << found;
+    last = found;
+    while (*p && *p != ',') ++p;
+    if (*p == ',') ++p;
+  }
+  return mask;
+}
+constexpr int bit_count(unsigned v) { return v ? int(v & 1u) + bit_count(v >> 1) : 0; }
+static_assert(kLayerParamCount < 31, "cell_param_mask keeps bit 31 for errors");
 
 struct CellInfo {
   Cell id;
@@ -64,6 +100,12 @@ struct CellInfo {
   bool projection;         // accepts weight_hr (proj_size)
   unsigned apart_gates;    // bit k: gate k keeps h W_hh^T + b_hh apart from the x side
   int saved_blocks;        // H-wide workspace blocks the cell's forward saves
+  const char* param_names;  // comma list of its own parameters (Presence::Cell), or ""
+  unsigned param_mask;      // the same, as kLayerParams positions (cell_param_mask)
+
+  // The number of its own parameters; the kernels take them in kLayerParams order.
+  constexpr int params() const { return bit_count(param_mask); }
+  constexpr bool has_param(int index) const { return (param_mask >> index) & 1u; }
 
   constexpr int states() const { return cell_state ? 2 : 1; }
   // Columns of the workspace a training forward saves per (t, b) (layout: cell_math.h).
@@ -79,12 +121,22 @@ struct CellInfo {
 
 inline constexpr CellInfo kCells[] = {
 #define RNNFAST_CELL_INFO(id, math, name, gate_names, gates, cell_state, projection, apart, \
-                          saved)                                                        \
-  CellInfo{Cell::id, name, gate_names, gates, cell_state, projection, apart, saved},
+                          saved, params)                                                \
+  CellInfo{Cell::id, name, gate_names, gates, cell_state, projection, apart, saved, params, \
+           cell_param_mask(params)},
     RNNFAST_CELLS(RNNFAST_CELL_INFO)
 #undef RNNFAST_CELL_INFO
 };
 inline constexpr int kCellCount = sizeof(kCells) / sizeof(kCells[0]);
+
+constexpr bool cell_params_valid() {
+  for (const CellInfo& c : kCells)
+    if ((c.param_mask >> 31) || c.params() > kMaxCellParams) return false;
+  return true;
+}
+static_assert(cell_params_valid(),
+              "each cell's own parameters are Presence::Cell entries of kLayerParams, listed in "
+              "that order, at most kMaxCellParams of them");
 
 // The description of a cell; ids index kCells (both are generated in RNNFAST_CELLS order).
 constexpr const CellInfo& cell_info(Cell cell) { return kCells[static_cast<int>(cell)]; }
@@ -107,6 +159,7 @@ struct CellFacts {
   static constexpr bool kCellState = cell_info(kId).cell_state;
   static constexpr unsigned kApartGates = cell_info(kId).apart_gates;
   static constexpr int kSavedBlocks = cell_info(kId).saved_blocks;
+  static constexpr int kParams = cell_info(kId).params();
 };
 
 }  // namespace core

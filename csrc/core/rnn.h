@@ -77,6 +77,9 @@ struct ForwardArgs {
   const Real* b_ih = nullptr;       // [G*H]      read; null = no bias
   const Real* b_hh = nullptr;       // [G*H]      read; null = no bias
   const Real* w_hr = nullptr;       // [P, H]     read (P > 0)
+  // The cell's own parameters (cell_info(cell).param_names, in that order; kLayerParams gives
+  // their shapes), e.g. the peephole weights [H] each; read.
+  const Real* cell_w[kMaxCellParams] = {};
   const int64_t* lengths = nullptr;  // [B] read; null = every sequence has length T.
                                      // Steps t >= lengths[b] leave row b's state unchanged
                                      // and write zeros to y[t, b].
@@ -103,6 +106,7 @@ struct BackwardArgs {
   const Real* w_ih = nullptr;       // [G*H, I]   read
   const Real* w_hh = nullptr;       // [G*H, S]   read
   const Real* w_hr = nullptr;       // [P, H]     read (P > 0)
+  const Real* cell_w[kMaxCellParams] = {};  // as in ForwardArgs; read
   const int64_t* lengths = nullptr;  // [B] read; as in ForwardArgs
   bool reverse = false;
   bool packed = false;              // as in ForwardArgs: x, ws, dy, dx are [N, ...]
@@ -119,6 +123,8 @@ struct BackwardArgs {
   Real* db_ih = nullptr;            // [G*H]      written; null = not needed
   Real* db_hh = nullptr;            // [G*H]      written; null = not needed
   Real* dw_hr = nullptr;            // [P, H]     written (P > 0); null = not needed
+  Real* dcell_w[kMaxCellParams] = {};  // the gradients of cell_w, each of its shape; written;
+                                       // null = not needed
 };
 
 // The strategy of one CPU layer call: decided once per call from the shapes, the lengths and

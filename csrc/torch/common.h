@@ -66,7 +66,8 @@ constexpr const char* kStateNames[] = {"h", "c"};
 //
 // Which parameters a `weights` list holds is read off its length. The list has, in
 // core::kLayerParams order, every Always parameter, then the Bias ones if the layer has biases
-// (bias=True) and the Projection ones if it has a projection. The Bias group (bias_ih, bias_hh:
+// (bias=True), the Projection ones if it has a projection, and the cell's own (Presence::Cell,
+// the ones its description lists; a fixed number per cell). The Bias group (bias_ih, bias_hh:
 // biases come in pairs) and the Projection group (weight_hr) differ in size and neither is
 // empty, so each of the four combinations has its own length: the length says which groups
 // are there. A cell without `projection` accepts only the lengths without it.
@@ -80,16 +81,23 @@ static_assert(params_with(core::Presence::Bias) > 0 && params_with(core::Presenc
                   params_with(core::Presence::Bias) != params_with(core::Presence::Projection),
               "the length of a weights list must say which optional parameters it holds");
 
-// Which optional parameter groups a weights list holds.
+// Which parameters a weights list holds: the optional groups, and the cell's own.
 struct WeightLayout {
   bool bias = false, projection = false;
-  constexpr bool has(core::Presence p) const {
-    return p == core::Presence::Always || (p == core::Presence::Bias && bias) ||
-           (p == core::Presence::Projection && projection);
+  unsigned cell_params = 0;  // CellInfo::param_mask
+  // Whether the list holds kLayerParams[index].
+  constexpr bool has(int index) const {
+    switch (core::kLayerParams[index].presence) {
+      case core::Presence::Always: return true;
+      case core::Presence::Bias: return bias;
+      case core::Presence::Projection: return projection;
+      case core::Presence::Cell: return (cell_params >> index) & 1u;
+    }
+    return false;
   }
   constexpr int count() const {
     int n = 0;
-    for (const core::ParamSpec& s : core::kLayerParams) n += has(s.presence) ? 1 : 0;
+    for (int i = 0; i < core::kLayerParamCount; ++i) n += has(i) ? 1 : 0;
     return n;
   }
 };
@@ -103,12 +111,20 @@ constexpr int param_index(const char* name) {
   }
   return -1;
 }
-// The parameters the kernels' arguments name.
+// The parameters the kernels' arguments name (the cell's own go by CellInfo::param_mask).
 constexpr int kWeightIh = param_index("weight_ih"), kWeightHh = param_index("weight_hh"),
               kBiasIh = param_index("bias_ih"), kBiasHh = param_index("bias_hh"),
               kWeightHr = param_index("weight_hr");
 static_assert(kWeightIh >= 0 && kWeightHh >= 0 && kBiasIh >= 0 && kBiasHh >= 0 && kWeightHr >= 0,
               "every parameter the kernels take is in core::kLayerParams");
+
+// The kLayerParams positions of a cell's own parameters, in order (n = 0 .. params() - 1).
+inline std::vector<int> cell_param_indices(const core::CellInfo& cell) {
+  std::vector<int> r;
+  for (int i = 0; i < core::kLayerParamCount; ++i)
+    if (cell.has_param(i)) r.push_back(i);
+  return r;
+}
 
 // One tensor per entry of core::kLayerParams; undefined = absent.
 using ParamTensors = std::array<at::Tensor, core::kLayerParamCount>;
@@ -116,8 +132,8 @@ using ParamTensors = std::array<at::Tensor, core::kLayerParamCount>;
 // "weight_ih, weight_hh, bias_ih, bias_hh": the parameters of one layout, in list order.
 inline std::string param_names(WeightLayout layout) {
   std::string s;
-  for (const core::ParamSpec& p : core::kLayerParams)
-    if (layout.has(p.presence)) s += (s.empty() ? "" : ", ") + std::string(p.name);
+  for (int i = 0; i < core::kLayerParamCount; ++i)
+    if (layout.has(i)) s += (s.empty() ? "" : ", ") + std::string(core::kLayerParams[i].name);
   return s;
 }
 
@@ -127,7 +143,7 @@ inline std::string accepted_layouts(const core::CellInfo& cell) {
   for (bool projection : {false, true}) {
     if (projection && !cell.projection) continue;
     for (bool bias : {false, true}) {
-      const WeightLayout l{bias, projection};
+      const WeightLayout l{bias, projection, cell.param_mask};
       items.push_back(std::to_string(l.count()) + " (" + param_names(l) + ")");
     }
   }
@@ -141,7 +157,7 @@ inline std::string accepted_layouts(const core::CellInfo& cell) {
 inline WeightLayout decode_weights(const core::CellInfo& cell, const OpName& op, size_t n) {
   for (bool projection : {false, true})
     for (bool bias : {false, true}) {
-      const WeightLayout l{bias, projection};
+      const WeightLayout l{bias, projection, cell.param_mask};
       if (static_cast<size_t>(l.count()) != n) continue;
       TORCH_CHECK(!projection || cell.projection, op, ": weights has ", n, " tensors, which are ",
                   param_names(l), ", but the ", cell.name,
@@ -248,7 +264,7 @@ inline Dims check_args(const core::CellInfo& cell, const OpName& op, const at::T
   size_t next = 0;
   for (int i = 0; i < core::kLayerParamCount; ++i) {
     const core::ParamSpec& p = core::kLayerParams[i];
-    if (!d.layout.has(p.presence)) continue;
+    if (!d.layout.has(i)) continue;
     params[i] = weights[next++];
     check_tensor(params[i], op, p.name, input, p.cols == core::Extent::None ? 1 : 2);
   }
@@ -441,8 +457,8 @@ inline BackwardResult empty_grads(const core::CellInfo& cell, const Dims& d,
   std::vector<at::Tensor> grad_state, grad_weights;
   grad_state.reserve(cell.states());
   for (int k = 0; k < cell.states(); ++k) grad_state.push_back(at::empty(d.state_shape(k), opts));
-  for (const core::ParamSpec& p : core::kLayerParams)
-    if (d.layout.has(p.presence)) grad_weights.push_back(at::empty(d.shape_of(p), opts));
+  for (int i = 0; i < core::kLayerParamCount; ++i)
+    if (d.layout.has(i)) grad_weights.push_back(at::empty(d.shape_of(core::kLayerParams[i]), opts));
   return {at::empty(d.rows_by(d.I), opts), std::move(grad_state), std::move(grad_weights)};
 }
 
@@ -451,9 +467,9 @@ inline BackwardResult empty_grads(const core::CellInfo& cell, const Dims& d,
 inline const at::Tensor& grad_of(const std::vector<at::Tensor>& grad_weights,
                                  const WeightLayout& layout, int index) {
   static const at::Tensor kNone;
-  if (!layout.has(core::kLayerParams[index].presence)) return kNone;
+  if (!layout.has(index)) return kNone;
   size_t pos = 0;
-  for (int i = 0; i < index; ++i) pos += layout.has(core::kLayerParams[i].presence) ? 1 : 0;
+  for (int i = 0; i < index; ++i) pos += layout.has(i) ? 1 : 0;
   return grad_weights[pos];
 }
 

@@ -108,6 +108,8 @@ ForwardResult forward_op(c10::string_view cell_name, const at::Tensor& input_,
     a.b_ih = data_or_null<scalar_t>(f.params[kBiasIh]);
     a.b_hh = data_or_null<scalar_t>(f.params[kBiasHh]);
     a.w_hr = data_or_null<scalar_t>(f.params[kWeightHr]);
+    int n = 0;
+    for (int i : cell_param_indices(cell)) a.cell_w[n++] = data_or_null<scalar_t>(f.params[i]);
     a.lengths = f.lengths ? f.lengths->data_ptr<int64_t>() : nullptr;
     a.reverse = reverse;
     a.packed = d.packed;
@@ -151,6 +153,11 @@ BackwardResult backward_op(c10::string_view cell_name,
     a.w_ih = data_or_null<scalar_t>(in.params[kWeightIh]);
     a.w_hh = data_or_null<scalar_t>(in.params[kWeightHh]);
     a.w_hr = data_or_null<scalar_t>(in.params[kWeightHr]);
+    int n = 0;
+    for (int i : cell_param_indices(cell)) {
+      a.cell_w[n] = data_or_null<scalar_t>(in.params[i]);
+      a.dcell_w[n++] = data_or_null<scalar_t>(grad_of(dweights, d.layout, i));
+    }
     a.lengths = in.lengths ? in.lengths->data_ptr<int64_t>() : nullptr;
     a.reverse = reverse;
     a.packed = d.packed;
@@ -232,6 +239,10 @@ PYBIND11_MODULE(_C, m) {
       d["projection"] = c.projection;
       d["apart_gates"] = c.apart_gates;
       d["saved_blocks"] = c.saved_blocks;
+      pybind11::list params;
+      for (int i = 0; i < core::kLayerParamCount; ++i)
+        if (c.has_param(i)) params.append(core::kLayerParams[i].name);
+      d["params"] = params;
       cells.append(d);
     }
     return cells;
@@ -254,14 +265,16 @@ PYBIND11_MODULE(_C, m) {
       d["name"] = p.name;
       d["rows"] = extent(p.rows);
       d["cols"] = extent(p.cols);
-      d["presence"] = p.presence == core::Presence::Always ? "always"
-                      : p.presence == core::Presence::Bias ? "bias" : "projection";
+      d["presence"] = p.presence == core::Presence::Always       ? "always"
+                      : p.presence == core::Presence::Bias       ? "bias"
+                      : p.presence == core::Presence::Projection ? "projection"
+                                                                 : "cell";
       params.append(d);
     }
     return params;
   }, "The per-layer parameters in the ops' `weights` order: name, rows and cols as extents "
      "(input, hidden, state, proj, gate_rows; cols None for 1-D) and when present (always, bias, "
-     "projection).");
+     "projection, or cell: in the cells whose `params` list it).");
 #ifdef RNNFAST_WITH_CUDA
   m.attr("cuda_built") = true;
 #define RNNFAST_QUOTE(...) #__VA_ARGS__

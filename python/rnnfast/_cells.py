@@ -22,6 +22,7 @@ class Cell(NamedTuple):
     projection: bool            # accepts weight_hr (proj_size)
     apart_gates: int            # bit k: gate k keeps h W_hh^T + b_hh apart from the x side
     saved_blocks: int           # H-wide workspace blocks the forward saves
+    params: Tuple[str, ...]     # its own parameters (PARAMS entries present "cell"), in order
 
     @property
     def states(self) -> int:
@@ -31,7 +32,7 @@ class Cell(NamedTuple):
 class Param(NamedTuple):
     """One per-layer parameter: shape [rows] (cols None) or [rows, cols], each an extent of the
     shape legend ("input", "hidden", "state", "proj", "gate_rows"); present "always", with
-    "bias" or with a "projection"."""
+    "bias", with a "projection", or in the cells that list it as their own ("cell")."""
 
     name: str
     rows: str
@@ -40,7 +41,8 @@ class Param(NamedTuple):
 
 
 DESCRIPTIONS: Dict[str, Cell] = {
-    d["name"]: Cell(**{**d, "gate_names": tuple(d["gate_names"])}) for d in _C.cells()}
+    d["name"]: Cell(**{**d, "gate_names": tuple(d["gate_names"]), "params": tuple(d["params"])})
+    for d in _C.cells()}
 PARAMS: Tuple[Param, ...] = tuple(Param(**d) for d in _C.layer_params())
 # The names of the states, by position in a state list ([h] or [h, c]).
 STATE_NAMES = ("h", "c")
@@ -55,21 +57,22 @@ def cell(name: str) -> Cell:
                          f"{', '.join(DESCRIPTIONS)}") from None
 
 
-def _present(param: Param, bias: bool, projection: bool) -> bool:
-    return {"always": True, "bias": bias, "projection": projection}[param.presence]
+def _present(param: Param, info: Cell, bias: bool, projection: bool) -> bool:
+    return {"always": True, "bias": bias, "projection": projection,
+            "cell": param.name in info.params}[param.presence]
 
 
-# The parameters of each (bias, projection) layout, computed once (the modules read them on
-# every call).
-_LAYOUT_PARAMS: Dict[Tuple[bool, bool], Tuple[Param, ...]] = {
-    (b, p): tuple(q for q in PARAMS if _present(q, b, p)) for b in (False, True)
-    for p in (False, True)}
+# The parameters of each (cell, bias, projection) layout, computed once (the modules read them
+# on every call).
+_LAYOUT_PARAMS: Dict[Tuple[str, bool, bool], Tuple[Param, ...]] = {
+    (c.name, b, p): tuple(q for q in PARAMS if _present(q, c, b, p))
+    for c in DESCRIPTIONS.values() for b in (False, True) for p in (False, True)}
 
 
-def params_of(bias: bool, projection: bool) -> Tuple[Param, ...]:
-    """The parameters of a layer with/without biases and a projection, in the ops' `weights`
-    order."""
-    return _LAYOUT_PARAMS[(bool(bias), bool(projection))]
+def params_of(info: Cell, bias: bool, projection: bool) -> Tuple[Param, ...]:
+    """The parameters of a layer of cell ``info`` with/without biases and a projection, in the
+    ops' `weights` order (the cell's own last)."""
+    return _LAYOUT_PARAMS[(info.name, bool(bias), bool(projection))]
 
 
 def _layouts(info: Cell) -> List[Tuple[bool, bool]]:
@@ -84,18 +87,18 @@ def weight_names(info: Cell, count: int) -> Tuple[str, ...]:
     group and the projection group differ in size); a RuntimeError, as from the ops, when no
     combination the cell accepts has that length."""
     def listed(bias, projection):
-        return ", ".join(p.name for p in params_of(bias, projection))
+        return ", ".join(p.name for p in params_of(info, bias, projection))
 
-    items = [f"{len(params_of(b, p))} ({listed(b, p)})" for b, p in _layouts(info)]
+    items = [f"{len(params_of(info, b, p))} ({listed(b, p)})" for b, p in _layouts(info)]
     accepted = " or ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
     for bias, projection in ((b, p) for p in (False, True) for b in (False, True)):
-        if len(params_of(bias, projection)) != count:
+        if len(params_of(info, bias, projection)) != count:
             continue
         if projection and not info.projection:
             raise RuntimeError(
                 f"rnnfast: weights has {count} tensors, which are {listed(bias, projection)}, "
                 f"but the {info.name} cell takes no projection (weight_hr); it takes {accepted}")
-        return tuple(p.name for p in params_of(bias, projection))
+        return tuple(p.name for p in params_of(info, bias, projection))
     raise RuntimeError(f"rnnfast: the {info.name} cell's weights must hold {accepted} tensors, "
                        f"got {count} tensors")
 

@@ -24,22 +24,27 @@ Step = Callable[[int, torch.Tensor, torch.Tensor, List[torch.Tensor], Dict[str, 
                 List[torch.Tensor]]
 
 
-def _lstm_step(gates, gi, gh, state, w):
-    h, c = state
-    i, f, g, o = (gi + gh).chunk(gates, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
-    if w.get("weight_hr") is not None:
-        h = F.linear(h, w["weight_hr"])
-    return [h, c]
-
-
-def _coupled_lstm_step(gates, gi, gh, state, w):
-    h, c = state
-    i, g, o = (gi + gh).chunk(gates, dim=-1)
-    i = torch.sigmoid(i)
-    c = (1 - i) * c + i * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
+def _lstm_family_step(coupled, gates, gi, gh, state, w):
+    """torch's LSTM; with ``coupled`` f = 1 - i (gates i, g, o); with the peephole weights
+    among ``w`` (weight_ci, weight_cf unless coupled, weight_co), c_{t-1} enters i and f and
+    c_t enters o through them (csrc/core/cell_math.h)."""
+    h, c_prev = state
+    if coupled:
+        zi, zg, zo = (gi + gh).chunk(gates, dim=-1)
+    else:
+        zi, zf, zg, zo = (gi + gh).chunk(gates, dim=-1)
+    peephole = w.get("weight_ci") is not None
+    if peephole:
+        zi = zi + w["weight_ci"] * c_prev
+    i = torch.sigmoid(zi)
+    if coupled:
+        f = 1 - i
+    else:
+        f = torch.sigmoid(zf + w["weight_cf"] * c_prev if peephole else zf)
+    c = f * c_prev + i * torch.tanh(zg)
+    if peephole:
+        zo = zo + w["weight_co"] * c
+    h = torch.sigmoid(zo) * torch.tanh(c)
     if w.get("weight_hr") is not None:
         h = F.linear(h, w["weight_hr"])
     return [h, c]
@@ -60,11 +65,13 @@ def _elman_step(activation, gates, gi, gh, state, w):
 
 
 _STEPS: Dict[str, Step] = {
-    "lstm": _lstm_step,
+    "lstm": functools.partial(_lstm_family_step, False),
     "gru": _gru_step,
     "rnn_tanh": functools.partial(_elman_step, torch.tanh),
     "rnn_relu": functools.partial(_elman_step, torch.relu),
-    "lstm_coupled": _coupled_lstm_step,
+    "lstm_coupled": functools.partial(_lstm_family_step, True),
+    "lstm_peephole": functools.partial(_lstm_family_step, False),
+    "lstm_coupled_peephole": functools.partial(_lstm_family_step, True),
 }
 
 
@@ -111,7 +118,7 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
 
     ``state`` is None or [] (zeros) or the cell's initial states ([h] or [h, c]); ``weights``
     the layer's parameters in the ops' order (weight_ih, weight_hh[, bias_ih, bias_hh]
-    [, weight_hr]). ``input`` is [T, B, I], or the packed rows [N, I] of a PackedSequence with
+    [, weight_hr], then the cell's own, e.g. weight_ci, weight_cf, weight_co). ``input`` is [T, B, I], or the packed rows [N, I] of a PackedSequence with
     their non-increasing ``lengths``. With ``lengths``, steps past a sequence's end leave its
     state unchanged and give zero output rows; the reverse direction starts at each sequence's
     end.

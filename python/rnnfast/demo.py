@@ -264,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tie-weights", action="store_true",
                       help="share the embedding and output matrices (needs --embed == --hidden)")
     demo.add_argument("--dropout", type=float, default=0.0)
+    demo.add_argument("--peephole", action="store_true",
+                      help="LSTM with peephole connections (rnnfast's own; torch has none)")
+    demo.add_argument("--weight-drop", type=float, default=0.0,
+                      help="DropConnect on the recurrent weights in training (AWD-LSTM)")
     demo.add_argument("--seq-len", type=int, default=64, help="truncated-BPTT length")
     demo.add_argument("--batch-size", type=int, default=32)
     demo.add_argument("--steps", type=int, default=2500)
@@ -363,12 +367,16 @@ def run_demo(args) -> dict:
     embed = args.embed or (64 if args.level == "char" else args.hidden)
     try:
         model = RNNLM(tokenizer.vocab_size, embed, args.hidden, args.layers, cell=args.cell,
-                      dropout=args.dropout, tie_weights=args.tie_weights)
+                      dropout=args.dropout, tie_weights=args.tie_weights,
+                      peephole=args.peephole, weight_drop=args.weight_drop)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     n_params = sum(p.numel() for p in model.parameters())
     threads = torch.get_num_threads()
-    print(f"model: {args.cell.upper()} x{args.layers}, hidden {args.hidden}, embedding {embed}, "
+    variants = "".join([" with peepholes" if args.peephole else "",
+                        f" (weight_drop {args.weight_drop:g})" if args.weight_drop else ""])
+    print(f"model: {args.cell.upper()}{variants} x{args.layers}, hidden {args.hidden}, "
+          f"embedding {embed}, "
           f"{n_params:,} parameters, on rnnfast ({threads} thread{'s' if threads > 1 else ''}); "
           f"batch {args.batch_size} x {args.seq_len} tokens (truncated BPTT), {args.steps} steps")
 
@@ -405,7 +413,10 @@ def run_demo(args) -> dict:
 
     # speed against torch
     speed = None
-    if args.compare_steps > 0:
+    if args.compare_steps > 0 and (model.peephole or model.weight_drop):
+        print("\n(no speed comparison with torch: torch.nn has no "
+              f"{'peephole LSTM' if model.peephole else 'weight_drop'})")
+    elif args.compare_steps > 0:
         fast, ref = compare_speed(model, data, args.seq_len, args.compare_steps)
         speed = {"rnnfast": fast, "torch": ref}
         torch_name = f"torch.nn.{'LSTM' if args.cell == 'lstm' else 'GRU'}"

@@ -66,7 +66,10 @@ class RNNLM(nn.Module):
             (Press & Wolf 2017); needs ``embed_size == hidden_size``.
         backend: ``"rnnfast"`` (fused kernels, the default) or ``"torch"``
             (``torch.nn.LSTM``/``GRU``; same parameters and ``state_dict``, for
-            comparisons).
+            comparisons; without the variants below, which torch does not have).
+        peephole: LSTM only: peephole connections (:class:`rnnfast.LSTM`'s ``peephole``).
+        weight_drop: DropConnect on the recurrent weights in training, the AWD-LSTM
+            regulariser (:class:`rnnfast.LSTM`'s ``weight_drop``).
 
     ``forward(input_ids, state=None) -> (logits, state)``: ``input_ids`` is a
     ``[B, T]`` integer tensor, ``logits`` is ``[B, T, V]``, ``state`` is the
@@ -75,7 +78,8 @@ class RNNLM(nn.Module):
 
     def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int = 1,
                  cell: str = "lstm", dropout: float = 0.0, tie_weights: bool = False,
-                 backend: str = "rnnfast") -> None:
+                 backend: str = "rnnfast", peephole: bool = False,
+                 weight_drop: float = 0.0) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("embed_size", embed_size),
                             ("hidden_size", hidden_size), ("num_layers", num_layers)):
@@ -95,6 +99,14 @@ class RNNLM(nn.Module):
                 "output layer's weight [vocab_size, hidden_size], so it needs embed_size == "
                 f"hidden_size; got embed_size={embed_size}, hidden_size={hidden_size}")
         cell = cell.lower()
+        if not isinstance(peephole, bool):
+            raise TypeError(f"peephole must be a bool, got {type(peephole).__name__}")
+        if peephole and cell != "lstm":
+            raise ValueError(f"peephole=True needs cell='lstm', got cell={cell!r}")
+        variants = {k: v for k, v in (("peephole", peephole), ("weight_drop", weight_drop)) if v}
+        if variants and backend == "torch":
+            raise ValueError(f"backend='torch' has no {', '.join(variants)}: torch.nn's "
+                             f"recurrent modules lack them; use backend='rnnfast'")
         self.vocab_size = vocab_size
         self.embed_size = embed_size
         self.hidden_size = hidden_size
@@ -103,12 +115,14 @@ class RNNLM(nn.Module):
         self.dropout = float(dropout)
         self.tie_weights = tie_weights
         self.backend = backend
+        self.peephole = peephole
+        self.weight_drop = weight_drop
 
         rnn_cls = _CELLS[cell][0 if backend == "rnnfast" else 1]
         self.embedding = nn.Embedding(vocab_size, embed_size)
         # inter-layer dropout only exists between layers (torch warns for one layer)
         self.rnn = rnn_cls(embed_size, hidden_size, num_layers, batch_first=True,
-                           dropout=self.dropout if num_layers > 1 else 0.0)
+                           dropout=self.dropout if num_layers > 1 else 0.0, **variants)
         self.drop = nn.Dropout(self.dropout)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.reset_parameters()
@@ -131,7 +145,8 @@ class RNNLM(nn.Module):
         the architecture."""
         return dict(vocab_size=self.vocab_size, embed_size=self.embed_size,
                     hidden_size=self.hidden_size, num_layers=self.num_layers, cell=self.cell,
-                    dropout=self.dropout, tie_weights=self.tie_weights, backend=self.backend)
+                    dropout=self.dropout, tie_weights=self.tie_weights, backend=self.backend,
+                    peephole=self.peephole, weight_drop=self.weight_drop)
 
     def twin(self, backend: str) -> "RNNLM":
         """A copy of this model on ``backend`` ("rnnfast" or "torch") with the same values
@@ -195,6 +210,10 @@ class RNNLM(nn.Module):
             s += ", tie_weights=True"
         if self.backend != "rnnfast":
             s += f", backend={self.backend!r}"
+        if self.peephole:
+            s += ", peephole=True"
+        if self.weight_drop:
+            s += f", weight_drop={self.weight_drop}"
         return s
 
 

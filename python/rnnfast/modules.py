@@ -69,7 +69,7 @@ class RNNBase(nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, device=None,
-                 dtype=None, *, cell: Optional[str] = None) -> None:
+                 dtype=None, *, cell: Optional[str] = None, weight_drop: float = 0.0) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         # torch's mode names the cell ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") unless a variant
@@ -85,6 +85,11 @@ class RNNBase(nn.Module):
             raise ValueError(
                 "dropout should be a number in range [0, 1] representing the probability of "
                 f"an element being zeroed, got {dropout!r}")
+        if (not isinstance(weight_drop, numbers.Number) or isinstance(weight_drop, bool)
+                or not 0 <= weight_drop < 1):
+            raise ValueError(
+                "weight_drop should be a number in range [0, 1) representing the probability of "
+                f"an element of weight_hh being zeroed in training, got {weight_drop!r}")
         _check_type("bias", bias, bool, "bool")
         _check_type("batch_first", batch_first, bool, "bool")
         _check_type("input_size", input_size, int, "int")
@@ -124,11 +129,12 @@ class RNNBase(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = proj_size
+        self.weight_drop = float(weight_drop)
         num_directions = 2 if bidirectional else 1
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
 
         # the layer's parameters as the C++ core lists them (names, order, shapes, presence)
-        params = _cells.params_of(bias, proj_size > 0)
+        params = _cells.params_of(cell, bias, proj_size > 0)
         self._flat_weights_names: List[str] = []
         self._all_weights: List[List[str]] = []
         for layer in range(num_layers):
@@ -202,6 +208,10 @@ class RNNBase(nn.Module):
             s += ", bidirectional={bidirectional}"
         if self.__dict__.get("coupled_gates"):
             s += ", coupled_gates=True"
+        if self.__dict__.get("peephole"):
+            s += ", peephole=True"
+        if self.__dict__.get("weight_drop"):
+            s += ", weight_drop={weight_drop}"
         return s.format(**self.__dict__)
 
     def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
@@ -297,6 +307,12 @@ class RNNBase(nn.Module):
         stacked = None if hx is None else tuple(hx) if cell.cell_state else (hx,)
         run = _layer_fn(x.device)
         num_directions = 2 if self.bidirectional else 1
+        # DropConnect (weight_drop): in training, W_hh through inverted dropout, one mask per
+        # call for all its steps (a call runs the whole sequence)
+        drop = self.__dict__.get("weight_drop", 0.0) if self.training else 0.0
+        if drop > 0:
+            w_hh = [p.name for p in _cells.params_of(cell, self.bias, self.proj_size > 0)
+                    ].index("weight_hh")
         finals = []
         for layer in range(self.num_layers):
             outs = []
@@ -304,6 +320,8 @@ class RNNBase(nn.Module):
                 idx = layer * num_directions + direction
                 # _all_weights lists the layer's parameters in the ops' weights order
                 weights = [getattr(self, name) for name in self._all_weights[idx]]
+                if drop > 0:
+                    weights[w_hh] = F.dropout(weights[w_hh], drop, True)
                 state = [s[idx] for s in stacked] if stacked is not None else []
                 out, final = run(cell.name, x, state, weights, lengths, direction == 1)
                 outs.append(out)
@@ -385,31 +403,44 @@ class RNNBase(nn.Module):
         return out, hidden
 
 
-def _coupled_cell(owner: str, coupled_gates) -> str:
-    """The LSTM cell of the `coupled_gates` argument (checked to be a bool)."""
+def _lstm_cell(owner: str, coupled_gates, peephole) -> str:
+    """The LSTM cell of the `coupled_gates` and `peephole` arguments (checked to be bools)."""
     _check_type(f"{owner}: coupled_gates", coupled_gates, bool, "bool")
-    return "lstm_coupled" if coupled_gates else "lstm"
+    _check_type(f"{owner}: peephole", peephole, bool, "bool")
+    return "lstm" + ("_coupled" if coupled_gates else "") + ("_peephole" if peephole else "")
 
 
 class LSTM(RNNBase):
     """Drop-in for :class:`torch.nn.LSTM` on rnnfast's fused kernels.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
-    coupled_gates=False)``
+    dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+    coupled_gates=False, peephole=False, weight_drop=0.0)``
 
-    ``coupled_gates=True`` (rnnfast's own) couples the input and forget gates (CIFG: Greff et al.
-    2017, "LSTM: A Search Space Odyssey"; ONNX LSTM ``input_forget=1``): f = 1 - i, so the
-    weights and biases have 3 * hidden_size rows, in gate order i, g, o.
+    rnnfast's own options, off by default (the module is then exactly nn.LSTM):
+
+    - ``coupled_gates=True`` couples the input and forget gates (CIFG: Greff et al. 2017, "LSTM:
+      A Search Space Odyssey"; ONNX LSTM ``input_forget=1``): f = 1 - i, so the weights and
+      biases have 3 * hidden_size rows, in gate order i, g, o.
+    - ``peephole=True`` adds peephole connections (Gers & Schmidhuber 2000; ONNX LSTM's ``P``):
+      parameters ``weight_ci_l{k}``, ``weight_cf_l{k}`` (not with coupled_gates) and
+      ``weight_co_l{k}`` (``_reverse`` for the reverse direction), each [hidden_size];
+      z_i += w_ci * c_{t-1}, z_f += w_cf * c_{t-1}, and z_o += w_co * c_t.
+    - ``weight_drop=p`` is DropConnect on the recurrent weights (Merity et al. 2017, AWD-LSTM):
+      in training each call drops W_hh with inverted dropout, one mask for all its steps;
+      eval uses W_hh as is. No parameters are added.
     """
 
-    def __init__(self, *args, coupled_gates: bool = False, **kwargs):
-        super().__init__("LSTM", *args, cell=_coupled_cell("LSTM", coupled_gates), **kwargs)
+    def __init__(self, *args, coupled_gates: bool = False, peephole: bool = False, **kwargs):
+        super().__init__("LSTM", *args, cell=_lstm_cell("LSTM", coupled_gates, peephole),
+                         **kwargs)
         self.coupled_gates = coupled_gates
+        self.peephole = peephole
 
 
 class GRU(RNNBase):
-    """Drop-in for :class:`torch.nn.GRU` on rnnfast's fused kernels."""
+    """Drop-in for :class:`torch.nn.GRU` on rnnfast's fused kernels; ``weight_drop=p``
+    (keyword only) as for :class:`LSTM`."""
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
@@ -418,7 +449,8 @@ class GRU(RNNBase):
 
 
 class RNN(RNNBase):
-    """Drop-in for :class:`torch.nn.RNN` (``nonlinearity='tanh'`` or ``'relu'``)."""
+    """Drop-in for :class:`torch.nn.RNN` (``nonlinearity='tanh'`` or ``'relu'``);
+    ``weight_drop=p`` (keyword only) as for :class:`LSTM`."""
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
@@ -459,7 +491,7 @@ class RNNCellBase(nn.Module):
         cell = _cells.DESCRIPTIONS[self._cell_name]
         sizes = _cells.extent_sizes(cell, input_size, hidden_size, 0)
         # a cell takes no projection; without bias, torch registers the biases as None
-        for p in _cells.params_of(True, False):
+        for p in _cells.params_of(cell, True, False):
             if p.presence == "bias" and not bias:
                 self.register_parameter(p.name, None)
             else:
@@ -475,6 +507,8 @@ class RNNCellBase(nn.Module):
             s += ", nonlinearity={nonlinearity}"
         if self.__dict__.get("coupled_gates"):
             s += ", coupled_gates=True"
+        if self.__dict__.get("peephole"):
+            s += ", peephole=True"
         return s.format(**self.__dict__)
 
     def reset_parameters(self) -> None:
@@ -530,22 +564,25 @@ class RNNCellBase(nn.Module):
             given = next(s for s in states if s is not None)
             states = [s if s is not None else given.new_zeros(input.shape[0], self.hidden_size)
                       for s in states]
-        weights = [getattr(self, p.name) for p in _cells.params_of(self.bias, False)]
+        weights = [getattr(self, p.name) for p in _cells.params_of(
+            _cells.DESCRIPTIONS[self._cell_name], self.bias, False)]
         _, final = run(cell, input.unsqueeze(0), states, weights, None, False)
         return final
 
 
 class LSTMCell(RNNCellBase):
-    """Drop-in for :class:`torch.nn.LSTMCell`: one fused step. ``coupled_gates=True`` (rnnfast's
-    own) couples the input and forget gates, as for :class:`LSTM`."""
+    """Drop-in for :class:`torch.nn.LSTMCell`: one fused step. ``coupled_gates=True`` and
+    ``peephole=True`` (rnnfast's own) as for :class:`LSTM`; the peephole weights are then
+    ``weight_ci``, ``weight_cf`` (not with coupled_gates) and ``weight_co``."""
 
     _cell_name = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
-                 dtype=None, coupled_gates: bool = False) -> None:
+                 dtype=None, coupled_gates: bool = False, peephole: bool = False) -> None:
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype,
-                         cell=_coupled_cell("LSTMCell", coupled_gates))
+                         cell=_lstm_cell("LSTMCell", coupled_gates, peephole))
         self.coupled_gates = coupled_gates
+        self.peephole = peephole
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
         h0, c0 = hx if hx is not None else (None, None)

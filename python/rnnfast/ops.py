@@ -13,8 +13,9 @@ backward op gives its gradients. Their schemas name no cell and no parameter:
 [h[B,S]] or, for a cell with a cell state (LSTM), [h[B,S], c[B,H]]; ``state_out`` holds the
 final states the same way. ``weights`` holds the layer's parameters in this order:
 weight_ih[G*H,I], weight_hh[G*H,S], then bias_ih[G*H], bias_hh[G*H] if it has biases, then
-weight_hr[P,H] if it has a projection (LSTM proj_size); S = P with a projection, else H, and G
-is the cell's number of gates. ``grad_state`` has one entry per state (each may be None) and
+weight_hr[P,H] if it has a projection (LSTM proj_size), then the cell's own parameters
+(``_cells.cell(name).params``: the peephole cells' weight_ci, weight_cf, weight_co, each [H]);
+S = P with a projection, else H, and G is the cell's number of gates. ``grad_state`` has one entry per state (each may be None) and
 ``grad_weights`` one gradient per weight. ``training=True`` saves the activations backward
 needs in ``workspace``; with ``training=False`` it is empty.
 

@@ -94,8 +94,20 @@ struct Problem {
 template <class Real>
 struct Tensors {
   std::vector<Real> x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ry, rh, rc;
+  std::vector<Real> cw;  // the cell's own parameters, [params, H] (each of them is [H])
   std::vector<int64_t> lengths;
 };
+
+// Points args.cell_w at the cell's own parameters in cw ([params, H]).
+template <class Args, class Real>
+void wire_cell_params(Args& a, Cell cell, int64_t H, const std::vector<Real>& cw) {
+  for (int n = 0; n < cell_info(cell).params(); ++n) a.cell_w[n] = cw.data() + n * H;
+}
+// Points args.dcell_w at gradient buffers in dcw ([params, H]).
+template <class Real>
+void wire_cell_grads(BackwardArgs<Real>& a, Cell cell, int64_t H, std::vector<Real>& dcw) {
+  for (int n = 0; n < cell_info(cell).params(); ++n) a.dcell_w[n] = dcw.data() + n * H;
+}
 
 template <class Real>
 Tensors<Real> make(const Problem& p, unsigned seed) {
@@ -116,6 +128,7 @@ Tensors<Real> make(const Problem& p, unsigned seed) {
   t.b_ih = fill(G * p.H);
   t.b_hh = fill(G * p.H);
   t.w_hr = fill(p.P * p.H);
+  t.cw = fill(cell_info(p.cell).params() * p.H);
   t.ry = fill(p.T * p.B * S);
   t.rh = fill(p.B * S);
   t.rc = fill(p.B * p.H);
@@ -164,6 +177,7 @@ Result<Real> run_forward(const Problem& p, const Tensors<Real>& t, const Executo
   a.b_ih = p.bias ? t.b_ih.data() : nullptr;
   a.b_hh = p.bias ? t.b_hh.data() : nullptr;
   a.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
+  wire_cell_params(a, p.cell, p.H, t.cw);
   a.lengths = p.use_lengths ? t.lengths.data() : nullptr;
   a.reverse = p.reverse;
   a.y = r.y.data(); a.hy = r.hy.data();
@@ -195,17 +209,18 @@ std::string describe(const Problem& p) {
 
 // The gradient outputs of one backward call, sized for p, and their wiring into its args.
 struct GradBuffers {
-  std::vector<double> dx, dh0, dc0, dwih, dwhh, dbih, dbhh, dwhr;
+  std::vector<double> dx, dh0, dc0, dwih, dwhh, dbih, dbhh, dwhr, dcw;
   GradBuffers(const Problem& p, const Tensors<double>& t)
       : dx(t.x.size()), dh0(t.h0.size()), dc0(t.c0.size()), dwih(t.w_ih.size()),
         dwhh(t.w_hh.size()), dbih(cell_info(p.cell).gates * p.H), dbhh(cell_info(p.cell).gates * p.H),
-        dwhr(t.w_hr.size()) {}
+        dwhr(t.w_hr.size()), dcw(t.cw.size()) {}
   void wire(const Problem& p, BackwardArgs<double>& a) {
     a.dx = dx.data(); a.dh0 = dh0.data();
     a.dc0 = cell_info(p.cell).cell_state ? dc0.data() : nullptr;
     a.dw_ih = dwih.data(); a.dw_hh = dwhh.data();
     a.db_ih = dbih.data(); a.db_hh = dbhh.data();
     a.dw_hr = p.P > 0 ? dwhr.data() : nullptr;
+    wire_cell_grads(a, p.cell, p.H, dcw);
   }
 };
 
@@ -221,6 +236,7 @@ void check_gradients(const Problem& p) {
   a.cell = p.cell; a.T = p.T; a.B = p.B; a.I = p.I; a.H = p.H; a.P = p.P;
   a.x = t.x.data(); a.w_ih = t.w_ih.data(); a.w_hh = t.w_hh.data();
   a.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
+  wire_cell_params(a, p.cell, p.H, t.cw);
   a.lengths = p.use_lengths ? t.lengths.data() : nullptr;
   a.reverse = p.reverse;
   a.ws = fr.ws.data();
@@ -254,6 +270,7 @@ void check_gradients(const Problem& p) {
     fd(t.b_hh, dbhh, "b_hh");
   }
   if (p.P > 0) fd(t.w_hr, dwhr, "w_hr");
+  if (!t.cw.empty()) fd(t.cw, gr.dcw, "own parameters");
   (void)S;
 
   // With lengths: the same call with NaN in the padding of x and of dy (the (t, b) past each
@@ -282,7 +299,7 @@ void check_gradients(const Problem& p) {
         if (s >= t.lengths[b])
           for (int64_t i = 0; i < p.I; ++i) pad_zero = pad_zero && ex_[(s * p.B + b) * p.I + i] == 0.0;
     expect(pad_zero && ex_ == dx && eh0 == dh0 && ec0 == dc0 && ewih == dwih && ewhh == dwhh &&
-               ebih == dbih && ebhh == dbhh && ewhr == dwhr,
+               ebih == dbih && ebhh == dbhh && ewhr == dwhr && en.dcw == gr.dcw,
            describe(p) + " gradients with NaN padding in x and dy");
   }
 }
@@ -317,7 +334,7 @@ void check_packed(const Problem& p, const Executor& ex) {
     return out;
   };
   struct Grads {
-    std::vector<double> dx, dh0, dc0, dwih, dwhh, dbih, dbhh, dwhr;
+    std::vector<double> dx, dh0, dc0, dwih, dwhh, dbih, dbhh, dwhr, dcw;
   };
   auto run = [&](bool packed, Result<double>& fr, Grads& g) {
     Tensors<double> tt = t;
@@ -334,6 +351,7 @@ void check_packed(const Problem& p, const Executor& ex) {
     a.w_ih = t.w_ih.data(); a.w_hh = t.w_hh.data();
     a.b_ih = t.b_ih.data(); a.b_hh = t.b_hh.data();
     a.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
+    wire_cell_params(a, p.cell, p.H, t.cw);
     a.lengths = t.lengths.data(); a.reverse = p.reverse; a.packed = packed;
     a.y = fr.y.data(); a.hy = fr.hy.data();
     a.cy = cell_info(p.cell).cell_state ? fr.cy.data() : nullptr;
@@ -343,10 +361,13 @@ void check_packed(const Problem& p, const Executor& ex) {
     g.dx.assign(rows * p.I, -7); g.dh0.assign(p.B * S, -7); g.dc0.assign(p.B * p.H, -7);
     g.dwih.assign(t.w_ih.size(), -7); g.dwhh.assign(t.w_hh.size(), -7);
     g.dbih.assign(G * p.H, -7); g.dbhh.assign(G * p.H, -7); g.dwhr.assign(t.w_hr.size(), -7);
+    g.dcw.assign(t.cw.size(), -7);
     BackwardArgs<double> b;
     b.cell = p.cell; b.T = p.T; b.B = p.B; b.I = p.I; b.H = p.H; b.P = p.P;
     b.x = tt.x.data(); b.w_ih = t.w_ih.data(); b.w_hh = t.w_hh.data();
     b.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
+    wire_cell_params(b, p.cell, p.H, t.cw);
+    wire_cell_grads(b, p.cell, p.H, g.dcw);
     b.lengths = t.lengths.data(); b.reverse = p.reverse; b.packed = packed;
     b.ws = fr.ws.data(); b.dy = dy.data(); b.dhy = t.rh.data();
     b.dcy = cell_info(p.cell).cell_state ? t.rc.data() : nullptr;
@@ -374,6 +395,7 @@ void check_packed(const Problem& p, const Executor& ex) {
   expect(max_diff(gpk.dbih, gpad.dbih) < tol, tag + " db_ih");
   expect(max_diff(gpk.dbhh, gpad.dbhh) < tol, tag + " db_hh");
   if (p.P > 0) expect(max_diff(gpk.dwhr, gpad.dwhr) < tol, tag + " dw_hr");
+  expect(max_diff(gpk.dcw, gpad.dcw) < tol, tag + " own parameters");
 }
 
 // The float32 sigmoid and tanh of the active instruction set, swept against double
@@ -547,6 +569,7 @@ void check_empty_sequence() {
         a.w_ih = t.w_ih.data(); a.w_hh = t.w_hh.data();
         a.b_ih = t.b_ih.data(); a.b_hh = t.b_hh.data();
         a.w_hr = P > 0 ? t.w_hr.data() : nullptr;
+        wire_cell_params(a, cell, p.H, t.cw);
         a.h0 = with_state ? t.h0.data() : nullptr;
         a.c0 = with_state && cell_info(cell).cell_state ? t.c0.data() : nullptr;
         std::vector<double> hy(p.B * S, -7), cy(p.B * p.H, -7);
@@ -561,6 +584,9 @@ void check_empty_sequence() {
         g.cell = cell; g.T = 0; g.B = p.B; g.I = p.I; g.H = p.H; g.P = P;
         g.w_ih = t.w_ih.data(); g.w_hh = t.w_hh.data();
         g.w_hr = P > 0 ? t.w_hr.data() : nullptr;
+        wire_cell_params(g, cell, p.H, t.cw);
+        std::vector<double> dcw(t.cw.size(), -7);
+        wire_cell_grads(g, cell, p.H, dcw);
         g.dhy = t.rh.data();
         g.dcy = cell_info(cell).cell_state ? t.rc.data() : nullptr;
         std::vector<double> dh0(p.B * S, -7), dc0(p.B * p.H, -7), dwih(t.w_ih.size(), -7),
@@ -578,7 +604,7 @@ void check_empty_sequence() {
         expect(dh0 == t.rh, tag + " dh0 = dhy");
         if (cell_info(cell).cell_state) expect(dc0 == t.rc, tag + " dc0 = dcy");
         expect(zeros(dwih) && zeros(dwhh) && zeros(dbih) && zeros(dbhh) &&
-                   (P == 0 || zeros(dwhr)),
+                   (P == 0 || zeros(dwhr)) && zeros(dcw),
                tag + " zero weight and bias gradients");
       }
 }

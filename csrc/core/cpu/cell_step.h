@@ -16,6 +16,8 @@ struct FwdStep {
   const Real* h;        // [B, S]   h_{t-1}                                     read
   Real* c;              // [B, H]   cell state, c_{t-1} in, c_t out             read/written
   Real* ws;             // [B, WS]  saved for backward, or null                 written
+  const Real* const* cell_w;  // the cell's own parameters (ForwardArgs::cell_w)  read
+  int params;                 // how many: CellInfo::params()
   // Write ws with non-temporal stores (save_value below): it is read again only by the
   // backward pass, so it should neither take a read for ownership nor evict the weights from
   // L2. Needs every vector's address in ws aligned to its size.
@@ -42,7 +44,9 @@ struct ForwardUnit {
         h(s.h + b * s.S + j),
         c(s.c ? s.c + b * s.H + j : nullptr),
         ws(s.ws ? s.ws + b * s.WS + j : nullptr),
-        stream_ws(s.stream_ws) {}
+        stream_ws(s.stream_ws) {
+    for (int n = 0; n < s.params; ++n) pw[n] = s.cell_w[n] + j;
+  }
   V pre(int k) const { return V::load(gx + k * H) + V::load(bias + k * H); }
   V recurrent(int k) const {
     V r = V::load(rg + k * H);
@@ -51,6 +55,7 @@ struct ForwardUnit {
   V h_prev() const { return V::load(h); }
   V c_prev() const { return V::load(c); }
   void set_c(V v) const { v.store(c); }
+  V param(int n) const { return V::load(pw[n]); }
   void save(int q, V v) const {
     if (!ws) return;
     if (stream_ws) v.stream(ws + q * H); else v.store(ws + q * H);
@@ -61,6 +66,7 @@ struct ForwardUnit {
   const Real *const gx, *const bias, *const rg, *const b_apart, *const h;
   Real *const c, *const ws;
   const bool stream_ws;
+  const Real* pw[kMaxCellParams];
 };
 
 // Pointers of one backward step.
@@ -72,7 +78,13 @@ struct BwdStep {
   Real* dc;              // [B, H]   dc_t in, dc_{t-1} out            read/written
   Real* dgx;             // [B, GH]  d(pre-activation), x side        written
   Real* dgh;             // [B, GH]  d(pre-activation), h side        written (== dgx unless the
-                      //          cell has apart gates)
+                         //          cell has apart gates)
+  const Real* const* cell_w;  // the cell's own parameters (BackwardArgs::cell_w)  read
+  // The sums of the gradients of the cell's own parameters, per row block of block_rows rows:
+  // [row blocks, params, H]; a unit adds its (t, b)'s part to its row block's row.
+  Real* dparam_sums;
+  int params;
+  int64_t block_rows;
 };
 
 // The backward step accessor of cell_math.h (row pointers taken once, as ForwardUnit does).
@@ -85,7 +97,12 @@ struct BackwardUnit {
         hprev(s.ws + b * s.WS + s.hprev_col + j),
         dc_(s.dc ? s.dc + b * s.H + j : nullptr),
         dgx(s.dgx + b * s.GH + j),
-        dgh(s.dgh + b * s.GH + j) {}
+        dgh(s.dgh + b * s.GH + j) {
+    for (int n = 0; n < Math::kParams; ++n) {
+      pw[n] = s.cell_w[n] + j;
+      dpw[n] = s.dparam_sums + ((b / s.block_rows) * s.params + n) * s.H + j;
+    }
+  }
   V saved(int q) const { return V::load(ws + q * H); }
   V h_prev() const { return V::load(hprev); }
   V dc() const { return V::load(dc_); }
@@ -95,9 +112,13 @@ struct BackwardUnit {
     if (kSplit && !((Math::kApartGates >> k) & 1u)) v.store(dgh + k * H);
   }
   void set_dpre_apart(int k, V v) const { v.store(dgh + k * H); }
+  V param(int n) const { return V::load(pw[n]); }
+  void add_dparam(int n, V v) const { (V::load(dpw[n]) + v).store(dpw[n]); }
 
  private:
   const int64_t H;
   const Real *const ws, *const hprev;
   Real *const dc_, *const dgx, *const dgh;
+  const Real* pw[kMaxCellParams];
+  Real* dpw[kMaxCellParams];
 };

@@ -372,6 +372,8 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
     st.c = cbuf.get();
     st.ws = a.ws ? a.ws + row0(t) * WS : nullptr;
     st.stream_ws = stream_ws;
+    st.cell_w = a.cell_w;
+    st.params = Math::kParams;
     // h_t before the projection: the state, or (with P) the projection's input
     Real* const hout = P > 0 ? hpre.get() : hnext;
     const int64_t ld_hout = P > 0 ? H : S;
@@ -611,6 +613,9 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   const int64_t bias_sums = (a.db_ih || a.db_hh) ? (kSplit ? 2 : 1) : 0;
   Buffer<Real> dbsum(bias_sums * row_blocks * GH);
   fill_n(dbsum.get(), bias_sums * row_blocks * GH, Real(0));
+  // The gradients of the cell's own parameters, summed the same way (BwdStep::dparam_sums).
+  Buffer<Real> dparam_sums(row_blocks * Math::kParams * H);
+  fill_n(dparam_sums.get(), row_blocks * Math::kParams * H, Real(0));
   // Once the rows of its block are done, a task
   // - packs the block for the next step's GEMM: rows [r0, r1) (r0 a multiple of MR; rows of
   //   the panel past r1 become zeros, and are never read) and, in each gate, units [j0, j1),
@@ -652,6 +657,10 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     st.dc = dc.get();
     st.dgx = dgx.get() + row0(t) * GH;
     st.dgh = dgh + row0(t) * GH;
+    st.cell_w = a.cell_w;
+    st.dparam_sums = dparam_sums.get();
+    st.params = Math::kParams;
+    st.block_rows = block_rows;
     const Real* dyt = a.dy ? a.dy + row0(t) * S : nullptr;
     // The next step's saved activations and dy, asked into L2 a row at a time during
     // this step (as the forward pass does with x W_ih^T).
@@ -780,6 +789,15 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
       gemm<Real>(ex, nlast, S, GH, prev, GH, 1, a.w_hh, S, false, a.dh0, S, true);
   }
   if (Math::kCellState && a.dc0) copy_n(dc.get(), B * H, a.dc0);
+  for (int n = 0; n < Math::kParams; ++n) {
+    if (!a.dcell_w[n]) continue;
+    for (int64_t j = 0; j < H; ++j) {
+      Real v = Real(0);
+      for (int64_t rb = 0; rb < row_blocks; ++rb)
+        v += dparam_sums.get()[(rb * Math::kParams + n) * H + j];
+      a.dcell_w[n][j] = v;
+    }
+  }
 
   const GateGradients<Real> grads{dgx.get(), dgh, P > 0 ? dR.get() : nullptr, dbsum.get(),
                                   bias_sums, row_blocks};

@@ -278,8 +278,10 @@ struct BackwardScratch {
   Acc* dc;           // [B, H]       gradient w.r.t. the cell state (cells with one), or null
   Acc* dprojected;   // [T, B, P]    with P: gradient w.r.t. proj_input W_hr^T, or null
   Acc* dproj_input;  // [B, H]       with P: gradient w.r.t. the projection input, or null
-  Acc* ones;         // [max(T*B, 1)] ones, for the bias gradients as GEMVs; null when neither
-                     //              bias gradient is wanted
+  Acc* dparams;      // [T, B, params, H] each (t, b)'s part of the gradients of the cell's
+                     //              own parameters (zero for inactive rows), or null
+  Acc* ones;         // [max(T*B, 1)] ones, for the bias and own parameter gradients as GEMVs;
+                     //              null when none of them is wanted
   size_t bytes;
 
   BackwardScratch(const BackwardArgs& a, void* base) {
@@ -292,7 +294,8 @@ struct BackwardScratch {
     dc = n.cell.cell_state ? carve.take<Acc>(n.B * n.H) : nullptr;
     dprojected = n.P > 0 ? carve.take<Acc>(rows * n.P) : nullptr;
     dproj_input = n.P > 0 ? carve.take<Acc>(n.B * n.H) : nullptr;
-    ones = (a.db_ih || a.db_hh) ? carve.take<Acc>(rows > 0 ? rows : 1) : nullptr;
+    dparams = n.cell.params() ? carve.take<Acc>(rows * n.cell.params() * n.H) : nullptr;
+    ones = (a.db_ih || a.db_hh || dparams) ? carve.take<Acc>(rows > 0 ? rows : 1) : nullptr;
     bytes = carve.used;
   }
 };
@@ -320,6 +323,7 @@ struct ForwardStepArgs {
   Storage* proj_input;        // [B, H]  with P: o * tanh(c) before projection
   Storage* y;                 // [B, S]  output at this step
   Acc* ws;                    // [B, WS] or null
+  const Storage* cell_w[kMaxCellParams];  // the cell's own parameters (ForwardArgs::cell_w)
 };
 
 template <class Storage, class Acc>
@@ -355,6 +359,7 @@ struct ForwardUnit {
   __device__ void set_c(V c) const {
     if (on) s.c[b * s.H + j] = c.v;
   }
+  __device__ V param(int n) const { return {to_acc(s.cell_w[n][j])}; }
   __device__ void save(int q, V v) const {
     if (s.ws) s.ws[b * s.WS + q * s.H + j] = v.v;
   }
@@ -553,6 +558,7 @@ void forward_impl(const ForwardArgs& a, void* scratch, cudaStream_t stream,
   step.b_hh = static_cast<const Storage*>(a.b_hh);
   step.lengths = a.lengths;
   step.c = buf.c; step.proj_input = buf.proj_input;
+  for (int n = 0; n < Math::kParams; ++n) step.cell_w[n] = static_cast<const Storage*>(a.cell_w[n]);
   Storage* y = static_cast<Storage*>(a.y);
   Acc* ws = static_cast<Acc*>(a.ws);
   for (int64_t k = 0; k < T; ++k) {
@@ -604,6 +610,8 @@ struct BackwardStepArgs {
   Acc* dc;                   // [B, H] cells with a cell state: in d c_t, out d c_{t-1}
   Acc* dgx;                  // [B, G*H] gradient of the gate pre-activations (input side)
   Acc* dgh;                  // [B, G*H] hidden side (cells with apart gates; else dgx)
+  const Acc* cell_w[kMaxCellParams];  // the cell's own parameters (BackwardArgs::cell_w)
+  Acc* dparams;              // [B, params, H] this step's parts of their gradients (zeroed)
 };
 
 // The backward step accessor of cell_math.h for unit j of batch row b.
@@ -624,6 +632,11 @@ struct BackwardUnit {
     if (kSplit && !apart_gate<Math>(k)) s.dgh[gate(k)] = v.v;
   }
   __device__ void set_dpre_apart(int k, V v) const { s.dgh[gate(k)] = v.v; }
+  __device__ V param(int n) const { return {s.cell_w[n][j]}; }
+  // one thread per (b, j): no other thread adds to this element
+  __device__ void add_dparam(int n, V v) const {
+    s.dparams[(b * Math::kParams + n) * s.H + j] += v.v;
+  }
 };
 
 // One backward step for unit j of batch row b, one thread per (b, j): dh_t (the recurrent part
@@ -706,6 +719,9 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     for (auto [p, n] : {std::pair<void*, int64_t>{a.dx, T * B * I}, {a.dw_ih, GH * I},
                         {a.dw_hh, GH * S}, {a.db_ih, GH}, {a.db_hh, GH}, {a.dw_hr, P * H}})
       if (p && n) check_cuda(cudaMemsetAsync(p, 0, sizeof(Acc) * n, stream), "zero gradients");
+    for (int n = 0; n < Math::kParams; ++n)
+      if (a.dcell_w[n] && H)
+        check_cuda(cudaMemsetAsync(a.dcell_w[n], 0, sizeof(Acc) * H, stream), "zero gradients");
     return;
   }
 
@@ -717,6 +733,10 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
   step.hprev_col = cell.hprev_col(H, P);
   step.lengths = a.lengths;
   step.dh = dh; step.dc = dc; step.dproj_input = buf.dproj_input;
+  for (int n = 0; n < Math::kParams; ++n) step.cell_w[n] = static_cast<const Acc*>(a.cell_w[n]);
+  if (buf.dparams)
+    check_cuda(cudaMemsetAsync(buf.dparams, 0, sizeof(Acc) * T * B * Math::kParams * H, stream),
+               "zero dparams");
   const Acc* ws = static_cast<const Acc*>(a.ws);
   const Acc* dy = static_cast<const Acc*>(a.dy);
   const unsigned grid = blocks_for(B * H);
@@ -737,6 +757,7 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     step.ws = ws + t * B * WS;
     step.dgx = buf.dgx + t * B * GH;
     step.dgh = buf.dgh + t * B * GH;
+    step.dparams = buf.dparams ? buf.dparams + t * B * Math::kParams * H : nullptr;
     backward_step<Math, Acc><<<grid, kThreads, 0, stream>>>(step);
     check_launch("backward_step");
     // dh_{t-1} = direct part (left in dh by the step kernel) + dG_t W_hh; after the last
@@ -769,6 +790,10 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     gemm(true, false, GH, 1, rows, buf.dgx, GH, buf.ones, 1, 0.0, a.db_ih, 1, "bias_ih gradient");
   if (a.db_hh)
     gemm(true, false, GH, 1, rows, buf.dgh, GH, buf.ones, 1, 0.0, a.db_hh, 1, "bias_hh gradient");
+  for (int n = 0; n < Math::kParams; ++n)
+    if (a.dcell_w[n])
+      gemm(true, false, H, 1, rows, buf.dparams + n * H, Math::kParams * H, buf.ones, 1, 0.0,
+           a.dcell_w[n], 1, "own parameter gradient");
 }
 
 }  // namespace

@@ -17,7 +17,8 @@
 //   backward: per step (reverse order) one fused pointwise kernel (gate
 //             gradients from the saved activations) and one GEMM
 //             dh_{t-1} += dG_t W_hh; then dx, dW_ih, dW_hh (and dW_hr) as
-//             whole-sequence GEMMs and the bias gradients as GEMVs with a ones
+//             whole-sequence GEMMs and the bias gradients (and those of a cell's
+//             own parameters, from their per-(t, b) parts) as GEMVs with a ones
 //             vector, each only for an output that is not null. No atomics
 //             anywhere: every run gives the same bits.
 //

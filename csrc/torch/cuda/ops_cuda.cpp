@@ -74,6 +74,8 @@ ForwardResult forward_op(c10::string_view cell_name, const at::Tensor& input_,
   a.b_ih = ptr_or_null(f.params[kBiasIh]);
   a.b_hh = ptr_or_null(f.params[kBiasHh]);
   a.w_hr = ptr_or_null(f.params[kWeightHr]);
+  int n = 0;
+  for (int i : cell_param_indices(cell)) a.cell_w[n++] = ptr_or_null(f.params[i]);
   a.lengths = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   a.reverse = reverse;
   a.y = y.data_ptr();
@@ -114,6 +116,8 @@ BackwardResult backward_op(c10::string_view cell_name,
   const auto w_ih = to_dtype(in.params[kWeightIh], acc);
   const auto w_hh = to_dtype(in.params[kWeightHh], acc);
   const auto w_hr = to_dtype(in.params[kWeightHr], acc);
+  std::vector<at::Tensor> cell_w;
+  for (int i : cell_param_indices(cell)) cell_w.push_back(to_dtype(in.params[i], acc));
   const auto gy = to_dtype(in.grad_output, acc);
   const auto ghy = to_dtype(in.grad_state[kStateH], acc);
   const auto gcy = to_dtype(in.grad_state[kStateC], acc);
@@ -133,6 +137,8 @@ BackwardResult backward_op(c10::string_view cell_name,
   a.w_ih = ptr_or_null(w_ih);
   a.w_hh = ptr_or_null(w_hh);
   a.w_hr = ptr_or_null(w_hr);
+  int n = 0;
+  for (const at::Tensor& w : cell_w) a.cell_w[n++] = ptr_or_null(w);
   a.lengths = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   a.reverse = reverse;
   a.ws = in.ws.data_ptr();
@@ -147,6 +153,8 @@ BackwardResult backward_op(c10::string_view cell_name,
   a.db_ih = ptr_or_null(grad_of(dweights, d.layout, kBiasIh));
   a.db_hh = ptr_or_null(grad_of(dweights, d.layout, kBiasHh));
   a.dw_hr = ptr_or_null(grad_of(dweights, d.layout, kWeightHr));
+  n = 0;
+  for (int i : cell_param_indices(cell)) a.dcell_w[n++] = ptr_or_null(grad_of(dweights, d.layout, i));
   auto scratch = at::empty({static_cast<int64_t>(kc::backward_scratch_bytes(a))},
                            in.input.options().dtype(at::kByte));
   kc::layer_backward(a, scratch.data_ptr(), at::cuda::getCurrentCUDAStream(),
