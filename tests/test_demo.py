@@ -79,12 +79,13 @@ def test_word_level_gru_on_a_text_file(tmp_path, capsys):
 
 def test_demo_with_lstm_variants(tmp_path, capsys):
     save = tmp_path / "lm"
-    demo.main(["demo", *TINY, "--peephole", "--weight-drop", "0.3", "--save", str(save)])
+    demo.main(["demo", *TINY, "--peephole", "--weight-drop", "0.3", "--zoneout", "0.1",
+               "--save", str(save)])
     out = capsys.readouterr().out
-    assert "LSTM with peepholes (weight_drop 0.3)" in out, out
+    assert "LSTM with peepholes (weight_drop 0.3, zoneout 0.1)" in out, out
     assert "no speed comparison with torch" in out and "validation perplexity:" in out
     model, _, _ = load_lm(save)
-    assert model.peephole and model.weight_drop == 0.3
+    assert model.peephole and model.weight_drop == 0.3 and model.zoneout == 0.1
 
 
 def test_stdlib_corpus_is_deterministic_and_sized():

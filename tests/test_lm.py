@@ -279,8 +279,10 @@ def test_variants_peephole_and_weight_drop(tmp_path):
     save/load; torch's backend has neither and says so."""
     torch.manual_seed(0)
     tok = CharTokenizer.from_text("abcdefghijk")
-    model = RNNLM(tok.vocab_size, E, H, 2, peephole=True, weight_drop=0.25)
+    model = RNNLM(tok.vocab_size, E, H, 2, peephole=True, weight_drop=0.25,
+                  zoneout=(0.1, 0.2))
     assert model.rnn.peephole and model.rnn.weight_drop == 0.25
+    assert model.rnn.zoneout == (0.1, 0.2)
     assert "rnn.weight_ci_l1" in dict(model.named_parameters())
     assert "peephole=True" in repr(model) and "weight_drop=0.25" in repr(model)
     ids = torch.tensor([tok.encode("abcabcab")])
@@ -292,7 +294,7 @@ def test_variants_peephole_and_weight_drop(tmp_path):
     model.eval()
     save_lm(tmp_path / "lm", model, tok)
     loaded, _, _ = load_lm(tmp_path / "lm")
-    assert loaded.peephole and loaded.weight_drop == 0.25
+    assert loaded.peephole and loaded.weight_drop == 0.25 and loaded.zoneout == (0.1, 0.2)
     torch.testing.assert_close(loaded(ids)[0], model(ids)[0])
     with pytest.raises(ValueError, match="backend='torch' has no peephole"):
         model.twin("torch")

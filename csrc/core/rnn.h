@@ -90,6 +90,15 @@ struct ForwardArgs {
   // offset(t) = n(0) + ... + n(t-1).
   // Needs lengths, non-increasing. Shapes below then read [N, ...] for [T, B, ...].
   bool packed = false;
+  // Zoneout (Krueger et al. 2017) of state k (0: h [.., S], 1: c [.., H], cells with a cell
+  // state): after the cell's update s~_t, an active row keeps
+  //   s_t = m * s_{t-1} + (1 - m) * s~_t
+  // with m = zoneout[k][t, b, j] (a mask, 1 = keep the previous value, in y's row layout:
+  // [T, B, S_k], or [N, S_k] packed) or, where zoneout[k] is null, m = zoneout_p[k] (eval's
+  // expectation; 0 = no zoneout). The output y_t is the zoned h_t. The cell's own math (its
+  // saved activations, h_t of the projection input) uses s~_t.
+  const Real* zoneout[2] = {};
+  double zoneout_p[2] = {};
   Real* y = nullptr;                // [T, B, S]  written
   Real* hy = nullptr;               // [B, S]     written; null = not needed
   Real* cy = nullptr;               // [B, H]     written (cells with a cell state); null = not
@@ -110,6 +119,8 @@ struct BackwardArgs {
   const int64_t* lengths = nullptr;  // [B] read; as in ForwardArgs
   bool reverse = false;
   bool packed = false;              // as in ForwardArgs: x, ws, dy, dx are [N, ...]
+  const Real* zoneout[2] = {};      // as in ForwardArgs, the same as the forward call's
+  double zoneout_p[2] = {};
   const Real* ws = nullptr;         // [T, B, WS] read (written by the forward pass)
   const Real* dy = nullptr;         // [T, B, S]  read; null = zeros
   const Real* dhy = nullptr;        // [B, S]     read; null = zeros

@@ -32,18 +32,22 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 using ForwardSig = ForwardResult(c10::string_view, const at::Tensor&, at::TensorList,
-                                 at::TensorList, const OptTensor&, bool, bool);
+                                 at::TensorList, const OptTensor&, bool, bool,
+                                 glue::OptionalTensorList);
 using BackwardSig = BackwardResult(c10::string_view, const OptTensor&,
                                    const c10::List<OptTensor>&, const at::Tensor&,
-                                   at::TensorList, const OptTensor&, const at::Tensor&, bool);
+                                   at::TensorList, const OptTensor&, const at::Tensor&, bool,
+                                   glue::OptionalTensorList);
 
 OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 at::Tensor or_undefined(const OptTensor& t) { return given(t) ? *t : at::Tensor(); }
 
 // The forward's save_for_backward list: these three, then the cell's states() initial states
-// (undefined where the state list was empty), then the weights.
+// (undefined where the state list was empty), then the weights, then the zoneout list (its
+// length in saved_data[kZoneoutKey]).
 enum Saved { kInput, kLengths, kWorkspace, kFirstState };
+constexpr const char* kZoneoutKey = "zoneout";
 
 // The cell and the direction of a call, kept in the context's saved_data as one integer (one
 // hash-map entry per call): the cell's index in core::kCells, times two, plus 1 for reverse.
@@ -66,7 +70,7 @@ struct DifferentiableGrads {
 };
 DifferentiableGrads differentiable_backward(const core::CellInfo& cell, bool reverse,
                                             const variable_list& grads,
-                                            const variable_list& saved) {
+                                            const variable_list& saved, size_t zoneout) {
   namespace py = pybind11;
   py::gil_scoped_acquire gil;
   // leaked on purpose: no Python object may be destroyed after the interpreter is gone; the
@@ -81,9 +85,12 @@ DifferentiableGrads differentiable_backward(const core::CellInfo& cell, bool rev
   for (int k = 0; k < states; ++k) grad_state.append(wrap(grads[1 + k]));
   if (saved[kFirstState].defined())
     for (int k = 0; k < states; ++k) state.append(py::cast(saved[kFirstState + k]));
-  for (size_t i = first_weight(cell); i < saved.size(); ++i) weights.append(py::cast(saved[i]));
+  py::list zoneout_list;
+  const size_t end_of_weights = saved.size() - zoneout;
+  for (size_t i = first_weight(cell); i < end_of_weights; ++i) weights.append(py::cast(saved[i]));
+  for (size_t i = end_of_weights; i < saved.size(); ++i) zoneout_list.append(py::cast(saved[i]));
   py::tuple out = fn(cell.name, reverse, wrap(grads[0]), grad_state, wrap(saved[kInput]), state,
-                     weights, wrap(saved[kLengths]));
+                     weights, wrap(saved[kLengths]), zoneout_list);
   auto unwrap = [](py::handle g) { return g.is_none() ? at::Tensor() : g.cast<at::Tensor>(); };
   TORCH_CHECK(out.size() == 3, "rnnfast: layer_backward returned ", out.size(),
               " items, expected 3 (grad_input, grad_state, grad_weights)");
@@ -114,22 +121,25 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   static variable_list forward(AutogradContext* ctx, const core::CellInfo* cell,
                                const at::Tensor& input, at::TensorList state,
                                at::TensorList weights, const OptTensor& lengths, bool reverse,
-                               bool training) {
+                               bool training, at::TensorList zoneout) {
     static const auto op = find_op<ForwardSig>(glue::kForwardOp);
     at::AutoDispatchBelowADInplaceOrView below;
     auto [y, state_out, ws] =
-        op.call(cell->name, input, state, weights, lengths, reverse, training);
+        op.call(cell->name, input, state, weights, lengths, reverse, training,
+                zoneout.empty() ? glue::OptionalTensorList() : glue::OptionalTensorList(zoneout));
     // The states are saved for a backward that autograd records (see the top); whether they
     // are defined also says whether a state list was given (and gets gradients back).
     variable_list saved;
-    saved.reserve(kFirstState + cell->states() + weights.size());
+    saved.reserve(kFirstState + cell->states() + weights.size() + zoneout.size());
     saved.push_back(input);
     saved.push_back(or_undefined(lengths));
     saved.push_back(ws);
     for (int k = 0; k < cell->states(); ++k) saved.push_back(state.empty() ? at::Tensor() : state[k]);
     saved.insert(saved.end(), weights.begin(), weights.end());
+    saved.insert(saved.end(), zoneout.begin(), zoneout.end());
     ctx->save_for_backward(std::move(saved));
     ctx->saved_data[kCallKey] = call_code(*cell, reverse);
+    if (!zoneout.empty()) ctx->saved_data[kZoneoutKey] = static_cast<int64_t>(zoneout.size());
     // The workspace is not marked non-differentiable (compiled autograd refuses C++ Functions
     // that mark outputs so); its gradient, never defined in practice, is ignored. Gradients of
     // unused outputs stay undefined; the backward op takes them as absent.
@@ -154,11 +164,16 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
                 "this forward ran with training=False");
     const bool reverse = reverse_of_code(code);
     const bool state_given = saved[kFirstState].defined();
-    const at::TensorList weights = at::TensorList(saved).slice(first_weight(cell));
+    const auto zoneout_entry = ctx->saved_data.find(kZoneoutKey);
+    const size_t zoneout =
+        zoneout_entry == ctx->saved_data.end() ? 0 : zoneout_entry->second.toInt();
+    const at::TensorList weights = at::TensorList(saved).slice(
+        first_weight(cell), saved.size() - zoneout - first_weight(cell));
+    const at::TensorList zoneout_list = at::TensorList(saved).slice(saved.size() - zoneout);
     at::Tensor grad_input;
     std::vector<at::Tensor> grad_state, grad_weights;
     if (at::GradMode::is_enabled()) {
-      DifferentiableGrads g = differentiable_backward(cell, reverse, grads, saved);
+      DifferentiableGrads g = differentiable_backward(cell, reverse, grads, saved, zoneout);
       grad_input = std::move(g.input);
       grad_state = std::move(g.state);
       grad_weights = std::move(g.weights);
@@ -170,13 +185,14 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
       for (int k = 0; k < cell.states(); ++k) grad_state_out.push_back(optional_of(grads[1 + k]));
       std::tie(grad_input, grad_state, grad_weights) =
           op.call(cell.name, optional_of(grads[0]), grad_state_out, input, weights,
-                  optional_of(saved[kLengths]), ws, reverse);
+                  optional_of(saved[kLengths]), ws, reverse,
+                  zoneout ? glue::OptionalTensorList(zoneout_list) : glue::OptionalTensorList());
     }
     // One entry per flattened forward argument: none for the cell, the lengths and the flags
     // (not variables, or not differentiable), none for the states when no state list was
-    // given (it had no elements).
+    // given (it had no elements), none for each zoneout tensor (constants).
     variable_list result;
-    result.reserve(5 + cell.states() + weights.size());
+    result.reserve(5 + cell.states() + weights.size() + zoneout);
     result.emplace_back();                     // cell
     result.push_back(std::move(grad_input));   // input
     if (state_given)
@@ -185,6 +201,7 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
     result.emplace_back();  // lengths
     result.emplace_back();  // reverse
     result.emplace_back();  // training
+    for (size_t k = 0; k < zoneout; ++k) result.emplace_back();
     return result;
   }
 };
@@ -193,13 +210,15 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
 // on and an input requires grad; otherwise it only runs the forward.
 ForwardResult layer_autograd(c10::string_view cell_name, const at::Tensor& input,
                              at::TensorList state, at::TensorList weights,
-                             const OptTensor& lengths, bool reverse, bool training) {
+                             const OptTensor& lengths, bool reverse, bool training,
+                             glue::OptionalTensorList zoneout) {
   const core::CellInfo& cell = glue::find_cell(cell_name, glue::kForwardOp);
   // autograd needs the input (its device); the glue checks the rest
   TORCH_CHECK(input.defined(), glue::OpName{glue::kForwardOp, cell.name},
               ": input is required but was None");
   variable_list out =
-      LayerFunction::apply(&cell, input, state, weights, lengths, reverse, training);
+      LayerFunction::apply(&cell, input, state, weights, lengths, reverse, training,
+                           glue::list_or_empty(zoneout));
   return {out.front(), std::vector<at::Tensor>(out.begin() + 1, out.end() - 1), out.back()};
 }
 

@@ -23,16 +23,20 @@ namespace core = ::rnnfast::core;
 
 // The two ops, one schema each for every cell. `state` is empty (zero initial states) or holds
 // CellInfo::states() tensors, [h] or [h, c]; `weights` holds the present entries of
-// core::kLayerParams in that order (see WeightLayout below).
+// core::kLayerParams in that order (see WeightLayout below); `zoneout` is empty (none) or holds
+// one tensor per state: a 0-D probability (eval's expectation) or a mask shaped like the
+// state's rows (core::ForwardArgs::zoneout); None or empty: no zoneout. The backward call
+// takes the forward's.
 constexpr const char* kForwardOp = "layer";
 constexpr const char* kBackwardOp = "layer_backward";
 constexpr const char* kForwardSchema =
     "layer(str cell, Tensor input, Tensor[] state, Tensor[] weights, Tensor? lengths, "
-    "bool reverse, bool training) -> (Tensor output, Tensor[] state_out, Tensor workspace)";
+    "bool reverse, bool training, Tensor[]? zoneout=None) -> "
+    "(Tensor output, Tensor[] state_out, Tensor workspace)";
 constexpr const char* kBackwardSchema =
     "layer_backward(str cell, Tensor? grad_output, Tensor?[] grad_state, Tensor input, "
-    "Tensor[] weights, Tensor? lengths, Tensor workspace, bool reverse) -> "
-    "(Tensor grad_input, Tensor[] grad_state, Tensor[] grad_weights)";
+    "Tensor[] weights, Tensor? lengths, Tensor workspace, bool reverse, "
+    "Tensor[]? zoneout=None) -> (Tensor grad_input, Tensor[] grad_state, Tensor[] grad_weights)";
 
 // (output, state_out, workspace) and (grad_input, grad_state, grad_weights).
 using ForwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>;
@@ -342,6 +346,47 @@ inline at::Tensor contiguous_or_undefined(const at::Tensor& t) {
   return t.defined() ? t.contiguous() : t;
 }
 
+// The ops' optional tensor list argument (Tensor[]?), and that list or an empty one.
+using OptionalTensorList = c10::optional<at::TensorList>;
+inline at::TensorList list_or_empty(const OptionalTensorList& l) {
+  return l.has_value() ? *l : at::TensorList();
+}
+
+// The zoneout of a call (core::ForwardArgs::zoneout), per state [h, c]: a mask (contiguous)
+// or a probability; none = no mask and probability 0.
+struct Zoneout {
+  std::array<at::Tensor, 2> mask;
+  std::array<double, 2> p{0.0, 0.0};
+};
+
+// Validates the `zoneout` list: empty, or one entry per state, each a 0-D floating tensor
+// holding a probability in [0, 1] or a mask of the input's dtype and device shaped like the
+// state's rows ([T, B, S] for h, [T, B, H] for c; [N, *] packed).
+inline Zoneout check_zoneout(const core::CellInfo& cell, const OpName& op, const Dims& d,
+                             const at::Tensor& input, at::TensorList zoneout) {
+  Zoneout z;
+  TORCH_CHECK(zoneout.empty() || static_cast<int>(zoneout.size()) == cell.states(), op,
+              ": zoneout must be empty (no zoneout) or hold one tensor per state (",
+              cell.states() == 1 ? "[h]" : "[h, c]", "), got ", zoneout.size(), " tensors");
+  for (int k = 0; k < static_cast<int>(zoneout.size()); ++k) {
+    const at::Tensor& t = zoneout[k];
+    const StateName name{"zoneout", k};
+    TORCH_CHECK(t.defined(), op, ": ", name, " is required but was None");
+    if (t.dim() == 0) {
+      TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
+                  " must be a floating probability or mask, got dtype ", t.scalar_type());
+      z.p[k] = t.item<double>();
+      TORCH_CHECK(z.p[k] >= 0.0 && z.p[k] <= 1.0, op, ": ", name,
+                  " is a probability and must lie in [0, 1], got ", z.p[k]);
+      continue;
+    }
+    check_tensor(t, op, name, input, d.packed ? 2 : 3);
+    check_shape(t, op, name, d.rows_by(d.state_shape(k)[1]));
+    z.mask[k] = t.contiguous();
+  }
+  return z;
+}
+
 // The forward arguments, validated and made contiguous.
 struct ForwardInputs {
   const core::CellInfo* cell;
@@ -350,11 +395,13 @@ struct ForwardInputs {
   std::array<at::Tensor, 2> state;  // [h, c]; undefined = zeros (c: also for a cell without)
   ParamTensors params;              // undefined = absent
   c10::optional<at::Tensor> lengths;
+  Zoneout zoneout;
 };
 
 inline ForwardInputs prepare_forward(c10::string_view cell_name, const at::Tensor& input,
                                      at::TensorList state, at::TensorList weights,
-                                     const c10::optional<at::Tensor>& lengths, bool dtype_ok,
+                                     const c10::optional<at::Tensor>& lengths,
+                                     at::TensorList zoneout, bool dtype_ok,
                                      const char* dtypes, bool allow_packed) {
   ForwardInputs f;
   f.cell = &find_cell(cell_name, kForwardOp);
@@ -375,6 +422,7 @@ inline ForwardInputs prepare_forward(c10::string_view cell_name, const at::Tenso
   f.input = input.contiguous();
   for (int i = 0; i < core::kLayerParamCount; ++i) f.params[i] = contiguous_or_undefined(params[i]);
   f.lengths = opt_contiguous(lengths);
+  f.zoneout = check_zoneout(cell, op, d, input, zoneout);
   return f;
 }
 
@@ -388,14 +436,15 @@ struct BackwardInputs {
   std::array<at::Tensor, 2> grad_state;  // [dh, dc]; undefined = zeros
   ParamTensors params;                   // undefined = absent
   c10::optional<at::Tensor> lengths;
+  Zoneout zoneout;
 };
 
 inline BackwardInputs prepare_backward(
     c10::string_view cell_name, const c10::optional<at::Tensor>& grad_output,
     const c10::List<c10::optional<at::Tensor>>& grad_state, const at::Tensor& input,
     at::TensorList weights, const c10::optional<at::Tensor>& lengths,
-    const at::Tensor& workspace, at::ScalarType ws_dtype, bool dtype_ok, const char* dtypes,
-    bool allow_packed) {
+    const at::Tensor& workspace, at::TensorList zoneout, at::ScalarType ws_dtype, bool dtype_ok,
+    const char* dtypes, bool allow_packed) {
   BackwardInputs b;
   b.cell = &find_cell(cell_name, kBackwardOp);
   const core::CellInfo& cell = *b.cell;
@@ -434,6 +483,7 @@ inline BackwardInputs prepare_backward(
   b.ws = workspace.contiguous();
   for (int i = 0; i < core::kLayerParamCount; ++i) b.params[i] = contiguous_or_undefined(params[i]);
   b.lengths = opt_contiguous(lengths);
+  b.zoneout = check_zoneout(cell, op, d, input, zoneout);
   return b;
 }
 

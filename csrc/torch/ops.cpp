@@ -79,8 +79,10 @@ at::Tensor workspace_tensor(std::vector<int64_t> sizes, const at::TensorOptions&
 
 ForwardResult forward_op(c10::string_view cell_name, const at::Tensor& input_,
                          at::TensorList state_, at::TensorList weights_,
-                         const c10::optional<at::Tensor>& lengths_, bool reverse, bool training) {
+                         const c10::optional<at::Tensor>& lengths_, bool reverse, bool training,
+                         OptionalTensorList zoneout_) {
   const ForwardInputs f = prepare_forward(cell_name, input_, state_, weights_, lengths_,
+                                          list_or_empty(zoneout_),
                                           cpu_dtype_ok(input_), "float32 or float64",
                                           /*allow_packed=*/true);
   const core::CellInfo& cell = *f.cell;
@@ -113,6 +115,10 @@ ForwardResult forward_op(c10::string_view cell_name, const at::Tensor& input_,
     a.lengths = f.lengths ? f.lengths->data_ptr<int64_t>() : nullptr;
     a.reverse = reverse;
     a.packed = d.packed;
+    for (int k = 0; k < 2; ++k) {
+      a.zoneout[k] = data_or_null<scalar_t>(f.zoneout.mask[k]);
+      a.zoneout_p[k] = f.zoneout.p[k];
+    }
     a.y = y.data_ptr<scalar_t>();
     a.hy = state_out[kStateH].data_ptr<scalar_t>();
     a.cy = cell.cell_state ? state_out[kStateC].data_ptr<scalar_t>() : nullptr;
@@ -127,9 +133,11 @@ BackwardResult backward_op(c10::string_view cell_name,
                            const c10::List<c10::optional<at::Tensor>>& grad_state,
                            const at::Tensor& input_, at::TensorList weights_,
                            const c10::optional<at::Tensor>& lengths_,
-                           const at::Tensor& workspace, bool reverse) {
+                           const at::Tensor& workspace, bool reverse,
+                           OptionalTensorList zoneout_) {
   const BackwardInputs in = prepare_backward(
       cell_name, grad_output, grad_state, input_, weights_, lengths_, workspace,
+      list_or_empty(zoneout_),
       input_.defined() ? input_.scalar_type() : at::kFloat, cpu_dtype_ok(input_),
       "float32 or float64", /*allow_packed=*/true);
   const core::CellInfo& cell = *in.cell;
@@ -161,6 +169,10 @@ BackwardResult backward_op(c10::string_view cell_name,
     a.lengths = in.lengths ? in.lengths->data_ptr<int64_t>() : nullptr;
     a.reverse = reverse;
     a.packed = d.packed;
+    for (int k = 0; k < 2; ++k) {
+      a.zoneout[k] = data_or_null<scalar_t>(in.zoneout.mask[k]);
+      a.zoneout_p[k] = in.zoneout.p[k];
+    }
     a.ws = in.ws.data_ptr<scalar_t>();
     a.dy = data_or_null<scalar_t>(in.grad_output);
     a.dhy = data_or_null<scalar_t>(in.grad_state[kStateH]);

@@ -84,7 +84,12 @@ def _step_of(info: _cells.Cell) -> Step:
             f"{', '.join(_STEPS)}); add its math to _STEPS") from None
 
 
-def _padded_layer(info, step, input, state, w, lengths, reverse):
+def _zoneout_at(z, t):
+    """The zoneout of one state at step t: its mask's rows [B, S_k], or the 0-D probability."""
+    return z if z.dim() == 0 else z[t]
+
+
+def _padded_layer(info, step, input, state, w, lengths, reverse, zoneout=()):
     T, B, _ = input.shape
     H, P = _cells.layer_sizes(info, w)
     if not state:
@@ -100,6 +105,9 @@ def _padded_layer(info, step, input, state, w, lengths, reverse):
         gi = F.linear(input[t], w["weight_ih"], w.get("bias_ih"))
         gh = F.linear(state[0], w["weight_hh"], w.get("bias_hh"))
         new = step(info.gates, gi, gh, state, w)
+        if zoneout:  # s_t = m s_{t-1} + (1 - m) s~_t
+            new = [m * s + (1 - m) * n for n, s, m in
+                   ((n, s, _zoneout_at(z, t).to(n.dtype)) for n, s, z in zip(new, state, zoneout))]
         if active_all is not None:
             active = active_all[t].unsqueeze(1)
             state = [torch.where(active, n, s) for n, s in zip(new, state)]
@@ -113,7 +121,8 @@ def _padded_layer(info, step, input, state, w, lengths, reverse):
 
 def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]],
           weights: Sequence[torch.Tensor], lengths: Optional[torch.Tensor] = None,
-          reverse: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+          reverse: bool = False, zoneout: Sequence[torch.Tensor] = ()
+          ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """One layer, one direction: (output, final states), as :func:`rnnfast.ops.layer`.
 
     ``state`` is None or [] (zeros) or the cell's initial states ([h] or [h, c]); ``weights``
@@ -121,15 +130,20 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
     [, weight_hr], then the cell's own, e.g. weight_ci, weight_cf, weight_co). ``input`` is [T, B, I], or the packed rows [N, I] of a PackedSequence with
     their non-increasing ``lengths``. With ``lengths``, steps past a sequence's end leave its
     state unchanged and give zero output rows; the reverse direction starts at each sequence's
-    end.
+    end. ``zoneout`` is empty or one tensor per state, a 0-D probability or a mask shaped like
+    the state's rows (see :mod:`rnnfast.ops`).
     """
     info = _cells.cell(cell)
     step = _step_of(info)
     state = list(state) if state is not None else []
     _cells.check_state(info, state)
     w = dict(zip(_cells.weight_names(info, len(weights)), weights))
+    zoneout = list(zoneout)
+    if zoneout and len(zoneout) != info.states:
+        raise RuntimeError(f"rnnfast: zoneout must be empty (no zoneout) or hold one tensor per "
+                           f"state of the {info.name} cell ({info.states}), got {len(zoneout)}")
     if input.dim() != 2:
-        return _padded_layer(info, step, input, state, w, lengths, reverse)
+        return _padded_layer(info, step, input, state, w, lengths, reverse, zoneout)
     if lengths is None:
         raise RuntimeError("rnnfast: a packed 2-D input needs lengths (the sequence lengths, "
                            "non-increasing)")
@@ -144,14 +158,16 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
         raise RuntimeError(f"rnnfast: a packed input of {input.shape[0]} rows needs lengths "
                            f"summing to that, got sum(lengths) = {tt.numel()}")
     padded = input.new_zeros(T, B, input.shape[1]).index_put((tt, bb), input)
-    out, final = _padded_layer(info, step, padded, state, w, lengths, reverse)
+    zoneout = [z if z.dim() == 0 else z.new_zeros(T, B, z.shape[1]).index_put((tt, bb), z)
+               for z in zoneout]
+    out, final = _padded_layer(info, step, padded, state, w, lengths, reverse, zoneout)
     return out[tt, bb], final
 
 
 def layer_backward(cell: str, reverse: bool, grad_output: Optional[torch.Tensor],
                    grad_state: Sequence[Optional[torch.Tensor]], input: torch.Tensor,
                    state: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
-                   lengths: Optional[torch.Tensor]
+                   lengths: Optional[torch.Tensor], zoneout: Sequence[torch.Tensor] = ()
                    ) -> Tuple[Optional[torch.Tensor], List[Optional[torch.Tensor]],
                               List[Optional[torch.Tensor]]]:
     """Gradients of one layer op, themselves differentiable (for ``create_graph=True``).
@@ -170,7 +186,7 @@ def layer_backward(cell: str, reverse: bool, grad_output: Optional[torch.Tensor]
     result: List[Optional[torch.Tensor]] = [None] * len(inputs)
     if wanted:
         with torch.enable_grad():
-            out, final = layer(cell, input, state, weights, lengths, reverse)
+            out, final = layer(cell, input, state, weights, lengths, reverse, zoneout)
             pairs = [(o, g) for o, g in zip([out] + final, [grad_output] + list(grad_state))
                      if g is not None]
             if pairs:

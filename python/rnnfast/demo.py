@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="LSTM with peephole connections (rnnfast's own; torch has none)")
     demo.add_argument("--weight-drop", type=float, default=0.0,
                       help="DropConnect on the recurrent weights in training (AWD-LSTM)")
+    demo.add_argument("--zoneout", type=float, default=0.0,
+                      help="zoneout probability of the recurrent states (Krueger et al. 2017)")
     demo.add_argument("--seq-len", type=int, default=64, help="truncated-BPTT length")
     demo.add_argument("--batch-size", type=int, default=32)
     demo.add_argument("--steps", type=int, default=2500)
@@ -368,13 +370,16 @@ def run_demo(args) -> dict:
     try:
         model = RNNLM(tokenizer.vocab_size, embed, args.hidden, args.layers, cell=args.cell,
                       dropout=args.dropout, tie_weights=args.tie_weights,
-                      peephole=args.peephole, weight_drop=args.weight_drop)
+                      peephole=args.peephole, weight_drop=args.weight_drop,
+                      zoneout=args.zoneout)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     n_params = sum(p.numel() for p in model.parameters())
     threads = torch.get_num_threads()
+    regularisers = [f"{name} {value:g}" for name, value in
+                    (("weight_drop", args.weight_drop), ("zoneout", args.zoneout)) if value]
     variants = "".join([" with peepholes" if args.peephole else "",
-                        f" (weight_drop {args.weight_drop:g})" if args.weight_drop else ""])
+                        f" ({', '.join(regularisers)})" if regularisers else ""])
     print(f"model: {args.cell.upper()}{variants} x{args.layers}, hidden {args.hidden}, "
           f"embedding {embed}, "
           f"{n_params:,} parameters, on rnnfast ({threads} thread{'s' if threads > 1 else ''}); "
@@ -413,9 +418,11 @@ def run_demo(args) -> dict:
 
     # speed against torch
     speed = None
-    if args.compare_steps > 0 and (model.peephole or model.weight_drop):
-        print("\n(no speed comparison with torch: torch.nn has no "
-              f"{'peephole LSTM' if model.peephole else 'weight_drop'})")
+    if args.compare_steps > 0 and (model.peephole or model.weight_drop or model.zoneout):
+        missing = [name for name, on in (("peephole LSTM", model.peephole),
+                                         ("weight_drop", model.weight_drop),
+                                         ("zoneout", model.zoneout)) if on]
+        print(f"\n(no speed comparison with torch: torch.nn has no {', '.join(missing)})")
     elif args.compare_steps > 0:
         fast, ref = compare_speed(model, data, args.seq_len, args.compare_steps)
         speed = {"rnnfast": fast, "torch": ref}

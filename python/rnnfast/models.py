@@ -70,6 +70,8 @@ class RNNLM(nn.Module):
         peephole: LSTM only: peephole connections (:class:`rnnfast.LSTM`'s ``peephole``).
         weight_drop: DropConnect on the recurrent weights in training, the AWD-LSTM
             regulariser (:class:`rnnfast.LSTM`'s ``weight_drop``).
+        zoneout: zoneout of the recurrent states, p or for LSTM (p_c, p_h)
+            (:class:`rnnfast.LSTM`'s ``zoneout``).
 
     ``forward(input_ids, state=None) -> (logits, state)``: ``input_ids`` is a
     ``[B, T]`` integer tensor, ``logits`` is ``[B, T, V]``, ``state`` is the
@@ -79,7 +81,7 @@ class RNNLM(nn.Module):
     def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int = 1,
                  cell: str = "lstm", dropout: float = 0.0, tie_weights: bool = False,
                  backend: str = "rnnfast", peephole: bool = False,
-                 weight_drop: float = 0.0) -> None:
+                 weight_drop: float = 0.0, zoneout=0.0) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("embed_size", embed_size),
                             ("hidden_size", hidden_size), ("num_layers", num_layers)):
@@ -103,7 +105,10 @@ class RNNLM(nn.Module):
             raise TypeError(f"peephole must be a bool, got {type(peephole).__name__}")
         if peephole and cell != "lstm":
             raise ValueError(f"peephole=True needs cell='lstm', got cell={cell!r}")
-        variants = {k: v for k, v in (("peephole", peephole), ("weight_drop", weight_drop)) if v}
+        if isinstance(zoneout, list):  # from a saved config (JSON has no tuples)
+            zoneout = tuple(zoneout)
+        variants = {k: v for k, v in (("peephole", peephole), ("weight_drop", weight_drop),
+                                      ("zoneout", zoneout)) if v and v != (0, 0)}
         if variants and backend == "torch":
             raise ValueError(f"backend='torch' has no {', '.join(variants)}: torch.nn's "
                              f"recurrent modules lack them; use backend='rnnfast'")
@@ -117,6 +122,7 @@ class RNNLM(nn.Module):
         self.backend = backend
         self.peephole = peephole
         self.weight_drop = weight_drop
+        self.zoneout = zoneout
 
         rnn_cls = _CELLS[cell][0 if backend == "rnnfast" else 1]
         self.embedding = nn.Embedding(vocab_size, embed_size)
@@ -146,7 +152,7 @@ class RNNLM(nn.Module):
         return dict(vocab_size=self.vocab_size, embed_size=self.embed_size,
                     hidden_size=self.hidden_size, num_layers=self.num_layers, cell=self.cell,
                     dropout=self.dropout, tie_weights=self.tie_weights, backend=self.backend,
-                    peephole=self.peephole, weight_drop=self.weight_drop)
+                    peephole=self.peephole, weight_drop=self.weight_drop, zoneout=self.zoneout)
 
     def twin(self, backend: str) -> "RNNLM":
         """A copy of this model on ``backend`` ("rnnfast" or "torch") with the same values
@@ -214,6 +220,8 @@ class RNNLM(nn.Module):
             s += ", peephole=True"
         if self.weight_drop:
             s += f", weight_drop={self.weight_drop}"
+        if self.zoneout:
+            s += f", zoneout={self.zoneout}"
         return s
 
 

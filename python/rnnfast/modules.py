@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,13 +63,58 @@ def _check_type(name: str, value, types, type_name: str) -> None:
         raise TypeError(f"{name} should be of type {type_name}, got: {type(value).__name__}")
 
 
+def _zoneout_probs(owner: str, zoneout, cell_state: bool) -> Tuple[float, ...]:
+    """The zoneout probabilities per state ([h] or [h, c]) of a `zoneout` argument: a number p
+    for every state, or for a cell with a cell state a pair (p_c, p_h)."""
+    def prob(v):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not 0 <= v <= 1:
+            raise ValueError(f"{owner}: zoneout should be a probability in [0, 1]"
+                             f"{' or a pair (p_c, p_h) of them' if cell_state else ''}, "
+                             f"got {zoneout!r}")
+        return float(v)
+
+    if cell_state and isinstance(zoneout, (tuple, list)):
+        if len(zoneout) != 2:
+            raise ValueError(f"{owner}: zoneout should be a probability or a pair (p_c, p_h), "
+                             f"got {zoneout!r}")
+        p_c, p_h = (prob(v) for v in zoneout)
+        return (p_h, p_c)
+    p = prob(zoneout)
+    return (p, p) if cell_state else (p,)
+
+
+def _zoneout_tensors(probs: Sequence[float], training: bool, rows: tuple,
+                     sizes: Sequence[int], like: Tensor) -> List[Tensor]:
+    """The ops' `zoneout` list for one layer call: [] without zoneout; in training a mask per
+    state (Bernoulli(p) from torch's RNG, 1 keeps the previous value; drawn for h, then c),
+    in eval the probabilities as 0-D tensors (the expectation)."""
+    if not any(probs):
+        return []
+    if not training:
+        return [_probability(p) for p in probs]
+    return [torch.bernoulli(torch.full(rows + (n,), p, dtype=like.dtype, device=like.device))
+            if p > 0 else _probability(0.0) for p, n in zip(probs, sizes)]
+
+
+_PROBABILITIES: Dict[float, Tensor] = {}
+
+
+def _probability(p: float) -> Tensor:
+    """p as a 0-D float64 CPU tensor, made once per value (the ops only read it)."""
+    t = _PROBABILITIES.get(p)
+    if t is None:
+        t = _PROBABILITIES[p] = torch.tensor(p, dtype=torch.float64)
+    return t
+
+
 class RNNBase(nn.Module):
     """Shared machinery of :class:`LSTM`, :class:`GRU` and :class:`RNN`."""
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, device=None,
-                 dtype=None, *, cell: Optional[str] = None, weight_drop: float = 0.0) -> None:
+                 dtype=None, *, cell: Optional[str] = None, weight_drop: float = 0.0,
+                 zoneout=0.0) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         # torch's mode names the cell ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") unless a variant
@@ -130,6 +175,8 @@ class RNNBase(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.weight_drop = float(weight_drop)
+        self.zoneout = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else zoneout
+        self._zoneout_p = _zoneout_probs(type(self).__name__, zoneout, cell.cell_state)
         num_directions = 2 if bidirectional else 1
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
 
@@ -212,6 +259,8 @@ class RNNBase(nn.Module):
             s += ", peephole=True"
         if self.__dict__.get("weight_drop"):
             s += ", weight_drop={weight_drop}"
+        if any(self.__dict__.get("_zoneout_p", ())):
+            s += f", zoneout={self.zoneout}"
         return s.format(**self.__dict__)
 
     def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
@@ -322,8 +371,11 @@ class RNNBase(nn.Module):
                 weights = [getattr(self, name) for name in self._all_weights[idx]]
                 if drop > 0:
                     weights[w_hh] = F.dropout(weights[w_hh], drop, True)
+                zoneout = _zoneout_tensors(
+                    self.__dict__.get("_zoneout_p", ()), self.training, tuple(x.shape[:-1]),
+                    [self.proj_size or self.hidden_size, self.hidden_size], x)
                 state = [s[idx] for s in stacked] if stacked is not None else []
-                out, final = run(cell.name, x, state, weights, lengths, direction == 1)
+                out, final = run(cell.name, x, state, weights, lengths, direction == 1, zoneout)
                 outs.append(out)
                 finals.append(final)
             x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
@@ -415,7 +467,7 @@ class LSTM(RNNBase):
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
     dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-    coupled_gates=False, peephole=False, weight_drop=0.0)``
+    coupled_gates=False, peephole=False, weight_drop=0.0, zoneout=0.0)``
 
     rnnfast's own options, off by default (the module is then exactly nn.LSTM):
 
@@ -429,6 +481,11 @@ class LSTM(RNNBase):
     - ``weight_drop=p`` is DropConnect on the recurrent weights (Merity et al. 2017, AWD-LSTM):
       in training each call drops W_hh with inverted dropout, one mask for all its steps;
       eval uses W_hh as is. No parameters are added.
+    - ``zoneout=p`` or ``(p_c, p_h)`` (Krueger et al. 2017): in training, per step, row and
+      unit, each state keeps its previous value with probability p (c with p_c, h with p_h):
+      s_t = m * s_{t-1} + (1 - m) * s~_t, m ~ Bernoulli(p) from torch's RNG (per layer and
+      direction, h's mask drawn before c's); the output is the zoned h. In eval the
+      expectation, s_t = p * s_{t-1} + (1 - p) * s~_t.
     """
 
     def __init__(self, *args, coupled_gates: bool = False, peephole: bool = False, **kwargs):
@@ -439,8 +496,8 @@ class LSTM(RNNBase):
 
 
 class GRU(RNNBase):
-    """Drop-in for :class:`torch.nn.GRU` on rnnfast's fused kernels; ``weight_drop=p``
-    (keyword only) as for :class:`LSTM`."""
+    """Drop-in for :class:`torch.nn.GRU` on rnnfast's fused kernels; ``weight_drop=p`` and
+    ``zoneout=p`` (of h; keyword only) as for :class:`LSTM`."""
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
@@ -450,7 +507,7 @@ class GRU(RNNBase):
 
 class RNN(RNNBase):
     """Drop-in for :class:`torch.nn.RNN` (``nonlinearity='tanh'`` or ``'relu'``);
-    ``weight_drop=p`` (keyword only) as for :class:`LSTM`."""
+    ``weight_drop=p`` and ``zoneout=p`` (keyword only) as for :class:`LSTM`."""
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
@@ -480,7 +537,7 @@ class RNNCellBase(nn.Module):
     _cell_name = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
-                 dtype=None, *, cell: Optional[str] = None) -> None:
+                 dtype=None, *, cell: Optional[str] = None, zoneout=0.0) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         self.input_size = input_size
@@ -489,6 +546,8 @@ class RNNCellBase(nn.Module):
         if cell is not None:  # a variant of the class's cell
             self._cell_name = _cells.cell(cell).name
         cell = _cells.DESCRIPTIONS[self._cell_name]
+        self.zoneout = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else zoneout
+        self._zoneout_p = _zoneout_probs(type(self).__name__, zoneout, cell.cell_state)
         sizes = _cells.extent_sizes(cell, input_size, hidden_size, 0)
         # a cell takes no projection; without bias, torch registers the biases as None
         for p in _cells.params_of(cell, True, False):
@@ -509,6 +568,8 @@ class RNNCellBase(nn.Module):
             s += ", coupled_gates=True"
         if self.__dict__.get("peephole"):
             s += ", peephole=True"
+        if any(self.__dict__.get("_zoneout_p", ())):
+            s += f", zoneout={self.zoneout}"
         return s.format(**self.__dict__)
 
     def reset_parameters(self) -> None:
@@ -566,21 +627,25 @@ class RNNCellBase(nn.Module):
                       for s in states]
         weights = [getattr(self, p.name) for p in _cells.params_of(
             _cells.DESCRIPTIONS[self._cell_name], self.bias, False)]
-        _, final = run(cell, input.unsqueeze(0), states, weights, None, False)
+        zoneout = _zoneout_tensors(self.__dict__.get("_zoneout_p", ()), self.training,
+                                   (1, input.shape[0]), [self.hidden_size] * 2, input)
+        _, final = run(cell, input.unsqueeze(0), states, weights, None, False, zoneout)
         return final
 
 
 class LSTMCell(RNNCellBase):
     """Drop-in for :class:`torch.nn.LSTMCell`: one fused step. ``coupled_gates=True`` and
     ``peephole=True`` (rnnfast's own) as for :class:`LSTM`; the peephole weights are then
-    ``weight_ci``, ``weight_cf`` (not with coupled_gates) and ``weight_co``."""
+    ``weight_ci``, ``weight_cf`` (not with coupled_gates) and ``weight_co``. ``zoneout=p`` or
+    ``(p_c, p_h)`` as for :class:`LSTM` (a mask per call in training)."""
 
     _cell_name = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
-                 dtype=None, coupled_gates: bool = False, peephole: bool = False) -> None:
+                 dtype=None, coupled_gates: bool = False, peephole: bool = False,
+                 zoneout=0.0) -> None:
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype,
-                         cell=_lstm_cell("LSTMCell", coupled_gates, peephole))
+                         cell=_lstm_cell("LSTMCell", coupled_gates, peephole), zoneout=zoneout)
         self.coupled_gates = coupled_gates
         self.peephole = peephole
 
@@ -598,7 +663,8 @@ class LSTMCell(RNNCellBase):
 
 
 class GRUCell(RNNCellBase):
-    """Drop-in for :class:`torch.nn.GRUCell`: one fused step."""
+    """Drop-in for :class:`torch.nn.GRUCell`: one fused step; ``zoneout=p`` as for
+    :class:`GRU`."""
 
     _cell_name = "gru"
 
@@ -612,15 +678,17 @@ class GRUCell(RNNCellBase):
 
 
 class RNNCell(RNNCellBase):
-    """Drop-in for :class:`torch.nn.RNNCell` (``nonlinearity='tanh'`` or ``'relu'``)."""
+    """Drop-in for :class:`torch.nn.RNNCell` (``nonlinearity='tanh'`` or ``'relu'``);
+    ``zoneout=p`` as for :class:`RNN`."""
 
     # the parameters come from the tanh cell's description: torch accepts any nonlinearity
     # here (and may have it changed later) and rejects an unknown one at forward
     _cell_name = "rnn_tanh"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
-                 nonlinearity: str = "tanh", device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+                 nonlinearity: str = "tanh", device=None, dtype=None, zoneout=0.0) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype,
+                         zoneout=zoneout)
         self.nonlinearity = nonlinearity
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:

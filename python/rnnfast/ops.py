@@ -3,10 +3,10 @@
 One forward op runs one layer in one direction over a whole sequence, for every cell; one
 backward op gives its gradients. Their schemas name no cell and no parameter:
 
-    layer(cell, input[T,B,I], state, weights, lengths[B] int64?, reverse, training)
-        -> (output[T,B,S], state_out, workspace)
+    layer(cell, input[T,B,I], state, weights, lengths[B] int64?, reverse, training,
+          zoneout=None) -> (output[T,B,S], state_out, workspace)
     layer_backward(cell, grad_output?, grad_state, input, weights, lengths?, workspace,
-                   reverse) -> (grad_input, grad_state, grad_weights)
+                   reverse, zoneout=None) -> (grad_input, grad_state, grad_weights)
 
 ``cell`` is one of :data:`CELLS` (their descriptions come from the C++ core, see
 :mod:`rnnfast._cells`). ``state`` is empty (zero initial states) or the cell's states:
@@ -17,7 +17,11 @@ weight_hr[P,H] if it has a projection (LSTM proj_size), then the cell's own para
 (``_cells.cell(name).params``: the peephole cells' weight_ci, weight_cf, weight_co, each [H]);
 S = P with a projection, else H, and G is the cell's number of gates. ``grad_state`` has one entry per state (each may be None) and
 ``grad_weights`` one gradient per weight. ``training=True`` saves the activations backward
-needs in ``workspace``; with ``training=False`` it is empty.
+needs in ``workspace``; with ``training=False`` it is empty. ``zoneout`` is None (or empty)
+or holds one tensor per state: a 0-D probability p (s_t = p s_{t-1} + (1 - p) s~_t, the
+expectation) or a mask m shaped like the state's rows, [T,B,S] for h and [T,B,H] for c, of the
+input's dtype (s_t = m s_{t-1} + (1 - m) s~_t; 1 keeps the previous value); the output is the
+zoned h.
 
 On CPU the input may also be packed, [N, I] with N = sum(lengths): the rows of the
 active (t, b) in PackedSequence.data order (time-major), with non-increasing lengths; the
@@ -94,7 +98,7 @@ _LAYER = torch.ops.rnnfast.layer.default
 
 
 @torch.library.register_fake("rnnfast::layer")
-def _fake(cell, input, state, weights, lengths, reverse, training):
+def _fake(cell, input, state, weights, lengths, reverse, training, zoneout=None):
     info = _cells.cell(cell)
     _cells.check_state(info, state)
     w = dict(zip(_cells.weight_names(info, len(weights)), weights))
@@ -109,7 +113,8 @@ def _fake(cell, input, state, weights, lengths, reverse, training):
 
 
 @torch.library.register_fake("rnnfast::layer_backward")
-def _fake_backward(cell, grad_output, grad_state, input, weights, lengths, workspace, reverse):
+def _fake_backward(cell, grad_output, grad_state, input, weights, lengths, workspace, reverse,
+                   zoneout=None):
     info = _cells.cell(cell)
     w = dict(zip(_cells.weight_names(info, len(weights)), weights))
     _, B = _rows(input, lengths)
@@ -127,12 +132,14 @@ torch.library.register_autocast("rnnfast::layer", "cpu", torch.float32)
 
 def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]],
           weights: Sequence[torch.Tensor], lengths: Optional[torch.Tensor] = None,
-          reverse: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+          reverse: bool = False, zoneout: Sequence[torch.Tensor] = ()
+          ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """One layer, one direction over ``input`` [T, B, I]: returns (output, final states).
 
     ``state`` is None or [] for zero initial states, else the cell's states ([h] or [h, c]);
     ``weights`` the layer's parameters in the ops' order (see the top of this module). The
-    final states come as a list the same way.
+    final states come as a list the same way. ``zoneout``: as the op's (the top of this
+    module); empty for none.
 
     Saves activations for backward only when autograd will need them. Under CUDA autocast
     the CUDA kernels run in the autocast dtype (float16 or bfloat16), as cuDNN's do.
@@ -146,7 +153,7 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
         state = []
     if _fwad._current_level >= 0 or (not torch.compiler.is_compiling()
                                      and _peek_functorch() is not None):
-        return _reference.layer(cell, input, state, weights, lengths, reverse)
+        return _reference.layer(cell, input, state, weights, lengths, reverse, zoneout)
     if input.is_cuda and torch.is_autocast_enabled("cuda"):
         dt = torch.get_autocast_dtype("cuda")
 
@@ -156,8 +163,10 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
         input = cast(input)
         state = [cast(t) for t in state]
         weights = [cast(t) for t in weights]
+        zoneout = [cast(t) if t.dim() else t for t in zoneout]
     training = torch.is_grad_enabled() and (
         input.requires_grad or any(t.requires_grad for t in state)
         or any(t.requires_grad for t in weights))
-    out, state_out, _ = _LAYER(cell, input, state, weights, lengths, reverse, training)
+    out, state_out, _ = _LAYER(cell, input, state, weights, lengths, reverse, training,
+                               list(zoneout) if zoneout else None)
     return out, state_out

@@ -89,14 +89,31 @@ struct Problem {
   int64_t T, B, I, H, P;
   bool reverse, bias, use_lengths;
   bool sorted_lengths = false;  // non-increasing, as from a PackedSequence
+  int zoneout = 0;  // 0: none; 1: masks (training); 2: probabilities (eval's expectation)
 };
 
 template <class Real>
 struct Tensors {
   std::vector<Real> x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ry, rh, rc;
   std::vector<Real> cw;  // the cell's own parameters, [params, H] (each of them is [H])
+  std::vector<Real> zh, zc;  // zoneout masks of h [T, B, S] and c [T, B, H] (0 or 1)
   std::vector<int64_t> lengths;
 };
+
+// The zoneout of problem p (ForwardArgs::zoneout): masks zh, zc (or, packed, their active
+// rows), or probabilities.
+constexpr double kZoneoutP[2] = {0.3, 0.6};
+template <class Args, class Real>
+void wire_zoneout(Args& a, const Problem& p, const std::vector<Real>& zh,
+                  const std::vector<Real>& zc) {
+  if (p.zoneout == 1) {
+    a.zoneout[0] = zh.data();
+    a.zoneout[1] = cell_info(p.cell).cell_state ? zc.data() : nullptr;
+  } else if (p.zoneout == 2) {
+    a.zoneout_p[0] = kZoneoutP[0];
+    a.zoneout_p[1] = cell_info(p.cell).cell_state ? kZoneoutP[1] : 0.0;
+  }
+}
 
 // Points args.cell_w at the cell's own parameters in cw ([params, H]).
 template <class Args, class Real>
@@ -129,6 +146,11 @@ Tensors<Real> make(const Problem& p, unsigned seed) {
   t.b_hh = fill(G * p.H);
   t.w_hr = fill(p.P * p.H);
   t.cw = fill(cell_info(p.cell).params() * p.H);
+  std::bernoulli_distribution keep(0.4);
+  t.zh.resize(p.T * p.B * S);
+  t.zc.resize(p.T * p.B * p.H);
+  for (auto& e : t.zh) e = keep(gen) ? Real(1) : Real(0);
+  for (auto& e : t.zc) e = keep(gen) ? Real(1) : Real(0);
   t.ry = fill(p.T * p.B * S);
   t.rh = fill(p.B * S);
   t.rc = fill(p.B * p.H);
@@ -178,6 +200,7 @@ Result<Real> run_forward(const Problem& p, const Tensors<Real>& t, const Executo
   a.b_hh = p.bias ? t.b_hh.data() : nullptr;
   a.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
   wire_cell_params(a, p.cell, p.H, t.cw);
+  wire_zoneout(a, p, t.zh, t.zc);
   a.lengths = p.use_lengths ? t.lengths.data() : nullptr;
   a.reverse = p.reverse;
   a.y = r.y.data(); a.hy = r.hy.data();
@@ -201,9 +224,10 @@ double loss(const Problem& p, const Tensors<double>& t) {
 
 std::string describe(const Problem& p) {
   char buf[200];
-  std::snprintf(buf, sizeof buf, "cell=%d T=%lld B=%lld I=%lld H=%lld P=%lld rev=%d bias=%d len=%d",
+  std::snprintf(buf, sizeof buf,
+                "cell=%d T=%lld B=%lld I=%lld H=%lld P=%lld rev=%d bias=%d len=%d zoneout=%d",
                 static_cast<int>(p.cell), (long long)p.T, (long long)p.B, (long long)p.I,
-                (long long)p.H, (long long)p.P, p.reverse, p.bias, p.use_lengths);
+                (long long)p.H, (long long)p.P, p.reverse, p.bias, p.use_lengths, p.zoneout);
   return buf;
 }
 
@@ -237,6 +261,7 @@ void check_gradients(const Problem& p) {
   a.x = t.x.data(); a.w_ih = t.w_ih.data(); a.w_hh = t.w_hh.data();
   a.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
   wire_cell_params(a, p.cell, p.H, t.cw);
+  wire_zoneout(a, p, t.zh, t.zc);
   a.lengths = p.use_lengths ? t.lengths.data() : nullptr;
   a.reverse = p.reverse;
   a.ws = fr.ws.data();
@@ -338,7 +363,11 @@ void check_packed(const Problem& p, const Executor& ex) {
   };
   auto run = [&](bool packed, Result<double>& fr, Grads& g) {
     Tensors<double> tt = t;
-    if (packed) tt.x = gather(t.x, p.I);
+    if (packed) {
+      tt.x = gather(t.x, p.I);
+      tt.zh = gather(t.zh, S);
+      tt.zc = gather(t.zc, p.H);
+    }
     const int64_t rows = packed ? N : p.T * p.B;
     fr.y.assign(rows * S, -7);
     fr.hy.assign(p.B * S, -7);
@@ -352,6 +381,7 @@ void check_packed(const Problem& p, const Executor& ex) {
     a.b_ih = t.b_ih.data(); a.b_hh = t.b_hh.data();
     a.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
     wire_cell_params(a, p.cell, p.H, t.cw);
+    wire_zoneout(a, p, tt.zh, tt.zc);
     a.lengths = t.lengths.data(); a.reverse = p.reverse; a.packed = packed;
     a.y = fr.y.data(); a.hy = fr.hy.data();
     a.cy = cell_info(p.cell).cell_state ? fr.cy.data() : nullptr;
@@ -368,6 +398,7 @@ void check_packed(const Problem& p, const Executor& ex) {
     b.w_hr = p.P > 0 ? t.w_hr.data() : nullptr;
     wire_cell_params(b, p.cell, p.H, t.cw);
     wire_cell_grads(b, p.cell, p.H, g.dcw);
+    wire_zoneout(b, p, tt.zh, tt.zc);
     b.lengths = t.lengths.data(); b.reverse = p.reverse; b.packed = packed;
     b.ws = fr.ws.data(); b.dy = dy.data(); b.dhy = t.rh.data();
     b.dcy = cell_info(p.cell).cell_state ? t.rc.data() : nullptr;
@@ -719,6 +750,13 @@ int main() {
         problems.push_back(p);
       }
     }
+  // Zoneout, masks and probabilities, with and without lengths and a projection.
+  for (Cell cell : all_cells())
+    for (int zoneout : {1, 2}) {
+      problems.push_back({cell, 4, 3, 5, 7, 0, zoneout == 2, true, true, false, zoneout});
+      if (cell_info(cell).projection)
+        problems.push_back({cell, 4, 3, 5, 7, 3, zoneout == 1, true, zoneout == 2, false, zoneout});
+    }
   // An empty batch.
   problems.push_back({Cell::LSTM, 3, 0, 4, 5, 2, false, true, true});
   problems.push_back({Cell::GRU, 3, 0, 4, 5, 0, true, true, false});
@@ -750,6 +788,7 @@ int main() {
           check_packed({cell, 6, 7, 5, 7, P, reverse, true, true, true}, serial);
           check_packed({cell, 9, 53, 19, 40, P, reverse, true, true, true}, threads);
           check_packed({cell, 2, 5, 4, 6, P, reverse, true, true, true}, serial);  // dot path
+          check_packed({cell, 6, 7, 5, 7, P, reverse, true, true, true, 1}, threads);  // zoneout
         }
   }
   for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
@@ -772,6 +811,8 @@ int main() {
     big.push_back({cell, 3, 8, 64, 33, 0, true, false, true});
     big.push_back({cell, 5, 300, 17, 40, cell_info(cell).projection ? 9 : 0, true, true, true});
     big.push_back({cell, 7, 29, 19, 64, cell_info(cell).projection ? 32 : 0, false, true, true, true});
+    big.push_back({cell, 9, 53, 37, 45, cell_info(cell).projection ? 20 : 0, true, true, true,
+                   false, 1});
   }
   for (const auto& p : big) {
     check_isas_and_threads<float>(p, 2e-5);

@@ -18,6 +18,10 @@ struct FwdStep {
   Real* ws;             // [B, WS]  saved for backward, or null                 written
   const Real* const* cell_w;  // the cell's own parameters (ForwardArgs::cell_w)  read
   int params;                 // how many: CellInfo::params()
+  // Zoneout of the cell state (ForwardArgs::zoneout): set_c blends c~_t with c_{t-1}.
+  bool zone_c;
+  const Real* zc;  // [B, H] this step's mask, or null: zc_p everywhere                 read
+  Real zc_p;
   // Write ws with non-temporal stores (save_value below): it is read again only by the
   // backward pass, so it should neither take a read for ownership nor evict the weights from
   // L2. Needs every vector's address in ws aligned to its size.
@@ -44,7 +48,10 @@ struct ForwardUnit {
         h(s.h + b * s.S + j),
         c(s.c ? s.c + b * s.H + j : nullptr),
         ws(s.ws ? s.ws + b * s.WS + j : nullptr),
-        stream_ws(s.stream_ws) {
+        stream_ws(s.stream_ws),
+        zone_c(s.zone_c),
+        zc(s.zone_c && s.zc ? s.zc + b * s.H + j : nullptr),
+        zc_p(s.zc_p) {
     for (int n = 0; n < s.params; ++n) pw[n] = s.cell_w[n] + j;
   }
   V pre(int k) const { return V::load(gx + k * H) + V::load(bias + k * H); }
@@ -54,7 +61,14 @@ struct ForwardUnit {
   }
   V h_prev() const { return V::load(h); }
   V c_prev() const { return V::load(c); }
-  void set_c(V v) const { v.store(c); }
+  // c_t = c~_t, or with zoneout m * c_{t-1} + (1 - m) * c~_t (exactly c_{t-1} for m = 1)
+  void set_c(V v) const {
+    if (zone_c) {
+      const V m = zc ? V::load(zc) : V::set1(zc_p);
+      v = V::fmadd(m, V::load(c), (V::set1(1) - m) * v);
+    }
+    v.store(c);
+  }
   V param(int n) const { return V::load(pw[n]); }
   void save(int q, V v) const {
     if (!ws) return;
@@ -66,6 +80,9 @@ struct ForwardUnit {
   const Real *const gx, *const bias, *const rg, *const b_apart, *const h;
   Real *const c, *const ws;
   const bool stream_ws;
+  const bool zone_c;
+  const Real* const zc;
+  const Real zc_p;
   const Real* pw[kMaxCellParams];
 };
 
@@ -85,6 +102,11 @@ struct BwdStep {
   Real* dparam_sums;
   int params;
   int64_t block_rows;
+  // Zoneout of the cell state (as FwdStep's): the cell sees (1 - m) dc_t, and dc_{t-1} gets
+  // m dc_t besides what the cell gives it.
+  bool zone_c;
+  const Real* zc;
+  Real zc_p;
 };
 
 // The backward step accessor of cell_math.h (row pointers taken once, as ForwardUnit does).
@@ -97,7 +119,10 @@ struct BackwardUnit {
         hprev(s.ws + b * s.WS + s.hprev_col + j),
         dc_(s.dc ? s.dc + b * s.H + j : nullptr),
         dgx(s.dgx + b * s.GH + j),
-        dgh(s.dgh + b * s.GH + j) {
+        dgh(s.dgh + b * s.GH + j),
+        zone_c(s.zone_c),
+        zc(s.zone_c && s.zc ? s.zc + b * s.H + j : nullptr),
+        zc_p(s.zc_p) {
     for (int n = 0; n < Math::kParams; ++n) {
       pw[n] = s.cell_w[n] + j;
       dpw[n] = s.dparam_sums + ((b / s.block_rows) * s.params + n) * s.H + j;
@@ -105,8 +130,12 @@ struct BackwardUnit {
   }
   V saved(int q) const { return V::load(ws + q * H); }
   V h_prev() const { return V::load(hprev); }
-  V dc() const { return V::load(dc_); }
-  void set_dc(V v) const { v.store(dc_); }
+  V dc() const { return zone_c ? (V::set1(1) - mask_c()) * V::load(dc_) : V::load(dc_); }
+  // called once, after dc(): dc_ still holds dc_t
+  void set_dc(V v) const {
+    if (zone_c) v = V::fmadd(mask_c(), V::load(dc_), v);
+    v.store(dc_);
+  }
   void set_dpre(int k, V v) const {
     v.store(dgx + k * H);
     if (kSplit && !((Math::kApartGates >> k) & 1u)) v.store(dgh + k * H);
@@ -119,6 +148,10 @@ struct BackwardUnit {
   const int64_t H;
   const Real *const ws, *const hprev;
   Real *const dc_, *const dgx, *const dgh;
+  V mask_c() const { return zc ? V::load(zc) : V::set1(zc_p); }
+  const bool zone_c;
+  const Real* const zc;
+  const Real zc_p;
   const Real* pw[kMaxCellParams];
   Real* dpw[kMaxCellParams];
 };

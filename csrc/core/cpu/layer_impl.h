@@ -347,6 +347,11 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
 
   Real* const hbufs[2] = {hbuf0.get(), hbuf1.get()};
   const bool stream_ws = plan.stream_workspace;
+  // Zoneout (ForwardArgs::zoneout): of h here (and in the projection phase), of c in the
+  // step accessor's set_c.
+  const bool zone_h = a.zoneout[0] || a.zoneout_p[0] != 0;
+  const bool zone_c = Math::kCellState && (a.zoneout[1] || a.zoneout_p[1] != 0);
+  const Real zh_p = static_cast<Real>(a.zoneout_p[0]);
   run_steps(ex, T, parallel, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = a.reverse ? T - 1 - step : step;
     Real* const hcur = hbufs[step % 2];
@@ -374,6 +379,10 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
     st.stream_ws = stream_ws;
     st.cell_w = a.cell_w;
     st.params = Math::kParams;
+    st.zone_c = zone_c;
+    st.zc = a.zoneout[1] ? a.zoneout[1] + row0(t) * H : nullptr;
+    st.zc_p = static_cast<Real>(a.zoneout_p[1]);
+    const Real* const zh = a.zoneout[0] ? a.zoneout[0] + row0(t) * S : nullptr;  // [B, S]
     // h_t before the projection: the state, or (with P) the projection's input
     Real* const hout = P > 0 ? hpre.get() : hnext;
     const int64_t ld_hout = P > 0 ? H : S;
@@ -426,7 +435,11 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
             for_units<Real>(j0, j1, [&](auto v, int64_t j) {
               using V = decltype(v);
               ForwardUnit<V, Real> unit{st, b, j};
-              const V h = Math::template forward<V>(unit);
+              V h = Math::template forward<V>(unit);
+              if (P == 0 && zone_h) {  // h_t = m h_{t-1} + (1 - m) h~_t
+                const V m = zh ? V::load(zh + b * S + j) : V::set1(zh_p);
+                h = V::fmadd(m, V::load(hcur + b * S + j), (V::set1(1) - m) * h);
+              }
               h.store(hout + b * ld_hout + j);
               if (P == 0) h.store(ytn + b * S + j);
               else if (st.ws) save_value(st, h, st.ws + b * WS + proj_in_off + j);
@@ -466,7 +479,13 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
                           hnext + r0 * S + j0, S, j1 - j0, false);
           for (int64_t b = r0; b < r1; ++b) {
             if (row_active(a.lengths, b, t)) {
-              copy_n(hnext + b * S + j0, j1 - j0, ytn + b * S + j0);
+              Real* hn = hnext + b * S;
+              if (zone_h)  // h_t = m h_{t-1} + (1 - m) h~_t
+                for (int64_t j = j0; j < j1; ++j) {
+                  const Real m = zh ? zh[b * S + j] : zh_p;
+                  hn[j] = m * hcur[b * S + j] + (Real(1) - m) * hn[j];
+                }
+              copy_n(hn + j0, j1 - j0, ytn + b * S + j0);
             } else {
               copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
               if (!packed) fill_n(ytn + b * S + j0, j1 - j0, Real(0));
@@ -640,6 +659,11 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     }
   };
 
+  // Zoneout (BackwardArgs::zoneout): of h here, of c in the step accessor.
+  const bool zone_h = a.zoneout[0] || a.zoneout_p[0] != 0;
+  const bool zone_c = Math::kCellState && (a.zoneout[1] || a.zoneout_p[1] != 0);
+  const Real zh_p = static_cast<Real>(a.zoneout_p[0]);
+
   auto time_of = [&](int64_t step) { return a.reverse ? step : T - 1 - step; };
   run_steps(ex, T, parallel, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = time_of(step);
@@ -661,6 +685,10 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     st.dparam_sums = dparam_sums.get();
     st.params = Math::kParams;
     st.block_rows = block_rows;
+    st.zone_c = zone_c;
+    st.zc = a.zoneout[1] ? a.zoneout[1] + row0(t) * H : nullptr;
+    st.zc_p = static_cast<Real>(a.zoneout_p[1]);
+    const Real* const zh = a.zoneout[0] ? a.zoneout[0] + row0(t) * S : nullptr;  // [B, S]
     const Real* dyt = a.dy ? a.dy + row0(t) * S : nullptr;
     // The next step's saved activations and dy, asked into L2 a row at a time during
     // this step (as the forward pass does with x W_ih^T).
@@ -725,7 +753,13 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
           total_dh(b, j0, j1, dh);
           const bool row_is_active = row_active(a.lengths, b, t);
           Real* cr = carry.get() + b * S;
-          if (P > 0 && row_is_active) {
+          if (P > 0 && row_is_active && zone_h) {  // dh~_t = (1 - m) dh_t; dh_{t-1} += m dh_t
+            for (int64_t j = j0; j < j1; ++j) {
+              const Real m = zh ? zh[b * S + j] : zh_p;
+              dRt[b * P + j] = (Real(1) - m) * dh[j - j0];
+              cr[j] = m * dh[j - j0];
+            }
+          } else if (P > 0 && row_is_active) {
             copy_n(dh, j1 - j0, dRt + b * P + j0);
             fill_n(cr + j0, j1 - j0, Real(0));
           } else if (P > 0) {  // inactive: dh passes to h_{t-1}, dR_t is zero (no row if packed)
@@ -735,7 +769,14 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
             for_units<Real>(j0, j1, [&](auto v, int64_t j) {
               using V = decltype(v);
               BackwardUnit<Math, V, Real> unit{st, b, j};
-              Math::template backward<V>(unit, V::load(dh + (j - j0))).store(cr + j);
+              const V d = V::load(dh + (j - j0));
+              if (zone_h) {  // dh~_t = (1 - m) dh_t; dh_{t-1} += m dh_t
+                const V m = zh ? V::load(zh + b * S + j) : V::set1(zh_p);
+                V::fmadd(m, d, Math::template backward<V>(unit, (V::set1(1) - m) * d))
+                    .store(cr + j);
+              } else {
+                Math::template backward<V>(unit, d).store(cr + j);
+              }
             });
           } else {
             copy_n(dh, j1 - j0, cr + j0);

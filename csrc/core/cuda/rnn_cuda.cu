@@ -324,7 +324,22 @@ struct ForwardStepArgs {
   Storage* y;                 // [B, S]  output at this step
   Acc* ws;                    // [B, WS] or null
   const Storage* cell_w[kMaxCellParams];  // the cell's own parameters (ForwardArgs::cell_w)
+  // Zoneout (ForwardArgs::zoneout) of h and c: this step's masks ([B, S], [B, H]) or, where
+  // null, the probabilities.
+  bool zone_h, zone_c;
+  const Storage* zh;
+  const Storage* zc;
+  Acc zh_p, zc_p;
 };
+
+// The zoneout blend s_t = m * s_{t-1} + (1 - m) * s~_t, m from the mask or the probability
+// (exactly s_{t-1} for m = 1).
+template <class Storage, class Acc>
+__device__ __forceinline__ Acc zoned(Acc fresh, Acc prev, const Storage* mask, int64_t k,
+                                     Acc p) {
+  const Acc m = mask ? to_acc(mask[k]) : p;
+  return m * prev + (Acc(1) - m) * fresh;
+}
 
 template <class Storage, class Acc>
 __device__ __forceinline__ Acc bias(const Storage* b, int64_t k) {
@@ -357,7 +372,9 @@ struct ForwardUnit {
   __device__ V h_prev() const { return {to_acc(s.h_in[b * s.S + j])}; }
   __device__ V c_prev() const { return {s.c[b * s.H + j]}; }
   __device__ void set_c(V c) const {
-    if (on) s.c[b * s.H + j] = c.v;
+    if (!on) return;
+    const int64_t k = b * s.H + j;
+    s.c[k] = s.zone_c ? zoned(c.v, s.c[k], s.zc, k, s.zc_p) : c.v;
   }
   __device__ V param(int n) const { return {to_acc(s.cell_w[n][j])}; }
   __device__ void save(int q, V v) const {
@@ -384,7 +401,8 @@ __device__ __forceinline__ void forward_point(const ForwardStepArgs<Storage, Acc
     return;
   }
   const int64_t k = b * s.H + j;  // S == H without projection
-  const Storage h_stored = from_acc<Storage>(h);
+  const Storage h_stored =
+      from_acc<Storage>(s.zone_h ? zoned(h, to_acc(s.h_in[k]), s.zh, k, s.zh_p) : h);
   s.h_out[k] = on ? h_stored : s.h_in[k];
   s.y[k] = on ? h_stored : from_acc<Storage>(Acc(0));
 }
@@ -487,12 +505,16 @@ void launch_step(bool fused, const ForwardStepArgs<Storage, Acc>& step, const vo
 // the output of active rows; inactive rows keep their state and output zeros.
 template <class Storage, class Acc>
 __global__ void projection_epilogue(int64_t B, int64_t P, const Acc* projected,
-                                    const int64_t* lengths, int64_t t, Storage* h, Storage* y) {
+                                    const int64_t* lengths, int64_t t, Storage* h, Storage* y,
+                                    bool zone_h, const Storage* zh, Acc zh_p) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= B * P) return;
   const int64_t b = idx / P;
-  const Storage r = from_acc<Storage>(projected[idx]);
   const bool on = active(lengths, b, t);
+  const Acc fresh = projected[idx];
+  // with zoneout, h_t = m h_{t-1} + (1 - m) h~_t (h holds h_{t-1} until written below)
+  const Storage r = from_acc<Storage>(zone_h && on ? zoned(fresh, to_acc(h[idx]), zh, idx, zh_p)
+                                                   : fresh);
   if (on) h[idx] = r;
   y[idx] = on ? r : from_acc<Storage>(Acc(0));
 }
@@ -559,6 +581,12 @@ void forward_impl(const ForwardArgs& a, void* scratch, cudaStream_t stream,
   step.lengths = a.lengths;
   step.c = buf.c; step.proj_input = buf.proj_input;
   for (int n = 0; n < Math::kParams; ++n) step.cell_w[n] = static_cast<const Storage*>(a.cell_w[n]);
+  step.zone_h = a.zoneout[0] || a.zoneout_p[0] != 0;
+  step.zone_c = Math::kCellState && (a.zoneout[1] || a.zoneout_p[1] != 0);
+  step.zh_p = static_cast<Acc>(a.zoneout_p[0]);
+  step.zc_p = static_cast<Acc>(a.zoneout_p[1]);
+  const Storage* const zh = static_cast<const Storage*>(a.zoneout[0]);
+  const Storage* const zc = static_cast<const Storage*>(a.zoneout[1]);
   Storage* y = static_cast<Storage*>(a.y);
   Acc* ws = static_cast<Acc*>(a.ws);
   for (int64_t k = 0; k < T; ++k) {
@@ -568,6 +596,8 @@ void forward_impl(const ForwardArgs& a, void* scratch, cudaStream_t stream,
     step.gx = buf.gx + t * B * GH;
     step.y = y + t * B * S;
     step.ws = ws ? ws + t * B * WS : nullptr;
+    step.zh = zh ? zh + t * B * S : nullptr;
+    step.zc = zc ? zc + t * B * H : nullptr;
     step.h_in = h;
     step.h_out = fused ? h_alt : h;
     launch_step<Math>(fused, step, a.w_hh, stream);
@@ -576,7 +606,7 @@ void forward_impl(const ForwardArgs& a, void* scratch, cudaStream_t stream,
       gemm(false, true, B, P, H, buf.proj_input, H, a.w_hr, H, 0.0, buf.projected, P,
            "h W_hr^T");
       projection_epilogue<Storage, Acc><<<blocks_for(B * P), kThreads, 0, stream>>>(
-          B, P, buf.projected, a.lengths, t, h, y + t * B * S);
+          B, P, buf.projected, a.lengths, t, h, y + t * B * S, step.zone_h, step.zh, step.zh_p);
       check_launch("projection_epilogue");
     }
   }
@@ -612,6 +642,10 @@ struct BackwardStepArgs {
   Acc* dgh;                  // [B, G*H] hidden side (cells with apart gates; else dgx)
   const Acc* cell_w[kMaxCellParams];  // the cell's own parameters (BackwardArgs::cell_w)
   Acc* dparams;              // [B, params, H] this step's parts of their gradients (zeroed)
+  bool zone_h, zone_c;       // zoneout, as in ForwardStepArgs
+  const Acc* zh;
+  const Acc* zc;
+  Acc zh_p, zc_p;
 };
 
 // The backward step accessor of cell_math.h for unit j of batch row b.
@@ -625,8 +659,17 @@ struct BackwardUnit {
   __device__ int64_t gate(int k) const { return (b * Math::kGates + k) * s.H + j; }
   __device__ V saved(int q) const { return {s.ws[b * s.WS + q * s.H + j]}; }
   __device__ V h_prev() const { return {s.ws[b * s.WS + s.hprev_col + j]}; }
-  __device__ V dc() const { return {s.dc[b * s.H + j]}; }
-  __device__ void set_dc(V v) const { s.dc[b * s.H + j] = v.v; }
+  // with zoneout of c the cell sees (1 - m) dc_t, and dc_{t-1} also gets m dc_t
+  __device__ Acc mask_c() const { return s.zc ? s.zc[b * s.H + j] : s.zc_p; }
+  __device__ V dc() const {
+    const Acc d = s.dc[b * s.H + j];
+    return {s.zone_c ? (Acc(1) - mask_c()) * d : d};
+  }
+  // called once, after dc(): s.dc still holds dc_t
+  __device__ void set_dc(V v) const {
+    const int64_t k = b * s.H + j;
+    s.dc[k] = s.zone_c ? v.v + mask_c() * s.dc[k] : v.v;
+  }
   __device__ void set_dpre(int k, V v) const {
     s.dgx[gate(k)] = v.v;
     if (kSplit && !apart_gate<Math>(k)) s.dgh[gate(k)] = v.v;
@@ -663,20 +706,26 @@ __global__ void backward_step(BackwardStepArgs<Acc> s) {
     return;
   }
   const Acc dh = s.dh[k] + (s.dy ? s.dy[k] : Acc(0));
-  s.dh[k] = Math::template backward<Value<Acc>>(unit, Value<Acc>{dh}).v;
+  // with zoneout of h the cell gets (1 - m) dh_t, and dh_{t-1} also m dh_t
+  const Acc m = s.zone_h ? (s.zh ? s.zh[k] : s.zh_p) : Acc(0);
+  s.dh[k] = Math::template backward<Value<Acc>>(unit, Value<Acc>{(Acc(1) - m) * dh}).v + m * dh;
 }
 
 // With P, first stage of a step: dprojected = dh + dy for active rows
 // (and dh is consumed), zero for inactive rows (whose dh passes through).
 template <class Acc>
 __global__ void projection_backward(int64_t B, int64_t P, const Acc* dy, const int64_t* lengths,
-                                    int64_t t, Acc* dh, Acc* dprojected) {
+                                    int64_t t, Acc* dh, Acc* dprojected, bool zone_h,
+                                    const Acc* zh, Acc zh_p) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= B * P) return;
   const int64_t b = idx / P;
   if (active(lengths, b, t)) {
-    dprojected[idx] = dh[idx] + (dy ? dy[idx] : Acc(0));
-    dh[idx] = Acc(0);
+    // with zoneout of h: (1 - m) of dh_t goes through the projection, m to dh_{t-1}
+    const Acc d = dh[idx] + (dy ? dy[idx] : Acc(0));
+    const Acc m = zone_h ? (zh ? zh[idx] : zh_p) : Acc(0);
+    dprojected[idx] = (Acc(1) - m) * d;
+    dh[idx] = m * d;
   } else {
     dprojected[idx] = Acc(0);
   }
@@ -734,6 +783,12 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
   step.lengths = a.lengths;
   step.dh = dh; step.dc = dc; step.dproj_input = buf.dproj_input;
   for (int n = 0; n < Math::kParams; ++n) step.cell_w[n] = static_cast<const Acc*>(a.cell_w[n]);
+  step.zone_h = a.zoneout[0] || a.zoneout_p[0] != 0;
+  step.zone_c = Math::kCellState && (a.zoneout[1] || a.zoneout_p[1] != 0);
+  step.zh_p = static_cast<Acc>(a.zoneout_p[0]);
+  step.zc_p = static_cast<Acc>(a.zoneout_p[1]);
+  const Acc* const zh = static_cast<const Acc*>(a.zoneout[0]);
+  const Acc* const zc = static_cast<const Acc*>(a.zoneout[1]);
   if (buf.dparams)
     check_cuda(cudaMemsetAsync(buf.dparams, 0, sizeof(Acc) * T * B * Math::kParams * H, stream),
                "zero dparams");
@@ -743,9 +798,12 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = a.reverse ? k : T - 1 - k;  // the forward order, reversed
     const Acc* dy_t = dy ? dy + t * B * S : nullptr;
+    step.zh = zh ? zh + t * B * S : nullptr;
+    step.zc = zc ? zc + t * B * H : nullptr;
     if (P > 0) {
       projection_backward<Acc><<<blocks_for(B * P), kThreads, 0, stream>>>(
-          B, P, dy_t, a.lengths, t, dh, buf.dprojected + t * B * P);
+          B, P, dy_t, a.lengths, t, dh, buf.dprojected + t * B * P, step.zone_h, step.zh,
+          step.zh_p);
       check_launch("projection_backward");
       gemm(false, false, B, H, P, buf.dprojected + t * B * P, P, a.w_hr, H, 0.0,
            buf.dproj_input, H, "dprojected W_hr");

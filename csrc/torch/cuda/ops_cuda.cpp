@@ -46,8 +46,10 @@ at::Tensor device_lengths(const c10::optional<at::Tensor>& lengths, const at::De
 
 ForwardResult forward_op(c10::string_view cell_name, const at::Tensor& input_,
                          at::TensorList state_, at::TensorList weights_,
-                         const c10::optional<at::Tensor>& lengths_, bool reverse, bool training) {
+                         const c10::optional<at::Tensor>& lengths_, bool reverse, bool training,
+                         OptionalTensorList zoneout_) {
   const ForwardInputs f = prepare_forward(cell_name, input_, state_, weights_, lengths_,
+                                          list_or_empty(zoneout_),
                                           cuda_dtype_ok(input_), kDtypes,
                                           /*allow_packed=*/false);
   const core::CellInfo& cell = *f.cell;
@@ -78,6 +80,10 @@ ForwardResult forward_op(c10::string_view cell_name, const at::Tensor& input_,
   for (int i : cell_param_indices(cell)) a.cell_w[n++] = ptr_or_null(f.params[i]);
   a.lengths = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   a.reverse = reverse;
+  for (int k = 0; k < 2; ++k) {
+    a.zoneout[k] = ptr_or_null(f.zoneout.mask[k]);
+    a.zoneout_p[k] = f.zoneout.p[k];
+  }
   a.y = y.data_ptr();
   a.hy = state_out[kStateH].data_ptr();
   a.cy = cell.cell_state ? state_out[kStateC].data_ptr() : nullptr;
@@ -98,12 +104,15 @@ BackwardResult backward_op(c10::string_view cell_name,
                            const c10::List<c10::optional<at::Tensor>>& grad_state,
                            const at::Tensor& input_, at::TensorList weights_,
                            const c10::optional<at::Tensor>& lengths_,
-                           const at::Tensor& workspace, bool reverse) {
+                           const at::Tensor& workspace, bool reverse,
+                           OptionalTensorList zoneout_) {
   const bool ok = cuda_dtype_ok(input_);
   const auto dt = ok ? input_.scalar_type() : at::kFloat;
   const auto acc = accumulate_dtype(dt);
   const BackwardInputs in = prepare_backward(cell_name, grad_output, grad_state, input_,
-                                             weights_, lengths_, workspace, acc, ok, kDtypes,
+                                             weights_, lengths_, workspace,
+                                             list_or_empty(zoneout_), acc, ok,
+                                             kDtypes,
                                              /*allow_packed=*/false);
   const core::CellInfo& cell = *in.cell;
   const Dims& d = in.d;
@@ -121,6 +130,8 @@ BackwardResult backward_op(c10::string_view cell_name,
   const auto gy = to_dtype(in.grad_output, acc);
   const auto ghy = to_dtype(in.grad_state[kStateH], acc);
   const auto gcy = to_dtype(in.grad_state[kStateC], acc);
+  const std::array<at::Tensor, 2> zoneout_masks{to_dtype(in.zoneout.mask[0], acc),
+                                                to_dtype(in.zoneout.mask[1], acc)};
   const at::Tensor lengths = device_lengths(in.lengths, in.input.device());
   const auto acc_opts = in.input.options().dtype(acc);
   BackwardResult g = empty_grads(cell, d, acc_opts);
@@ -141,6 +152,10 @@ BackwardResult backward_op(c10::string_view cell_name,
   for (const at::Tensor& w : cell_w) a.cell_w[n++] = ptr_or_null(w);
   a.lengths = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   a.reverse = reverse;
+  for (int k = 0; k < 2; ++k) {
+    a.zoneout[k] = ptr_or_null(zoneout_masks[k]);
+    a.zoneout_p[k] = in.zoneout.p[k];
+  }
   a.ws = in.ws.data_ptr();
   a.dy = ptr_or_null(gy);
   a.dhy = ptr_or_null(ghy);

@@ -1,0 +1,693 @@
+#!/usr/bin/env python
+"""Variant benchmark: rnnfast's LSTM/GRU options (coupled gates, peepholes, weight drop) against
+the plain cell on rnnfast, and against the same variant written the way users write it today.
+
+Two questions per (config, mode, variant), from the issue that asked for the options:
+
+- What does the option cost on rnnfast? The variant's time / the plain cell's time, both rnnfast,
+  same shape. Targets: peephole, coupled gates and zoneout within 1.10x, layer norm within 1.35x.
+- What does rnnfast save over what users do without it? The baseline's time / rnnfast's time,
+  where the baseline is the variant as a Python loop over time steps (torch.nn.LSTMCell for the
+  plain cell, a hand-written cell in F.linear / torch.sigmoid / torch.tanh for peepholes and
+  coupled gates, torch.nn.LSTMCell / GRUCell with the zoneout blend in Python for zoneout) or,
+  for weight drop, torch.nn.LSTM / GRU called through
+  torch.func.functional_call with weight_hh_l0 replaced by F.dropout(weight_hh_l0, p) (the
+  AWD-LSTM WeightDrop way). Target: at least 5x at the grid's small configs (I, H <= 128) for the
+  loop baselines.
+
+Every baseline holds the rnnfast module's parameters and is checked against it once per config
+(outputs, and in training rows the gradients of the input and every parameter, with bench_cpu's
+tolerances; in eval mode, so weight drop is off and zoneout is its expectation, both
+deterministic) before anything is timed; a baseline that
+disagrees is not timed and the script exits 1. All implementations of a (config, mode) are then
+timed in the same process in interleaved rounds (every runner once per round, the order rotated
+each round), and medians are reported, as in bench_cpu.py.
+
+    python bench/bench_variants.py --quick            # tiny grid, a smoke run of seconds
+    python bench/bench_variants.py                    # default grid, a few minutes
+    python bench/bench_variants.py --config 100,32,128,128 --modes training --threads 1
+    python bench/bench_variants.py --variants lstm_peephole,gru_weight_drop
+    python bench/bench_variants.py --variants lstm_zoneout,gru_zoneout
+
+See bench/README.md ("Variants") for the columns and the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from bench_cpu import (GRAD_ATOL, GRAD_RTOL, OTHER_LOAD_LIMIT, OUT_ATOL,  # noqa: E402
+                       Inputs, Runner, check, cpu_busy_fraction, describe_mismatch,
+                       import_rnnfast, machine_info, rnnfast_info, sgemm_rate, summarize,
+                       time_interleaved)
+
+MODES = ("training", "inference")
+
+# --------------------------------------------------------------------------------------------
+# Variants and targets (data, so a new option is one line here plus, if it has one, a baseline
+# in baseline_for below)
+# --------------------------------------------------------------------------------------------
+
+# name -> (rnnfast module class name, keyword arguments). The entry of a class with no keyword
+# arguments is that class's plain cell, the reference of the class's variants' ratios.
+VARIANTS: Dict[str, Tuple[str, dict]] = {
+    "lstm": ("LSTM", {}),
+    "lstm_coupled": ("LSTM", {"coupled_gates": True}),
+    "lstm_peephole": ("LSTM", {"peephole": True}),
+    "lstm_coupled_peephole": ("LSTM", {"coupled_gates": True, "peephole": True}),
+    "lstm_weight_drop": ("LSTM", {"weight_drop": 0.3}),
+    "lstm_zoneout": ("LSTM", {"zoneout": 0.1}),
+    "gru": ("GRU", {}),
+    "gru_weight_drop": ("GRU", {"weight_drop": 0.3}),
+    "gru_zoneout": ("GRU", {"zoneout": 0.1}),
+}
+
+# Target of variant time / plain time per option, from the issue. A variant's target is the
+# largest of its options' targets; a variant with an option not listed here (weight_drop: the
+# issue names none) has none.
+RATIO_TARGETS = {"coupled_gates": 1.10, "peephole": 1.10, "zoneout": 1.10, "layer_norm": 1.35}
+
+# Target of baseline time / rnnfast time, for Python-loop baselines of a variant, at small configs.
+SPEEDUP_TARGET = 5.0
+
+# Options that do nothing in eval mode: a variant whose options are all here is skipped in
+# inference rows (it would time the plain cell again). Not zoneout: eval blends with p (the
+# expectation), so its inference rows time real work.
+TRAIN_ONLY_OPTIONS = {"weight_drop"}
+
+
+def options_on(kwargs: dict) -> dict:
+    """The options a variant turns on (False / 0 are the defaults, i.e. off)."""
+    return {k: v for k, v in kwargs.items() if v}
+
+
+def plain_of(cls_name: str) -> Optional[str]:
+    """The name of the class's plain cell in VARIANTS."""
+    return next((n for n, (c, kw) in VARIANTS.items() if c == cls_name and not options_on(kw)),
+                None)
+
+
+def ratio_target(kwargs: dict) -> Optional[float]:
+    opts = options_on(kwargs)
+    if not opts or any(k not in RATIO_TARGETS for k in opts):
+        return None
+    return max(RATIO_TARGETS[k] for k in opts)
+
+
+# --------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One shape: sequence length, batch, input size, hidden size; 1 layer, unidirectional,
+    float32, time-major, zero initial state."""
+
+    T: int
+    B: int
+    I: int
+    H: int
+
+    @property
+    def small(self) -> bool:
+        """Where the issue's 5x target applies."""
+        return self.I <= 128 and self.H <= 128
+
+    @property
+    def label(self) -> str:
+        return f"{self.T},{self.B},{self.I},{self.H}"
+
+
+DEFAULT_GRID = [Config(50, 16, 64, 64), Config(100, 32, 128, 128), Config(50, 8, 256, 256),
+                Config(200, 4, 128, 128), Config(25, 64, 128, 128)]
+# One config: a --quick run times up to 18 runners per mode (training; 14 in inference, where
+# weight drop is skipped), and on a loaded 2-core machine (OpenMP threads waiting for a core) each
+# call can take 10-100x its quiet time.
+QUICK_GRID = [Config(10, 3, 16, 24)]
+
+
+def parse_config(text: str) -> Config:
+    try:
+        T, B, I, H = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--config wants T,B,I,H (four integers), got {text!r}")
+    if min(T, B, I, H) <= 0:
+        raise argparse.ArgumentTypeError(f"--config sizes must be positive, got {text!r}")
+    return Config(T, B, I, H)
+
+
+# --------------------------------------------------------------------------------------------
+# Runners: what time_interleaved calls. Every runner computes out [T, B, H] from inputs.x;
+# training calls backpropagate out.sum(). Gradients are keyed by rnnfast's parameter names
+# (+ 'input'), so bench_cpu.check can compare any two runners.
+# --------------------------------------------------------------------------------------------
+
+class VariantRunner(Runner):
+    kind = ""          # what the baseline column calls it
+    is_loop = False    # a Python loop over time steps (where the speedup target applies)
+
+    def __init__(self) -> None:
+        self.params: Dict[str, nn.Parameter] = {}
+        self.training = False
+        self._x: Optional[torch.Tensor] = None
+
+    def set_training(self, on: bool) -> None:
+        self.training = on
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def infer(self, inputs: Inputs):
+        with torch.no_grad():
+            return self.forward(inputs.x), None, None
+
+    def train(self, inputs: Inputs) -> None:
+        for p in self.params.values():
+            p.grad = None
+        inputs.x.grad = None
+        self.forward(inputs.x).sum().backward()
+        self._x = inputs.x
+
+    def copy_layer0(self, module: nn.Module, cell: nn.Module) -> None:
+        """Loads the layer-0 parameters of the rnnfast `module` into `cell` (whose parameters
+        are named without the _l0 suffix) and tracks them under the module's names."""
+        sd = module.state_dict()
+        with torch.no_grad():
+            for name, p in cell.named_parameters():
+                p.copy_(sd[f"{name}_l0"])
+                self.params[f"{name}_l0"] = p
+
+    def grads(self) -> Dict[str, torch.Tensor]:
+        g = {n: p.grad for n, p in self.params.items() if p.grad is not None}
+        if self._x is not None and self._x.grad is not None:
+            g["input"] = self._x.grad
+        return g
+
+
+class RnnfastRunner(VariantRunner):
+    """The rnnfast module itself (in train() or eval() as the row's mode says)."""
+
+    kind = "rnnfast"
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.m = module
+        self.params = dict(module.named_parameters())
+
+    def set_training(self, on: bool) -> None:
+        super().set_training(on)
+        self.m.train(on)
+
+    def forward(self, x):
+        return self.m(x)[0]
+
+
+def _copy_param(value: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(value.detach().clone())
+
+
+class CellLoopRunner(VariantRunner):
+    """The plain cell as users write a custom RNN today: torch.nn.LSTMCell / GRUCell / RNNCell
+    called once per time step from Python, outputs stacked."""
+
+    is_loop = True
+
+    def __init__(self, module: nn.Module, cls_name: str) -> None:
+        super().__init__()
+        self.kind = f"{cls_name}Cell loop"
+        self.cell = getattr(nn, f"{cls_name}Cell")(module.input_size, module.hidden_size)
+        self.lstm = cls_name == "LSTM"
+        self.copy_layer0(module, self.cell)
+
+    def forward(self, x):
+        h = x.new_zeros(x.shape[1], self.cell.hidden_size)
+        state = (h, h) if self.lstm else h
+        outs = []
+        for t in range(x.shape[0]):
+            state = self.cell(x[t], state)
+            outs.append(state[0] if self.lstm else state)
+        return torch.stack(outs)
+
+
+def zoneout_probs(cls_name: str, zoneout) -> Tuple[float, float]:
+    """(p_h, p_c) of a module's `zoneout` argument: p for every state, or for LSTM a pair
+    (p_c, p_h), as rnnfast reads it. p_c is 0 for GRU / RNN (no cell state)."""
+    if isinstance(zoneout, (tuple, list)):
+        p_c, p_h = (float(v) for v in zoneout)
+    else:
+        p_h = p_c = float(zoneout)
+    return (p_h, p_c) if cls_name == "LSTM" else (p_h, 0.0)
+
+
+class ZoneoutCellLoopRunner(CellLoopRunner):
+    """Zoneout as users write it today: the CellLoopRunner loop (torch.nn.LSTMCell / GRUCell /
+    RNNCell per time step) with the blend in Python after each step,
+    s_t = m * s_{t-1} + (1 - m) * s~_t for h (and c for LSTM). Training: masks
+    m ~ Bernoulli(p) drawn with torch.bernoulli once per call for all steps ([T, B, H]; h's
+    before c's, none for a p of 0, rnnfast's order, so a seeded call draws the masks rnnfast
+    would); eval: m = p, the expectation. The output is the zoned h."""
+
+    def __init__(self, module: nn.Module, cls_name: str, zoneout) -> None:
+        super().__init__(module, cls_name)
+        self.kind = f"{cls_name}Cell loop+zoneout"
+        self.p_h, self.p_c = zoneout_probs(cls_name, zoneout)
+
+    def _masks(self, x: torch.Tensor, p: float):
+        """One state's blend weights, indexed by step: None when p is 0 (no zoneout, nothing
+        drawn), a [T, B, H] Bernoulli(p) mask in training, [p] * T in eval."""
+        if p == 0:
+            return None
+        if not self.training:
+            return [p] * x.shape[0]
+        return torch.bernoulli(x.new_full((x.shape[0], x.shape[1], self.cell.hidden_size), p))
+
+    def forward(self, x):
+        m_h = self._masks(x, self.p_h)
+        m_c = self._masks(x, self.p_c) if self.lstm else None
+        h = c = x.new_zeros(x.shape[1], self.cell.hidden_size)
+        outs = []
+        for t in range(x.shape[0]):
+            if self.lstm:
+                h_new, c_new = self.cell(x[t], (h, c))
+                if m_c is not None:
+                    c_new = m_c[t] * c + (1 - m_c[t]) * c_new
+                c = c_new
+            else:
+                h_new = self.cell(x[t], h)
+            h = h_new if m_h is None else m_h[t] * h + (1 - m_h[t]) * h_new
+            outs.append(h)
+        return torch.stack(outs)
+
+
+class HandLSTMCell(nn.Module):
+    """An LSTM cell with coupled gates and/or peepholes, written as a user would (and with the
+    equations of README "Beyond torch"; gate rows i, f, g, o, or i, g, o when coupled):
+
+        z = x W_ih^T + b_ih + h W_hh^T + b_hh;  z_i += w_ci * c;  z_f += w_cf * c
+        i = sigmoid(z_i);  f = 1 - i if coupled else sigmoid(z_f);  g = tanh(z_g)
+        c' = f * c + i * g;  z_o += w_co * c';  h' = sigmoid(z_o) * tanh(c')
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, coupled: bool, peephole: bool) -> None:
+        super().__init__()
+        G = 3 if coupled else 4
+        self.coupled, self.peephole, self.hidden_size = coupled, peephole, hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(G * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(G * hidden_size, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(G * hidden_size))
+        self.bias_hh = nn.Parameter(torch.empty(G * hidden_size))
+        if peephole:
+            self.weight_ci = nn.Parameter(torch.empty(hidden_size))
+            if not coupled:
+                self.weight_cf = nn.Parameter(torch.empty(hidden_size))
+            self.weight_co = nn.Parameter(torch.empty(hidden_size))
+
+    def forward(self, x, state, weight_hh=None):
+        """One step; weight_hh replaces self.weight_hh (a dropped copy, for weight drop)."""
+        h, c = state
+        w_hh = self.weight_hh if weight_hh is None else weight_hh
+        z = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, w_hh, self.bias_hh)
+        if self.coupled:
+            z_i, z_g, z_o = z.chunk(3, 1)
+        else:
+            z_i, z_f, z_g, z_o = z.chunk(4, 1)
+        if self.peephole:
+            z_i = z_i + self.weight_ci * c
+            if not self.coupled:
+                z_f = z_f + self.weight_cf * c
+        i = torch.sigmoid(z_i)
+        f = 1 - i if self.coupled else torch.sigmoid(z_f)
+        c = f * c + i * torch.tanh(z_g)
+        if self.peephole:
+            z_o = z_o + self.weight_co * c
+        h = torch.sigmoid(z_o) * torch.tanh(c)
+        return h, c
+
+
+class HandLoopRunner(VariantRunner):
+    """The LSTM variant as a Python loop over HandLSTMCell; with weight_drop, W_hh goes through
+    F.dropout once per call (in training), as rnnfast draws it."""
+
+    kind = "hand-written loop"
+    is_loop = True
+
+    def __init__(self, module: nn.Module, coupled: bool, peephole: bool,
+                 weight_drop: float = 0.0) -> None:
+        super().__init__()
+        self.cell = HandLSTMCell(module.input_size, module.hidden_size, coupled, peephole)
+        self.weight_drop = weight_drop
+        self.copy_layer0(module, self.cell)
+
+    def forward(self, x):
+        w_hh = None
+        if self.weight_drop > 0 and self.training:
+            w_hh = F.dropout(self.cell.weight_hh, self.weight_drop, True)
+        h = x.new_zeros(x.shape[1], self.cell.hidden_size)
+        state = (h, h)
+        outs = []
+        for t in range(x.shape[0]):
+            state = self.cell(x[t], state, w_hh)
+            outs.append(state[0])
+        return torch.stack(outs)
+
+
+class TorchWeightDropRunner(VariantRunner):
+    """Weight drop as AWD-LSTM users do it: torch.nn.LSTM / GRU (torch's own fused CPU op, not a
+    loop) through torch.func.functional_call with weight_hh_l0 = F.dropout(weight_hh_l0, p)."""
+
+    def __init__(self, module: nn.Module, cls_name: str, p: float) -> None:
+        super().__init__()
+        self.kind = f"nn.{cls_name}+dropped W_hh"
+        self.m = getattr(nn, cls_name)(module.input_size, module.hidden_size)
+        self.m.load_state_dict(module.state_dict(), strict=True)
+        self.p = p
+        self.params = dict(self.m.named_parameters())
+
+    def set_training(self, on: bool) -> None:
+        super().set_training(on)
+        self.m.train(on)
+
+    def forward(self, x):
+        params = dict(self.params)
+        params["weight_hh_l0"] = F.dropout(params["weight_hh_l0"], self.p, self.training)
+        return torch.func.functional_call(self.m, params, (x,))[0]
+
+
+def baseline_for(cls_name: str, kwargs: dict) -> Optional[Callable[[nn.Module], VariantRunner]]:
+    """The 'what users do today' implementation of a variant, as a factory taking the rnnfast
+    module (whose parameters it copies); None when none is written here yet (a new option, e.g.
+    layer_norm, or a combination no loop here covers, e.g. zoneout with peepholes or weight
+    drop, gets its row with the baseline columns n/a until one is added)."""
+    opts = options_on(kwargs)
+    p = float(opts.pop("weight_drop", 0.0))
+    if set(opts) == {"zoneout"} and p == 0:
+        zoneout = opts["zoneout"]
+        return lambda m: ZoneoutCellLoopRunner(m, cls_name, zoneout)
+    if cls_name == "LSTM" and opts and set(opts) <= {"coupled_gates", "peephole"}:
+        coupled, peephole = bool(opts.get("coupled_gates")), bool(opts.get("peephole"))
+        return lambda m: HandLoopRunner(m, coupled, peephole, p)
+    if opts:
+        return None
+    if p > 0:
+        return lambda m: TorchWeightDropRunner(m, cls_name, p)
+    return lambda m: CellLoopRunner(m, cls_name)
+
+
+# --------------------------------------------------------------------------------------------
+# One (config, mode): build, check, time
+# --------------------------------------------------------------------------------------------
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def run_config(cfg: Config, mode: str, names: List[str], args, rf) -> List[dict]:
+    """Rows of every variant in `names` for one config and mode, all timed in the same
+    interleaved rounds."""
+    g = torch.Generator().manual_seed(args.seed + 1)
+    inputs = Inputs(x=torch.randn(cfg.T, cfg.B, cfg.I, generator=g).requires_grad_(True))
+    rows: List[dict] = []
+    runners: Dict[str, VariantRunner] = {}
+    for name in names:
+        cls_name, kwargs = VARIANTS[name]
+        opts = options_on(kwargs)
+        row = {"config": dataclasses.asdict(cfg), "small": cfg.small, "mode": mode,
+               "variant": name, "module": cls_name, "kwargs": kwargs,
+               "plain": plain_of(cls_name), "ratio_target": ratio_target(kwargs),
+               "rnnfast": {}, "baseline": {}, "check": {"status": "no baseline"}}
+        if mode == "inference" and opts and set(opts) <= TRAIN_ONLY_OPTIONS:
+            continue   # eval mode turns the option off: the plain cell's row already times it
+        rows.append(row)
+        try:
+            torch.manual_seed(args.seed)
+            module = getattr(rf, cls_name)(cfg.I, cfg.H, **kwargs)
+        except Exception as e:  # noqa: BLE001  (e.g. an option this build does not have yet)
+            row["rnnfast"] = {"error": f"build: {_err(e)}"}
+            row["check"]["status"] = "error"
+            continue
+        ours = runners[f"rnnfast:{name}"] = RnnfastRunner(module)
+        factory = baseline_for(cls_name, kwargs)
+        if factory is None:
+            continue
+        try:
+            base = factory(module)
+        except Exception as e:  # noqa: BLE001
+            row["baseline"] = {"error": f"build: {_err(e)}"}
+            row["check"]["status"] = "error"
+            continue
+        row["baseline"] = {"kind": base.kind, "loop": base.is_loop}
+        # Same parameters, same input: the two must compute the same thing before their times
+        # mean anything. Checked in eval mode, where weight drop is off (its masks are random).
+        ours.set_training(False)
+        base.set_training(False)
+        try:
+            ok, details = check(ours, base, inputs, mode)
+        except Exception as e:  # noqa: BLE001
+            row["baseline"]["error"] = f"check: {_err(e)}"
+            row["check"]["status"] = "error"
+            continue
+        row["check"] = {"status": "ok" if ok else "mismatch", "details": details}
+        if ok:
+            runners[f"baseline:{name}"] = base
+        else:
+            row["check"]["summary"] = describe_mismatch(details)
+
+    for r in runners.values():
+        r.set_training(mode == "training")
+    samples, other = {}, None
+    if runners:
+        # The budget is per row, so every row gets about the same time whatever the grid.
+        samples, other = time_interleaved(
+            runners, mode, inputs, budget=args.budget * len(rows), warmup=args.warmup,
+            min_reps=args.min_reps, max_reps=args.max_reps)
+    medians = {}
+    for key, ts in samples.items():
+        medians[key] = summarize(ts)
+    for row in rows:
+        row["other_load"] = other
+        name = row["variant"]
+        if f"rnnfast:{name}" in medians:
+            row["rnnfast"] = medians[f"rnnfast:{name}"]
+        if f"baseline:{name}" in medians:
+            row["baseline"].update(medians[f"baseline:{name}"])
+        t = row["rnnfast"].get("median_ms")
+        t_plain = medians.get(f"rnnfast:{row['plain']}", {}).get("median_ms")
+        t_base = row["baseline"].get("median_ms")
+        row["ratio_vs_plain"] = t / t_plain if t and t_plain else None
+        row["speedup"] = t_base / t if t and t_base else None
+        row["speedup_target"] = (SPEEDUP_TARGET if row["baseline"].get("loop") and cfg.small
+                                 and options_on(row["kwargs"]) else None)
+        row["ratio_ok"] = (row["ratio_vs_plain"] <= row["ratio_target"]
+                           if row["ratio_target"] and row["ratio_vs_plain"] else None)
+        row["speedup_ok"] = (row["speedup"] >= row["speedup_target"]
+                             if row["speedup_target"] and row["speedup"] else None)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+def _num(v: Optional[float], spec: str) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else format(v, spec)
+
+
+def _verdict(ok: Optional[bool], target: Optional[float], fmt: str) -> str:
+    if target is None:
+        return "-"
+    return fmt.format(target) + (" ok" if ok else " MISS" if ok is not None else " n/a")
+
+
+# (header, width, cell text of a row); left-aligned when the width is negative
+COLUMNS: List[Tuple[str, int, Callable[[dict], str]]] = [
+    ("T,B,I,H", -14, lambda r: r["config_label"] + ("" if r["small"] else " (L)")),
+    ("mode", -9, lambda r: r["mode"]),
+    ("variant", -22, lambda r: r["variant"]),
+    ("rnnfast ms", 10, lambda r: _num(r["rnnfast"].get("median_ms"), ".3f")),
+    ("/plain", 7, lambda r: _num(r["ratio_vs_plain"], ".3f")),
+    ("target", 11, lambda r: _verdict(r["ratio_ok"], r["ratio_target"], "<={:.2f}")),
+    ("baseline", -21, lambda r: r["baseline"].get("kind", "none")),
+    ("base ms", 9, lambda r: _num(r["baseline"].get("median_ms"), ".2f")),
+    ("speedup", 8, lambda r: _num(r["speedup"], ".1f") + ("x" if r["speedup"] else "")),
+    ("target", 9, lambda r: _verdict(r["speedup_ok"], r["speedup_target"], ">={:.0f}x")),
+    ("iqr%", 5, lambda r: _num(max([d["iqr_pct"] for d in (r["rnnfast"], r["baseline"])
+                                    if "iqr_pct" in d] or [math.nan]), ".0f")),
+    ("check", -6, lambda r: _check_text(r)),
+]
+
+
+def _check_text(row: dict) -> str:
+    c = row["check"]
+    text = {"ok": "ok", "mismatch": "!! MISMATCH " + c.get("summary", ""),
+            "error": "ERR", "no baseline": "-"}.get(c["status"], c["status"])
+    other = row.get("other_load")
+    if other is not None and other > OTHER_LOAD_LIMIT:
+        text += f" (other processes used {100 * other:.0f}% of the CPUs)"
+    return text
+
+
+def _line(texts: List[str]) -> str:
+    return "  ".join(t.ljust(-w) if w < 0 else t.rjust(w)
+                     for t, (_, w, _) in zip(texts, COLUMNS)).rstrip()
+
+
+def format_header() -> str:
+    return _line([h for h, _, _ in COLUMNS])
+
+
+def format_row(row: dict) -> str:
+    row = dict(row, config_label=Config(**row["config"]).label)
+    text = _line([f(row) for _, _, f in COLUMNS])
+    errors = [f"{side}: {d['error']}" for side, d in (("rnnfast", row["rnnfast"]),
+                                                      ("baseline", row["baseline"]))
+              if "error" in d]
+    return text + "".join(f"\n    {e}" for e in errors)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny grid, short budget: a smoke run of seconds")
+    p.add_argument("--config", action="append", type=parse_config, default=None,
+                   metavar="T,B,I,H", help="replace the grid (repeatable)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma list of training,inference")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma list from {list(VARIANTS)}; each class's plain cell is always "
+                        f"added (the ratios need it)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of timed rounds per row (default 2, quick 0.1)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds of warm-up per implementation (default 0.2, quick 0.02)")
+    p.add_argument("--min-reps", type=int, default=None, help="default 5 (quick 3)")
+    p.add_argument("--max-reps", type=int, default=None, help="default 500 (quick 20)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads(N) (default: leave torch's setting)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", type=Path, default=HERE / "results",
+                   help="where variants-<timestamp>.json goes (default bench/results)")
+    p.add_argument("--no-json", action="store_true", help="do not write JSON")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.budget = a.budget if a.budget is not None else (0.1 if q else 2.0)
+    a.warmup = a.warmup if a.warmup is not None else (0.02 if q else 0.2)
+    a.min_reps = a.min_reps if a.min_reps is not None else (3 if q else 5)
+    a.max_reps = a.max_reps if a.max_reps is not None else (20 if q else 500)
+    a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    for m in a.modes:
+        if m not in MODES:
+            p.error(f"unknown mode {m!r}; choose from {MODES}")
+    wanted = [v.strip() for v in a.variants.split(",") if v.strip()]
+    for v in wanted:
+        if v not in VARIANTS:
+            p.error(f"unknown variant {v!r}; choose from {list(VARIANTS)}")
+    plains = [plain_of(VARIANTS[v][0]) for v in wanted]
+    # VARIANTS order, plain cells included
+    a.variants = [v for v in VARIANTS if v in wanted or v in plains]
+    a.grid = a.config or (QUICK_GRID if q else DEFAULT_GRID)
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rf = import_rnnfast()
+    if rf is None:
+        print(f"rnnfast cannot be imported: {rnnfast_info().get('error')}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+
+    busy = cpu_busy_fraction(0.5)
+    started = _dt.datetime.now()
+    machine = machine_info()
+    machine["cpu_busy_at_start"] = busy
+    rf_info = rnnfast_info()
+    print(f"rnnfast variant benchmark  {started.isoformat(timespec='seconds')}")
+    print(f"cpu: {machine['cpu_model']}  threads={threads}  torch {torch.__version__}  "
+          f"loadavg {machine['loadavg_start']}")
+    print(f"rnnfast {rf_info.get('version')} simd={rf_info.get('simd')} "
+          f"threads={rf_info.get('threads')}  ({rf_info.get('file')})")
+    if busy is not None and busy > 0.15:
+        print(f"WARNING: {100 * busy:.0f}% of the CPUs were busy with other work at start; "
+              f"timings will be slow and noisy.")
+    sg = sgemm_rate(seconds=0.3 if args.quick else 1.0)
+    print(f"SGEMM (torch.mm 1024x1024 fp32): {sg['gflops']:.1f} GFLOP/s")
+    print(f"grid: {len(args.grid)} configs x modes {args.modes} x variants {args.variants}; "
+          f"budget {args.budget}s/row, reps in [{args.min_reps}, {args.max_reps}]")
+    print("/plain: rnnfast variant / rnnfast plain cell, same shape (< target: ok). speedup: "
+          "baseline / rnnfast (the 5x target: loop baselines of variants at small configs; "
+          "(L) marks a config with I or H > 128). Weight-drop rows are training only.")
+    print()
+    print(format_header())
+
+    rows: List[dict] = []
+    t0 = time.perf_counter()
+    for cfg in args.grid:
+        for mode in args.modes:
+            new = run_config(cfg, mode, args.variants, args, rf)
+            for row in new:
+                print(format_row(row), flush=True)
+            rows += new
+    elapsed = time.perf_counter() - t0
+    print(f"\n{len(rows)} rows in {elapsed:.0f} s")
+
+    for r in rows:   # targets are reported, not enforced (the exit status ignores them)
+        missed = []
+        if r["ratio_ok"] is False:
+            missed.append(f"/plain {r['ratio_vs_plain']:.3f} > {r['ratio_target']:.2f}")
+        if r["speedup_ok"] is False:
+            missed.append(f"speedup {r['speedup']:.1f}x < {r['speedup_target']:.0f}x")
+        if missed:
+            print(f"target missed: {Config(**r['config']).label} {r['mode']} {r['variant']}: "
+                  + ", ".join(missed))
+    bad = [r for r in rows if r["check"]["status"] in ("mismatch", "error")]
+    for r in bad:
+        why = [r["check"].get("summary"), r["rnnfast"].get("error"), r["baseline"].get("error")]
+        print(f"!! {Config(**r['config']).label} {r['mode']} {r['variant']}: "
+              f"{r['check']['status']}: " + "; ".join(w for w in why if w), file=sys.stderr)
+
+    if not args.no_json:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        path = args.out_dir / f"variants-{started.strftime('%Y%m%d-%H%M%S')}.json"
+        data = {
+            "script": "bench/bench_variants.py", "started": started.isoformat(),
+            "elapsed_s": elapsed, "machine": machine, "rnnfast": rf_info, "threads": threads,
+            "sgemm": sg,
+            "settings": {"budget_s_per_row": args.budget, "warmup_s": args.warmup,
+                         "min_reps": args.min_reps, "max_reps": args.max_reps,
+                         "seed": args.seed, "modes": args.modes,
+                         "grid": [dataclasses.asdict(c) for c in args.grid],
+                         "out_atol": OUT_ATOL, "grad_atol": GRAD_ATOL, "grad_rtol": GRAD_RTOL},
+            "variants": {n: {"module": VARIANTS[n][0], "kwargs": VARIANTS[n][1]}
+                         for n in args.variants},
+            "targets": {"ratio": RATIO_TARGETS, "speedup": SPEEDUP_TARGET,
+                        "speedup_applies": "loop baselines of variants, configs with I, H <= 128"},
+            "results": rows,
+        }
+        path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+        print(f"wrote {path}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Zoneout (Krueger et al. 2017, "Zoneout: Regularizing RNNs by Randomly Preserving Hidden
+Activations"): ``zoneout=p`` on rnnfast.LSTM / GRU / RNN and their cells, ``(p_c, p_h)`` for
+the LSTM's two states.
+
+Per step, row and unit, after the cell's update s~_t of a state:
+
+    training:  s_t = m * s_{t-1} + (1 - m) * s~_t,  m ~ Bernoulli(p)   (1 keeps the old value)
+    eval:      s_t = p * s_{t-1} + (1 - p) * s~_t                      (the expectation)
+
+and the output y_t is the zoned h_t. The oracle below is written from these equations and the
+cells' own (torch's LSTM/GRU/RNN), in float64 with plain torch ops; in training it redraws the
+masks from the same RNG state in the modules' documented order (per layer and direction, h's
+mask [T, B, S] then c's [T, B, H], only for a state with p > 0). Compared: outputs, final
+states and the gradients of the input, the initial states and every parameter.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnfast
+from rnn_testutils import randn
+
+ATOL = 1e-9
+
+
+def _cell_step(kind, nonlinearity, x, h, c, w):
+    """One step of torch's cell from the equations: (h~, c~)."""
+    gi = F.linear(x, w["weight_ih"], w.get("bias_ih"))
+    gh = F.linear(h, w["weight_hh"], w.get("bias_hh"))
+    if kind == "LSTM":
+        i, f, g, o = (gi + gh).chunk(4, -1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        if "weight_hr" in w:
+            h_new = F.linear(h_new, w["weight_hr"])
+        return h_new, c_new
+    if kind == "GRU":
+        xr, xz, xn = gi.chunk(3, -1)
+        hr, hz, hn = gh.chunk(3, -1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h, None
+    return (torch.tanh if nonlinearity == "tanh" else torch.relu)(gi + gh), None
+
+
+def reference(m, x, hx, zone):
+    """The zoned network m ([T, B, I] input, no batch_first) from the equations; zone(layer,
+    direction) gives [z_h, z_c]: each a [T, B, *] mask or a float probability (0: none)."""
+    kind = type(m).__name__
+    nonlinearity = getattr(m, "nonlinearity", "tanh")
+    params = dict(m.named_parameters())
+    T, B = x.shape[:2]
+    dirs = 2 if m.bidirectional else 1
+    S, H = m.proj_size or m.hidden_size, m.hidden_size
+    h0 = hx[0] if kind == "LSTM" else hx
+    c0 = hx[1] if kind == "LSTM" else None
+    hs, cs = [], []
+    for layer in range(m.num_layers):
+        outs = []
+        for d in range(dirs):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            w = {n[:-len(sfx)]: p for n, p in params.items() if n.endswith(sfx)}
+            k = layer * dirs + d
+            h, c = h0[k], (c0[k] if c0 is not None else None)
+            z_h, z_c = zone(layer, d)
+            out = [None] * T
+            for t in (range(T - 1, -1, -1) if d else range(T)):
+                h_new, c_new = _cell_step(kind, nonlinearity, x[t], h, c, w)
+                m_h = z_h[t] if torch.is_tensor(z_h) else z_h
+                h = m_h * h + (1 - m_h) * h_new
+                if c is not None:
+                    m_c = z_c[t] if torch.is_tensor(z_c) else z_c
+                    c = m_c * c + (1 - m_c) * c_new
+                out[t] = h
+            outs.append(torch.stack(out))
+            hs.append(h)
+            cs.append(c)
+        x = torch.cat(outs, -1)
+    states = (torch.stack(hs), torch.stack(cs)) if kind == "LSTM" else torch.stack(hs)
+    return x, states
+
+
+def draw_masks(m, p_h, p_c, rows):
+    """The masks the module draws in training, in its order (see the top)."""
+    dirs = 2 if m.bidirectional else 1
+    S, H = m.proj_size or m.hidden_size, m.hidden_size
+    masks = {}
+    for layer in range(m.num_layers):
+        for d in range(dirs):
+            z_h = torch.bernoulli(torch.full(rows + (S,), p_h, dtype=torch.float64)) if p_h else 0.0
+            z_c = (torch.bernoulli(torch.full(rows + (H,), p_c, dtype=torch.float64))
+                   if p_c else 0.0)
+            masks[layer, d] = [z_h, z_c]
+    return masks
+
+
+# (module, kwargs, p_h, p_c): zoneout=p is p for every state; an LSTM pair is (p_c, p_h)
+CASES = [
+    ("LSTM", dict(zoneout=0.3), 0.3, 0.3),
+    ("LSTM", dict(zoneout=(0.5, 0.2), proj_size=3), 0.2, 0.5),
+    ("LSTM", dict(zoneout=(0.0, 0.25)), 0.25, 0.0),
+    ("GRU", dict(zoneout=0.4), 0.4, 0.0),
+    ("RNN", dict(zoneout=0.35, nonlinearity="relu"), 0.35, 0.0),
+]
+
+
+def _ids(case):
+    return f"{case[0]}-" + "-".join(f"{k}={v}" for k, v in case[1].items())
+
+
+def _run_and_grads(fn, leaves, params):
+    out, hn = fn()
+    hn = hn if isinstance(hn, tuple) else (hn,)
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum() + \
+        sum((s * s).sum() * (k + 1) for k, s in enumerate(hn))
+    grads = torch.autograd.grad(loss, leaves + params)
+    return [out, *hn, *grads]
+
+
+def _setup(name, kw):
+    torch.manual_seed(0)
+    m = getattr(rnnfast, name)(5, 6, num_layers=2, bidirectional=True, dtype=torch.float64, **kw)
+    T, B = 7, 3
+    S = kw.get("proj_size", 0) or 6
+    x = randn(T, B, 5, seed=1).requires_grad_()
+    h0 = randn(4, B, S, seed=2).requires_grad_()
+    c0 = randn(4, B, 6, seed=3).requires_grad_()
+    hx = (h0, c0) if name == "LSTM" else h0
+    leaves = [x, h0, c0] if name == "LSTM" else [x, h0]
+    return m, x, hx, leaves
+
+
+def _compare(got, want, what):
+    assert len(got) == len(want)
+    for k, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0, msg=lambda s: f"{what} [{k}]: {s}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_eval_is_the_expectation(case):
+    name, kw, p_h, p_c = case
+    m, x, hx, leaves = _setup(name, kw)
+    m.eval()
+    params = list(m.parameters())
+    got = _run_and_grads(lambda: m(x, hx), leaves, params)
+    want = _run_and_grads(lambda: reference(m, x, hx, lambda layer, d: [p_h, p_c]), leaves,
+                          params)
+    _compare(got, want, f"eval {case}")
+    # and it differs from the network without zoneout
+    plain = getattr(rnnfast, name)(5, 6, num_layers=2, bidirectional=True, dtype=torch.float64,
+                                   **{k: v for k, v in kw.items() if k != "zoneout"})
+    plain.load_state_dict(m.state_dict())
+    assert not torch.allclose(plain.eval()(x, hx)[0], got[0])
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_training_masks_from_torch_rng(case):
+    name, kw, p_h, p_c = case
+    m, x, hx, leaves = _setup(name, kw)
+    m.train()
+    params = list(m.parameters())
+    torch.manual_seed(11)
+    got = _run_and_grads(lambda: m(x, hx), leaves, params)
+    torch.manual_seed(11)
+    masks = draw_masks(m, p_h, p_c, tuple(x.shape[:2]))
+    want = _run_and_grads(lambda: reference(m, x, hx, lambda layer, d: masks[layer, d]), leaves,
+                          params)
+    _compare(got, want, f"training {case}")
+    # reproducible with the seed; another draw differs
+    torch.manual_seed(11)
+    again = m(x, hx)[0]
+    assert torch.equal(again, got[0])
+    assert not torch.equal(m(x, hx)[0], got[0])
+
+
+def test_rate_of_kept_units():
+    """In training a unit keeps its previous h (y_t == y_{t-1} exactly) with probability p."""
+    torch.manual_seed(0)
+    p = 0.3
+    m = rnnfast.RNN(8, 32, zoneout=p).train()
+    x = torch.randn(200, 8, 8)
+    out, _ = m(x)
+    kept = (out[1:] == out[:-1]).double().mean().item()
+    assert abs(kept - p) < 0.02, kept
+    lstm = rnnfast.LSTM(8, 32, zoneout=(0.0, p)).train()
+    out, _ = lstm(x)
+    assert abs((out[1:] == out[:-1]).double().mean().item() - p) < 0.02
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_packed_sequence(training):
+    """A PackedSequence: eval equals the padded call's rows; in training the masks are drawn
+    for the packed rows ([N, *], PackedSequence.data order) and match the equations with those
+    masks placed at their (t, b)."""
+    torch.manual_seed(0)
+    m = rnnfast.LSTM(4, 5, num_layers=2, bidirectional=True, zoneout=(0.4, 0.3),
+                     dtype=torch.float64).train(training)
+    lengths = torch.tensor([6, 5, 3, 1])
+    x = randn(6, 4, 4, seed=4)
+    packed = pack_padded_sequence(x, lengths)
+    hx = (randn(4, 4, 5, seed=5), randn(4, 4, 5, seed=6))
+    torch.manual_seed(3)
+    out, (h, c) = m(packed, hx)
+    out, _ = pad_packed_sequence(out)
+    active = lengths.unsqueeze(0) > torch.arange(6).unsqueeze(1)  # [T, B]
+    tt, bb = active.nonzero(as_tuple=True)                         # packed row order
+
+    def padded(z):
+        if not torch.is_tensor(z):
+            return z
+        return z.new_zeros(6, 4, z.shape[-1]).index_put((tt, bb), z)
+
+    if training:
+        torch.manual_seed(3)
+        masks = draw_masks(m, 0.3, 0.4, (int(lengths.sum()),))
+        zone = lambda layer, d: [padded(z) for z in masks[layer, d]]  # noqa: E731
+    else:
+        zone = lambda layer, d: [0.3, 0.4]  # noqa: E731
+    # the equations on each sequence alone (its own length), stacked
+    for b in range(4):
+        L = int(lengths[b])
+        hb = (hx[0][:, b:b + 1], hx[1][:, b:b + 1])
+
+        def zone_b(layer, d, b=b, L=L):
+            return [z[:L, b:b + 1] if torch.is_tensor(z) else z for z in zone(layer, d)]
+
+        ref_out, (ref_h, ref_c) = reference(m, x[:L, b:b + 1], hb, zone_b)
+        torch.testing.assert_close(out[:L, b:b + 1], ref_out, atol=ATOL, rtol=0)
+        torch.testing.assert_close(h[:, b:b + 1], ref_h, atol=ATOL, rtol=0)
+        torch.testing.assert_close(c[:, b:b + 1], ref_c, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("cls,kw", [(rnnfast.LSTMCell, dict(zoneout=(0.3, 0.6))),
+                                    (rnnfast.GRUCell, dict(zoneout=0.4)),
+                                    (rnnfast.RNNCell, dict(zoneout=0.5, nonlinearity="tanh"))])
+def test_cells(cls, kw):
+    torch.manual_seed(0)
+    cell = cls(4, 5, dtype=torch.float64, **kw)
+    lstm = cls is rnnfast.LSTMCell
+    p = kw["zoneout"]
+    p_h, p_c = (p[1], p[0]) if lstm else (p, 0.0)
+    x, h, c = randn(3, 4, seed=7), randn(3, 5, seed=8), randn(3, 5, seed=9)
+    w = dict(cell.named_parameters())
+    kind = {rnnfast.LSTMCell: "LSTM", rnnfast.GRUCell: "GRU", rnnfast.RNNCell: "RNN"}[cls]
+    h_new, c_new = _cell_step(kind, "tanh", x, h, c, w)
+    cell.eval()
+    got = cell(x, (h, c)) if lstm else cell(x, h)
+    torch.testing.assert_close(got[0] if lstm else got, p_h * h + (1 - p_h) * h_new,
+                               atol=1e-12, rtol=0)
+    if lstm:
+        torch.testing.assert_close(got[1], p_c * c + (1 - p_c) * c_new, atol=1e-12, rtol=0)
+    cell.train()
+    torch.manual_seed(4)
+    got = cell(x, (h, c)) if lstm else cell(x, h)
+    torch.manual_seed(4)
+    m_h = torch.bernoulli(torch.full((1, 3, 5), p_h, dtype=torch.float64))[0]
+    torch.testing.assert_close(got[0] if lstm else got, m_h * h + (1 - m_h) * h_new,
+                               atol=1e-12, rtol=0)
+    if lstm:
+        m_c = torch.bernoulli(torch.full((1, 3, 5), p_c, dtype=torch.float64))[0]
+        torch.testing.assert_close(got[1], m_c * c + (1 - m_c) * c_new, atol=1e-12, rtol=0)
+    assert "zoneout=" in repr(cell)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_peephole"])
+def test_op_gradcheck_and_gradgradcheck(cell):
+    """The op with fixed masks (and with probabilities) is differentiable to second order."""
+    from rnn_testutils import op_args
+
+    _, x, state, weights, lengths, reverse, _ = op_args(cell, T=3, B=2, I=2, H=3)
+    info = rnnfast._cells.cell(cell)
+    g = torch.Generator().manual_seed(0)
+    masks = [torch.bernoulli(torch.full((3, 2, 3), 0.4, dtype=torch.float64), generator=g)
+             for _ in range(info.states)]
+    probs = [torch.tensor(0.3, dtype=torch.float64)] * info.states
+    for zoneout in (masks, probs):
+        def f(x, *rest):
+            st, ws = list(rest[:len(state)]), list(rest[len(state):])
+            out, final = rnnfast.ops.layer(cell, x, st, ws, lengths, reverse, zoneout)
+            return (out, *final)
+
+        inputs = (x, *state, *weights)
+        assert torch.autograd.gradcheck(f, inputs)
+        assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_compile_fullgraph():
+    torch.manual_seed(0)
+    m = rnnfast.LSTM(4, 6, num_layers=2, zoneout=(0.2, 0.1))
+    x = torch.randn(5, 3, 4)
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    m.eval()
+    torch.testing.assert_close(compiled(x)[0], m(x)[0])
+    m.train()
+    torch.manual_seed(5)
+    a = m(x)[0]
+    torch.manual_seed(5)
+    torch.testing.assert_close(compiled(x)[0], a)
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, "0.2", True, None, (0.1,), (0.1, 0.2, 0.3)])
+def test_bad_zoneout(bad):
+    with pytest.raises(ValueError, match="zoneout"):
+        rnnfast.LSTM(4, 5, zoneout=bad)
+    with pytest.raises(ValueError, match="zoneout"):
+        rnnfast.LSTMCell(4, 5, zoneout=bad)
+    with pytest.raises(ValueError, match="zoneout"):
+        rnnfast.GRU(4, 5, zoneout=(0.1, 0.2) if bad is None else bad)
+
+
+def test_op_rejects_bad_zoneout_arguments():
+    op = torch.ops.rnnfast.layer
+    x = torch.randn(3, 2, 4)
+    w = [torch.randn(15, 4), torch.randn(15, 5)]  # GRU, H = 5
+    with pytest.raises(RuntimeError, match=r"zoneout\[0\] \(h\) must have shape \[3, 2, 5\]"):
+        op("gru", x, [], w, None, False, False, [torch.zeros(3, 2, 4)])
+    with pytest.raises(RuntimeError, match="one tensor per state"):
+        op("gru", x, [], w, None, False, False, [torch.tensor(0.1), torch.tensor(0.1)])
+    with pytest.raises(RuntimeError, match=r"probability and must lie in \[0, 1\], got 1.5"):
+        op("gru", x, [], w, None, False, False, [torch.tensor(1.5)])
+    with pytest.raises(RuntimeError, match="dtype"):
+        op("gru", x, [], w, None, False, False, [torch.zeros(3, 2, 5, dtype=torch.float64)])
+    # a valid mask and a valid probability are taken; None and [] are no zoneout
+    y0, _, _ = op("gru", x, [], w, None, False, False, None)
+    y1, _, _ = op("gru", x, [], w, None, False, False, [])
+    y2, _, _ = op("gru", x, [], w, None, False, False, [torch.tensor(0.0)])
+    assert torch.equal(y0, y1) and torch.equal(y0, y2)
+    y3, _, _ = op("gru", x, [], w, None, False, False, [torch.ones(3, 2, 5)])
+    assert torch.equal(y3, torch.zeros_like(y3))  # every unit keeps its zero initial state
