@@ -408,6 +408,34 @@ def baseline_for(cls_name: str, kwargs: dict) -> Optional[Callable[[nn.Module], 
     return lambda m: CellLoopRunner(m, cls_name)
 
 
+class MaskDrawRunner(VariantRunner):
+    """Only the zoneout masks an rnnfast module draws per training call (torch.bernoulli on
+    torch's generator, rnnfast.modules._zoneout_tensors), timed with the rest so that a
+    zoneout row's cost can be split into the draw and the kernels."""
+
+    kind = "mask draw"
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        from rnnfast.modules import _zoneout_tensors
+        self.draw = _zoneout_tensors
+        self.probs = module._zoneout_p
+        self.sizes = [module.proj_size or module.hidden_size, module.hidden_size]
+        self.calls = module.num_layers * (2 if module.bidirectional else 1)
+
+    def forward(self, x):
+        for _ in range(self.calls):
+            masks = self.draw(self.probs, True, tuple(x.shape[:-1]), self.sizes, x)
+        return masks
+
+    def infer(self, inputs: Inputs):
+        self.forward(inputs.x)
+        return None, None, None
+
+    def train(self, inputs: Inputs) -> None:
+        self.forward(inputs.x)
+
+
 # --------------------------------------------------------------------------------------------
 # One (config, mode): build, check, time
 # --------------------------------------------------------------------------------------------
@@ -441,6 +469,8 @@ def run_config(cfg: Config, mode: str, names: List[str], args, rf) -> List[dict]
             row["check"]["status"] = "error"
             continue
         ours = runners[f"rnnfast:{name}"] = RnnfastRunner(module)
+        if mode == "training" and "zoneout" in opts:
+            runners[f"maskdraw:{name}"] = MaskDrawRunner(module)
         factory = baseline_for(cls_name, kwargs)
         if factory is None:
             continue
@@ -489,6 +519,10 @@ def run_config(cfg: Config, mode: str, names: List[str], args, rf) -> List[dict]
         t_plain = medians.get(f"rnnfast:{row['plain']}", {}).get("median_ms")
         t_base = row["baseline"].get("median_ms")
         row["ratio_vs_plain"] = t / t_plain if t and t_plain else None
+        if f"maskdraw:{name}" in medians:  # zoneout in training: the draw's share
+            t_draw = medians[f"maskdraw:{name}"]["median_ms"]
+            row["mask_draw_ms"] = t_draw
+            row["ratio_vs_plain_without_draw"] = (t - t_draw) / t_plain if t and t_plain else None
         row["speedup"] = t_base / t if t and t_base else None
         row["speedup_target"] = (SPEEDUP_TARGET if row["baseline"].get("loop") and cfg.small
                                  and options_on(row["kwargs"]) else None)
@@ -651,6 +685,16 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - t0
     print(f"\n{len(rows)} rows in {elapsed:.0f} s")
 
+    draws = [r for r in rows if r.get("mask_draw_ms") is not None]
+    if draws:
+        print("\nzoneout in training: the masks' draw from torch's generator (timed in the same "
+              "rounds) and /plain without it:")
+        for r in draws:
+            without = r.get("ratio_vs_plain_without_draw")
+            print(f"  {Config(**r['config']).label:<16} {r['variant']:<14} draw "
+                  f"{r['mask_draw_ms']:.3f} ms of {r['rnnfast']['median_ms']:.3f} ms; "
+                  f"/plain without the draw {_num(without, '.3f')}")
+    print()
     for r in rows:   # targets are reported, not enforced (the exit status ignores them)
         missed = []
         if r["ratio_ok"] is False:

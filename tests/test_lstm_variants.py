@@ -23,6 +23,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import rnnfast
@@ -42,9 +43,14 @@ class LSTMVariantReference(nn.Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  bidirectional=False, proj_size=0, dtype=torch.float64, coupled_gates=True,
-                 peephole=False):
+                 peephole=False, dropout=0.0, weight_drop=0.0, zoneout=(0.0, 0.0)):
+        """zoneout: (p_h, p_c). In training, randomness is drawn from torch's RNG in the order
+        rnnfast's module draws it: per layer and direction the dropped W_hh, then h's zoneout
+        mask [T, B, S], then c's [T, B, H] (each only when its p > 0); then the dropout
+        between layers."""
         super().__init__()
         self.coupled, self.peephole = coupled_gates, peephole
+        self.dropout, self.weight_drop, self.zoneout = dropout, weight_drop, zoneout
         G = 3 if coupled_gates else 4
         self.hidden_size, self.num_layers, self.bias = hidden_size, num_layers, bias
         self.batch_first, self.proj_size = batch_first, proj_size
@@ -73,6 +79,14 @@ class LSTMVariantReference(nn.Module):
     def _direction(self, x, lengths, h, c, layer, d):
         T = x.shape[0]
         w_ih, w_hh = self._param("weight_ih", layer, d), self._param("weight_hh", layer, d)
+        if self.training and self.weight_drop:
+            w_hh = F.dropout(w_hh, self.weight_drop, True)
+        masks = []
+        for p, n in zip(self.zoneout, (h.shape[-1], c.shape[-1])):
+            if self.training and p:
+                masks.append(torch.bernoulli(torch.full((T, x.shape[1], n), p, dtype=x.dtype)))
+            else:
+                masks.append(torch.full((T, 1, 1), p, dtype=x.dtype))
         b_ih, b_hh = self._param("bias_ih", layer, d), self._param("bias_hh", layer, d)
         w_hr = self._param("weight_hr", layer, d)
         w_ci, w_cf, w_co = (self._param(n, layer, d) for n in ("weight_ci", "weight_cf",
@@ -99,6 +113,9 @@ class LSTMVariantReference(nn.Module):
             h_new = torch.sigmoid(z_o) * torch.tanh(c_new)
             if w_hr is not None:
                 h_new = h_new @ w_hr.T
+            # zoneout: s_t = m s_{t-1} + (1 - m) s~_t
+            h_new = masks[0][t] * h + (1 - masks[0][t]) * h_new
+            c_new = masks[1][t] * c + (1 - masks[1][t]) * c_new
             on = (lengths > t).unsqueeze(1)  # steps past a sequence's end keep its state
             h, c = torch.where(on, h_new, h), torch.where(on, c_new, c)
             outs[t] = torch.where(on, h_new, torch.zeros_like(h_new))
@@ -128,6 +145,8 @@ class LSTMVariantReference(nn.Module):
                 hs.append(h)
                 cs.append(c)
             x = torch.cat(outs, dim=-1)
+            if self.training and self.dropout and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
         hn = (torch.stack(hs), torch.stack(cs))
         if packed:  # packed as the input was (sorted, or with its sorting permutation)
             return pack_padded_sequence(x, lengths,
@@ -297,6 +316,33 @@ def test_gradcheck_and_second_order(variant):
     (ggx_r,) = torch.autograd.grad(gx_r.sum(), x)
     torch.testing.assert_close(gx, gx_r, atol=1e-10, rtol=0)
     torch.testing.assert_close(ggx, ggx_r, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS + [(False, False)], ids=lambda v: variant_id(v)
+                         or "plain")
+@pytest.mark.parametrize("training", [False, True])
+def test_every_option_at_once(variant, training):
+    """Coupled gates and/or peepholes with a projection, two bidirectional layers, batch_first,
+    dropout between layers, weight_drop and zoneout (p_c, p_h), in training (the same random
+    draws as the equations') and eval: outputs, states and every gradient, float64."""
+    coupled, peephole = variant
+    kw = dict(num_layers=2, bidirectional=True, proj_size=3, batch_first=True, dropout=0.3)
+    torch.manual_seed(0)
+    ref = LSTMVariantReference(5, 6, coupled_gates=coupled, peephole=peephole, weight_drop=0.25,
+                               zoneout=(0.3, 0.2), **kw)
+    new = rnnfast.LSTM(5, 6, coupled_gates=coupled, peephole=peephole, weight_drop=0.25,
+                       zoneout=(0.2, 0.3), dtype=torch.float64, **kw)
+    new.load_state_dict(ref.state_dict(), strict=True)
+    ref.train(training)
+    new.train(training)
+    leaves = {"x": randn(3, 7, 5, seed=12), "h0": randn(4, 3, 3, seed=13),
+              "c0": randn(4, 3, 6, seed=14)}
+    torch.manual_seed(21)
+    actual = fwd_bwd(new, leaves, call_dense(True))
+    torch.manual_seed(21)
+    expected = fwd_bwd(ref, leaves, call_dense(True))
+    assert_results_close(actual, expected, ATOL[torch.float64],
+                         what=f"{variant_id(variant)} all options, training={training}")
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)

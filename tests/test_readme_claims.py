@@ -208,3 +208,45 @@ class TestSetupTorchChoice:
         pips, calls = _run_setup(tmp_path, gpu=False)
         assert pips and all("--dry-run" in c for c in pips)
         assert not any("--no-build-isolation" in c for c in calls)
+
+
+def test_readme_variant_costs_are_the_results_files():
+    """README's paragraph on the variants' cost quotes min-max ranges over the rows of the two
+    bench_variants.py runs that bench/results/variants-2026-11-30.md describes."""
+    import json
+
+    rows = []
+    for name in ("variants-20261130-095338.json", "variants-20261130-095819.json"):
+        with open(os.path.join(ROOT, "bench", "results", name)) as f:
+            rows += json.load(f)["results"]
+
+    def span(values):
+        return f"{min(values):.3f}-{max(values):.3f}"
+
+    def ratios(pick):
+        return span([r["ratio_vs_plain"] for r in rows if pick(r)])
+
+    def speedups(pick):
+        v = [r["speedup"] for r in rows if pick(r) and r["speedup"]]
+        return f"{min(v):.1f}-{max(v):.1f}x"
+
+    def variant(r, *opts):
+        return set(k for k, v in r["kwargs"].items() if v) == set(opts)
+
+    looped = ("coupled_gates", "peephole", "zoneout")
+    on = lambda r: any(r["kwargs"].get(o) for o in looped) and not r["kwargs"].get("weight_drop")  # noqa: E731
+    cfg = lambda r: (r["config"]["T"], r["config"]["B"], r["config"]["I"], r["config"]["H"])  # noqa: E731
+    text = " ".join(_readme().split())
+    claims = {
+        "peephole": ratios(lambda r: variant(r, "peephole")),
+        "coupled gates": ratios(lambda r: variant(r, "coupled_gates")),
+        "zoneout eval": ratios(lambda r: variant(r, "zoneout") and r["mode"] == "inference"),
+        "zoneout training": ratios(lambda r: variant(r, "zoneout") and r["mode"] == "training"),
+        "200,4": speedups(lambda r: on(r) and cfg(r) == (200, 4, 128, 128)
+                          and r["mode"] == "training"),
+        "50,16": speedups(lambda r: on(r) and cfg(r) == (50, 16, 64, 64)
+                          and r["mode"] == "training"),
+        "batch 32-64": speedups(lambda r: on(r) and cfg(r)[1] in (32, 64)),
+    }
+    for what, value in claims.items():
+        assert value in text, (what, value)
