@@ -8,9 +8,7 @@ import pytest
 import torch
 
 import rnnfast
-import rnnfast.models
-from rnnfast import demo
-from rnnfast.models import load_lm
+from rnnfast.lm import RNNLM, demo, load_lm
 
 TINY = ["--steps", "3", "--hidden", "32", "--seq-len", "16", "--batch-size", "4",
         "--max-chars", "20000", "--sample-tokens", "20", "--compare-steps", "1",
@@ -117,7 +115,7 @@ def test_errors_are_clear(tmp_path, capsys):
 
 
 def test_train_stops_at_the_time_limit():
-    model = rnnfast.models.RNNLM(10, 4, 8)
+    model = RNNLM(10, 4, 8)
     data = torch.randint(0, 10, (2, 200))
     stats = demo.train(model, data, 1000, 8, 1e-3, 1.0, progress=False, time_limit=1e-9)
     assert stats["steps"] == 1                 # at least one step, then the clock stops it

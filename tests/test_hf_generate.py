@@ -1,4 +1,4 @@
-"""rnnfast.sampling.generate against HuggingFace transformers' generate on the same model.
+"""rnnfast.lm.generate against HuggingFace transformers' generate on the same model.
 
 transformers is the oracle: an RNNLM is wrapped as a transformers causal LM (logits over
 the whole prefix at every call, no cache) and both generate from the same prompts with
@@ -25,8 +25,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel  # noqa: E402
 from transformers.modeling_outputs import CausalLMOutput  # noqa: E402
 
-from rnnfast.models import RNNLM  # noqa: E402
-from rnnfast.sampling import generate  # noqa: E402
+from rnnfast.lm import RNNLM, generate  # noqa: E402
 
 transformers.logging.set_verbosity_error()     # its notes on pad ids and the like
 

@@ -1,6 +1,10 @@
 """RNNLM: shapes, state handling, weight tying, parity with the torch backend, the
-profiler showing rnnfast's ops, save/load, argument errors."""
+profiler showing rnnfast's ops, save/load, argument errors; and that ``import rnnfast``
+loads none of rnnfast.lm."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,8 +12,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import rnnfast
-from rnnfast.models import RNNLM, detach_state, load_lm, save_lm
-from rnnfast.text import CharTokenizer
+from rnnfast.lm import RNNLM, CharTokenizer, detach_state, load_lm, save_lm
 
 V, E, H = 13, 6, 8
 
@@ -302,3 +305,21 @@ def test_variants_peephole_and_weight_drop(tmp_path):
         RNNLM(V, E, H, cell="gru", peephole=True)
     with pytest.raises(ValueError, match="weight_drop"):
         RNNLM(V, E, H, weight_drop=1.5)
+
+
+def test_import_rnnfast_loads_no_lm_module():
+    # the language-model toolkit is opt-in: `import rnnfast` (the layers) stays without it,
+    # and `import rnnfast.lm` loads it without the demo (argparse, tqdm, the corpus)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(rnnfast.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    code = ("import sys, rnnfast\n"
+            "lm = sorted(m for m in sys.modules if m.startswith('rnnfast.lm'))\n"
+            "assert not lm and not hasattr(rnnfast, 'lm'), lm\n"
+            "import rnnfast.lm\n"
+            "assert 'rnnfast.lm.generation' in sys.modules\n"
+            "assert 'rnnfast.lm.demo' not in sys.modules\n"
+            "assert all(hasattr(rnnfast.lm, name) for name in rnnfast.lm.__all__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from rnnfast.models import RNNLM
-from rnnfast.sampling import (GenerateOutput, _beam_search, _check_decoding, generate,
-                              perplexity, sequence_log_prob, stream)
+from rnnfast.lm import RNNLM, GenerateOutput, generate, perplexity, sequence_log_prob, stream
+from rnnfast.lm.beam import _beam_search
+from rnnfast.lm.decoding import _check_decoding
 
 V = 11
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from rnnfast.text import EOS, UNK, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
+from rnnfast.lm import EOS, UNK, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
 
 TEXT = "the cat sat\non the mat\nthe end\n"
 

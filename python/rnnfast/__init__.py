@@ -3,6 +3,9 @@
     import rnnfast
     lstm = rnnfast.LSTM(128, 256, num_layers=2, batch_first=True)   # same API as nn.LSTM
     model = rnnfast.convert(model)   # swap every nn.LSTM/GRU/RNN(+Cell) in a model
+
+The language-model toolkit (RNNLM, tokenizers, generate, perplexity) is the subpackage
+:mod:`rnnfast.lm`, which ``import rnnfast`` does not load.
 """
 from __future__ import annotations
 
@@ -10,13 +13,12 @@ import torch
 from torch import nn
 
 from . import _C, ops
-from . import models, sampling, text
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "info", "empty_cache", "ops",
-           "models", "sampling", "text"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "RNNBase", "RNNCellBase",
+           "convert", "info", "empty_cache", "ops"]
 
 # Modules saved whole with torch.save(model) load back with weights_only=True.
 torch.serialization.add_safe_globals([LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell])

@@ -1,10 +1,10 @@
 """Command line: ``python -m rnnfast demo [...]`` and ``python -m rnnfast sample --load DIR``.
 
-See :mod:`rnnfast.demo` (or ``python -m rnnfast demo --help``).
+See :mod:`rnnfast.lm.demo` (or ``python -m rnnfast demo --help``).
 """
 import sys
 
-from .demo import main
-
 if __name__ == "__main__":
+    from .lm.demo import main
+
     sys.exit(main())

@@ -8,6 +8,13 @@ here; each (layer, direction) runs as one fused op from :mod:`rnnfast.ops`.
 These classes derive from ``nn.Module``, not from ``nn.RNNBase``: Dynamo refuses
 to trace ``nn.RNNBase`` subclasses, and ``torch.compile(fullgraph=True)`` must
 work on models that use them.
+
+One file of about 700 lines, layers and cells together, for two reasons. The module path is
+part of every saved model: ``torch.save(model)`` pickles ``rnnfast.modules.LSTMCell`` (and
+the others) by name, and ``torch.load(..., weights_only=True)`` admits the classes
+registered in ``rnnfast/__init__.py`` only under their current module path, so a class moved
+to another module would no longer load from earlier saves. And the cells share the zoneout,
+device and LSTM-variant helpers at the top of this file with the layers.
 """
 from __future__ import annotations
 

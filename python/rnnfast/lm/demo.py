@@ -32,8 +32,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .models import RNNLM, detach_state, load_lm, save_lm
-from .sampling import generate, perplexity, stream
+from .generation import generate, stream
+from .model import RNNLM, detach_state, load_lm, save_lm
+from .scoring import perplexity
 from .text import CharTokenizer, Tokenizer, WordTokenizer
 
 try:  # tqdm draws the progress bar; without it a plain line per few steps is printed

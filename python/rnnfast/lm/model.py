@@ -6,7 +6,7 @@ vocabulary. Its recurrent part runs on rnnfast's fused ops; the same model on
 ``torch.nn.LSTM`` / ``torch.nn.GRU`` (``backend="torch"``) has the same
 ``state_dict``, which is how rnnfast is compared against torch.
 
-The model follows the protocol of :mod:`rnnfast.sampling`:
+The model follows the protocol of :mod:`rnnfast.lm.protocol`:
 ``model(input_ids [B, T], state) -> (logits [B, T, V], state)``, where ``state``
 is what the recurrent layer takes and returns (LSTM: a tuple ``(h, c)``, GRU: a
 tensor ``h``), each tensor ``[num_layers, B, hidden_size]`` (batch at dim 1).
@@ -21,8 +21,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from . import _cells
-from .modules import GRU, LSTM
+from .. import _cells
+from ..modules import GRU, LSTM
 
 __all__ = ["RNNLM", "detach_state", "save_lm", "load_lm"]
 
@@ -265,7 +265,7 @@ def load_lm(directory: Union[str, os.PathLike], backend: str = "rnnfast", map_lo
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{directory!r} holds no {CONFIG_FILE}: not a directory written "
-                                "by rnnfast.models.save_lm (or `python -m rnnfast demo --save`)")
+                                "by rnnfast.lm.save_lm (or `python -m rnnfast demo --save`)")
     with open(config_path, encoding="utf-8") as f:
         try:
             record = json.load(f)

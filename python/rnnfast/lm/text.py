@@ -30,6 +30,8 @@ import os
 from collections import Counter
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
+from .checks import _check_int
+
 UNK = "<unk>"
 EOS = "<eos>"
 SPECIALS = (UNK, EOS)
@@ -45,14 +47,6 @@ def _check_text(text, what: str = "text") -> str:
     return text
 
 
-def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool):
-        kind = "an int or None" if allow_none else "an int"
-        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 class Tokenizer:
