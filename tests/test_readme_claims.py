@@ -248,5 +248,12 @@ def test_readme_variant_costs_are_the_results_files():
                           and r["mode"] == "training"),
         "batch 32-64": speedups(lambda r: on(r) and cfg(r)[1] in (32, 64)),
     }
+    draw_rows = []
+    for name in ("variants-20261130-102907.json", "variants-20261130-103004.json"):
+        with open(os.path.join(ROOT, "bench", "results", name)) as f:
+            draw_rows += json.load(f)["results"]
+    claims["zoneout without the draw"] = span(
+        [r["ratio_vs_plain_without_draw"] for r in draw_rows
+         if r.get("ratio_vs_plain_without_draw") is not None])
     for what, value in claims.items():
         assert value in text, (what, value)
