@@ -7,32 +7,34 @@ training (forward + backward); T = 100, I = H, B in {1, 8, 64, 256}, H in {256, 
 Each row times the two implementations interleaved, repetition by repetition, with CUDA
 events after a warm-up, and reports medians and the ratio rnnfast / cuDNN (< 1: rnnfast is
 faster). float32 runs with TF32 off on both sides (torch's matmul default; torch >= 2.9 lets
-cuDNN's RNNs use TF32 by default, which this turns off for a like-for-like comparison). Writes gpu_bench.json and gpu_bench.md to --out and prints the
-table last.
+cuDNN's RNNs use TF32 by default, which this turns off for a like-for-like comparison).
+Writes gpu_bench.json and gpu_bench.md to --out and prints the table last. rnnfast is imported
+from the tree's python/ directory first (then PYTHONPATH, then an installed one).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-import rnnfast  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness.machine import import_rnnfast, rnnfast_error  # noqa: E402
+from harness.report import write_json  # noqa: E402
+from harness.timing import rounds  # noqa: E402
 
-CELLS = {"LSTM": (nn.LSTM, rnnfast.LSTM, {}), "GRU": (nn.GRU, rnnfast.GRU, {}),
-         "RNN": (nn.RNN, rnnfast.RNN, {"nonlinearity": "tanh"})}
+CELLS = {"LSTM": {}, "GRU": {}, "RNN": {"nonlinearity": "tanh"}}
 
 
-def make(cell, H, dtype):
-    ref_cls, fast_cls, kw = CELLS[cell]
-    ref = ref_cls(H, H, **kw).to("cuda", dtype)
-    fast = fast_cls(H, H, **kw).to("cuda", dtype)
+def make(rnnfast, cell, H, dtype):
+    kw = CELLS[cell]
+    ref = getattr(nn, cell)(H, H, **kw).to("cuda", dtype)
+    fast = getattr(rnnfast, cell)(H, H, **kw).to("cuda", dtype)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 
@@ -49,21 +51,26 @@ def step_fn(m, x, gy, training):
     return run
 
 
+def cuda_timer(f):
+    """A call of f that returns its GPU time in milliseconds (CUDA events around it)."""
+    def call():
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        f()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    return call
+
+
 def time_pair(fns, reps, warmup):
+    """Median ms of each of fns, timed in rounds (every fn once per round, in the same order)."""
     for _ in range(warmup):
         for f in fns:
             f()
     torch.cuda.synchronize()
-    times = [[] for _ in fns]
-    for _ in range(reps):
-        for i, f in enumerate(fns):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            f()
-            end.record()
-            end.synchronize()
-            times[i].append(start.elapsed_time(end))
-    return [statistics.median(t) for t in times]
+    times = rounds({i: cuda_timer(f) for i, f in enumerate(fns)}, reps, rotate=False)
+    return [statistics.median(t) for t in times.values()]
 
 
 def flops(cell, T, B, H, training):
@@ -80,6 +87,10 @@ def main(argv=None):
                     help="stop adding rows after this many seconds")
     ap.add_argument("--reps", type=int, default=15)
     args = ap.parse_args(argv)
+    rnnfast = import_rnnfast(prefer_tree=True)
+    if rnnfast is None:
+        print(f"bench_gpu: rnnfast cannot be imported: {rnnfast_error()}", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("bench_gpu: no GPU here; nothing to measure")
         return 0
@@ -106,7 +117,7 @@ def main(argv=None):
                             stopped = stopped or f"time limit {args.time_limit:.0f} s reached"
                             continue
                         torch.manual_seed(0)
-                        ref, fast = make(cell, H, dtype)
+                        ref, fast = make(rnnfast, cell, H, dtype)
                         x = torch.randn(T, B, H, device="cuda", dtype=dtype,
                                         requires_grad=training)
                         gy = torch.randn(T, B, H, device="cuda", dtype=dtype)
@@ -129,8 +140,7 @@ def main(argv=None):
                 note="float32 with TF32 off on both sides; medians of CUDA-event times, "
                      "interleaved", stopped=stopped)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    write_json(Path(args.out) / "gpu_bench.json", {"meta": meta, "rows": rows})
     lines = [f"GPU benchmark: {meta['device']} ({meta['sms']} SMs), torch {meta['torch']}, "
              f"cuDNN {meta['cudnn']}, T={T}, I=H; {meta['note']}"
              + (f"; {stopped}" if stopped else ""), "",

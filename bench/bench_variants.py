@@ -15,10 +15,10 @@ Two questions per (config, mode, variant), from the issue that asked for the opt
   AWD-LSTM WeightDrop way). Target: at least 5x at the grid's small configs (I, H <= 128) for the
   loop baselines.
 
-Every baseline holds the rnnfast module's parameters and is checked against it once per config
-(outputs, and in training rows the gradients of the input and every parameter, with bench_cpu's
-tolerances; in eval mode, so weight drop is off and zoneout is its expectation, both
-deterministic) before anything is timed; a baseline that
+Every baseline (harness/variant_runners.py) holds the rnnfast module's parameters and is
+checked against it once per config (outputs, and in training rows the gradients of the input
+and every parameter, with harness/checks.py's tolerances; in eval mode, so weight drop is off
+and zoneout is its expectation, both deterministic) before anything is timed; a baseline that
 disagrees is not timed and the script exits 1. All implementations of a (config, mode) are then
 timed in the same process in interleaved rounds (every runner once per round, the order rotated
 each round), and medians are reported, as in bench_cpu.py.
@@ -37,30 +37,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-from bench_cpu import (GRAD_ATOL, GRAD_RTOL, OTHER_LOAD_LIMIT, OUT_ATOL,  # noqa: E402
-                       Inputs, Runner, check, cpu_busy_fraction, describe_mismatch,
-                       import_rnnfast, machine_info, rnnfast_info, sgemm_rate, summarize,
-                       time_interleaved)
+from harness.checks import GRAD_ATOL, GRAD_RTOL, OUT_ATOL, check, describe_mismatch  # noqa: E402
+from harness.load import OTHER_LOAD_LIMIT, cpu_busy_fraction  # noqa: E402
+from harness.machine import import_rnnfast, machine_info, rnnfast_info  # noqa: E402
+from harness.report import Column, join_cells, num, write_json  # noqa: E402
+from harness.runners import Inputs  # noqa: E402
+from harness.timing import sgemm_rate, summarize, time_interleaved  # noqa: E402
+from harness.variant_runners import (MaskDrawRunner, RnnfastRunner,  # noqa: E402
+                                     VariantRunner, baseline_for, options_on)
 
 MODES = ("training", "inference")
 
 # --------------------------------------------------------------------------------------------
 # Variants and targets (data, so a new option is one line here plus, if it has one, a baseline
-# in baseline_for below)
+# in harness/variant_runners.py's baseline_for)
 # --------------------------------------------------------------------------------------------
 
 # name -> (rnnfast module class name, keyword arguments). The entry of a class with no keyword
@@ -89,11 +90,6 @@ SPEEDUP_TARGET = 5.0
 # inference rows (it would time the plain cell again). Not zoneout: eval blends with p (the
 # expectation), so its inference rows time real work.
 TRAIN_ONLY_OPTIONS = {"weight_drop"}
-
-
-def options_on(kwargs: dict) -> dict:
-    """The options a variant turns on (False / 0 are the defaults, i.e. off)."""
-    return {k: v for k, v in kwargs.items() if v}
 
 
 def plain_of(cls_name: str) -> Optional[str]:
@@ -149,291 +145,6 @@ def parse_config(text: str) -> Config:
     if min(T, B, I, H) <= 0:
         raise argparse.ArgumentTypeError(f"--config sizes must be positive, got {text!r}")
     return Config(T, B, I, H)
-
-
-# --------------------------------------------------------------------------------------------
-# Runners: what time_interleaved calls. Every runner computes out [T, B, H] from inputs.x;
-# training calls backpropagate out.sum(). Gradients are keyed by rnnfast's parameter names
-# (+ 'input'), so bench_cpu.check can compare any two runners.
-# --------------------------------------------------------------------------------------------
-
-class VariantRunner(Runner):
-    kind = ""          # what the baseline column calls it
-    is_loop = False    # a Python loop over time steps (where the speedup target applies)
-
-    def __init__(self) -> None:
-        self.params: Dict[str, nn.Parameter] = {}
-        self.training = False
-        self._x: Optional[torch.Tensor] = None
-
-    def set_training(self, on: bool) -> None:
-        self.training = on
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def infer(self, inputs: Inputs):
-        with torch.no_grad():
-            return self.forward(inputs.x), None, None
-
-    def train(self, inputs: Inputs) -> None:
-        for p in self.params.values():
-            p.grad = None
-        inputs.x.grad = None
-        self.forward(inputs.x).sum().backward()
-        self._x = inputs.x
-
-    def copy_layer0(self, module: nn.Module, cell: nn.Module) -> None:
-        """Loads the layer-0 parameters of the rnnfast `module` into `cell` (whose parameters
-        are named without the _l0 suffix) and tracks them under the module's names."""
-        sd = module.state_dict()
-        with torch.no_grad():
-            for name, p in cell.named_parameters():
-                p.copy_(sd[f"{name}_l0"])
-                self.params[f"{name}_l0"] = p
-
-    def grads(self) -> Dict[str, torch.Tensor]:
-        g = {n: p.grad for n, p in self.params.items() if p.grad is not None}
-        if self._x is not None and self._x.grad is not None:
-            g["input"] = self._x.grad
-        return g
-
-
-class RnnfastRunner(VariantRunner):
-    """The rnnfast module itself (in train() or eval() as the row's mode says)."""
-
-    kind = "rnnfast"
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.m = module
-        self.params = dict(module.named_parameters())
-
-    def set_training(self, on: bool) -> None:
-        super().set_training(on)
-        self.m.train(on)
-
-    def forward(self, x):
-        return self.m(x)[0]
-
-
-def _copy_param(value: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(value.detach().clone())
-
-
-class CellLoopRunner(VariantRunner):
-    """The plain cell as users write a custom RNN today: torch.nn.LSTMCell / GRUCell / RNNCell
-    called once per time step from Python, outputs stacked."""
-
-    is_loop = True
-
-    def __init__(self, module: nn.Module, cls_name: str) -> None:
-        super().__init__()
-        self.kind = f"{cls_name}Cell loop"
-        self.cell = getattr(nn, f"{cls_name}Cell")(module.input_size, module.hidden_size)
-        self.lstm = cls_name == "LSTM"
-        self.copy_layer0(module, self.cell)
-
-    def forward(self, x):
-        h = x.new_zeros(x.shape[1], self.cell.hidden_size)
-        state = (h, h) if self.lstm else h
-        outs = []
-        for t in range(x.shape[0]):
-            state = self.cell(x[t], state)
-            outs.append(state[0] if self.lstm else state)
-        return torch.stack(outs)
-
-
-def zoneout_probs(cls_name: str, zoneout) -> Tuple[float, float]:
-    """(p_h, p_c) of a module's `zoneout` argument: p for every state, or for LSTM a pair
-    (p_c, p_h), as rnnfast reads it. p_c is 0 for GRU / RNN (no cell state)."""
-    if isinstance(zoneout, (tuple, list)):
-        p_c, p_h = (float(v) for v in zoneout)
-    else:
-        p_h = p_c = float(zoneout)
-    return (p_h, p_c) if cls_name == "LSTM" else (p_h, 0.0)
-
-
-class ZoneoutCellLoopRunner(CellLoopRunner):
-    """Zoneout as users write it today: the CellLoopRunner loop (torch.nn.LSTMCell / GRUCell /
-    RNNCell per time step) with the blend in Python after each step,
-    s_t = m * s_{t-1} + (1 - m) * s~_t for h (and c for LSTM). Training: masks
-    m ~ Bernoulli(p) drawn with torch.bernoulli once per call for all steps ([T, B, H]; h's
-    before c's, none for a p of 0, rnnfast's order, so a seeded call draws the masks rnnfast
-    would); eval: m = p, the expectation. The output is the zoned h."""
-
-    def __init__(self, module: nn.Module, cls_name: str, zoneout) -> None:
-        super().__init__(module, cls_name)
-        self.kind = f"{cls_name}Cell loop+zoneout"
-        self.p_h, self.p_c = zoneout_probs(cls_name, zoneout)
-
-    def _masks(self, x: torch.Tensor, p: float):
-        """One state's blend weights, indexed by step: None when p is 0 (no zoneout, nothing
-        drawn), a [T, B, H] Bernoulli(p) mask in training, [p] * T in eval."""
-        if p == 0:
-            return None
-        if not self.training:
-            return [p] * x.shape[0]
-        return torch.bernoulli(x.new_full((x.shape[0], x.shape[1], self.cell.hidden_size), p))
-
-    def forward(self, x):
-        m_h = self._masks(x, self.p_h)
-        m_c = self._masks(x, self.p_c) if self.lstm else None
-        h = c = x.new_zeros(x.shape[1], self.cell.hidden_size)
-        outs = []
-        for t in range(x.shape[0]):
-            if self.lstm:
-                h_new, c_new = self.cell(x[t], (h, c))
-                if m_c is not None:
-                    c_new = m_c[t] * c + (1 - m_c[t]) * c_new
-                c = c_new
-            else:
-                h_new = self.cell(x[t], h)
-            h = h_new if m_h is None else m_h[t] * h + (1 - m_h[t]) * h_new
-            outs.append(h)
-        return torch.stack(outs)
-
-
-class HandLSTMCell(nn.Module):
-    """An LSTM cell with coupled gates and/or peepholes, written as a user would (and with the
-    equations of README "Beyond torch"; gate rows i, f, g, o, or i, g, o when coupled):
-
-        z = x W_ih^T + b_ih + h W_hh^T + b_hh;  z_i += w_ci * c;  z_f += w_cf * c
-        i = sigmoid(z_i);  f = 1 - i if coupled else sigmoid(z_f);  g = tanh(z_g)
-        c' = f * c + i * g;  z_o += w_co * c';  h' = sigmoid(z_o) * tanh(c')
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, coupled: bool, peephole: bool) -> None:
-        super().__init__()
-        G = 3 if coupled else 4
-        self.coupled, self.peephole, self.hidden_size = coupled, peephole, hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(G * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(G * hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(G * hidden_size))
-        self.bias_hh = nn.Parameter(torch.empty(G * hidden_size))
-        if peephole:
-            self.weight_ci = nn.Parameter(torch.empty(hidden_size))
-            if not coupled:
-                self.weight_cf = nn.Parameter(torch.empty(hidden_size))
-            self.weight_co = nn.Parameter(torch.empty(hidden_size))
-
-    def forward(self, x, state, weight_hh=None):
-        """One step; weight_hh replaces self.weight_hh (a dropped copy, for weight drop)."""
-        h, c = state
-        w_hh = self.weight_hh if weight_hh is None else weight_hh
-        z = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, w_hh, self.bias_hh)
-        if self.coupled:
-            z_i, z_g, z_o = z.chunk(3, 1)
-        else:
-            z_i, z_f, z_g, z_o = z.chunk(4, 1)
-        if self.peephole:
-            z_i = z_i + self.weight_ci * c
-            if not self.coupled:
-                z_f = z_f + self.weight_cf * c
-        i = torch.sigmoid(z_i)
-        f = 1 - i if self.coupled else torch.sigmoid(z_f)
-        c = f * c + i * torch.tanh(z_g)
-        if self.peephole:
-            z_o = z_o + self.weight_co * c
-        h = torch.sigmoid(z_o) * torch.tanh(c)
-        return h, c
-
-
-class HandLoopRunner(VariantRunner):
-    """The LSTM variant as a Python loop over HandLSTMCell; with weight_drop, W_hh goes through
-    F.dropout once per call (in training), as rnnfast draws it."""
-
-    kind = "hand-written loop"
-    is_loop = True
-
-    def __init__(self, module: nn.Module, coupled: bool, peephole: bool,
-                 weight_drop: float = 0.0) -> None:
-        super().__init__()
-        self.cell = HandLSTMCell(module.input_size, module.hidden_size, coupled, peephole)
-        self.weight_drop = weight_drop
-        self.copy_layer0(module, self.cell)
-
-    def forward(self, x):
-        w_hh = None
-        if self.weight_drop > 0 and self.training:
-            w_hh = F.dropout(self.cell.weight_hh, self.weight_drop, True)
-        h = x.new_zeros(x.shape[1], self.cell.hidden_size)
-        state = (h, h)
-        outs = []
-        for t in range(x.shape[0]):
-            state = self.cell(x[t], state, w_hh)
-            outs.append(state[0])
-        return torch.stack(outs)
-
-
-class TorchWeightDropRunner(VariantRunner):
-    """Weight drop as AWD-LSTM users do it: torch.nn.LSTM / GRU (torch's own fused CPU op, not a
-    loop) through torch.func.functional_call with weight_hh_l0 = F.dropout(weight_hh_l0, p)."""
-
-    def __init__(self, module: nn.Module, cls_name: str, p: float) -> None:
-        super().__init__()
-        self.kind = f"nn.{cls_name}+dropped W_hh"
-        self.m = getattr(nn, cls_name)(module.input_size, module.hidden_size)
-        self.m.load_state_dict(module.state_dict(), strict=True)
-        self.p = p
-        self.params = dict(self.m.named_parameters())
-
-    def set_training(self, on: bool) -> None:
-        super().set_training(on)
-        self.m.train(on)
-
-    def forward(self, x):
-        params = dict(self.params)
-        params["weight_hh_l0"] = F.dropout(params["weight_hh_l0"], self.p, self.training)
-        return torch.func.functional_call(self.m, params, (x,))[0]
-
-
-def baseline_for(cls_name: str, kwargs: dict) -> Optional[Callable[[nn.Module], VariantRunner]]:
-    """The 'what users do today' implementation of a variant, as a factory taking the rnnfast
-    module (whose parameters it copies); None when none is written here yet (a new option, e.g.
-    layer_norm, or a combination no loop here covers, e.g. zoneout with peepholes or weight
-    drop, gets its row with the baseline columns n/a until one is added)."""
-    opts = options_on(kwargs)
-    p = float(opts.pop("weight_drop", 0.0))
-    if set(opts) == {"zoneout"} and p == 0:
-        zoneout = opts["zoneout"]
-        return lambda m: ZoneoutCellLoopRunner(m, cls_name, zoneout)
-    if cls_name == "LSTM" and opts and set(opts) <= {"coupled_gates", "peephole"}:
-        coupled, peephole = bool(opts.get("coupled_gates")), bool(opts.get("peephole"))
-        return lambda m: HandLoopRunner(m, coupled, peephole, p)
-    if opts:
-        return None
-    if p > 0:
-        return lambda m: TorchWeightDropRunner(m, cls_name, p)
-    return lambda m: CellLoopRunner(m, cls_name)
-
-
-class MaskDrawRunner(VariantRunner):
-    """Only the zoneout masks an rnnfast module draws per training call (torch.bernoulli on
-    torch's generator, rnnfast.modules._zoneout_tensors), timed with the rest so that a
-    zoneout row's cost can be split into the draw and the kernels."""
-
-    kind = "mask draw"
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        from rnnfast.modules import _zoneout_tensors
-        self.draw = _zoneout_tensors
-        self.probs = module._zoneout_p
-        self.sizes = [module.proj_size or module.hidden_size, module.hidden_size]
-        self.calls = module.num_layers * (2 if module.bidirectional else 1)
-
-    def forward(self, x):
-        for _ in range(self.calls):
-            masks = self.draw(self.probs, True, tuple(x.shape[:-1]), self.sizes, x)
-        return masks
-
-    def infer(self, inputs: Inputs):
-        self.forward(inputs.x)
-        return None, None, None
-
-    def train(self, inputs: Inputs) -> None:
-        self.forward(inputs.x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,30 +248,25 @@ def run_config(cfg: Config, mode: str, names: List[str], args, rf) -> List[dict]
 # Output
 # --------------------------------------------------------------------------------------------
 
-def _num(v: Optional[float], spec: str) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else format(v, spec)
-
-
 def _verdict(ok: Optional[bool], target: Optional[float], fmt: str) -> str:
     if target is None:
         return "-"
     return fmt.format(target) + (" ok" if ok else " MISS" if ok is not None else " n/a")
 
 
-# (header, width, cell text of a row); left-aligned when the width is negative
-COLUMNS: List[Tuple[str, int, Callable[[dict], str]]] = [
+COLUMNS: List[Column] = [
     ("T,B,I,H", -14, lambda r: r["config_label"] + ("" if r["small"] else " (L)")),
     ("mode", -9, lambda r: r["mode"]),
     ("variant", -22, lambda r: r["variant"]),
-    ("rnnfast ms", 10, lambda r: _num(r["rnnfast"].get("median_ms"), ".3f")),
-    ("/plain", 7, lambda r: _num(r["ratio_vs_plain"], ".3f")),
+    ("rnnfast ms", 10, lambda r: num(r["rnnfast"].get("median_ms"), ".3f")),
+    ("/plain", 7, lambda r: num(r["ratio_vs_plain"], ".3f")),
     ("target", 11, lambda r: _verdict(r["ratio_ok"], r["ratio_target"], "<={:.2f}")),
     ("baseline", -21, lambda r: r["baseline"].get("kind", "none")),
-    ("base ms", 9, lambda r: _num(r["baseline"].get("median_ms"), ".2f")),
-    ("speedup", 8, lambda r: _num(r["speedup"], ".1f") + ("x" if r["speedup"] else "")),
+    ("base ms", 9, lambda r: num(r["baseline"].get("median_ms"), ".2f")),
+    ("speedup", 8, lambda r: num(r["speedup"], ".1f") + ("x" if r["speedup"] else "")),
     ("target", 9, lambda r: _verdict(r["speedup_ok"], r["speedup_target"], ">={:.0f}x")),
-    ("iqr%", 5, lambda r: _num(max([d["iqr_pct"] for d in (r["rnnfast"], r["baseline"])
-                                    if "iqr_pct" in d] or [math.nan]), ".0f")),
+    ("iqr%", 5, lambda r: num(max([d["iqr_pct"] for d in (r["rnnfast"], r["baseline"])
+                                   if "iqr_pct" in d] or [math.nan]), ".0f")),
     ("check", -6, lambda r: _check_text(r)),
 ]
 
@@ -575,18 +281,13 @@ def _check_text(row: dict) -> str:
     return text
 
 
-def _line(texts: List[str]) -> str:
-    return "  ".join(t.ljust(-w) if w < 0 else t.rjust(w)
-                     for t, (_, w, _) in zip(texts, COLUMNS)).rstrip()
-
-
 def format_header() -> str:
-    return _line([h for h, _, _ in COLUMNS])
+    return join_cells([h for h, _, _ in COLUMNS], COLUMNS, "  ")
 
 
 def format_row(row: dict) -> str:
     row = dict(row, config_label=Config(**row["config"]).label)
-    text = _line([f(row) for _, _, f in COLUMNS])
+    text = join_cells([f(row) for _, _, f in COLUMNS], COLUMNS, "  ")
     errors = [f"{side}: {d['error']}" for side, d in (("rnnfast", row["rnnfast"]),
                                                       ("baseline", row["baseline"]))
               if "error" in d]
@@ -693,7 +394,7 @@ def main(argv=None) -> int:
             without = r.get("ratio_vs_plain_without_draw")
             print(f"  {Config(**r['config']).label:<16} {r['variant']:<14} draw "
                   f"{r['mask_draw_ms']:.3f} ms of {r['rnnfast']['median_ms']:.3f} ms; "
-                  f"/plain without the draw {_num(without, '.3f')}")
+                  f"/plain without the draw {num(without, '.3f')}")
     print()
     for r in rows:   # targets are reported, not enforced (the exit status ignores them)
         missed = []
@@ -728,7 +429,7 @@ def main(argv=None) -> int:
                         "speedup_applies": "loop baselines of variants, configs with I, H <= 128"},
             "results": rows,
         }
-        path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+        write_json(path, data)
         print(f"wrote {path}")
     return 1 if bad else 0
 

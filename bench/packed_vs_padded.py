@@ -7,28 +7,26 @@ than padded'.
 Three calls per row: the module on a PackedSequence (built once; in training, packing is
 inside the call since autograd must reach x), the same with packing (pack_padded_sequence,
 enforce_sorted=False) and unpacking (pad_packed_sequence) around it, and the module on the
-padded [T, B, I] tensor. Training calls backpropagate a sum of the outputs. Lengths are bench_cpu.mixed_lengths: mixed,
-unsorted, in [T/4, T].
+padded [T, B, I] tensor. Training calls backpropagate a sum of the outputs. Lengths are
+harness.cases.mixed_lengths: mixed, unsorted, in [T/4, T]. rnnfast is imported from the tree's
+python/ directory first (then PYTHONPATH, then an installed one).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-import rnnfast  # noqa: E402
-from bench_cpu import mixed_lengths  # noqa: E402
+from harness.cases import mixed_lengths  # noqa: E402
+from harness.machine import import_rnnfast, rnnfast_error  # noqa: E402
+from harness.timing import rounds, summarize, wall_timer  # noqa: E402
 
-CLASSES = {"lstm": (rnnfast.LSTM, nn.LSTM), "gru": (rnnfast.GRU, nn.GRU),
-           "rnn": (rnnfast.RNN, nn.RNN)}
+CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 
 def calls(m, x, lengths, training):
@@ -75,6 +73,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--torch", action="store_true", help="also time torch's modules")
     args = ap.parse_args(argv)
+    rnnfast = import_rnnfast(prefer_tree=True)
+    if rnnfast is None:
+        print(f"rnnfast cannot be imported: {rnnfast_error()}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     T, B, I, H = (int(v) for v in args.config.split(","))
@@ -84,25 +86,19 @@ def main(argv=None):
     print(f"{'impl':8s} {'cell':5s} {'mode':10s} {'packed ms':>10s} {'+pack/pad':>10s} "
           f"{'padded ms':>10s} {'packed/padded':>14s} {'(+pack/pad)':>12s}")
     impls = ["rnnfast"] + (["torch"] if args.torch else [])
-    for cell, (fast_cls, ref_cls) in CLASSES.items():
+    for cell, cls_name in CELLS.items():
         for training in (False, True):
             for impl in impls:
                 torch.manual_seed(0)
-                m = (fast_cls if impl == "rnnfast" else ref_cls)(I, H)
+                m = getattr(rnnfast if impl == "rnnfast" else nn, cls_name)(I, H)
                 x = torch.randn(T, B, I, requires_grad=training)
                 fs = calls(m, x, lengths, training)
                 for _ in range(3):
                     for f in fs:
                         f()
-                times = [[] for _ in fs]
-                for r in range(args.reps):
-                    order = list(range(len(fs)))
-                    order = order[r % len(fs):] + order[:r % len(fs)]
-                    for i in order:
-                        t0 = time.perf_counter()
-                        fs[i]()
-                        times[i].append(time.perf_counter() - t0)
-                mp, me, md = (statistics.median(t) * 1e3 for t in times)
+                # interleaved, call by call, the order rotated each round
+                times = rounds({i: wall_timer(f) for i, f in enumerate(fs)}, args.reps)
+                mp, me, md = (summarize(t)["median_ms"] for t in times.values())
                 print(f"{impl:8s} {cell:5s} {'training' if training else 'inference':10s} "
                       f"{mp:10.3f} {me:10.3f} {md:10.3f} {mp / md:14.2f} {me / md:12.2f}",
                       flush=True)

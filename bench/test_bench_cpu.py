@@ -22,44 +22,46 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_cpu as bc  # noqa: E402
+from harness import cases, checks, registry  # noqa: E402
+from harness.runners import Unsupported  # noqa: E402
 
 ROUNDS = int(os.environ.get("RNNFAST_BENCH_ROUNDS", "20"))
 SEED = 0
 
 # Tiny shapes: one plain B=1 case, one batched 2-layer bidirectional case, one packed batch.
 CASES = {
-    "T16B1I16H32": bc.Case(16, 1, 16, 32),
-    "T8B4I16H16-2Lbi": bc.Case(8, 4, 16, 16, layers=2, bidirectional=True),
-    "T12B4I16H16-packed": bc.Case(12, 4, 16, 16, variant="packed",
-                                  lengths=bc.mixed_lengths(12, 4, SEED)),
+    "T16B1I16H32": cases.Case(16, 1, 16, 32),
+    "T8B4I16H16-2Lbi": cases.Case(8, 4, 16, 16, layers=2, bidirectional=True),
+    "T12B4I16H16-packed": cases.Case(12, 4, 16, 16, variant="packed",
+                                     lengths=cases.mixed_lengths(12, 4, SEED)),
 }
 
 
 def _impl_or_skip(name: str):
-    if name not in bc.IMPLEMENTATIONS:   # bench/onnx_peers.py did not load
-        pytest.skip(f"{name} not registered: {bc._PEERS_ERR}")
-    ok, why = bc.IMPLEMENTATIONS[name].available()
+    if name not in registry.IMPLEMENTATIONS:   # bench/harness/onnx_peers.py did not load
+        pytest.skip(f"{name} not registered: {registry.PEERS_ERR}")
+    ok, why = registry.IMPLEMENTATIONS[name].available()
     if not ok:
         pytest.skip(f"{name} unavailable: {why}")
-    return bc.IMPLEMENTATIONS[name]
+    return registry.IMPLEMENTATIONS[name]
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
-@pytest.mark.parametrize("mode", bc.MODES)
-@pytest.mark.parametrize("cell", bc.CELLS)
+@pytest.mark.parametrize("mode", cases.MODES)
+@pytest.mark.parametrize("cell", cases.CELLS)
 @pytest.mark.parametrize("impl", ["rnnfast", "torch", "onnxruntime", "openvino"])
 def test_rnn(benchmark, impl, cell, mode, case_id):
     case = CASES[case_id]
-    ref_mod = bc.make_reference(cell, case, SEED)
-    inputs = bc.make_inputs(case, SEED)
+    ref_mod = cases.make_reference(cell, case, SEED)
+    inputs = cases.make_inputs(case, SEED)
     try:
         runner = _impl_or_skip(impl).factory(cell, case, mode, ref_mod)
-    except bc.Unsupported as e:   # the ONNX peers are inference-only
+    except Unsupported as e:   # the ONNX peers are inference-only
         pytest.skip(f"{impl}: {e}")
-    if impl != bc.BASELINE:
-        ok, details = bc.check(runner, bc.torch_factory(cell, case, mode, ref_mod), inputs, mode)
-        assert ok, f"{impl} does not match torch: {bc.describe_mismatch(details)} ({details})"
+    if impl != registry.BASELINE:
+        reference = registry.torch_factory(cell, case, mode, ref_mod)
+        ok, details = checks.check(runner, reference, inputs, mode)
+        assert ok, f"{impl} does not match torch: {checks.describe_mismatch(details)} ({details})"
     fn = runner.infer if mode == "inference" else runner.train
     benchmark.group = f"{cell}-{mode}-{case_id}"
     benchmark.extra_info.update({"impl": impl, "flops": case.flops(cell, mode),
@@ -69,10 +71,10 @@ def test_rnn(benchmark, impl, cell, mode, case_id):
 
 def test_flop_count():
     """The GFLOP/s columns depend on this; pin it (also runs under --benchmark-disable)."""
-    c = bc.Case(10, 2, 3, 5)
+    c = cases.Case(10, 2, 3, 5)
     assert c.forward_flops("lstm") == 2 * 10 * 2 * 4 * 5 * (3 + 5)
     assert c.flops("gru", "training") == 3 * 2 * 10 * 2 * 3 * 5 * (3 + 5)
-    bi = bc.Case(10, 2, 3, 5, layers=2, bidirectional=True)
+    bi = cases.Case(10, 2, 3, 5, layers=2, bidirectional=True)
     assert bi.forward_flops("rnn") == 2 * 2 * 10 * 2 * 5 * ((3 + 5) + (10 + 5))
-    p = bc.Case(10, 2, 3, 5, variant="packed", lengths=(10, 4))
+    p = cases.Case(10, 2, 3, 5, variant="packed", lengths=(10, 4))
     assert p.forward_flops("rnn") == 2 * 14 * 5 * (3 + 5)

@@ -1,4 +1,4 @@
-"""ONNX Runtime and OpenVINO as inference peers for bench_cpu.py.
+"""ONNX Runtime and OpenVINO as inference peers for bench_cpu.py (registry.py registers them).
 
 Both runtimes are optional. Each benchmark model (the torch nn.LSTM/GRU/RNN that holds the row's
 weights) is exported to ONNX once per row and shared by both peers:
@@ -22,9 +22,6 @@ weights) is exported to ONNX once per row and shared by both peers:
   PERFORMANCE_HINT=LATENCY, INFERENCE_PRECISION_HINT=f32 (this AVX512-BF16 host would
   otherwise default to bf16) and ENABLE_CPU_PINNING=NO, so its threads float like torch's and
   rnnfast's.
-
-This module does not import bench_cpu (which runs as __main__); bench_cpu calls
-`register_peers(register, Runner, Unsupported)` with its own registry and classes.
 """
 
 from __future__ import annotations
@@ -37,6 +34,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+from .runners import Runner, Unsupported
 
 # ONNX Runtime's intra-op pool spins after a parallel section before it sleeps (measured: about
 # half a core busy for the 10 ms after a call). In interleaved rounds that spinning thread would
@@ -188,93 +187,97 @@ def _threads() -> int:
 # Runners
 # --------------------------------------------------------------------------------------------
 
-def register_peers(register: Callable, Runner: type, Unsupported: type) -> None:
-    """Define the runner classes on top of the harness's Runner and register both peers."""
+class _PeerRunner(Runner):
+    """Feeds a row's Inputs to an exported model's session and reads its outputs back."""
 
-    class _PeerRunner(Runner):
-        exported: Exported
+    exported: Exported
 
-        def _feeds(self, inputs) -> dict:
-            # Zero-copy views; the int32 lengths conversion is the user's per-batch work, like
-            # pack_padded_sequence is for torch.
-            feeds = {"x": inputs.x.detach().numpy()}
-            if self.exported.packed:
-                feeds["seq_lens"] = inputs.lengths.to(torch.int32).numpy()
-            return feeds
+    def _feeds(self, inputs) -> dict:
+        # Zero-copy views; the int32 lengths conversion is the user's per-batch work, like
+        # pack_padded_sequence is for torch.
+        feeds = {"x": inputs.x.detach().numpy()}
+        if self.exported.packed:
+            feeds["seq_lens"] = inputs.lengths.to(torch.int32).numpy()
+        return feeds
 
-        def _results(self, arrays):
-            t = [torch.from_numpy(a) for a in arrays]
-            return t[0], t[1], (t[2] if len(t) > 2 else None)
+    def _results(self, arrays):
+        t = [torch.from_numpy(a) for a in arrays]
+        return t[0], t[1], (t[2] if len(t) > 2 else None)
 
-        def describe(self) -> dict:
-            d = self.exported.info()
-            d.update(self.settings)
-            return d
+    def describe(self) -> dict:
+        d = self.exported.info()
+        d.update(self.settings)
+        return d
 
-    class OrtRunner(_PeerRunner):
-        def __init__(self, exported: Exported):
-            import onnxruntime as ort
-            self.exported = exported
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = _threads()
-            so.inter_op_num_threads = 1
-            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.add_session_config_entry("session.intra_op.allow_spinning",
-                                        "1" if ORT_SPIN else "0")
-            so.log_severity_level = 3
-            self.sess = ort.InferenceSession(exported.data, sess_options=so,
-                                             providers=["CPUExecutionProvider"])
-            self.names = list(exported.outputs)
-            self.settings = {"intra_op_num_threads": so.intra_op_num_threads,
-                             "inter_op_num_threads": 1, "allow_spinning": ORT_SPIN,
-                             "providers": self.sess.get_providers()}
 
-        def infer(self, inputs):
-            return self._results(self.sess.run(self.names, self._feeds(inputs)))
+class OrtRunner(_PeerRunner):
+    def __init__(self, exported: Exported):
+        import onnxruntime as ort
+        self.exported = exported
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = _threads()
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning",
+                                    "1" if ORT_SPIN else "0")
+        so.log_severity_level = 3
+        self.sess = ort.InferenceSession(exported.data, sess_options=so,
+                                         providers=["CPUExecutionProvider"])
+        self.names = list(exported.outputs)
+        self.settings = {"intra_op_num_threads": so.intra_op_num_threads,
+                         "inter_op_num_threads": 1, "allow_spinning": ORT_SPIN,
+                         "providers": self.sess.get_providers()}
 
-    class OpenVinoRunner(_PeerRunner):
-        def __init__(self, exported: Exported):
-            import openvino as ov
-            self.exported = exported
-            core = ov.Core()
-            model = core.read_model(exported.data)
-            cfg = {"INFERENCE_NUM_THREADS": _threads(), "NUM_STREAMS": 1,
-                   "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-                   "ENABLE_CPU_PINNING": False}
-            self.compiled = core.compile_model(model, "CPU", cfg)
-            self.req = self.compiled.create_infer_request()
-            # Output order by tensor name, so it does not depend on the converter's ordering.
-            self.out_index = []
-            for want in exported.outputs:
-                for i, o in enumerate(self.compiled.outputs):
-                    if want in o.get_names():
-                        self.out_index.append(i)
-                        break
-                else:
-                    raise RuntimeError(f"OpenVINO model has no output named {want!r}")
-            self.settings = {k: str(self.compiled.get_property(k)) for k in
-                             ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT",
-                              "INFERENCE_PRECISION_HINT", "ENABLE_CPU_PINNING")}
+    def infer(self, inputs):
+        return self._results(self.sess.run(self.names, self._feeds(inputs)))
 
-        def infer(self, inputs):
-            # share_inputs: read the torch tensor's memory in place (like ORT's run());
-            # share_outputs=False: the results are fresh arrays, as torch's outputs are.
-            res = self.req.infer(self._feeds(inputs), share_inputs=True, share_outputs=False)
-            return self._results([res[self.compiled.outputs[i]] for i in self.out_index])
 
-    def factory_for(cls):
-        def factory(cell: str, case, mode: str, ref: nn.Module):
-            if mode != "inference":
-                raise Unsupported("inference only")
-            try:
-                exported = export(cell, case, ref)
-            except ValueError as e:
-                raise Unsupported(str(e)) from e
-            return cls(exported)
-        return factory
+class OpenVinoRunner(_PeerRunner):
+    def __init__(self, exported: Exported):
+        import openvino as ov
+        self.exported = exported
+        core = ov.Core()
+        model = core.read_model(exported.data)
+        cfg = {"INFERENCE_NUM_THREADS": _threads(), "NUM_STREAMS": 1,
+               "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+               "ENABLE_CPU_PINNING": False}
+        self.compiled = core.compile_model(model, "CPU", cfg)
+        self.req = self.compiled.create_infer_request()
+        # Output order by tensor name, so it does not depend on the converter's ordering.
+        self.out_index = []
+        for want in exported.outputs:
+            for i, o in enumerate(self.compiled.outputs):
+                if want in o.get_names():
+                    self.out_index.append(i)
+                    break
+            else:
+                raise RuntimeError(f"OpenVINO model has no output named {want!r}")
+        self.settings = {k: str(self.compiled.get_property(k)) for k in
+                         ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT",
+                          "INFERENCE_PRECISION_HINT", "ENABLE_CPU_PINNING")}
 
+    def infer(self, inputs):
+        # share_inputs: read the torch tensor's memory in place (like ORT's run());
+        # share_outputs=False: the results are fresh arrays, as torch's outputs are.
+        res = self.req.infer(self._feeds(inputs), share_inputs=True, share_outputs=False)
+        return self._results([res[self.compiled.outputs[i]] for i in self.out_index])
+
+
+def factory_for(cls):
+    def factory(cell: str, case, mode: str, ref: nn.Module):
+        if mode != "inference":
+            raise Unsupported("inference only")
+        try:
+            exported = export(cell, case, ref)
+        except ValueError as e:
+            raise Unsupported(str(e)) from e
+        return cls(exported)
+    return factory
+
+def register_peers(register: Callable) -> None:
+    """Register both peers with the harness's registry.register."""
     register("onnxruntime", factory_for(OrtRunner), ort_available, peer=True, label="ort",
              version=lambda: _version("onnxruntime"))
-    register("openvino", factory_for(OpenVinoRunner), openvino_available, peer=True, label="ov",
-             version=lambda: (_version("openvino") or "").split("-")[0] or None)
+    register("openvino", factory_for(OpenVinoRunner), openvino_available, peer=True,
+             label="ov", version=lambda: (_version("openvino") or "").split("-")[0] or None)
