@@ -5,6 +5,10 @@ subprocess) builds the tensors from it (seeded), runs rnnfast first and torch se
 plain-PyTorch reference for raw-op cases), and replies with a verdict, so that a segfault, an
 abort or a sanitizer report is a failed test naming the case, not a dead test run. The parent
 (Worker) applies no policy: test_fuzz_malformed.check_outcome does.
+
+One file (over 500 lines) on purpose: it is the whole program the worker subprocess runs
+(building a case's tensors, restating the ops' contract to predict a verdict, running each case
+type) plus the parent's end of the same JSON protocol, which are read and changed together.
 """
 from __future__ import annotations
 

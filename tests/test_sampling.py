@@ -2,6 +2,11 @@
 
 Two models: a tiny RNNLM on rnnfast, and a bigram "table" model whose next-token
 logits depend only on the last token, so every probability is known exactly.
+
+One file (over 500 lines) on purpose: the decoding modes of rnnfast.lm are checked against
+each other on these same two models (greedy against beam search against exhaustive search,
+generated log-probabilities against sequence_log_prob, a continued generation against one
+longer generation), so the helpers and the cross-checks stay together.
 """
 import itertools
 import math
