@@ -182,10 +182,12 @@ def test_cells_float64(kind):
     assert_results_close(_to(actual, "cpu"), expected, atol=1e-9, what=kind)
 
 
+@pytest.mark.parametrize("zoneout", ["none", "masks", "probabilities"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("cell", ops.CELLS)
-def test_raw_op_lengths_with_zeros(cell, reverse):
-    """The op itself with lengths that include 0 and T, against the reference loop."""
+def test_raw_op_lengths_with_zeros(cell, reverse, zoneout):
+    """The op itself with lengths that include 0 and T, against the reference loop; without
+    zoneout, with zoneout masks, and with zoneout probabilities (eval's expectation)."""
     T, B, I, H = 5, 4, 3, 6
     info = _cells.cell(cell)
     P = 2 if info.projection else 0
@@ -195,13 +197,21 @@ def test_raw_op_lengths_with_zeros(cell, reverse):
     weights = {p.name: torch.randn(*_cells.param_shape(p, sizes), dtype=torch.float64)
                for p in _cells.params_of(info, True, P > 0)}
     lengths = torch.tensor([0, 5, 2, 3])
+    state_cols = [P or H, H][:info.states]
+    g = torch.Generator().manual_seed(2)
+    zone = {"none": [],
+            "masks": [torch.bernoulli(torch.full((T, B, n), 0.4, dtype=torch.float64),
+                                      generator=g) for n in state_cols],
+            "probabilities": [torch.tensor(p, dtype=torch.float64)
+                              for p in (0.3, 0.6)[:info.states]]}[zoneout]
 
     def run(fn, device):
         x = torch.randn(T, B, I, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         x = x.to(device).requires_grad_()
         st = [t.to(device).requires_grad_() for t in state]
         ws = {k: v.to(device).requires_grad_() for k, v in weights.items()}
-        out, final = fn(cell, x, st, list(ws.values()), lengths, reverse)
+        z = [m.to(device) if m.dim() else m for m in zone]
+        out, final = fn(cell, x, st, list(ws.values()), lengths, reverse, z)
         res = {"out": out, **{f"state{k}": t for k, t in enumerate(final)}}
         loss = sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype, device=device)
                     .reshape(v.shape)).sum() for v in res.values())
@@ -212,7 +222,8 @@ def test_raw_op_lengths_with_zeros(cell, reverse):
 
     expected = run(_reference.layer, "cpu")
     actual = run(ops.layer, CUDA)
-    assert_results_close(actual, expected, atol=1e-9, what=f"{cell} reverse={reverse}")
+    assert_results_close(actual, expected, atol=1e-9,
+                         what=f"{cell} reverse={reverse} zoneout={zoneout}")
 
 
 def _rel_err(a, ref):
