@@ -46,7 +46,8 @@ from harness.registry import (BASELINE, CANDIDATE, IMPLEMENTATIONS, PEERS_ERR,  
                               package_versions, peer_names)
 from harness.report import write_json  # noqa: E402
 from harness.runners import Runner, Unsupported  # noqa: E402
-from harness.timing import sgemm_rate, summarize, time_interleaved  # noqa: E402
+from harness.timing import (add_timing_args, fill_timing_defaults, sgemm_rate,  # noqa: E402
+                            summarize, time_interleaved)
 
 
 def run_one(cell: str, mode: str, case: Case, impl_names: Sequence[str], sgemm: float,
@@ -174,14 +175,7 @@ def parse_args(argv=None):
                         f"from {peer_names()}; peers are inference-only (n/a in training rows)")
     p.add_argument("--config", action="append", default=None, metavar="T,B,I,H[:OPTS]",
                    help="replace the grid (repeatable); OPTS: '+'-list of 2L, bi, packed")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads(N) (default: leave torch's setting)")
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds of timed rounds per (cell, mode, config) (default 2, quick 0.15)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="seconds of warm-up per implementation (default 0.2, quick 0.02)")
-    p.add_argument("--min-reps", type=int, default=None, help="default 5 (quick 3)")
-    p.add_argument("--max-reps", type=int, default=None, help="default 500 (quick 30)")
+    add_timing_args(p, per="(cell, mode, config)", quick_budget=0.15, quick_max_reps=30)
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                    help="before starting and before each row, wait up to SECONDS for other "
                         "processes to leave the CPUs idle (< 15%% busy); rows that still "
@@ -201,10 +195,7 @@ def parse_args(argv=None):
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks")
     a = p.parse_args(argv)
     q = a.quick
-    a.budget = a.budget if a.budget is not None else (0.15 if q else 2.0)
-    a.warmup = a.warmup if a.warmup is not None else (0.02 if q else 0.2)
-    a.min_reps = a.min_reps if a.min_reps is not None else (3 if q else 5)
-    a.max_reps = a.max_reps if a.max_reps is not None else (30 if q else 500)
+    fill_timing_defaults(a)
     a.retries = a.retries if a.retries is not None else (0 if q else 2)
     a.cells = [c.strip() for c in a.cells.split(",") if c.strip()]
     a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]

@@ -53,7 +53,8 @@ from harness.load import OTHER_LOAD_LIMIT, cpu_busy_fraction  # noqa: E402
 from harness.machine import import_rnnfast, machine_info, rnnfast_info  # noqa: E402
 from harness.report import Column, join_cells, num, write_json  # noqa: E402
 from harness.runners import Inputs  # noqa: E402
-from harness.timing import sgemm_rate, summarize, time_interleaved  # noqa: E402
+from harness.timing import (add_timing_args, fill_timing_defaults, sgemm_rate,  # noqa: E402
+                            summarize, time_interleaved)
 from harness.variant_runners import (MaskDrawRunner, RnnfastRunner,  # noqa: E402
                                      VariantRunner, baseline_for, options_on)
 
@@ -309,24 +310,13 @@ def parse_args(argv=None):
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma list from {list(VARIANTS)}; each class's plain cell is always "
                         f"added (the ratios need it)")
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds of timed rounds per row (default 2, quick 0.1)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="seconds of warm-up per implementation (default 0.2, quick 0.02)")
-    p.add_argument("--min-reps", type=int, default=None, help="default 5 (quick 3)")
-    p.add_argument("--max-reps", type=int, default=None, help="default 500 (quick 20)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads(N) (default: leave torch's setting)")
+    add_timing_args(p, per="row", quick_budget=0.1, quick_max_reps=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=HERE / "results",
                    help="where variants-<timestamp>.json goes (default bench/results)")
     p.add_argument("--no-json", action="store_true", help="do not write JSON")
     a = p.parse_args(argv)
-    q = a.quick
-    a.budget = a.budget if a.budget is not None else (0.1 if q else 2.0)
-    a.warmup = a.warmup if a.warmup is not None else (0.02 if q else 0.2)
-    a.min_reps = a.min_reps if a.min_reps is not None else (3 if q else 5)
-    a.max_reps = a.max_reps if a.max_reps is not None else (20 if q else 500)
+    fill_timing_defaults(a)
     a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     for m in a.modes:
         if m not in MODES:
@@ -338,7 +328,7 @@ def parse_args(argv=None):
     plains = [plain_of(VARIANTS[v][0]) for v in wanted]
     # VARIANTS order, plain cells included
     a.variants = [v for v in VARIANTS if v in wanted or v in plains]
-    a.grid = a.config or (QUICK_GRID if q else DEFAULT_GRID)
+    a.grid = a.config or (QUICK_GRID if a.quick else DEFAULT_GRID)
     return a
 
 

@@ -16,6 +16,32 @@ import torch
 from .load import OtherLoad
 
 
+def add_timing_args(p, *, per: str, quick_budget: float, quick_max_reps: int) -> None:
+    """The timing options every grid script takes (--threads, --budget, --warmup, --min-reps,
+    --max-reps), on argparse parser `p`; their defaults depend on --quick and are filled in by
+    fill_timing_defaults after parsing. `per` names what one budget covers ("row", ...)."""
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads(N) (default: leave torch's setting)")
+    p.add_argument("--budget", type=float, default=None,
+                   help=f"seconds of timed rounds per {per} (default 2, quick {quick_budget:g})")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds of warm-up per implementation (default 0.2, quick 0.02)")
+    p.add_argument("--min-reps", type=int, default=None, help="default 5 (quick 3)")
+    p.add_argument("--max-reps", type=int, default=None,
+                   help=f"default 500 (quick {quick_max_reps})")
+    p.set_defaults(timing_quick=(quick_budget, quick_max_reps))
+
+
+def fill_timing_defaults(a) -> None:
+    """The defaults of add_timing_args's options left unset, by a.quick."""
+    q = a.quick
+    quick_budget, quick_max_reps = a.timing_quick
+    a.budget = a.budget if a.budget is not None else (quick_budget if q else 2.0)
+    a.warmup = a.warmup if a.warmup is not None else (0.02 if q else 0.2)
+    a.min_reps = a.min_reps if a.min_reps is not None else (3 if q else 5)
+    a.max_reps = a.max_reps if a.max_reps is not None else (quick_max_reps if q else 500)
+
+
 def wall_timer(fn: Callable, *args) -> Callable[[], float]:
     """A call of fn(*args) that returns its wall time in seconds (time.perf_counter)."""
     def call() -> float:

@@ -138,6 +138,13 @@ struct BackwardArgs {
                                        // null = not needed
 };
 
+// Whether state k of a call (ForwardArgs or BackwardArgs) has zoneout: a mask or a nonzero
+// probability.
+template <class Args>
+constexpr bool zoneout_on(const Args& a, int k) {
+  return a.zoneout[k] != nullptr || a.zoneout_p[k] != 0;
+}
+
 // The strategy of one CPU layer call: decided once per call from the shapes, the lengths and
 // the thread count, before any work, by the active instruction set's planner (its register
 // tile width enters), and then followed by the driver's phases (input projection, step loop,

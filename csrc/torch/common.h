@@ -122,11 +122,18 @@ constexpr int kWeightIh = param_index("weight_ih"), kWeightHh = param_index("wei
 static_assert(kWeightIh >= 0 && kWeightHh >= 0 && kBiasIh >= 0 && kBiasHh >= 0 && kWeightHr >= 0,
               "every parameter the kernels take is in core::kLayerParams");
 
-// The kLayerParams positions of a cell's own parameters, in order (n = 0 .. params() - 1).
-inline std::vector<int> cell_param_indices(const core::CellInfo& cell) {
-  std::vector<int> r;
+// The kLayerParams positions of a cell's own parameters, in order (n = 0 .. params() - 1),
+// for a range-for (no allocation: the ops build this on every call).
+struct CellParamIndices {
+  int index[core::kMaxCellParams];
+  int count = 0;
+  const int* begin() const { return index; }
+  const int* end() const { return index + count; }
+};
+inline CellParamIndices cell_param_indices(const core::CellInfo& cell) {
+  CellParamIndices r;
   for (int i = 0; i < core::kLayerParamCount; ++i)
-    if (cell.has_param(i)) r.push_back(i);
+    if (cell.has_param(i)) r.index[r.count++] = i;
   return r;
 }
 

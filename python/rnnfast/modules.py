@@ -114,6 +114,22 @@ def _probability(p: float) -> Tensor:
     return t
 
 
+def _options_repr(m: nn.Module) -> str:
+    """The extra_repr part of rnnfast's own options that are on (modules pickled before an
+    option existed lack its attribute, which reads as off)."""
+    d = m.__dict__
+    s = ""
+    if d.get("coupled_gates"):
+        s += ", coupled_gates=True"
+    if d.get("peephole"):
+        s += ", peephole=True"
+    if d.get("weight_drop"):
+        s += f", weight_drop={d['weight_drop']}"
+    if any(d.get("_zoneout_p", ())):
+        s += f", zoneout={d['zoneout']}"
+    return s
+
+
 class RNNBase(nn.Module):
     """Shared machinery of :class:`LSTM`, :class:`GRU` and :class:`RNN`."""
 
@@ -260,15 +276,7 @@ class RNNBase(nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
-        if self.__dict__.get("coupled_gates"):
-            s += ", coupled_gates=True"
-        if self.__dict__.get("peephole"):
-            s += ", peephole=True"
-        if self.__dict__.get("weight_drop"):
-            s += ", weight_drop={weight_drop}"
-        if any(self.__dict__.get("_zoneout_p", ())):
-            s += f", zoneout={self.zoneout}"
-        return s.format(**self.__dict__)
+        return s.format(**self.__dict__) + _options_repr(self)
 
     def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
         weight_dtype = self.weight_ih_l0.dtype
@@ -571,13 +579,7 @@ class RNNCellBase(nn.Module):
             s += ", bias={bias}"
         if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
             s += ", nonlinearity={nonlinearity}"
-        if self.__dict__.get("coupled_gates"):
-            s += ", coupled_gates=True"
-        if self.__dict__.get("peephole"):
-            s += ", peephole=True"
-        if any(self.__dict__.get("_zoneout_p", ())):
-            s += f", zoneout={self.zoneout}"
-        return s.format(**self.__dict__)
+        return s.format(**self.__dict__) + _options_repr(self)
 
     def reset_parameters(self) -> None:
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0

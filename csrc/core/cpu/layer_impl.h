@@ -349,8 +349,8 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
   const bool stream_ws = plan.stream_workspace;
   // Zoneout (ForwardArgs::zoneout): of h here (and in the projection phase), of c in the
   // step accessor's set_c.
-  const bool zone_h = a.zoneout[0] || a.zoneout_p[0] != 0;
-  const bool zone_c = Math::kCellState && (a.zoneout[1] || a.zoneout_p[1] != 0);
+  const bool zone_h = zoneout_on(a, 0);
+  const bool zone_c = Math::kCellState && zoneout_on(a, 1);
   const Real zh_p = static_cast<Real>(a.zoneout_p[0]);
   run_steps(ex, T, parallel, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = a.reverse ? T - 1 - step : step;
@@ -660,8 +660,8 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   };
 
   // Zoneout (BackwardArgs::zoneout): of h here, of c in the step accessor.
-  const bool zone_h = a.zoneout[0] || a.zoneout_p[0] != 0;
-  const bool zone_c = Math::kCellState && (a.zoneout[1] || a.zoneout_p[1] != 0);
+  const bool zone_h = zoneout_on(a, 0);
+  const bool zone_c = Math::kCellState && zoneout_on(a, 1);
   const Real zh_p = static_cast<Real>(a.zoneout_p[0]);
 
   auto time_of = [&](int64_t step) { return a.reverse ? step : T - 1 - step; };

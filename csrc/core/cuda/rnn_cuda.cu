@@ -332,6 +332,15 @@ struct ForwardStepArgs {
   Acc zh_p, zc_p;
 };
 
+// The zoneout fields of a step's arguments (ForwardStepArgs, BackwardStepArgs) from the call's.
+template <class Acc, class StepArgs, class Args>
+void set_zoneout(StepArgs& step, const Args& a, bool cell_state) {
+  step.zone_h = zoneout_on(a, 0);
+  step.zone_c = cell_state && zoneout_on(a, 1);
+  step.zh_p = static_cast<Acc>(a.zoneout_p[0]);
+  step.zc_p = static_cast<Acc>(a.zoneout_p[1]);
+}
+
 // The zoneout blend s_t = m * s_{t-1} + (1 - m) * s~_t, m from the mask or the probability
 // (exactly s_{t-1} for m = 1).
 template <class Storage, class Acc>
@@ -581,10 +590,7 @@ void forward_impl(const ForwardArgs& a, void* scratch, cudaStream_t stream,
   step.lengths = a.lengths;
   step.c = buf.c; step.proj_input = buf.proj_input;
   for (int n = 0; n < Math::kParams; ++n) step.cell_w[n] = static_cast<const Storage*>(a.cell_w[n]);
-  step.zone_h = a.zoneout[0] || a.zoneout_p[0] != 0;
-  step.zone_c = Math::kCellState && (a.zoneout[1] || a.zoneout_p[1] != 0);
-  step.zh_p = static_cast<Acc>(a.zoneout_p[0]);
-  step.zc_p = static_cast<Acc>(a.zoneout_p[1]);
+  set_zoneout<Acc>(step, a, Math::kCellState);
   const Storage* const zh = static_cast<const Storage*>(a.zoneout[0]);
   const Storage* const zc = static_cast<const Storage*>(a.zoneout[1]);
   Storage* y = static_cast<Storage*>(a.y);
@@ -783,10 +789,7 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
   step.lengths = a.lengths;
   step.dh = dh; step.dc = dc; step.dproj_input = buf.dproj_input;
   for (int n = 0; n < Math::kParams; ++n) step.cell_w[n] = static_cast<const Acc*>(a.cell_w[n]);
-  step.zone_h = a.zoneout[0] || a.zoneout_p[0] != 0;
-  step.zone_c = Math::kCellState && (a.zoneout[1] || a.zoneout_p[1] != 0);
-  step.zh_p = static_cast<Acc>(a.zoneout_p[0]);
-  step.zc_p = static_cast<Acc>(a.zoneout_p[1]);
+  set_zoneout<Acc>(step, a, Math::kCellState);
   const Acc* const zh = static_cast<const Acc*>(a.zoneout[0]);
   const Acc* const zc = static_cast<const Acc*>(a.zoneout[1]);
   if (buf.dparams)
