@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Variant benchmark: rnnfast's LSTM/GRU options (coupled gates, peepholes, weight drop) against
+"""Variant benchmark: rnnfast's LSTM/GRU options (coupled gates, peepholes, weight drop, zoneout,
+layer normalisation) against
 the plain cell on rnnfast, and against the same variant written the way users write it today.
 
 Two questions per (config, mode, variant), from the issue that asked for the options:
@@ -8,8 +9,8 @@ Two questions per (config, mode, variant), from the issue that asked for the opt
   same shape. Targets: peephole, coupled gates and zoneout within 1.10x, layer norm within 1.35x.
 - What does rnnfast save over what users do without it? The baseline's time / rnnfast's time,
   where the baseline is the variant as a Python loop over time steps (torch.nn.LSTMCell for the
-  plain cell, a hand-written cell in F.linear / torch.sigmoid / torch.tanh for peepholes and
-  coupled gates, torch.nn.LSTMCell / GRUCell with the zoneout blend in Python for zoneout) or,
+  plain cell, a hand-written cell in F.linear / torch.sigmoid / torch.tanh (/ F.layer_norm)
+  for peepholes, coupled gates and layer normalisation, torch.nn.LSTMCell / GRUCell with the zoneout blend in Python for zoneout) or,
   for weight drop, torch.nn.LSTM / GRU called through
   torch.func.functional_call with weight_hh_l0 replaced by F.dropout(weight_hh_l0, p) (the
   AWD-LSTM WeightDrop way). Target: at least 5x at the grid's small configs (I, H <= 128) for the
@@ -74,9 +75,11 @@ VARIANTS: Dict[str, Tuple[str, dict]] = {
     "lstm_coupled_peephole": ("LSTM", {"coupled_gates": True, "peephole": True}),
     "lstm_weight_drop": ("LSTM", {"weight_drop": 0.3}),
     "lstm_zoneout": ("LSTM", {"zoneout": 0.1}),
+    "lstm_layer_norm": ("LSTM", {"layer_norm": True}),
     "gru": ("GRU", {}),
     "gru_weight_drop": ("GRU", {"weight_drop": 0.3}),
     "gru_zoneout": ("GRU", {"zoneout": 0.1}),
+    "gru_layer_norm": ("GRU", {"layer_norm": True}),
 }
 
 # Target of variant time / plain time per option, from the issue. A variant's target is the

@@ -42,6 +42,11 @@ TORCH_DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32", "
                  "complex64"]
 
 
+def _own_shape(param, G, H):
+    """The shape of a cell's own parameter: [H] or, layer-norm gains, [G * H]."""
+    return (G * H,) if param.rows == "gate_rows" else (H,)
+
+
 def _make(shape, dtype_name, seed_):
     dt = getattr(torch, dtype_name)
     g = torch.Generator().manual_seed(seed_)
@@ -229,9 +234,12 @@ def _raw_args(case):
         "weight_hr": _make((P, H), case["dtype"], s + 8) * 0.5 if P else None,
         "lengths": None,
     }
-    # the cell's own parameters (e.g. peephole weights), each [H]; None for every other one
-    for k, n in enumerate(p.name for p in _cells.PARAMS if p.presence == "cell"):
-        a[n] = _make((H,), case["dtype"], s + 9 + k) * 0.5 if n in info.params else None
+    # the cell's own parameters (e.g. peephole weights [H], layer-norm gains [G * H]); None
+    # for every other one
+    own = [p for p in _cells.PARAMS if p.presence == "cell"]
+    for k, p in enumerate(own):
+        a[p.name] = (_make(_own_shape(p, G, H), case["dtype"], s + 9 + k) * 0.5
+                     if p.name in info.params else None)
     if case["lengths"] is not None:
         a["lengths"] = torch.tensor(case["lengths"], dtype=torch.int64)
     for corr in case["corruptions"]:
@@ -339,9 +347,10 @@ def _expected_valid(cell, a):
     for n in ("bias_ih", "bias_hh"):
         if a[n] is not None and tuple(a[n].shape) != (G * H,):
             return f"{n} shape"
-    for n in info.params:  # the cell's own, each [H]
-        if a[n] is not None and tuple(a[n].shape) != (H,):
-            return f"{n} shape"
+    for p in _cells.PARAMS:  # the cell's own
+        if p.name in info.params and a[p.name] is not None and (
+                tuple(a[p.name].shape) != _own_shape(p, G, H)):
+            return f"{p.name} shape"
     L = a["lengths"]
     if L is not None:
         if L.dtype != torch.int64 or L.dim() != 1 or L.shape[0] != B:
@@ -442,6 +451,9 @@ def _run_backward_case(case, phase):
         want["bias_ih"] = want["bias_hh"] = (info.gates * H,)
     if P:
         want["weight_hr"] = (P, H)
+    for p in _cells.PARAMS:  # the cell's own
+        if p.name in info.params:
+            want[p.name] = _own_shape(p, info.gates, H)
     why = None
     if not case["training"]:
         why = "workspace empty (forward ran with training=False)"

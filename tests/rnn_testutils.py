@@ -52,6 +52,12 @@ CELL_MODULES: Dict[str, tuple] = {
     "lstm_coupled": (None, "LSTM", {"coupled_gates": True}),
     "lstm_peephole": (None, "LSTM", {"peephole": True}),
     "lstm_coupled_peephole": (None, "LSTM", {"coupled_gates": True, "peephole": True}),
+    "lstm_ln": (None, "LSTM", {"layer_norm": True}),
+    "lstm_coupled_ln": (None, "LSTM", {"coupled_gates": True, "layer_norm": True}),
+    "lstm_peephole_ln": (None, "LSTM", {"peephole": True, "layer_norm": True}),
+    "lstm_coupled_peephole_ln": (None, "LSTM", {"coupled_gates": True, "peephole": True,
+                                                "layer_norm": True}),
+    "gru_ln": (None, "GRU", {"layer_norm": True}),
 }
 
 

@@ -1,18 +1,23 @@
 """The LSTM variants: the coupled input-forget gate (``coupled_gates=True``), peephole
-connections (``peephole=True``) and both, on ``rnnfast.LSTM`` and ``rnnfast.LSTMCell``.
+connections (``peephole=True``), layer normalisation (``layer_norm=True``) and their
+combinations, on ``rnnfast.LSTM`` and ``rnnfast.LSTMCell``.
 
 The oracle is written here from the equations, in float64 with plain torch ops (gate rows of
 weight_ih / weight_hh: i, f, g, o; i, g, o when coupled):
 
     z = x W_ih^T + b_ih + h W_hh^T + b_hh, split into z_i, [z_f,] z_g, z_o
+      layer norm: z = LN(x W_ih^T) * g_ih + LN(h W_hh^T) * g_hh + b_ih + b_hh
     peephole: z_i += w_ci * c,  z_f += w_cf * c
     i = sigmoid(z_i),  f = 1 - i if coupled else sigmoid(z_f),  g = tanh(z_g)
     c' = f * c + i * g
     peephole: z_o += w_co * c'
     h' = sigmoid(z_o) * tanh(c')       (then h' W_hr^T with proj_size)
+      layer norm: h' = sigmoid(z_o) * tanh(LN(c') * g_c + b_c)
 
-(CIFG: Greff et al. 2017, "LSTM: A Search Space Odyssey"; peepholes: Gers & Schmidhuber 2000;
-both are ONNX's LSTM, with input_forget=1 and with P.) The oracle holds the same parameters
+with LN(v) = (v - mean(v)) / sqrt(var(v) + 1e-5) over the features, biased variance. (CIFG:
+Greff et al. 2017, "LSTM: A Search Space Odyssey"; peepholes: Gers & Schmidhuber 2000; both
+are ONNX's LSTM, with input_forget=1 and with P; layer normalisation: Ba et al. 2016, as
+haste's LayerNormLSTM.) The oracle holds the same parameters
 as the rnnfast module (loaded with load_state_dict(strict=True)), and the two are compared on
 outputs, final states and the gradients of the input, the initial states and every parameter,
 as the suite's other parity tests compare against torch.nn. When onnxruntime is installed,
@@ -30,12 +35,31 @@ import rnnfast
 from rnn_testutils import ATOL, assert_results_close, call_dense, call_packed, fwd_bwd, randn
 
 
-# (coupled_gates, peephole) of each variant
-VARIANTS = [(True, False), (False, True), (True, True)]
+# (coupled_gates, peephole, layer_norm) of each variant
+VARIANTS = [(c, p, n) for n in (False, True) for c in (False, True) for p in (False, True)
+            if c or p or n]
+# ONNX's LSTM has input_forget and P, but no layer normalisation
+ONNX_VARIANTS = [v for v in VARIANTS if not v[2]]
 
 
 def variant_id(v):
-    return "+".join(n for n, on in zip(("coupled", "peephole"), v) if on)
+    return "+".join(n for n, on in zip(("coupled", "peephole", "ln"), v) if on)
+
+
+# float64 tolerances (atol, rtol) of a variant against its equations: torch.nn's atol, and
+# with layer normalisation also a relative 1e-10, as a row whose values are nearly equal
+# (c_t at H = 6 here) has a tiny variance and its normalisation multiplies the gradients by up
+# to 1/sqrt(1e-5): they reach about 1.5e3 in these tests, where float64's own rounding is
+# about 1e-12 relative, above an absolute 1e-9.
+def f64_tolerance(variant):
+    return ATOL[torch.float64], (1e-10 if variant[2] else 0.0)
+
+
+def layer_norm(v):
+    """LN(v) over the last dimension, biased variance, eps 1e-5 (the issue's equations)."""
+    mean = v.mean(-1, keepdim=True)
+    var = ((v - mean) ** 2).mean(-1, keepdim=True)
+    return (v - mean) / torch.sqrt(var + 1e-5)
 
 
 class LSTMVariantReference(nn.Module):
@@ -43,13 +67,14 @@ class LSTMVariantReference(nn.Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  bidirectional=False, proj_size=0, dtype=torch.float64, coupled_gates=True,
-                 peephole=False, dropout=0.0, weight_drop=0.0, zoneout=(0.0, 0.0)):
+                 peephole=False, layer_norm=False, dropout=0.0, weight_drop=0.0,
+                 zoneout=(0.0, 0.0)):
         """zoneout: (p_h, p_c). In training, randomness is drawn from torch's RNG in the order
         rnnfast's module draws it: per layer and direction the dropped W_hh, then h's zoneout
         mask [T, B, S], then c's [T, B, H] (each only when its p > 0); then the dropout
         between layers."""
         super().__init__()
-        self.coupled, self.peephole = coupled_gates, peephole
+        self.coupled, self.peephole, self.layer_norm = coupled_gates, peephole, layer_norm
         self.dropout, self.weight_drop, self.zoneout = dropout, weight_drop, zoneout
         G = 3 if coupled_gates else 4
         self.hidden_size, self.num_layers, self.bias = hidden_size, num_layers, bias
@@ -69,8 +94,14 @@ class LSTMVariantReference(nn.Module):
                 if peephole:
                     shapes += [(n, (hidden_size,)) for n in ("weight_ci", "weight_cf", "weight_co")
                                if not (coupled_gates and n == "weight_cf")]
+                if layer_norm:  # gains around 1 (not 1: their gradients must matter)
+                    shapes += [("ln_ih_weight", (G * hidden_size,)),
+                               ("ln_hh_weight", (G * hidden_size,)),
+                               ("ln_c_weight", (hidden_size,)), ("ln_c_bias", (hidden_size,))]
                 for name, shape in shapes:
                     p = torch.empty(shape, dtype=dtype).uniform_(-0.5, 0.5)
+                    if name.endswith("_weight"):
+                        p += 1
                     setattr(self, name + sfx, nn.Parameter(p))
 
     def _param(self, name, layer, d):
@@ -91,10 +122,15 @@ class LSTMVariantReference(nn.Module):
         w_hr = self._param("weight_hr", layer, d)
         w_ci, w_cf, w_co = (self._param(n, layer, d) for n in ("weight_ci", "weight_cf",
                                                                "weight_co"))
+        ln = [self._param(n, layer, d) for n in ("ln_ih_weight", "ln_hh_weight", "ln_c_weight",
+                                                  "ln_c_bias")]
         H = self.hidden_size
         outs = [None] * T
         for t in (range(T - 1, -1, -1) if d else range(T)):
-            z = x[t] @ w_ih.T + h @ w_hh.T
+            if self.layer_norm:
+                z = layer_norm(x[t] @ w_ih.T) * ln[0] + layer_norm(h @ w_hh.T) * ln[1]
+            else:
+                z = x[t] @ w_ih.T + h @ w_hh.T
             if b_ih is not None:
                 z = z + b_ih + b_hh
             if self.coupled:
@@ -110,7 +146,8 @@ class LSTMVariantReference(nn.Module):
             c_new = f * c + i * g
             if self.peephole:
                 z_o = z_o + w_co * c_new
-            h_new = torch.sigmoid(z_o) * torch.tanh(c_new)
+            c_out = layer_norm(c_new) * ln[2] + ln[3] if self.layer_norm else c_new
+            h_new = torch.sigmoid(z_o) * torch.tanh(c_out)
             if w_hr is not None:
                 h_new = h_new @ w_hr.T
             # zoneout: s_t = m s_{t-1} + (1 - m) s~_t
@@ -154,11 +191,13 @@ class LSTMVariantReference(nn.Module):
         return (x.transpose(0, 1) if self.batch_first else x), hn
 
 
-def make_pair(*args, variant=(True, False), dtype=torch.float64, seed=0, **kw):
+def make_pair(*args, variant=(True, False, False), dtype=torch.float64, seed=0, **kw):
     torch.manual_seed(seed)
-    coupled, peephole = variant
-    ref = LSTMVariantReference(*args, coupled_gates=coupled, peephole=peephole, **kw)
-    new = rnnfast.LSTM(*args, coupled_gates=coupled, peephole=peephole, dtype=dtype, **kw)
+    coupled, peephole, ln = variant
+    ref = LSTMVariantReference(*args, coupled_gates=coupled, peephole=peephole, layer_norm=ln,
+                               **kw)
+    new = rnnfast.LSTM(*args, coupled_gates=coupled, peephole=peephole, layer_norm=ln,
+                       dtype=dtype, **kw)
     new.load_state_dict({k: v.to(dtype) for k, v in ref.state_dict().items()}, strict=True)
     return ref, new
 
@@ -187,8 +226,8 @@ def test_matches_the_equations_float64(variant, cfg, with_state):
         leaves["c0"] = randn(cfg["num_layers"] * dirs, B, H, seed=3)
     expected = fwd_bwd(ref, leaves, call_dense(True))
     actual = fwd_bwd(new, leaves, call_dense(True))
-    assert_results_close(actual, expected, ATOL[torch.float64],
-                         what=f"{variant_id(variant)} {cfg}")
+    atol, rtol = f64_tolerance(variant)
+    assert_results_close(actual, expected, atol, rtol, what=f"{variant_id(variant)} {cfg}")
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
@@ -200,7 +239,22 @@ def test_packed_sequence_float64(variant, enforce_sorted):
               "c0": randn(4, 4, 5, seed=6)}
     call = call_packed(True, lengths, enforce_sorted, batch_first=False)
     assert_results_close(fwd_bwd(new, leaves, call), fwd_bwd(ref, leaves, call),
-                         ATOL[torch.float64], what=f"{variant_id(variant)} packed")
+                         *f64_tolerance(variant), what=f"{variant_id(variant)} packed")
+
+
+def assert_float32_as_accurate_as_the_equations(actual, expected, oracle32, what):
+    """rnnfast in float32 against the float64 equations: within 1e-4, or, where the problem
+    itself loses more in float32 (layer normalisation's gradients reach 10-60 here, and the
+    equations evaluated in float32 miss their own float64 values by up to 1e-2), within twice
+    the float32 equations' own error. Every output, state and gradient."""
+    assert sorted(actual) == sorted(expected)
+    for k, e in expected.items():
+        if not isinstance(e, torch.Tensor) or not e.is_floating_point():
+            continue
+        err = (actual[k].double() - e).abs().max().item()
+        own = (oracle32[k].double() - e).abs().max().item()
+        assert err <= max(1e-4, 2 * own), (
+            f"{what}: {k}: float32 error {err:.3g}, the float32 equations' {own:.3g}")
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
@@ -210,8 +264,9 @@ def test_float32_close_to_float64_equations(variant):
     x = randn(20, 4, 16, seed=7)
     expected = fwd_bwd(ref, {"x": x}, call_dense(True))
     actual = fwd_bwd(new, {"x": x.float()}, call_dense(True))
-    expected = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in expected.items()}
-    assert_results_close(actual, expected, 1e-4, what=f"{variant_id(variant)} float32")
+    oracle32 = fwd_bwd(ref.float(), {"x": x.float()}, call_dense(True))
+    assert_float32_as_accurate_as_the_equations(actual, expected, oracle32,
+                                                f"{variant_id(variant)} float32")
 
 
 def test_parameters_have_three_gate_rows_and_lstm_names():
@@ -260,12 +315,13 @@ def test_peephole_parameters_names_shapes_and_init():
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
 def test_cell_matches_the_equations(variant):
     torch.manual_seed(0)
-    coupled, peephole = variant
-    cell = rnnfast.LSTMCell(4, 5, coupled_gates=coupled, peephole=peephole, dtype=torch.float64)
+    coupled, peephole, ln = variant
+    cell = rnnfast.LSTMCell(4, 5, coupled_gates=coupled, peephole=peephole, layer_norm=ln,
+                            dtype=torch.float64)
     G = 3 if coupled else 4
     assert cell.weight_ih.shape == (G * 5, 4) and cell.weight_hh.shape == (G * 5, 5)
-    ref = LSTMVariantReference(4, 5, coupled_gates=coupled, peephole=peephole)
-    ref.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()}, strict=True)
+    ref = LSTMVariantReference(4, 5, coupled_gates=coupled, peephole=peephole, layer_norm=ln)
+    cell.load_state_dict({k[:-3]: v for k, v in ref.state_dict().items()}, strict=True)
     x, h, c = randn(3, 4, seed=8), randn(3, 5, seed=9), randn(3, 5, seed=10)
     h1, c1 = cell(x, (h, c))
     _, (rh, rc) = ref(x.unsqueeze(0), (h.unsqueeze(0), c.unsqueeze(0)))
@@ -292,9 +348,13 @@ def test_cell_matches_the_equations(variant):
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
 def test_gradcheck_and_second_order(variant):
     torch.manual_seed(0)
-    coupled, peephole = variant
+    coupled, peephole, ln = variant
     m = rnnfast.LSTM(3, 4, num_layers=2, proj_size=2, coupled_gates=coupled, peephole=peephole,
-                     dtype=torch.float64)
+                     layer_norm=ln, dtype=torch.float64)
+    with torch.no_grad():  # gains off 1, so that their gradients are checked in general
+        for n, p in m.named_parameters():
+            if n.startswith("ln_"):
+                p.uniform_(0.5, 1.5)
     x = randn(4, 2, 3, seed=11).requires_grad_()
     params = tuple(m.parameters())
 
@@ -309,7 +369,7 @@ def test_gradcheck_and_second_order(variant):
     (gx,) = torch.autograd.grad((out * out).sum() + c.sum(), x, create_graph=True)
     (ggx,) = torch.autograd.grad(gx.sum(), x)
     ref = LSTMVariantReference(3, 4, num_layers=2, proj_size=2, coupled_gates=coupled,
-                               peephole=peephole)
+                               peephole=peephole, layer_norm=ln)
     ref.load_state_dict(m.state_dict())
     out_r, (_, c_r) = ref(x)
     (gx_r,) = torch.autograd.grad((out_r * out_r).sum() + c_r.sum(), x, create_graph=True)
@@ -318,20 +378,20 @@ def test_gradcheck_and_second_order(variant):
     torch.testing.assert_close(ggx, ggx_r, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("variant", VARIANTS + [(False, False)], ids=lambda v: variant_id(v)
-                         or "plain")
+@pytest.mark.parametrize("variant", VARIANTS + [(False, False, False)],
+                         ids=lambda v: variant_id(v) or "plain")
 @pytest.mark.parametrize("training", [False, True])
 def test_every_option_at_once(variant, training):
     """Coupled gates and/or peepholes with a projection, two bidirectional layers, batch_first,
     dropout between layers, weight_drop and zoneout (p_c, p_h), in training (the same random
     draws as the equations') and eval: outputs, states and every gradient, float64."""
-    coupled, peephole = variant
+    coupled, peephole, ln = variant
     kw = dict(num_layers=2, bidirectional=True, proj_size=3, batch_first=True, dropout=0.3)
     torch.manual_seed(0)
-    ref = LSTMVariantReference(5, 6, coupled_gates=coupled, peephole=peephole, weight_drop=0.25,
-                               zoneout=(0.3, 0.2), **kw)
-    new = rnnfast.LSTM(5, 6, coupled_gates=coupled, peephole=peephole, weight_drop=0.25,
-                       zoneout=(0.2, 0.3), dtype=torch.float64, **kw)
+    ref = LSTMVariantReference(5, 6, coupled_gates=coupled, peephole=peephole, layer_norm=ln,
+                               weight_drop=0.25, zoneout=(0.3, 0.2), **kw)
+    new = rnnfast.LSTM(5, 6, coupled_gates=coupled, peephole=peephole, layer_norm=ln,
+                       weight_drop=0.25, zoneout=(0.2, 0.3), dtype=torch.float64, **kw)
     new.load_state_dict(ref.state_dict(), strict=True)
     ref.train(training)
     new.train(training)
@@ -341,16 +401,18 @@ def test_every_option_at_once(variant, training):
     actual = fwd_bwd(new, leaves, call_dense(True))
     torch.manual_seed(21)
     expected = fwd_bwd(ref, leaves, call_dense(True))
-    assert_results_close(actual, expected, ATOL[torch.float64],
+    assert_results_close(actual, expected, *f64_tolerance(variant),
                          what=f"{variant_id(variant)} all options, training={training}")
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
 def test_compile_fullgraph(variant):
     torch.manual_seed(0)
-    m = rnnfast.LSTM(4, 6, num_layers=2, coupled_gates=variant[0], peephole=variant[1])
+    m = rnnfast.LSTM(4, 6, num_layers=2, coupled_gates=variant[0], peephole=variant[1],
+                     layer_norm=variant[2])
     x = torch.randn(5, 3, 4)
     expected, _ = m(x)
+    torch._dynamo.reset()  # a fresh recompile budget (the suite compiles many modules)
     out, _ = torch.compile(m, fullgraph=True, backend="eager")(x)
     torch.testing.assert_close(out, expected)
 
@@ -380,6 +442,12 @@ def test_bad_variant_arguments():
         rnnfast.LSTMCell(4, 5, peephole=None)
     with pytest.raises(TypeError, match="peephole"):
         rnnfast.GRU(4, 5, peephole=True)
+    with pytest.raises(TypeError, match="layer_norm"):
+        rnnfast.LSTM(4, 5, layer_norm=1)
+    with pytest.raises(TypeError, match="layer_norm"):
+        rnnfast.GRUCell(4, 5, layer_norm="yes")
+    with pytest.raises(TypeError, match="layer_norm"):
+        rnnfast.RNN(4, 5, layer_norm=True)
 
 
 def _onnx_lstm(model: rnnfast.LSTM):
@@ -421,7 +489,7 @@ def _onnx_lstm(model: rnnfast.LSTM):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+@pytest.mark.parametrize("variant", ONNX_VARIANTS, ids=variant_id)
 def test_matches_onnxruntime(variant):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

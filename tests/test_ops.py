@@ -86,7 +86,7 @@ def test_projection_rejected_for_cells_without(cell, bias):
     args = list(op_args(cell, requires_grad=False, bias=bias))
     args[3].append(torch.randn(2, 5, dtype=torch.float64))
     with pytest.raises(RuntimeError, match=rf"rnnfast::layer\({cell}\): weights has "
-                       rf"{len(args[3])} tensors, which are .*weight_hr, but the {cell} cell "
+                       rf"{len(args[3])} tensors, which are .*weight_hr(, \w+)*, but the {cell} cell "
                        r"takes no projection"):
         torch.ops.rnnfast.layer(*args)
 
@@ -123,10 +123,19 @@ def test_python_derives_the_cells_from_the_cpp_description():
     assert rnnfast.ops.GATES == {n: d["gates"] for n, d in described.items()}
     params = _C.layer_params()
     assert [p["name"] for p in params] == ["weight_ih", "weight_hh", "bias_ih", "bias_hh",
-                                           "weight_hr", "weight_ci", "weight_cf", "weight_co"]
+                                           "weight_hr", "weight_ci", "weight_cf", "weight_co",
+                                           "ln_ih_weight", "ln_hh_weight", "ln_c_weight",
+                                           "ln_c_bias"]
+    ln = ["ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias"]
     assert described["lstm_peephole"]["params"] == ["weight_ci", "weight_cf", "weight_co"]
     assert described["lstm_coupled_peephole"]["params"] == ["weight_ci", "weight_co"]
-    assert all(not d["params"] for n, d in described.items() if "peephole" not in n)
+    assert described["lstm_peephole_ln"]["params"] == ["weight_ci", "weight_cf", "weight_co"] + ln
+    assert described["lstm_coupled_ln"]["params"] == ln
+    assert described["gru_ln"]["params"] == ln[:2]
+    assert all(not d["params"] for n, d in described.items()
+               if "peephole" not in n and not n.endswith("_ln"))
+    assert [n for n, d in described.items() if d["layer_norm"]] == [
+        n for n in described if n.endswith("_ln")]
     for cell in CELLS:
         for proj in projections(cell):
             _, x, state, weights, lengths, reverse, _ = op_args(cell, proj, requires_grad=False)
@@ -134,7 +143,10 @@ def test_python_derives_the_cells_from_the_cpp_description():
             assert ws.shape[-1] == rnnfast.ops.workspace_cols(cell, 5, proj), (cell, proj)
     for m, cell in [(rnnfast.LSTM(3, 5, proj_size=2, bias=False), "lstm"),
                     (rnnfast.GRU(3, 5, num_layers=2), "gru"), (rnnfast.RNN(3, 5), "rnn_tanh"),
-                    (rnnfast.LSTM(3, 5, proj_size=2, peephole=True), "lstm_peephole")]:
+                    (rnnfast.LSTM(3, 5, proj_size=2, peephole=True), "lstm_peephole"),
+                    (rnnfast.LSTM(3, 5, proj_size=2, peephole=True, coupled_gates=True,
+                                  layer_norm=True), "lstm_coupled_peephole_ln"),
+                    (rnnfast.GRU(3, 5, layer_norm=True), "gru_ln")]:
         G = described[cell]["gates"]
         P = getattr(m, "proj_size", 0)
         sizes = {"input": 3, "hidden": 5, "state": P or 5, "proj": P, "gate_rows": G * 5}

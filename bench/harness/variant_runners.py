@@ -163,19 +163,29 @@ class ZoneoutCellLoopRunner(CellLoopRunner):
         return torch.stack(outs)
 
 
+def _ln(v: torch.Tensor) -> torch.Tensor:
+    """Layer normalisation without gain over the last dimension (eps 1e-5, biased variance)."""
+    return F.layer_norm(v, v.shape[-1:])
+
+
 class HandLSTMCell(nn.Module):
-    """An LSTM cell with coupled gates and/or peepholes, written as a user would (and with the
-    equations of README "Beyond torch"; gate rows i, f, g, o, or i, g, o when coupled):
+    """An LSTM cell with coupled gates, peepholes and/or layer normalisation, written as a user
+    would (and with the equations of README "Beyond torch"; gate rows i, f, g, o, or i, g, o
+    when coupled):
 
         z = x W_ih^T + b_ih + h W_hh^T + b_hh;  z_i += w_ci * c;  z_f += w_cf * c
+          (layer norm: z = LN(x W_ih^T) g_ih + LN(h W_hh^T) g_hh + b_ih + b_hh)
         i = sigmoid(z_i);  f = 1 - i if coupled else sigmoid(z_f);  g = tanh(z_g)
         c' = f * c + i * g;  z_o += w_co * c';  h' = sigmoid(z_o) * tanh(c')
+          (layer norm: h' = sigmoid(z_o) * tanh(LN(c') g_c + b_c))
     """
 
-    def __init__(self, input_size: int, hidden_size: int, coupled: bool, peephole: bool) -> None:
+    def __init__(self, input_size: int, hidden_size: int, coupled: bool, peephole: bool,
+                 layer_norm: bool = False) -> None:
         super().__init__()
         G = 3 if coupled else 4
         self.coupled, self.peephole, self.hidden_size = coupled, peephole, hidden_size
+        self.layer_norm = layer_norm
         self.weight_ih = nn.Parameter(torch.empty(G * hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(G * hidden_size, hidden_size))
         self.bias_ih = nn.Parameter(torch.empty(G * hidden_size))
@@ -185,12 +195,20 @@ class HandLSTMCell(nn.Module):
             if not coupled:
                 self.weight_cf = nn.Parameter(torch.empty(hidden_size))
             self.weight_co = nn.Parameter(torch.empty(hidden_size))
+        if layer_norm:
+            for name, n in (("ln_ih_weight", G), ("ln_hh_weight", G), ("ln_c_weight", 1),
+                            ("ln_c_bias", 1)):
+                setattr(self, name, nn.Parameter(torch.empty(n * hidden_size)))
 
     def forward(self, x, state, weight_hh=None):
         """One step; weight_hh replaces self.weight_hh (a dropped copy, for weight drop)."""
         h, c = state
         w_hh = self.weight_hh if weight_hh is None else weight_hh
-        z = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, w_hh, self.bias_hh)
+        if self.layer_norm:
+            z = (_ln(F.linear(x, self.weight_ih)) * self.ln_ih_weight + self.bias_ih
+                 + _ln(F.linear(h, w_hh)) * self.ln_hh_weight + self.bias_hh)
+        else:
+            z = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, w_hh, self.bias_hh)
         if self.coupled:
             z_i, z_g, z_o = z.chunk(3, 1)
         else:
@@ -204,21 +222,52 @@ class HandLSTMCell(nn.Module):
         c = f * c + i * torch.tanh(z_g)
         if self.peephole:
             z_o = z_o + self.weight_co * c
-        h = torch.sigmoid(z_o) * torch.tanh(c)
+        out = _ln(c) * self.ln_c_weight + self.ln_c_bias if self.layer_norm else c
+        h = torch.sigmoid(z_o) * torch.tanh(out)
         return h, c
 
 
+class HandLayerNormGRUCell(nn.Module):
+    """A layer-normalised GRU cell written as a user would (as haste's LayerNormGRU):
+    a = LN(x W_ih^T) g_ih + b_ih, r = LN(h W_hh^T) g_hh + b_hh, then torch's GRU equations."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        for name, shape in (("weight_ih", (3 * hidden_size, input_size)),
+                            ("weight_hh", (3 * hidden_size, hidden_size)),
+                            ("bias_ih", (3 * hidden_size,)), ("bias_hh", (3 * hidden_size,)),
+                            ("ln_ih_weight", (3 * hidden_size,)),
+                            ("ln_hh_weight", (3 * hidden_size,))):
+            setattr(self, name, nn.Parameter(torch.empty(shape)))
+
+    def forward(self, x, h, weight_hh=None):
+        w_hh = self.weight_hh if weight_hh is None else weight_hh
+        a = _ln(F.linear(x, self.weight_ih)) * self.ln_ih_weight + self.bias_ih
+        r = _ln(F.linear(h, w_hh)) * self.ln_hh_weight + self.bias_hh
+        a_r, a_z, a_n = a.chunk(3, 1)
+        r_r, r_z, r_n = r.chunk(3, 1)
+        rg = torch.sigmoid(a_r + r_r)
+        z = torch.sigmoid(a_z + r_z)
+        n = torch.tanh(a_n + rg * r_n)
+        return (1 - z) * n + z * h
+
+
 class HandLoopRunner(VariantRunner):
-    """The LSTM variant as a Python loop over HandLSTMCell; with weight_drop, W_hh goes through
-    F.dropout once per call (in training), as rnnfast draws it."""
+    """The LSTM variant as a Python loop over HandLSTMCell (the layer-normalised GRU over
+    HandLayerNormGRUCell); with weight_drop, W_hh goes through F.dropout once per call (in
+    training), as rnnfast draws it."""
 
     kind = "hand-written loop"
     is_loop = True
 
     def __init__(self, module: nn.Module, coupled: bool, peephole: bool,
-                 weight_drop: float = 0.0) -> None:
+                 weight_drop: float = 0.0, layer_norm: bool = False) -> None:
         super().__init__()
-        self.cell = HandLSTMCell(module.input_size, module.hidden_size, coupled, peephole)
+        self.lstm = module.mode == "LSTM"  # else a GRU (layer_norm)
+        self.cell = (HandLSTMCell(module.input_size, module.hidden_size, coupled, peephole,
+                                  layer_norm) if self.lstm
+                     else HandLayerNormGRUCell(module.input_size, module.hidden_size))
         self.weight_drop = weight_drop
         self.copy_layer0(module, self.cell)
 
@@ -227,11 +276,11 @@ class HandLoopRunner(VariantRunner):
         if self.weight_drop > 0 and self.training:
             w_hh = F.dropout(self.cell.weight_hh, self.weight_drop, True)
         h = x.new_zeros(x.shape[1], self.cell.hidden_size)
-        state = (h, h)
+        state = (h, h) if self.lstm else h
         outs = []
         for t in range(x.shape[0]):
             state = self.cell(x[t], state, w_hh)
-            outs.append(state[0])
+            outs.append(state[0] if self.lstm else state)
         return torch.stack(outs)
 
 
@@ -259,17 +308,20 @@ class TorchWeightDropRunner(VariantRunner):
 
 def baseline_for(cls_name: str, kwargs: dict) -> Optional[Callable[[nn.Module], VariantRunner]]:
     """The 'what users do today' implementation of a variant, as a factory taking the rnnfast
-    module (whose parameters it copies); None when none is written here yet (a new option, e.g.
-    layer_norm, or a combination no loop here covers, e.g. zoneout with peepholes or weight
-    drop, gets its row with the baseline columns n/a until one is added)."""
+    module (whose parameters it copies); None when none is written here yet (a new option, or
+    a combination no loop here covers, e.g. zoneout with peepholes or weight drop, gets its row
+    with the baseline columns n/a until one is added)."""
     opts = options_on(kwargs)
     p = float(opts.pop("weight_drop", 0.0))
     if set(opts) == {"zoneout"} and p == 0:
         zoneout = opts["zoneout"]
         return lambda m: ZoneoutCellLoopRunner(m, cls_name, zoneout)
-    if cls_name == "LSTM" and opts and set(opts) <= {"coupled_gates", "peephole"}:
+    if cls_name == "LSTM" and opts and set(opts) <= {"coupled_gates", "peephole", "layer_norm"}:
         coupled, peephole = bool(opts.get("coupled_gates")), bool(opts.get("peephole"))
-        return lambda m: HandLoopRunner(m, coupled, peephole, p)
+        ln = bool(opts.get("layer_norm"))
+        return lambda m: HandLoopRunner(m, coupled, peephole, p, ln)
+    if cls_name == "GRU" and set(opts) == {"layer_norm"}:
+        return lambda m: HandLoopRunner(m, False, False, p, True)
     if opts:
         return None
     if p > 0:

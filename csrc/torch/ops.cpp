@@ -251,6 +251,8 @@ PYBIND11_MODULE(_C, m) {
       d["projection"] = c.projection;
       d["apart_gates"] = c.apart_gates;
       d["saved_blocks"] = c.saved_blocks;
+      d["layer_norm"] = c.layer_norm();
+      d["stats_cols"] = c.layer_norm() ? core::kLnStatsCols : 0;
       pybind11::list params;
       for (int i = 0; i < core::kLayerParamCount; ++i)
         if (c.has_param(i)) params.append(core::kLayerParams[i].name);
@@ -259,6 +261,7 @@ PYBIND11_MODULE(_C, m) {
     }
     return cells;
   }, "The cells the ops know (the `cell` argument), with their descriptions (csrc/core/cells.h).");
+  m.attr("layer_norm_eps") = core::kLayerNormEps;
   m.def("layer_params", [] {
     auto extent = [](core::Extent e) -> pybind11::object {
       switch (e) {

@@ -23,6 +23,8 @@ class Cell(NamedTuple):
     apart_gates: int            # bit k: gate k keeps h W_hh^T + b_hh apart from the x side
     saved_blocks: int           # H-wide workspace blocks the forward saves
     params: Tuple[str, ...]     # its own parameters (PARAMS entries present "cell"), in order
+    layer_norm: bool            # normalises its gate pre-activations (ln_ih_weight, ...)
+    stats_cols: int             # workspace columns of per-row statistics after h_{t-1}
 
     @property
     def states(self) -> int:
@@ -44,6 +46,8 @@ DESCRIPTIONS: Dict[str, Cell] = {
     d["name"]: Cell(**{**d, "gate_names": tuple(d["gate_names"]), "params": tuple(d["params"])})
     for d in _C.cells()}
 PARAMS: Tuple[Param, ...] = tuple(Param(**d) for d in _C.layer_params())
+# The epsilon of the layer-normalised cells' normalisation (csrc/core/cells.h kLayerNormEps).
+LAYER_NORM_EPS: float = _C.layer_norm_eps
 # The names of the states, by position in a state list ([h] or [h, c]).
 STATE_NAMES = ("h", "c")
 
@@ -136,9 +140,10 @@ def state_shapes(info: Cell, batch, hidden, proj) -> List[tuple]:
 
 def workspace_cols(info: Cell, hidden, proj):
     """Columns of the workspace a training forward saves per (t, b): the cell's saved blocks,
-    the projection input (with a projection), then h_{t-1} (csrc/core/cells.h)."""
+    the projection input (with a projection), h_{t-1}, then the layer-norm statistics of a
+    layer-normalised cell (csrc/core/cells.h)."""
     hprev_col = (info.saved_blocks + (1 if proj > 0 else 0)) * hidden
-    return hprev_col + (proj if proj > 0 else hidden)
+    return hprev_col + (proj if proj > 0 else hidden) + info.stats_cols
 
 
 def check_state(info: Cell, state: Sequence) -> None:

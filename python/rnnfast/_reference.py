@@ -44,7 +44,10 @@ def _lstm_family_step(coupled, gates, gi, gh, state, w):
     c = f * c_prev + i * torch.tanh(zg)
     if peephole:
         zo = zo + w["weight_co"] * c
-    h = torch.sigmoid(zo) * torch.tanh(c)
+    # layer normalisation of the output stage: tanh(LN(c_t) * ln_c_weight + ln_c_bias)
+    out = c if w.get("ln_c_weight") is None else torch.addcmul(
+        w["ln_c_bias"], _normalized(c), w["ln_c_weight"])
+    h = torch.sigmoid(zo) * torch.tanh(out)
     if w.get("weight_hr") is not None:
         h = F.linear(h, w["weight_hr"])
     return [h, c]
@@ -72,7 +75,33 @@ _STEPS: Dict[str, Step] = {
     "lstm_coupled": functools.partial(_lstm_family_step, True),
     "lstm_peephole": functools.partial(_lstm_family_step, False),
     "lstm_coupled_peephole": functools.partial(_lstm_family_step, True),
+    "lstm_ln": functools.partial(_lstm_family_step, False),
+    "lstm_coupled_ln": functools.partial(_lstm_family_step, True),
+    "lstm_peephole_ln": functools.partial(_lstm_family_step, False),
+    "lstm_coupled_peephole_ln": functools.partial(_lstm_family_step, True),
+    "gru_ln": _gru_step,
 }
+
+
+def _normalized(v):
+    """(v - mean(v)) / sqrt(var(v) + eps) over the last dimension, biased variance (the layer
+    normalisation of the layer-normalised cells, without gain; csrc/core/cells.h)."""
+    return F.layer_norm(v, v.shape[-1:], eps=_cells.LAYER_NORM_EPS)
+
+
+def _projections(x, h, w):
+    """x W_ih^T + b_ih and h W_hh^T + b_hh; in a layer-normalised cell each product is
+    normalised over its G*H columns and scaled by its gain (ln_ih_weight, ln_hh_weight)
+    before its bias is added."""
+    if w.get("ln_ih_weight") is None:
+        return F.linear(x, w["weight_ih"], w.get("bias_ih")), F.linear(h, w["weight_hh"],
+                                                                     w.get("bias_hh"))
+    sides = []
+    for v, weight, gain, bias in ((x, "weight_ih", "ln_ih_weight", "bias_ih"),
+                                  (h, "weight_hh", "ln_hh_weight", "bias_hh")):
+        g = _normalized(F.linear(v, w[weight])) * w[gain]
+        sides.append(g if w.get(bias) is None else g + w[bias])
+    return sides[0], sides[1]
 
 
 def _step_of(info: _cells.Cell) -> Step:
@@ -102,8 +131,7 @@ def _padded_layer(info, step, input, state, w, lengths, reverse, zoneout=()):
         active_all = lengths.to(input.device).unsqueeze(0) > torch.arange(
             T, device=input.device).unsqueeze(1)  # [T, B]
     for t in steps:
-        gi = F.linear(input[t], w["weight_ih"], w.get("bias_ih"))
-        gh = F.linear(state[0], w["weight_hh"], w.get("bias_hh"))
+        gi, gh = _projections(input[t], state[0], w)
         new = step(info.gates, gi, gh, state, w)
         if zoneout:  # s_t = m s_{t-1} + (1 - m) s~_t
             new = [m * s + (1 - m) * n for n, s, m in

@@ -34,14 +34,18 @@ from . import _C, _cells, _reference, ops
 _warned_devices = set()
 
 
-def _layer_fn(device: torch.device):
-    """The fused op where this build has native kernels; elsewhere the plain-PyTorch loop,
-    with a one-time warning."""
-    if ops.has_native_kernels(device.type):
+def _layer_fn(device: torch.device, cell: Optional[_cells.Cell] = None):
+    """The fused op where this build has native kernels for the device (and the cell: the
+    layer-normalised cells have CPU kernels only); elsewhere the plain-PyTorch loop, with a
+    one-time warning."""
+    layer_norm_off = cell is not None and cell.layer_norm and device.type != "cpu"
+    if ops.has_native_kernels(device.type) and not layer_norm_off:
         return ops.layer
-    if device.type not in _warned_devices:
-        _warned_devices.add(device.type)
-        why = ("its CUDA kernels are off (RNNFAST_CUDA_KERNELS=1 turns them on)"
+    key = (device.type, layer_norm_off)
+    if key not in _warned_devices:
+        _warned_devices.add(key)
+        why = ("layer_norm=True has CPU kernels only" if layer_norm_off else
+               "its CUDA kernels are off (RNNFAST_CUDA_KERNELS=1 turns them on)"
                if device.type == "cuda" and _C.cuda_built else "it has no native kernels for it")
         warnings.warn(
             f"rnnfast: device '{device.type}' runs the plain-PyTorch reference implementation "
@@ -110,8 +114,23 @@ def _probability(p: float) -> Tensor:
     """p as a 0-D float64 CPU tensor, made once per value (the ops only read it)."""
     t = _PROBABILITIES.get(p)
     if t is None:
-        t = _PROBABILITIES[p] = torch.tensor(p, dtype=torch.float64)
+        t = torch.tensor(p, dtype=torch.float64)
+        # not while torch.export traces: the tensor made then is a fake one, which later eager
+        # calls must not find (torch.compile replays the store with the real tensor)
+        if not torch.compiler.is_exporting():
+            _PROBABILITIES[p] = t
     return t
+
+
+def _init_parameters(m: nn.Module) -> None:
+    """torch's RNN initialisation, U(-1/sqrt(H), 1/sqrt(H)), for every parameter but the
+    layer-norm ones: gains (ln_*_weight) 1, shifts (ln_*_bias) 0."""
+    stdv = 1.0 / math.sqrt(m.hidden_size) if m.hidden_size > 0 else 0
+    for name, weight in m.named_parameters():
+        if name.startswith("ln_"):
+            init.constant_(weight, 1.0 if "_weight" in name else 0.0)
+        else:
+            init.uniform_(weight, -stdv, stdv)
 
 
 def _options_repr(m: nn.Module) -> str:
@@ -123,6 +142,8 @@ def _options_repr(m: nn.Module) -> str:
         s += ", coupled_gates=True"
     if d.get("peephole"):
         s += ", peephole=True"
+    if d.get("layer_norm"):
+        s += ", layer_norm=True"
     if d.get("weight_drop"):
         s += f", weight_drop={d['weight_drop']}"
     if any(d.get("_zoneout_p", ())):
@@ -250,9 +271,7 @@ class RNNBase(nn.Module):
         return ret
 
     def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            init.uniform_(weight, -stdv, stdv)
+        _init_parameters(self)
 
     @property
     def all_weights(self) -> List[List[nn.Parameter]]:
@@ -369,7 +388,7 @@ class RNNBase(nn.Module):
         cell = self._cell
         # the initial states, stacked: (h0,) or (h0, c0), each [layers * directions, B, *]
         stacked = None if hx is None else tuple(hx) if cell.cell_state else (hx,)
-        run = _layer_fn(x.device)
+        run = _layer_fn(x.device, cell)
         num_directions = 2 if self.bidirectional else 1
         # DropConnect (weight_drop): in training, W_hh through inverted dropout, one mask per
         # call for all its steps (a call runs the whole sequence)
@@ -470,11 +489,20 @@ class RNNBase(nn.Module):
         return out, hidden
 
 
-def _lstm_cell(owner: str, coupled_gates, peephole) -> str:
-    """The LSTM cell of the `coupled_gates` and `peephole` arguments (checked to be bools)."""
+def _lstm_cell(owner: str, coupled_gates, peephole, layer_norm) -> str:
+    """The LSTM cell of the `coupled_gates`, `peephole` and `layer_norm` arguments (checked to
+    be bools)."""
     _check_type(f"{owner}: coupled_gates", coupled_gates, bool, "bool")
     _check_type(f"{owner}: peephole", peephole, bool, "bool")
-    return "lstm" + ("_coupled" if coupled_gates else "") + ("_peephole" if peephole else "")
+    _check_type(f"{owner}: layer_norm", layer_norm, bool, "bool")
+    return ("lstm" + ("_coupled" if coupled_gates else "") + ("_peephole" if peephole else "")
+            + ("_ln" if layer_norm else ""))
+
+
+def _gru_cell(owner: str, layer_norm) -> str:
+    """The GRU cell of the `layer_norm` argument (checked to be a bool)."""
+    _check_type(f"{owner}: layer_norm", layer_norm, bool, "bool")
+    return "gru_ln" if layer_norm else "gru"
 
 
 class LSTM(RNNBase):
@@ -482,7 +510,7 @@ class LSTM(RNNBase):
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
     dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-    coupled_gates=False, peephole=False, weight_drop=0.0, zoneout=0.0)``
+    coupled_gates=False, peephole=False, layer_norm=False, weight_drop=0.0, zoneout=0.0)``
 
     rnnfast's own options, off by default (the module is then exactly nn.LSTM):
 
@@ -493,6 +521,13 @@ class LSTM(RNNBase):
       parameters ``weight_ci_l{k}``, ``weight_cf_l{k}`` (not with coupled_gates) and
       ``weight_co_l{k}`` (``_reverse`` for the reverse direction), each [hidden_size];
       z_i += w_ci * c_{t-1}, z_f += w_cf * c_{t-1}, and z_o += w_co * c_t.
+    - ``layer_norm=True`` is layer normalisation (Ba et al. 2016; as haste's LayerNormLSTM):
+      LN(v) = (v - mean(v)) / sqrt(var(v) + 1e-5) over the features, biased variance;
+      z = LN(W_ih x_t) * ln_ih_weight + LN(W_hh h_{t-1}) * ln_hh_weight + b_ih + b_hh and
+      h_t = o * tanh(LN(c_t) * ln_c_weight + ln_c_bias). Parameters ``ln_ih_weight_l{k}``,
+      ``ln_hh_weight_l{k}`` [G * hidden_size] (G = 4, or 3 with coupled_gates; init 1),
+      ``ln_c_weight_l{k}`` (init 1) and ``ln_c_bias_l{k}`` (init 0) [hidden_size]. CPU kernels
+      only so far: on CUDA it runs the plain-PyTorch reference loop.
     - ``weight_drop=p`` is DropConnect on the recurrent weights (Merity et al. 2017, AWD-LSTM):
       in training each call drops W_hh with inverted dropout, one mask for all its steps;
       eval uses W_hh as is. No parameters are added.
@@ -503,21 +538,27 @@ class LSTM(RNNBase):
       expectation, s_t = p * s_{t-1} + (1 - p) * s~_t.
     """
 
-    def __init__(self, *args, coupled_gates: bool = False, peephole: bool = False, **kwargs):
-        super().__init__("LSTM", *args, cell=_lstm_cell("LSTM", coupled_gates, peephole),
-                         **kwargs)
+    def __init__(self, *args, coupled_gates: bool = False, peephole: bool = False,
+                 layer_norm: bool = False, **kwargs):
+        super().__init__("LSTM", *args,
+                         cell=_lstm_cell("LSTM", coupled_gates, peephole, layer_norm), **kwargs)
         self.coupled_gates = coupled_gates
         self.peephole = peephole
+        self.layer_norm = layer_norm
 
 
 class GRU(RNNBase):
     """Drop-in for :class:`torch.nn.GRU` on rnnfast's fused kernels; ``weight_drop=p`` and
-    ``zoneout=p`` (of h; keyword only) as for :class:`LSTM`."""
+    ``zoneout=p`` (of h; keyword only) as for :class:`LSTM`. ``layer_norm=True`` (as haste's
+    LayerNormGRU): a = LN(W_ih x_t) * ln_ih_weight + b_ih and r = LN(W_hh h_{t-1}) *
+    ln_hh_weight + b_hh take the place of torch's two products, with parameters
+    ``ln_ih_weight_l{k}`` and ``ln_hh_weight_l{k}`` [3 * hidden_size] (init 1)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, layer_norm: bool = False, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        super().__init__("GRU", *args, **kwargs)
+        super().__init__("GRU", *args, cell=_gru_cell("GRU", layer_norm), **kwargs)
+        self.layer_norm = layer_norm
 
 
 class RNN(RNNBase):
@@ -582,9 +623,7 @@ class RNNCellBase(nn.Module):
         return s.format(**self.__dict__) + _options_repr(self)
 
     def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            init.uniform_(weight, -stdv, stdv)
+        _init_parameters(self)
 
     def _check(self, input: Tensor, states, name: str) -> bool:
         """torch's checks for a cell call; returns whether the input is batched. (Runs on every
@@ -627,7 +666,8 @@ class RNNCellBase(nn.Module):
     def _step(self, input: Tensor, states: List[Optional[Tensor]], cell: str) -> List[Tensor]:
         """One fused step of ``cell`` from the given states ([h] or [h, c]; all None: zeros, a
         single None: zeros for that state); returns the new states."""
-        run = ops.layer if input.is_cpu else _layer_fn(input.device)
+        run = (ops.layer if input.is_cpu else
+               _layer_fn(input.device, _cells.DESCRIPTIONS[self._cell_name]))
         if all(s is None for s in states):
             states = []
         elif any(s is None for s in states):
@@ -643,20 +683,23 @@ class RNNCellBase(nn.Module):
 
 
 class LSTMCell(RNNCellBase):
-    """Drop-in for :class:`torch.nn.LSTMCell`: one fused step. ``coupled_gates=True`` and
-    ``peephole=True`` (rnnfast's own) as for :class:`LSTM`; the peephole weights are then
-    ``weight_ci``, ``weight_cf`` (not with coupled_gates) and ``weight_co``. ``zoneout=p`` or
+    """Drop-in for :class:`torch.nn.LSTMCell`: one fused step. ``coupled_gates=True``,
+    ``peephole=True`` and ``layer_norm=True`` (rnnfast's own) as for :class:`LSTM`; the
+    parameters are then ``weight_ci``, ``weight_cf`` (not with coupled_gates), ``weight_co``,
+    ``ln_ih_weight``, ``ln_hh_weight``, ``ln_c_weight`` and ``ln_c_bias``. ``zoneout=p`` or
     ``(p_c, p_h)`` as for :class:`LSTM` (a mask per call in training)."""
 
     _cell_name = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
                  dtype=None, coupled_gates: bool = False, peephole: bool = False,
-                 zoneout=0.0) -> None:
+                 zoneout=0.0, layer_norm: bool = False) -> None:
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype,
-                         cell=_lstm_cell("LSTMCell", coupled_gates, peephole), zoneout=zoneout)
+                         cell=_lstm_cell("LSTMCell", coupled_gates, peephole, layer_norm),
+                         zoneout=zoneout)
         self.coupled_gates = coupled_gates
         self.peephole = peephole
+        self.layer_norm = layer_norm
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
         h0, c0 = hx if hx is not None else (None, None)
@@ -672,17 +715,23 @@ class LSTMCell(RNNCellBase):
 
 
 class GRUCell(RNNCellBase):
-    """Drop-in for :class:`torch.nn.GRUCell`: one fused step; ``zoneout=p`` as for
-    :class:`GRU`."""
+    """Drop-in for :class:`torch.nn.GRUCell`: one fused step; ``zoneout=p`` and
+    ``layer_norm=True`` (parameters ``ln_ih_weight``, ``ln_hh_weight``) as for :class:`GRU`."""
 
     _cell_name = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None, zoneout=0.0, layer_norm: bool = False) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype,
+                         cell=_gru_cell("GRUCell", layer_norm), zoneout=zoneout)
+        self.layer_norm = layer_norm
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         batched = self._check(input, [("hidden", hx)], "GRUCell")
         if not batched:
             input = input.unsqueeze(0)
             hx = hx.unsqueeze(0) if hx is not None else None
-        h, = self._step(input, [hx], "gru")
+        h, = self._step(input, [hx], self._cell_name)
         return h if batched else h.squeeze(0)
 
 

@@ -95,7 +95,7 @@ struct Problem {
 template <class Real>
 struct Tensors {
   std::vector<Real> x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ry, rh, rc;
-  std::vector<Real> cw;  // the cell's own parameters, [params, H] (each of them is [H])
+  std::vector<Real> cw;  // the cell's own parameters, one after the other (cell_param_offset)
   std::vector<Real> zh, zc;  // zoneout masks of h [T, B, S] and c [T, B, H] (0 or 1)
   std::vector<int64_t> lengths;
 };
@@ -115,15 +115,29 @@ void wire_zoneout(Args& a, const Problem& p, const std::vector<Real>& zh,
   }
 }
 
-// Points args.cell_w at the cell's own parameters in cw ([params, H]).
+// Where the cell's own parameter n starts in a buffer of all of them, one after the other
+// (n = params(): their total size); each is [H] or [G*H] (kLayerParams).
+int64_t cell_param_offset(Cell cell, int64_t H, int n) {
+  const CellInfo& c = cell_info(cell);
+  int64_t off = 0;
+  for (int i = 0, k = 0; i < kLayerParamCount && k < n; ++i)
+    if (c.has_param(i)) {
+      off += kLayerParams[i].rows == Extent::GateRows ? c.gates * H : H;
+      ++k;
+    }
+  return off;
+}
+// Points args.cell_w at the cell's own parameters in cw.
 template <class Args, class Real>
 void wire_cell_params(Args& a, Cell cell, int64_t H, const std::vector<Real>& cw) {
-  for (int n = 0; n < cell_info(cell).params(); ++n) a.cell_w[n] = cw.data() + n * H;
+  for (int n = 0; n < cell_info(cell).params(); ++n)
+    a.cell_w[n] = cw.data() + cell_param_offset(cell, H, n);
 }
-// Points args.dcell_w at gradient buffers in dcw ([params, H]).
+// Points args.dcell_w at gradient buffers in dcw (laid out as cw).
 template <class Real>
 void wire_cell_grads(BackwardArgs<Real>& a, Cell cell, int64_t H, std::vector<Real>& dcw) {
-  for (int n = 0; n < cell_info(cell).params(); ++n) a.dcell_w[n] = dcw.data() + n * H;
+  for (int n = 0; n < cell_info(cell).params(); ++n)
+    a.dcell_w[n] = dcw.data() + cell_param_offset(cell, H, n);
 }
 
 template <class Real>
@@ -145,7 +159,7 @@ Tensors<Real> make(const Problem& p, unsigned seed) {
   t.b_ih = fill(G * p.H);
   t.b_hh = fill(G * p.H);
   t.w_hr = fill(p.P * p.H);
-  t.cw = fill(cell_info(p.cell).params() * p.H);
+  t.cw = fill(cell_param_offset(p.cell, p.H, cell_info(p.cell).params()));
   std::bernoulli_distribution keep(0.4);
   t.zh.resize(p.T * p.B * S);
   t.zc.resize(p.T * p.B * p.H);

@@ -26,6 +26,19 @@ struct FwdStep {
   // backward pass, so it should neither take a read for ownership nor evict the weights from
   // L2. Needs every vector's address in ws aligned to its size.
   bool stream_ws;
+  // Layer normalisation of the pre-activations (cells with kLayerNorm; ForwardUnit<.., true>):
+  // gx holds x W_ih^T and rg h W_hh^T of every gate, without biases.
+  const Real* ln_gain_ih = nullptr;  // [GH] ln_ih_weight
+  const Real* ln_gain_hh = nullptr;  // [GH] ln_hh_weight
+  const Real* ln_row = nullptr;      // [B, 4] per row: mean and 1/sqrt(var + eps) of x W_ih^T,
+                                     //        then of h W_hh^T
+  unsigned fold_gates = 0;           // gates whose normalised h side pre(k) adds (not apart)
+  int64_t ln_block = 0;              // first of the 2 G saved blocks of normalised values
+  int64_t G = 0;
+  // Per-unit values a cell with a normalised output carries between its two halves
+  // (cell_math.h: stash): [B, stage_cols], block q + 1 of H for stash q.
+  Real* stage = nullptr;
+  int64_t stage_cols = 0;
 };
 
 // A value saved for the backward pass (see FwdStep::stream_ws).
@@ -37,10 +50,11 @@ inline void save_value(const FwdStep<Real>& s, V v, Real* p) {
 // The forward step accessor of cell_math.h. It takes its row pointers from the step once, at
 // construction: the cell's vector stores may alias anything, so reading them from the step
 // after a store would reload them.
-template <class V, class Real>
+template <class V, class Real, bool kLn = false>
 struct ForwardUnit {
   ForwardUnit(const FwdStep<Real>& s, int64_t b, int64_t j)
       : H(s.H),
+        G(s.G),
         gx(s.gx + b * s.GH + j),
         bias(s.bias + j),
         rg(s.rg ? s.rg + b * s.GH + j : nullptr),
@@ -51,12 +65,30 @@ struct ForwardUnit {
         stream_ws(s.stream_ws),
         zone_c(s.zone_c),
         zc(s.zone_c && s.zc ? s.zc + b * s.H + j : nullptr),
-        zc_p(s.zc_p) {
+        zc_p(s.zc_p),
+        stage(s.stage ? s.stage + b * s.stage_cols + j : nullptr) {
     for (int n = 0; n < s.params; ++n) pw[n] = s.cell_w[n] + j;
+    if constexpr (kLn) {
+      gih = s.ln_gain_ih + j;
+      ghh = s.ln_gain_hh + j;
+      const Real* row = s.ln_row + b * 4;
+      mu_a = row[0], rs_a = row[1], mu_r = row[2], rs_r = row[3];
+      fold = s.fold_gates;
+      ln_ws = ws ? ws + s.ln_block * s.H : nullptr;
+    }
   }
-  V pre(int k) const { return V::load(gx + k * H) + V::load(bias + k * H); }
+  V pre(int k) const {
+    if constexpr (kLn) {  // LN(x W_ih^T) * gain + bias, plus the folded h side
+      const V ah = (V::load(gx + k * H) - V::set1(mu_a)) * V::set1(rs_a);
+      save(ln_ws, k, ah);
+      const V v = V::fmadd(ah, V::load(gih + k * H), V::load(bias + k * H));
+      return ((fold >> k) & 1u) ? v + recurrent_ln(k) : v;
+    } else {
+      return V::load(gx + k * H) + V::load(bias + k * H);
+    }
+  }
   V recurrent(int k) const {
-    V r = V::load(rg + k * H);
+    V r = kLn ? recurrent_ln(k) : V::load(rg + k * H);
     return b_apart ? r + V::load(b_apart + k * H) : r;
   }
   V h_prev() const { return V::load(h); }
@@ -70,20 +102,34 @@ struct ForwardUnit {
     v.store(c);
   }
   V param(int n) const { return V::load(pw[n]); }
-  void save(int q, V v) const {
-    if (!ws) return;
-    if (stream_ws) v.stream(ws + q * H); else v.store(ws + q * H);
-  }
+  void save(int q, V v) const { save(ws, q, v); }
+  void stash(int q, V v) const { v.store(stage + (q + 1) * H); }
+  V stashed(int q) const { return V::load(stage + (q + 1) * H); }
 
  private:
-  const int64_t H;
+  void save(Real* base, int q, V v) const {
+    if (!base) return;
+    if (stream_ws) v.stream(base + q * H); else v.store(base + q * H);
+  }
+  // LN(h W_hh^T) * gain of gate k (saving the normalised value)
+  V recurrent_ln(int k) const {
+    const V rh = (V::load(rg + k * H) - V::set1(mu_r)) * V::set1(rs_r);
+    save(ln_ws, G + k, rh);
+    return rh * V::load(ghh + k * H);
+  }
+  const int64_t H, G;
   const Real *const gx, *const bias, *const rg, *const b_apart, *const h;
   Real *const c, *const ws;
   const bool stream_ws;
   const bool zone_c;
   const Real* const zc;
   const Real zc_p;
+  Real* const stage;
   const Real* pw[kMaxCellParams];
+  const Real *gih = nullptr, *ghh = nullptr;
+  Real mu_a = 0, rs_a = 0, mu_r = 0, rs_r = 0;
+  unsigned fold = 0;
+  Real* ln_ws = nullptr;
 };
 
 // Pointers of one backward step.
@@ -107,12 +153,16 @@ struct BwdStep {
   bool zone_c;
   const Real* zc;
   Real zc_p;
+  // As FwdStep's stage (stash q at block q + 1).
+  Real* stage = nullptr;
+  int64_t stage_cols = 0;
 };
 
 // The backward step accessor of cell_math.h (row pointers taken once, as ForwardUnit does).
 template <class Math, class V, class Real>
 struct BackwardUnit {
-  static constexpr bool kSplit = Math::kApartGates != 0;
+  // dgh differs from dgx: apart gates, or a normalised h side
+  static constexpr bool kSplit = Math::kApartGates != 0 || Math::kLayerNorm;
   BackwardUnit(const BwdStep<Real>& s, int64_t b, int64_t j)
       : H(s.H),
         ws(s.ws + b * s.WS + j),
@@ -122,7 +172,8 @@ struct BackwardUnit {
         dgh(s.dgh + b * s.GH + j),
         zone_c(s.zone_c),
         zc(s.zone_c && s.zc ? s.zc + b * s.H + j : nullptr),
-        zc_p(s.zc_p) {
+        zc_p(s.zc_p),
+        stage(s.stage ? s.stage + b * s.stage_cols + j : nullptr) {
     for (int n = 0; n < Math::kParams; ++n) {
       pw[n] = s.cell_w[n] + j;
       dpw[n] = s.dparam_sums + ((b / s.block_rows) * s.params + n) * s.H + j;
@@ -143,6 +194,8 @@ struct BackwardUnit {
   void set_dpre_apart(int k, V v) const { v.store(dgh + k * H); }
   V param(int n) const { return V::load(pw[n]); }
   void add_dparam(int n, V v) const { (V::load(dpw[n]) + v).store(dpw[n]); }
+  void stash(int q, V v) const { v.store(stage + (q + 1) * H); }
+  V stashed(int q) const { return V::load(stage + (q + 1) * H); }
 
  private:
   const int64_t H;
@@ -152,6 +205,7 @@ struct BackwardUnit {
   const bool zone_c;
   const Real* const zc;
   const Real zc_p;
+  Real* const stage;
   const Real* pw[kMaxCellParams];
   Real* dpw[kMaxCellParams];
 };

@@ -140,6 +140,80 @@ inline LengthsSummary summarize_lengths(const int64_t* lengths, int64_t B, int64
   return r;
 }
 
+// Layer normalisation (cells.h: layer_norm) reduces over all units of a row, which the tasks
+// of a step split into strips: each task keeps the moments of its strip's values per row, and
+// after the step's barrier every task merges them (in strip order, so the result does not
+// depend on the thread count).
+template <class Real>
+struct Moments {
+  Real n = 0, mean = 0, m2 = 0;  // count, mean, sum of squared deviations
+  // Chan et al.'s update: the moments of the union of two sets
+  void merge(Real nb, Real mean_b, Real m2_b) {
+    if (nb == 0) return;
+    const Real total = n + nb, d = mean_b - mean;
+    mean += d * (nb / total);
+    m2 += m2_b + d * d * (n * nb / total);
+    n = total;
+  }
+  Real rstd() const { return Real(1) / std::sqrt(m2 / n + Real(kLayerNormEps)); }
+};
+
+// The mean and squared deviations of p[k * H + j] for gates k < G and units j in [j0, j1):
+// out[0] = mean, out[1] = m2.
+template <class Real>
+inline void strip_moments(const Real* p, int64_t H, int64_t G, int64_t j0, int64_t j1,
+                          Real* out) {
+  Real sum = 0;
+  for (int64_t k = 0; k < G; ++k)
+    for (int64_t j = j0; j < j1; ++j) sum += p[k * H + j];
+  const Real mean = sum / Real(G * (j1 - j0));
+  Real m2 = 0;
+  for (int64_t k = 0; k < G; ++k)
+    for (int64_t j = j0; j < j1; ++j) {
+      const Real d = p[k * H + j] - mean;
+      m2 += d * d;
+    }
+  out[0] = mean;
+  out[1] = m2;
+}
+
+// Merges the per-strip moments of one row: parts[s * stride + off + {0, 1}] for strips
+// s < strips, each over G units per hidden unit of strip s (NR wide, the last one to H).
+template <class Real>
+inline Moments<Real> merge_strips(const Real* parts, int64_t strips, int64_t stride,
+                                  int64_t off, int64_t H, int64_t G, int64_t NR) {
+  Moments<Real> m;
+  for (int64_t s = 0; s < strips; ++s)
+    m.merge(Real(G * (imin(H, (s + 1) * NR) - s * NR)), parts[s * stride + off],
+            parts[s * stride + off + 1]);
+  return m;
+}
+
+// Task `task` of a step's (row block, strip) tasks over `width` units (strips of NR) and B
+// rows in blocks of block_rows, at a step with `active` active rows (a prefix, or all).
+struct StepTask {
+  int64_t s, r0, r1, ra, j0, j1;  // strip; rows [r0, r1), of them [r0, ra) active; units
+};
+inline StepTask step_task(int64_t task, int64_t strips, int64_t block_rows, int64_t B,
+                          int64_t width, int64_t NR, int64_t active) {
+  StepTask k;
+  k.s = task % strips;
+  k.r0 = (task / strips) * block_rows;
+  k.r1 = imin(B, k.r0 + block_rows);
+  k.ra = imin(k.r1, active);
+  k.j0 = k.s * NR;
+  k.j1 = imin(width, k.j0 + NR);
+  return k;
+}
+
+// out[i] = the sum over strips q < strips of parts[q * n + i], for i < n (in strip order).
+template <class Real>
+inline void sum_strips(const Real* parts, int64_t strips, int n, Real* out) {
+  for (int i = 0; i < n; ++i) out[i] = 0;
+  for (int64_t q = 0; q < strips; ++q)
+    for (int i = 0; i < n; ++i) out[i] += parts[q * n + i];
+}
+
 // The forward strategy (rnn.h: LayerPlan).
 template <class Real>
 LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
@@ -329,7 +403,7 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
   // 3. The step loop. States: h ping-pongs between two buffers, so that a step reads h_{t-1}
   //    while writing h_t.
   Buffer<Real> hbuf0(B * S), hbuf1(B * S), cbuf(Math::kCellState ? B * H : 0),
-      rg(Math::kApartGates ? B * GH : 0),
+      rg(Math::kApartGates || Math::kLayerNorm ? B * GH : 0),
       hpre(P > 0 ? B * H : 0);
   if (a.h0) copy_n(a.h0, B * S, hbuf0.get()); else fill_n(hbuf0.get(), B * S, Real(0));
   // With unsorted lengths the projection GEMM also reads the rows of inactive batch
@@ -352,6 +426,16 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
   const bool zone_h = zoneout_on(a, 0);
   const bool zone_c = Math::kCellState && zoneout_on(a, 1);
   const Real zh_p = static_cast<Real>(a.zoneout_p[0]);
+  // Layer normalisation (Math::kLayerNorm): per (row, strip) moments of x W_ih^T and h W_hh^T
+  // ([B, strips, 4]: mean and m2 of each), each thread's merged row statistics ([B, 4] per
+  // thread: FwdStep::ln_row), and, with a normalised output (Math::kNormOut), the moments of
+  // the value the cell normalises ([B, strips, 2]) and that value with the cell's stash.
+  constexpr bool kLn = Math::kLayerNorm, kNormOut = Math::kNormOut;
+  const int64_t ln_stats_off = kLn ? cell.ln_stats_col(H, P) : 0;
+  Buffer<Real> ln_part(kLn ? B * hidden_strips * 4 : 0),
+      ln_rows(kLn ? B * 4 * imax(1, ex.num_threads()) : 0),
+      out_part(kNormOut ? B * hidden_strips * 2 : 0),
+      stage(kNormOut ? B * (1 + Math::kStash) * H : 0);
   run_steps(ex, T, parallel, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = a.reverse ? T - 1 - step : step;
     Real* const hcur = hbufs[step % 2];
@@ -382,83 +466,166 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
     st.zone_c = zone_c;
     st.zc = a.zoneout[1] ? a.zoneout[1] + row0(t) * H : nullptr;
     st.zc_p = static_cast<Real>(a.zoneout_p[1]);
+    if constexpr (kLn) {
+      st.ln_gain_ih = a.cell_w[Math::kLnIh];
+      st.ln_gain_hh = a.cell_w[Math::kLnHh];
+      st.ln_row = ln_rows.get() + slot.tid * B * 4;
+      st.fold_gates = ~Math::kApartGates;
+      st.ln_block = Math::kSavedBlocks - 2 * G;
+      st.G = G;
+    }
+    st.stage = stage.get();
+    st.stage_cols = (1 + Math::kStash) * H;
     const Real* const zh = a.zoneout[0] ? a.zoneout[0] + row0(t) * S : nullptr;  // [B, S]
     // h_t before the projection: the state, or (with P) the projection's input
     Real* const hout = P > 0 ? hpre.get() : hnext;
     const int64_t ld_hout = P > 0 ? H : S;
     Real* ytn = a.y + row0(t) * S;
+    // h_t of unit j of active row b: zoneout (without projection), then the state and y_t,
+    // or the projection's input
+    auto emit = [&](auto h, int64_t b, int64_t j) {
+      using V = decltype(h);
+      if (P == 0 && zone_h) {  // h_t = m h_{t-1} + (1 - m) h~_t
+        const V m = zh ? V::load(zh + b * S + j) : V::set1(zh_p);
+        h = V::fmadd(m, V::load(hcur + b * S + j), (V::set1(1) - m) * h);
+      }
+      h.store(hout + b * ld_hout + j);
+      if (P == 0) h.store(ytn + b * S + j);
+      else if (st.ws) save_value(st, h, st.ws + b * WS + proj_in_off + j);
+    };
+    // Task (row block, strip) of the step's tasks: its rows and units.
+    using Task = StepTask;
+    auto task_of = [&](int64_t task) {
+      return step_task(task, hidden_strips, block_rows, B, H, NR, active[t]);
+    };
+
+    // The GEMMs of a task: its units' gate pre-activations (and, with layer normalisation,
+    // their moments per row).
+    auto gemms = [&](const Task& k) {
+      const int64_t r0 = k.r0, ra = k.ra, j0 = k.j0, j1 = k.j1, s = k.s;
+      if (step == 0 && !step_input)  // the first step has no previous one to ask ahead
+        for (int64_t b = r0; b < ra; ++b)
+          for (int64_t q = 0; q < G; ++q) prefetch_units(st.gx + b * GH + q * H + j0, j1 - j0);
+      if (step_input)  // this task's columns of x_t W_ih^T (see step 1)
+        for (int64_t q = 0; q < G && ra > r0; ++q) {
+          const Real* xr = x_rows_in + (xrow + r0) * I;
+          Real* out = st.gx + r0 * GH + q * H + j0;
+          if (in_place)
+            gemm_dot<Real>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (q * H + j0) * I, I, out, GH,
+                           false);
+          else
+            strip_rows<Real>(ra - r0, I, xr, I, 1, wih + (q * hidden_strips + s) * I * NR,
+                             NR, out, GH, j1 - j0, false);
+        }
+      // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
+      // in place: the register tile loads those gx values once, at its end, and the
+      // epilogue then finds the sum in cache. The others (and all, with layer
+      // normalisation) go to rg.
+      for (int64_t q = 0; q < G && ra > r0; ++q) {
+        const bool onto_gx = !kLn && !apart_gate<Math>(q);
+        Real* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + q * H + j0;
+        const Real* w_strip = whh + (q * hidden_strips + s) * S * NR;
+        if (in_place)
+          gemm_dot<Real>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (q * H + j0) * S, S,
+                         out, GH, onto_gx);
+        else if (pack_h)
+          strip_rows_packed<Real>(ra - r0, S, h_panel + r0 * S, w_strip, NR, out, GH, j1 - j0,
+                                  onto_gx);
+        else
+          strip_rows<Real>(ra - r0, S, hcur + r0 * S, S, 1, w_strip, NR, out, GH, j1 - j0,
+                           onto_gx);
+      }
+      if constexpr (kLn)
+        for (int64_t b = r0; b < ra; ++b) {
+          Real* part = ln_part.get() + (b * hidden_strips + s) * 4;
+          strip_moments(st.gx + b * GH, H, G, j0, j1, part);
+          strip_moments(rg.get() + b * GH, H, G, j0, j1, part + 2);
+        }
+    };
+
+    // The cell's forward on a task's units (with a normalised output: its first half).
+    auto epilogue = [&](const Task& k) {
+      const int64_t r0 = k.r0, r1 = k.r1, ra = k.ra, j0 = k.j0, j1 = k.j1, s = k.s;
+      if constexpr (kLn)
+        for (int64_t b = r0; b < ra; ++b) {  // the row statistics, merged in strip order
+          const Real* parts = ln_part.get() + b * hidden_strips * 4;
+          const Moments<Real> ma = merge_strips(parts, hidden_strips, 4, 0, H, G, NR);
+          const Moments<Real> mr = merge_strips(parts, hidden_strips, 4, 2, H, G, NR);
+          Real* row = ln_rows.get() + (slot.tid * B + b) * 4;
+          row[0] = ma.mean, row[1] = ma.rstd(), row[2] = mr.mean, row[3] = mr.rstd();
+          if (s == 0 && st.ws && row_active(a.lengths, b, t)) {
+            Real* stats = st.ws + b * WS + ln_stats_off;
+            fill_n(stats, kLnStatsCols, Real(0));
+            stats[0] = row[1];
+            stats[1] = row[3];
+          }
+        }
+      for (int64_t b = r0; b < r1; ++b) {
+        if (b < active_next && (compact || row_active(a.lengths, b, tn)))
+          for (int64_t q = 0; q < G; ++q)
+            prefetch_units(gx_next + b * GH + q * H + j0, j1 - j0);
+        if (row_active(a.lengths, b, t)) {
+          for_units<Real>(j0, j1, [&](auto v, int64_t j) {
+            using V = decltype(v);
+            ForwardUnit<V, Real, kLn> unit{st, b, j};
+            const V h = Math::template forward<V>(unit);
+            if constexpr (kNormOut) h.store(stage.get() + b * st.stage_cols + j);
+            else emit(h, b, j);
+          });
+          if constexpr (kNormOut)
+            strip_moments(stage.get() + b * st.stage_cols, H, 1, j0, j1,
+                          out_part.get() + (b * hidden_strips + s) * 2);
+        } else {  // inactive: the state carries over; y and ws get zeros (no row if packed)
+          if (P == 0) {
+            copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
+            if (!packed) fill_n(ytn + b * S + j0, j1 - j0, Real(0));
+          }
+          if (st.ws && !packed) {
+            for (int64_t q = 0; q < blocks_before_hprev; ++q)
+              fill_n(st.ws + b * WS + q * H + j0, j1 - j0, Real(0));
+            if (kLn && s == 0) fill_n(st.ws + b * WS + ln_stats_off, kLnStatsCols, Real(0));
+          }
+        }
+        if (P == 0) {
+          if (st.ws && (!packed || b < ra))
+            save_units(st, hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
+        }
+      }
+    };
+
+    // The second half of a normalised-output cell's forward: h_t from the normalised value.
+    auto epilogue_out = [&](const Task& k) {
+      if constexpr (kNormOut)
+      for (int64_t b = k.r0; b < k.ra; ++b) {
+        if (!row_active(a.lengths, b, t)) continue;
+        const Moments<Real> m =
+            merge_strips(out_part.get() + b * hidden_strips * 2, hidden_strips, 2, 0, H, 1, NR);
+        const Real mean = m.mean, rstd = m.rstd();
+        if (k.s == 0 && st.ws) st.ws[b * WS + ln_stats_off + 2] = rstd;
+        const Real* v = stage.get() + b * st.stage_cols;
+        for_units<Real>(k.j0, k.j1, [&](auto vec, int64_t j) {
+          using V = decltype(vec);
+          ForwardUnit<V, Real, kLn> unit{st, b, j};
+          const V vh = (V::load(v + j) - V::set1(mean)) * V::set1(rstd);
+          emit(Math::template forward_out<V>(unit, vh), b, j);
+        });
+      }
+    };
 
     slot.share(row_blocks * hidden_strips, &task_begin, &task_end);
     if (pack_h && task_begin < task_end) pack_a(active[t], S, hcur, S, 1, h_panel);
-    {
-      for (int64_t task = task_begin; task < task_end; ++task) {
-        const int64_t rb = task / hidden_strips, s = task % hidden_strips;
-        const int64_t r0 = rb * block_rows, r1 = imin(B, r0 + block_rows);
-        const int64_t ra = imin(r1, active[t]);  // rows [ra, r1) are inactive at t
-        const int64_t j0 = s * NR, j1 = imin(H, j0 + NR);
-        if (step == 0 && !step_input)  // the first step has no previous one to ask ahead
-          for (int64_t b = r0; b < ra; ++b)
-            for (int64_t k = 0; k < G; ++k) prefetch_units(st.gx + b * GH + k * H + j0, j1 - j0);
-        if (step_input)  // this task's columns of x_t W_ih^T (see step 1)
-          for (int64_t k = 0; k < G && ra > r0; ++k) {
-            const Real* xr = x_rows_in + (xrow + r0) * I;
-            Real* out = st.gx + r0 * GH + k * H + j0;
-            if (in_place)
-              gemm_dot<Real>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (k * H + j0) * I, I, out, GH,
-                             false);
-            else
-              strip_rows<Real>(ra - r0, I, xr, I, 1, wih + (k * hidden_strips + s) * I * NR,
-                               NR, out, GH, j1 - j0, false);
-          }
-        // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
-        // in place: the register tile loads those gx values once, at its end, and the
-        // epilogue then finds the sum in cache. The others go to rg.
-        for (int64_t k = 0; k < G && ra > r0; ++k) {
-          const bool onto_gx = !apart_gate<Math>(k);
-          Real* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + k * H + j0;
-          const Real* w_strip = whh + (k * hidden_strips + s) * S * NR;
-          if (in_place)
-            gemm_dot<Real>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (k * H + j0) * S, S,
-                           out, GH, onto_gx);
-          else if (pack_h)
-            strip_rows_packed<Real>(ra - r0, S, h_panel + r0 * S, w_strip, NR, out, GH, j1 - j0,
-                                    onto_gx);
-          else
-            strip_rows<Real>(ra - r0, S, hcur + r0 * S, S, 1, w_strip, NR, out, GH, j1 - j0,
-                             onto_gx);
-        }
-        for (int64_t b = r0; b < r1; ++b) {
-          if (b < active_next && (compact || row_active(a.lengths, b, tn)))
-            for (int64_t k = 0; k < G; ++k)
-              prefetch_units(gx_next + b * GH + k * H + j0, j1 - j0);
-          if (row_active(a.lengths, b, t)) {
-            for_units<Real>(j0, j1, [&](auto v, int64_t j) {
-              using V = decltype(v);
-              ForwardUnit<V, Real> unit{st, b, j};
-              V h = Math::template forward<V>(unit);
-              if (P == 0 && zone_h) {  // h_t = m h_{t-1} + (1 - m) h~_t
-                const V m = zh ? V::load(zh + b * S + j) : V::set1(zh_p);
-                h = V::fmadd(m, V::load(hcur + b * S + j), (V::set1(1) - m) * h);
-              }
-              h.store(hout + b * ld_hout + j);
-              if (P == 0) h.store(ytn + b * S + j);
-              else if (st.ws) save_value(st, h, st.ws + b * WS + proj_in_off + j);
-            });
-          } else {  // inactive: the state carries over; y and ws get zeros (no row if packed)
-            if (P == 0) {
-              copy_n(hcur + b * S + j0, j1 - j0, hnext + b * S + j0);
-              if (!packed) fill_n(ytn + b * S + j0, j1 - j0, Real(0));
-            }
-            if (st.ws && !packed)
-              for (int64_t q = 0; q < blocks_before_hprev; ++q)
-                fill_n(st.ws + b * WS + q * H + j0, j1 - j0, Real(0));
-          }
-          if (P == 0) {
-            if (st.ws && (!packed || b < ra))
-              save_units(st, hcur + b * S + j0, j1 - j0, st.ws + b * WS + hprev_off + j0);
-          }
-        }
-      }
+    if constexpr (kLn) {  // the row statistics need every strip's GEMMs first
+      for (int64_t task = task_begin; task < task_end; ++task) gemms(task_of(task));
+      slot.sync();
+    }
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      const Task k = task_of(task);
+      if constexpr (!kLn) gemms(k);
+      epilogue(k);
+    }
+    if constexpr (kNormOut) {
+      slot.sync();
+      for (int64_t task = task_begin; task < task_end; ++task) epilogue_out(task_of(task));
     }
     if (stream_ws) store_fence();
     slot.sync();
@@ -586,7 +753,8 @@ void weight_gradients(const BackwardArgs<Real>& a, const LayerPlan& plan, const 
 template <class Math, class Real>
 void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   constexpr int NR = kNR<Real>;
-  constexpr bool kSplit = Math::kApartGates != 0;  // dG differs between the x and h sides
+  // dG differs between the x and h sides: apart gates, or layer normalisation
+  constexpr bool kSplit = Math::kApartGates != 0 || Math::kLayerNorm;
   const CellInfo& cell = cell_info(a.cell);
   const int64_t T = a.T, B = a.B, H = a.H, P = a.P;
   const int64_t S = P > 0 ? P : H, G = Math::kGates, GH = G * H, TB = T * B;
@@ -641,12 +809,17 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   //   by an in-register transpose (cheaper than scattering each value to its panel slot as
   //   it is computed);
   // - adds the block's columns to its bias-gradient sums.
-  auto finish_block = [&](Real* pk, int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
-    const Real* gsrc[2] = {dgx.get() + row0(t) * GH, dgh + row0(t) * GH};
+  // With layer normalisation the bias sums come first (the biases add after the
+  // normalisation), and the packing after the gate gradients went through it.
+  auto pack_block = [&](Real* pk, int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
+    const Real* src = dgh + row0(t) * GH;
     for (int64_t p0 = r0; pack_dgate && p0 < r1; p0 += MR)
       for (int64_t k = 0; k < G; ++k)
-        pack_a(imin(MR, r1 - p0), j1 - j0, gsrc[1] + p0 * GH + k * H + j0, GH, 1,
+        pack_a(imin(MR, r1 - p0), j1 - j0, src + p0 * GH + k * H + j0, GH, 1,
                pk + p0 * GH + (k * H + j0) * MR);
+  };
+  auto bias_block = [&](int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
+    const Real* gsrc[2] = {dgx.get() + row0(t) * GH, dgh + row0(t) * GH};
     for (int64_t q = 0; q < bias_sums; ++q) {
       Real* sum = dbsum.get() + (q * row_blocks + r0 / block_rows) * GH;
       for (int64_t k = 0; k < G; ++k)
@@ -658,6 +831,21 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
         });
     }
   };
+
+  // Layer normalisation (Math::kLayerNorm; as the forward pass): per (row, strip) sums of the
+  // gate gradients times the gains, and of those times the normalised values, x side then h
+  // side ([B, strips, 4]); the gains' gradients per row block ([row blocks, 2, GH]); with a
+  // normalised output, the sums of dL/d(normalised value) and of it times that value
+  // ([B, strips, 2]), and that gradient with the cell's stash.
+  constexpr bool kLn = Math::kLayerNorm, kNormOut = Math::kNormOut;
+  const int64_t ln_stats_off = kLn ? cell.ln_stats_col(H, P) : 0;
+  const int64_t ln_block = Math::kSavedBlocks - 2 * G;
+  Buffer<Real> gate_part(kLn ? B * hidden_strips * 4 : 0),
+      out_part(kNormOut ? B * hidden_strips * 2 : 0),
+      stage(kNormOut ? B * (1 + Math::kStash) * H : 0), ln_sums(kLn ? row_blocks * 2 * GH : 0);
+  fill_n(ln_sums.get(), kLn ? row_blocks * 2 * GH : 0, Real(0));
+  const Real* const gain_ih = kLn ? a.cell_w[Math::kLnIh] : nullptr;
+  const Real* const gain_hh = kLn ? a.cell_w[Math::kLnHh] : nullptr;
 
   // Zoneout (BackwardArgs::zoneout): of h here, of c in the step accessor.
   const bool zone_h = zoneout_on(a, 0);
@@ -688,6 +876,8 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     st.zone_c = zone_c;
     st.zc = a.zoneout[1] ? a.zoneout[1] + row0(t) * H : nullptr;
     st.zc_p = static_cast<Real>(a.zoneout_p[1]);
+    st.stage = stage.get();
+    st.stage_cols = (1 + Math::kStash) * H;
     const Real* const zh = a.zoneout[0] ? a.zoneout[0] + row0(t) * S : nullptr;  // [B, S]
     const Real* dyt = a.dy ? a.dy + row0(t) * S : nullptr;
     // The next step's saved activations and dy, asked into L2 a row at a time during
@@ -717,6 +907,69 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
         fill_n(st.dgx + b * GH + k * H + j0, j1 - j0, Real(0));
         if (kSplit) fill_n(st.dgh + b * GH + k * H + j0, j1 - j0, Real(0));
       }
+    };
+    // Layer normalisation: row b's sums over units [j0, j1) of every gate for the
+    // normalisation's backward (gate_part), and its share of the gains' gradients.
+    auto gate_sums = [&](int64_t b, int64_t s, int64_t j0, int64_t j1) {
+      if constexpr (kLn) {
+        const Real* w = st.ws + b * WS + ln_block * H;  // the normalised values, x then h side
+        Real* lsum = ln_sums.get() + (b / block_rows) * 2 * GH;
+        Real acc[4] = {0, 0, 0, 0};
+        for (int64_t k = 0; k < G; ++k)
+          for (int64_t j = j0; j < j1; ++j) {
+            const int64_t n = k * H + j;
+            const Real dx = st.dgx[b * GH + n], dh = st.dgh[b * GH + n];
+            const Real xh = w[n], hh = w[GH + n];
+            const Real ga = dx * gain_ih[n], gr = dh * gain_hh[n];
+            acc[0] += ga;
+            acc[1] += ga * xh;
+            acc[2] += gr;
+            acc[3] += gr * hh;
+            lsum[n] += dx * xh;
+            lsum[GH + n] += dh * hh;
+          }
+        copy_n(acc, 4, gate_part.get() + (b * hidden_strips + s) * 4);
+      }
+    };
+    // The cell's backward on units [j0, j1) of active row b from dh (indexed j - j0); with
+    // zoneout of h (and no projection) the carry takes m dh_t. With a normalised output this
+    // is the first half: it keeps dL/d(normalised value) and its row sums.
+    auto cell_backward = [&](int64_t b, int64_t s, int64_t j0, int64_t j1, const Real* dh,
+                             bool zoned) {
+      Real* cr = carry.get() + b * S;
+      for_units<Real>(j0, j1, [&](auto v, int64_t j) {
+        using V = decltype(v);
+        BackwardUnit<Math, V, Real> unit{st, b, j};
+        const V d = V::load(dh + (j - j0));
+        // zoneout: dh~_t = (1 - m) dh_t; dh_{t-1} += m dh_t
+        const V m = !zoned ? V::set1(0) : zh ? V::load(zh + b * S + j) : V::set1(zh_p);
+        const V r = Math::template backward<V>(unit, zoned ? (V::set1(1) - m) * d : d);
+        if constexpr (kNormOut) {
+          r.store(stage.get() + b * st.stage_cols + j);
+          if (P == 0) (m * d).store(cr + j);
+        } else if (P == 0) {
+          (zoned ? V::fmadd(m, d, r) : r).store(cr + j);
+        }
+      });
+      if constexpr (kNormOut) {
+        const Real* g = stage.get() + b * st.stage_cols;
+        const Real* vh = st.ws + b * WS + Math::kNormedBlock * H;
+        Real acc[2] = {0, 0};
+        for (int64_t j = j0; j < j1; ++j) {
+          acc[0] += g[j];
+          acc[1] += g[j] * vh[j];
+        }
+        copy_n(acc, 2, out_part.get() + (b * hidden_strips + s) * 2);
+      } else {
+        gate_sums(b, s, j0, j1);
+      }
+    };
+    // The cell's step is done on a task's rows [r0, r1) (r1p: of them, those with dG rows):
+    // bias sums, and the panel for the next step's GEMM unless layer normalisation still
+    // has to transform the gradients.
+    auto cell_done = [&](int64_t r0, int64_t r1p, int64_t j0, int64_t j1) {
+      bias_block(t, r0, r1p, j0, j1);
+      if (!kLn) pack_block(dgate_panel_cur, t, r0, r1p, j0, j1);
     };
 
     // Phase 1, over strips of the S state units: dh = carry + dy_t + dG_prev W_hh; then,
@@ -766,25 +1019,14 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
             if (!packed) fill_n(dRt + b * P + j0, j1 - j0, Real(0));
             copy_n(dh, j1 - j0, cr + j0);
           } else if (row_is_active) {
-            for_units<Real>(j0, j1, [&](auto v, int64_t j) {
-              using V = decltype(v);
-              BackwardUnit<Math, V, Real> unit{st, b, j};
-              const V d = V::load(dh + (j - j0));
-              if (zone_h) {  // dh~_t = (1 - m) dh_t; dh_{t-1} += m dh_t
-                const V m = zh ? V::load(zh + b * S + j) : V::set1(zh_p);
-                V::fmadd(m, d, Math::template backward<V>(unit, (V::set1(1) - m) * d))
-                    .store(cr + j);
-              } else {
-                Math::template backward<V>(unit, d).store(cr + j);
-              }
-            });
+            cell_backward(b, s, j0, j1, dh, zone_h);
           } else {
             copy_n(dh, j1 - j0, cr + j0);
             // packed: no row; the next step's GEMM reads the active rows only
             if (!packed) zero_grads(b, j0, j1);
           }
         }
-        if (P == 0) finish_block(dgate_panel_cur, t, r0, packed ? imin(r1, active[t]) : r1, j0, j1);
+        if (P == 0 && !kNormOut) cell_done(r0, packed ? imin(r1, active[t]) : r1, j0, j1);
       }
     }
     slot.sync();
@@ -802,19 +1044,71 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
             strip_rows<Real>(ra - r0, P, dRt + r0 * P, P, 1, bs, ld, dhpre.get() + r0 * H + j0, H,
                           j1 - j0, false);
           for (int64_t b = r0; b < r1; ++b) {
-            if (row_active(a.lengths, b, t)) {
-              const Real* dhp = dhpre.get() + b * H;
-              for_units<Real>(j0, j1, [&](auto v, int64_t j) {
-                using V = decltype(v);
-                BackwardUnit<Math, V, Real> unit{st, b, j};
-                Math::template backward<V>(unit, V::load(dhp + j));
-              });
-            } else if (!packed) {
+            if (row_active(a.lengths, b, t))
+              cell_backward(b, s, j0, j1, dhpre.get() + b * H + j0, false);
+            else if (!packed)
               zero_grads(b, j0, j1);
-            }
           }
-          finish_block(dgate_panel_cur, t, r0, packed ? ra : r1, j0, j1);
+          if (!kNormOut) cell_done(r0, packed ? ra : r1, j0, j1);
         }
+      }
+      slot.sync();
+    }
+    // The tasks of the phases below: (row block, strip of the H hidden units).
+    if (kNormOut || kLn) slot.share(row_blocks * hidden_strips, &task_begin, &task_end);
+    if constexpr (kNormOut) {  // the second half of the cell: through the normalisation
+      for (int64_t task = task_begin; task < task_end; ++task) {
+        const StepTask tk = step_task(task, hidden_strips, block_rows, B, H, NR, active[t]);
+        const int64_t s = tk.s, r0 = tk.r0, r1 = tk.r1, ra = tk.ra, j0 = tk.j0, j1 = tk.j1;
+        for (int64_t b = r0; b < ra; ++b) {
+          if (!row_active(a.lengths, b, t)) continue;
+          Real sum[2];
+          sum_strips(out_part.get() + b * hidden_strips * 2, hidden_strips, 2, sum);
+          const Real rstd = st.ws[b * WS + ln_stats_off + 2];
+          const Real mean_g = sum[0] / Real(H), mean_gv = sum[1] / Real(H);
+          const Real* g = stage.get() + b * st.stage_cols;
+          const Real* vh = st.ws + b * WS + Math::kNormedBlock * H;
+          Real* cr = carry.get() + b * S;
+          for_units<Real>(j0, j1, [&](auto v, int64_t j) {
+            using V = decltype(v);
+            BackwardUnit<Math, V, Real> unit{st, b, j};
+            const V dv = V::set1(rstd) * (V::load(g + j) - V::set1(mean_g) -
+                                          V::load(vh + j) * V::set1(mean_gv));
+            const V r = Math::template backward_in<V>(unit, dv);
+            if (P == 0) (V::load(cr + j) + r).store(cr + j);
+          });
+          gate_sums(b, s, j0, j1);
+        }
+        cell_done(r0, packed ? ra : r1, j0, j1);
+      }
+      slot.sync();
+    }
+    if constexpr (kLn) {  // the gate gradients through the normalisations, then the panel
+      for (int64_t task = task_begin; task < task_end; ++task) {
+        const StepTask tk = step_task(task, hidden_strips, block_rows, B, H, NR, active[t]);
+        const int64_t r0 = tk.r0, r1 = tk.r1, ra = tk.ra, j0 = tk.j0, j1 = tk.j1;
+        for (int64_t b = r0; b < ra; ++b) {
+          if (!row_active(a.lengths, b, t)) continue;
+          Real sum[4];
+          sum_strips(gate_part.get() + b * hidden_strips * 4, hidden_strips, 4, sum);
+          const Real* stats = st.ws + b * WS + ln_stats_off;
+          const Real* w = st.ws + b * WS + ln_block * H;
+          const Real* gains[2] = {gain_ih, gain_hh};
+          Real* grads[2] = {st.dgx + b * GH, st.dgh + b * GH};
+          for (int side = 0; side < 2; ++side) {
+            const Real rstd = stats[side], mean_g = sum[2 * side] / Real(GH),
+                       mean_gv = sum[2 * side + 1] / Real(GH);
+            const Real* vh = w + side * GH;
+            for (int64_t k = 0; k < G; ++k)
+              for_units<Real>(k * H + j0, k * H + j1, [&](auto v, int64_t n) {
+                using V = decltype(v);
+                const V gv = V::load(grads[side] + n) * V::load(gains[side] + n);
+                (V::set1(rstd) * (gv - V::set1(mean_g) - V::load(vh + n) * V::set1(mean_gv)))
+                    .store(grads[side] + n);
+              });
+          }
+        }
+        pack_block(dgate_panel_cur, t, r0, packed ? ra : r1, j0, j1);
       }
       slot.sync();
     }
@@ -832,6 +1126,15 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   if (Math::kCellState && a.dc0) copy_n(dc.get(), B * H, a.dc0);
   for (int n = 0; n < Math::kParams; ++n) {
     if (!a.dcell_w[n]) continue;
+    if (Math::kLayerNorm && (n == Math::kLnIh || n == Math::kLnHh)) {  // [GH] gains
+      const int side = n == Math::kLnIh ? 0 : 1;
+      for (int64_t m = 0; m < GH; ++m) {
+        Real v = Real(0);
+        for (int64_t rb = 0; rb < row_blocks; ++rb) v += ln_sums.get()[(rb * 2 + side) * GH + m];
+        a.dcell_w[n][m] = v;
+      }
+      continue;
+    }
     for (int64_t j = 0; j < H; ++j) {
       Real v = Real(0);
       for (int64_t rb = 0; rb < row_blocks; ++rb)

@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dropout", type=float, default=0.0)
     demo.add_argument("--peephole", action="store_true",
                       help="LSTM with peephole connections (rnnfast's own; torch has none)")
+    demo.add_argument("--layer-norm", action="store_true",
+                      help="layer-normalised LSTM/GRU cell (rnnfast's own; torch has none)")
     demo.add_argument("--weight-drop", type=float, default=0.0,
                       help="DropConnect on the recurrent weights in training (AWD-LSTM)")
     demo.add_argument("--zoneout", type=float, default=0.0,
@@ -372,7 +374,7 @@ def run_demo(args) -> dict:
         model = RNNLM(tokenizer.vocab_size, embed, args.hidden, args.layers, cell=args.cell,
                       dropout=args.dropout, tie_weights=args.tie_weights,
                       peephole=args.peephole, weight_drop=args.weight_drop,
-                      zoneout=args.zoneout)
+                      zoneout=args.zoneout, layer_norm=args.layer_norm)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     n_params = sum(p.numel() for p in model.parameters())
@@ -380,6 +382,7 @@ def run_demo(args) -> dict:
     regularisers = [f"{name} {value:g}" for name, value in
                     (("weight_drop", args.weight_drop), ("zoneout", args.zoneout)) if value]
     variants = "".join([" with peepholes" if args.peephole else "",
+                        " with layer norm" if args.layer_norm else "",
                         f" ({', '.join(regularisers)})" if regularisers else ""])
     print(f"model: {args.cell.upper()}{variants} x{args.layers}, hidden {args.hidden}, "
           f"embedding {embed}, "
@@ -419,10 +422,12 @@ def run_demo(args) -> dict:
 
     # speed against torch
     speed = None
-    if args.compare_steps > 0 and (model.peephole or model.weight_drop or model.zoneout):
+    if args.compare_steps > 0 and (model.peephole or model.weight_drop or model.zoneout
+                                   or model.layer_norm):
         missing = [name for name, on in (("peephole LSTM", model.peephole),
                                          ("weight_drop", model.weight_drop),
-                                         ("zoneout", model.zoneout)) if on]
+                                         ("zoneout", model.zoneout),
+                                         ("layer_norm", model.layer_norm)) if on]
         print(f"\n(no speed comparison with torch: torch.nn has no {', '.join(missing)})")
     elif args.compare_steps > 0:
         fast, ref = compare_speed(model, data, args.seq_len, args.compare_steps)

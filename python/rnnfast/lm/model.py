@@ -72,6 +72,8 @@ class RNNLM(nn.Module):
             regulariser (:class:`rnnfast.LSTM`'s ``weight_drop``).
         zoneout: zoneout of the recurrent states, p or for LSTM (p_c, p_h)
             (:class:`rnnfast.LSTM`'s ``zoneout``).
+        layer_norm: layer normalisation inside the recurrent cell (LSTM or GRU;
+            :class:`rnnfast.LSTM`'s ``layer_norm``).
 
     ``forward(input_ids, state=None) -> (logits, state)``: ``input_ids`` is a
     ``[B, T]`` integer tensor, ``logits`` is ``[B, T, V]``, ``state`` is the
@@ -81,7 +83,7 @@ class RNNLM(nn.Module):
     def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int = 1,
                  cell: str = "lstm", dropout: float = 0.0, tie_weights: bool = False,
                  backend: str = "rnnfast", peephole: bool = False,
-                 weight_drop: float = 0.0, zoneout=0.0) -> None:
+                 weight_drop: float = 0.0, zoneout=0.0, layer_norm: bool = False) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("embed_size", embed_size),
                             ("hidden_size", hidden_size), ("num_layers", num_layers)):
@@ -105,10 +107,13 @@ class RNNLM(nn.Module):
             raise TypeError(f"peephole must be a bool, got {type(peephole).__name__}")
         if peephole and cell != "lstm":
             raise ValueError(f"peephole=True needs cell='lstm', got cell={cell!r}")
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"layer_norm must be a bool, got {type(layer_norm).__name__}")
         if isinstance(zoneout, list):  # from a saved config (JSON has no tuples)
             zoneout = tuple(zoneout)
         variants = {k: v for k, v in (("peephole", peephole), ("weight_drop", weight_drop),
-                                      ("zoneout", zoneout)) if v and v != (0, 0)}
+                                      ("zoneout", zoneout), ("layer_norm", layer_norm))
+                    if v and v != (0, 0)}
         if variants and backend == "torch":
             raise ValueError(f"backend='torch' has no {', '.join(variants)}: torch.nn's "
                              f"recurrent modules lack them; use backend='rnnfast'")
@@ -123,6 +128,7 @@ class RNNLM(nn.Module):
         self.peephole = peephole
         self.weight_drop = weight_drop
         self.zoneout = zoneout
+        self.layer_norm = layer_norm
 
         rnn_cls = _CELLS[cell][0 if backend == "rnnfast" else 1]
         self.embedding = nn.Embedding(vocab_size, embed_size)
@@ -152,7 +158,8 @@ class RNNLM(nn.Module):
         return dict(vocab_size=self.vocab_size, embed_size=self.embed_size,
                     hidden_size=self.hidden_size, num_layers=self.num_layers, cell=self.cell,
                     dropout=self.dropout, tie_weights=self.tie_weights, backend=self.backend,
-                    peephole=self.peephole, weight_drop=self.weight_drop, zoneout=self.zoneout)
+                    peephole=self.peephole, weight_drop=self.weight_drop, zoneout=self.zoneout,
+                    layer_norm=self.layer_norm)
 
     def twin(self, backend: str) -> "RNNLM":
         """A copy of this model on ``backend`` ("rnnfast" or "torch") with the same values
@@ -222,6 +229,8 @@ class RNNLM(nn.Module):
             s += f", weight_drop={self.weight_drop}"
         if self.zoneout:
             s += f", zoneout={self.zoneout}"
+        if self.layer_norm:
+            s += ", layer_norm=True"
         return s
 
 
