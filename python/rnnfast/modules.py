@@ -29,14 +29,16 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _C, _cells, _reference, ops
+from . import _C, _cells, _onnx, _reference, ops
 
 _warned_devices = set()
 
 
 def _layer_fn(device: torch.device):
     """The fused op where this build has native kernels; elsewhere the plain-PyTorch loop,
-    with a one-time warning."""
+    with a one-time warning. Under torch.onnx.export, the ONNX export of a layer."""
+    if _onnx.exporting():
+        return _onnx.layer
     if ops.has_native_kernels(device.type):
         return ops.layer
     if device.type not in _warned_devices:
@@ -627,7 +629,7 @@ class RNNCellBase(nn.Module):
     def _step(self, input: Tensor, states: List[Optional[Tensor]], cell: str) -> List[Tensor]:
         """One fused step of ``cell`` from the given states ([h] or [h, c]; all None: zeros, a
         single None: zeros for that state); returns the new states."""
-        run = ops.layer if input.is_cpu else _layer_fn(input.device)
+        run = ops.layer if input.is_cpu and not _onnx.exporting() else _layer_fn(input.device)
         if all(s is None for s in states):
             states = []
         elif any(s is None for s in states):

@@ -1,0 +1,201 @@
+"""ONNX export of rnnfast's layers and cells (``torch.onnx.export``, either exporter).
+
+While ``torch.onnx.export`` runs, the modules call :func:`layer` here instead of the fused op
+(``torch.ops.rnnfast.layer``, which no ONNX runtime knows); it has the same signature and
+results. Each (layer, direction) becomes one node of ONNX's own LSTM / GRU / RNN operator:
+
+- LSTM: torch's gate rows i, f, g, o are reordered to ONNX's i, o, f, c; biases go to ``B``
+  as [b_ih, b_hh]. ``peephole=True`` gives the input ``P`` = [w_ci, w_co, w_cf]. The coupled
+  LSTM (``coupled_gates=True``; rows i, g, o, f = 1 - i) gives ``input_forget=1`` with zero
+  f rows (ONNX still takes four gate blocks; ONNX Runtime computes f = 1 - i from i).
+- GRU: rows r, z, n become ONNX's z, r, h, with ``linear_before_reset=1`` (torch's n gate).
+- RNN: ``activations=["Tanh"]`` or ``["Relu"]``.
+
+The reordering is torch ops on the parameters (slices and cat), which the exporters fold into
+constants. The dynamo exporter (``dynamo=True``) gets the node from
+``torch.onnx.ops.symbolic_multi_out``; the TorchScript exporter (``dynamo=False``) from the
+``symbolic`` of an autograd.Function whose forward runs the fused op.
+
+What ONNX's operators cannot express is exported as the plain-torch loop of
+:mod:`rnnfast._reference`, unrolled: one set of nodes (two MatMuls/Gemms and the cell's
+pointwise ops) per time step, for the sequence length of the example input, which the graph
+then requires: the time axis cannot be dynamic (the batch axis can). The graph grows
+linearly with the sequence length, and runs about as fast as the unrolled steps' GEMMs
+(no fused kernel; ONNX Runtime runs each step's nodes in turn). This is used for:
+
+- ``proj_size > 0`` (LSTM with a projection; torch cannot export nn.LSTM's either);
+- ``zoneout`` in eval (s_t = p s_{t-1} + (1 - p) s~_t, the expectation).
+
+Raises a RuntimeError naming the option for: ``layer_norm=True`` (the "_ln" cells);
+``zoneout`` in training mode (random masks per step; export the model in eval mode);
+PackedSequence input; a dynamic time axis with an unrolled (proj_size / zoneout) layer.
+Inter-layer ``dropout`` and ``weight_drop`` in training mode export as torch's dropout ops
+(random at run time, as for torch.nn); in eval (the default of ``dynamo=False``) they are
+absent.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _cells, _reference, ops
+
+try:  # the flags torch.onnx.is_in_onnx_export() reads, read directly: a cell checks per step
+    from torch.onnx._internal.exporter import _flags as _dynamo_flags
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS as _ts_globals
+except ImportError:  # pragma: no cover - another torch layout
+    _dynamo_flags = _ts_globals = None
+
+
+def _dynamo_exporting() -> bool:
+    if _dynamo_flags is not None:
+        return bool(_dynamo_flags._is_onnx_exporting)
+    return torch.onnx.is_in_onnx_export() and torch.compiler.is_compiling()
+
+
+def _torchscript_exporting() -> bool:
+    if _ts_globals is not None:
+        return bool(_ts_globals.in_onnx_export)
+    return torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()
+
+
+def exporting() -> bool:
+    """Whether torch.onnx.export (either exporter) is running."""
+    return _dynamo_exporting() or _torchscript_exporting()
+
+
+# The ONNX operator and the permutation of torch's gate blocks into ONNX's order (None: a
+# zero block) for each cell the ONNX operators express.
+_LSTM_CELLS = ("lstm", "lstm_coupled", "lstm_peephole", "lstm_coupled_peephole")
+_ONNX_OP = {"lstm": "LSTM", "lstm_coupled": "LSTM", "lstm_peephole": "LSTM",
+            "lstm_coupled_peephole": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
+_BLOCKS = {
+    "LSTM": (0, 3, 1, 2),          # i, f, g, o -> i, o, f, c
+    "LSTM_coupled": (0, 2, None, 1),  # i, g, o -> i, o, (f: zeros), c
+    "GRU": (1, 0, 2),              # r, z, n -> z, r, h
+    "RNN": (0,),
+}
+
+
+def _reorder(t: Tensor, hidden: int, blocks) -> Tensor:
+    """The gate blocks (rows of ``hidden``) of ``t`` in ONNX's order."""
+    # narrow (Slice), not split: the exporters fold single-output nodes of constants
+    parts = [t.narrow(0, b * hidden, hidden) if b is not None else None for b in blocks]
+    zeros = next(p for p in parts if p is not None).new_zeros(
+        (hidden,) + tuple(t.shape[1:]))
+    return torch.cat([p if p is not None else zeros for p in parts], 0)
+
+
+def _unsupported(what: str, why: str) -> RuntimeError:
+    return RuntimeError(f"rnnfast: ONNX export of {what} is not supported: {why}")
+
+
+def layer(cell: str, input: Tensor, state: Optional[Sequence[Tensor]],
+          weights: Sequence[Tensor], lengths: Optional[Tensor] = None, reverse: bool = False,
+          zoneout: Sequence[Tensor] = ()) -> Tuple[Tensor, List[Tensor]]:
+    """:func:`rnnfast.ops.layer` for torch.onnx.export: one ONNX LSTM/GRU/RNN node, or the
+    unrolled reference loop where ONNX's operators have no equivalent (see the module
+    docstring)."""
+    info = _cells.cell(cell)
+    state = list(state) if state is not None else []
+    if cell.endswith("_ln") or "_ln_" in cell:
+        raise _unsupported("layer_norm=True", "ONNX's LSTM/GRU operators have no layer "
+                           "normalisation; export a model without it")
+    if input.dim() != 3 or lengths is not None:
+        raise _unsupported("a PackedSequence input", "pass a padded [T, B, I] tensor")
+    zoneout = list(zoneout or ())
+    if any(z.dim() != 0 for z in zoneout):
+        raise _unsupported("zoneout in training mode", "its masks are random per step; "
+                           "call model.eval() before exporting (eval exports the expectation)")
+    zoned = any(float(z) != 0 for z in zoneout)
+    named = dict(zip(_cells.weight_names(info, len(weights)), weights))
+    projected = "weight_hr" in named
+    if cell not in _ONNX_OP:
+        raise _unsupported(f"the {cell!r} cell", "ONNX has no operator for it")
+    if projected or zoned:
+        what = "proj_size" if projected else "zoneout"
+        if isinstance(input.shape[0], torch.SymInt):
+            raise _unsupported(f"{what} with a dynamic sequence length",
+                               "the layer exports as one set of nodes per time step (ONNX's "
+                               "LSTM has no " + ("projection" if projected else "zoneout")
+                               + "); export with a static time axis")
+        return _reference.layer(cell, input, state, weights, None, reverse, zoneout)
+    return _onnx_node(cell, input, state, named, reverse)
+
+
+def _onnx_node(cell: str, input: Tensor, state: List[Tensor], named, reverse: bool):
+    info = _cells.cell(cell)
+    op = _ONNX_OP[cell]
+    H = named["weight_ih"].shape[0] // info.gates
+    coupled = cell.startswith("lstm_coupled")
+    blocks = _BLOCKS["LSTM_coupled" if coupled else op]
+    W = _reorder(named["weight_ih"], H, blocks).unsqueeze(0)
+    R = _reorder(named["weight_hh"], H, blocks).unsqueeze(0)
+    B = None
+    if "bias_ih" in named:
+        B = torch.cat([_reorder(named["bias_ih"], H, blocks),
+                       _reorder(named["bias_hh"], H, blocks)]).unsqueeze(0)
+    P = None
+    if "weight_ci" in named:
+        w_cf = named.get("weight_cf")
+        P = torch.cat([named["weight_ci"], named["weight_co"],
+                       w_cf if w_cf is not None else torch.zeros_like(named["weight_ci"])]
+                      ).unsqueeze(0)
+    h0 = state[0].unsqueeze(0) if state else None
+    c0 = state[1].unsqueeze(0) if len(state) > 1 else None
+    attrs = {"hidden_size": int(H), "direction": "reverse" if reverse else "forward"}
+    if op == "LSTM":
+        attrs["input_forget"] = int(coupled)
+    elif op == "GRU":
+        attrs["linear_before_reset"] = 1
+    else:
+        attrs["activations"] = ["Relu" if cell == "rnn_relu" else "Tanh"]
+    inputs = [input, W, R, B, None, h0]
+    if op == "LSTM":
+        inputs += [c0, P]
+    outputs = 3 if op == "LSTM" else 2
+    if _dynamo_exporting():
+        T, Bn = input.shape[0], input.shape[1]
+        shapes = [[T, 1, Bn, H], [1, Bn, H], [1, Bn, H]][:outputs]
+        res = torch.onnx.ops.symbolic_multi_out(
+            f"::{op}", inputs, attrs, dtypes=[input.dtype] * outputs, shapes=shapes)
+    else:
+        weights = [named[n] for n in _cells.weight_names(info, len(named))]
+        res = _TorchScriptNode.apply(op, attrs, outputs, cell, reverse, len(state), len(weights),
+                                     *inputs, *state, *weights)
+    y = res[0].squeeze(1)
+    return y, [r.squeeze(0) for r in res[1:]]
+
+
+def _onnx_attr(name: str, value):
+    suffix = {int: "i", str: "s", list: "s"}[type(value)]
+    return f"{name}_{suffix}", value
+
+
+class _TorchScriptNode(torch.autograd.Function):
+    """The ONNX node for the TorchScript exporter (its ``symbolic``); the forward runs the
+    fused op on rnnfast's own weights (the trailing arguments), so the traced values are
+    right."""
+
+    @staticmethod
+    def forward(ctx, op, attrs, outputs, cell, reverse, n_state, n_weights, *args):
+        onnx_inputs = 8 if op == "LSTM" else 6
+        rest = args[onnx_inputs:]
+        state, weights = list(rest[:n_state]), list(rest[n_state:n_state + n_weights])
+        x = args[0]
+        out, final = ops.layer(cell, x, state, weights, None, reverse)
+        return (out.unsqueeze(1),) + tuple(s.unsqueeze(0) for s in final)
+
+    @staticmethod
+    def symbolic(g, op, attrs, outputs, cell, reverse, n_state, n_weights, *args):
+        onnx_inputs = 8 if op == "LSTM" else 6
+        inputs = []
+        for v in args[:onnx_inputs]:
+            if v is None:
+                v = g.op("prim::Constant")
+                v.setType(torch._C.OptionalType.ofTensor())
+            inputs.append(v)
+        kwargs = dict(_onnx_attr(k, v) for k, v in attrs.items())
+        return g.op(op, *inputs, outputs=outputs, **kwargs)
