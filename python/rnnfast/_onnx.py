@@ -35,6 +35,7 @@ absent.
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -98,11 +99,11 @@ def layer(cell: str, input: Tensor, state: Optional[Sequence[Tensor]],
     """:func:`rnnfast.ops.layer` for torch.onnx.export: one ONNX LSTM/GRU/RNN node, or the
     unrolled reference loop where ONNX's operators have no equivalent (see the module
     docstring)."""
-    info = _cells.cell(cell)
-    state = list(state) if state is not None else []
-    if cell.endswith("_ln") or "_ln_" in cell:
+    if cell.endswith("_ln"):
         raise _unsupported("layer_norm=True", "ONNX's LSTM/GRU operators have no layer "
                            "normalisation; export a model without it")
+    info = _cells.cell(cell)
+    state = list(state) if state is not None else []
     if input.dim() != 3 or lengths is not None:
         raise _unsupported("a PackedSequence input", "pass a padded [T, B, I] tensor")
     zoneout = list(zoneout or ())
@@ -121,6 +122,16 @@ def layer(cell: str, input: Tensor, state: Optional[Sequence[Tensor]],
                                "the layer exports as one set of nodes per time step (ONNX's "
                                "LSTM has no " + ("projection" if projected else "zoneout")
                                + "); export with a static time axis")
+        warnings.warn(f"rnnfast: ONNX export of {what}: the layer is unrolled into one set of "
+                      f"nodes per time step, for exactly the example input's {int(input.shape[0])} "
+                      "steps (the exported graph needs that sequence length)", stacklevel=3)
+        # the probabilities made afresh here: modules caches them per value, and one first
+        # made under torch.export is a FakeTensor, which the TorchScript exporter cannot embed
+        zoneout = [input.new_full((), float(z)) for z in zoneout]
+        if _torchscript_exporting():
+            # dynamic_axes cannot make the unrolled steps dynamic: a Reshape to the fixed
+            # length makes ONNX Runtime reject another length instead of reading T steps of it
+            input = input.reshape(int(input.shape[0]), input.shape[1], input.shape[2])
         return _reference.layer(cell, input, state, weights, None, reverse, zoneout)
     return _onnx_node(cell, input, state, named, reverse)
 
