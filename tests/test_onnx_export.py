@@ -328,6 +328,21 @@ def test_zoneout_in_training_torchscript(tmp_path):
                 training=torch.onnx.TrainingMode.PRESERVE)
 
 
+def test_packed_sequence_raises_torchscript(tmp_path):
+    class Packed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = rnnfast.LSTM(I, H)
+
+        def forward(self, x, lengths):
+            out, (h, _) = self.lstm(torch.nn.utils.rnn.pack_padded_sequence(x, lengths))
+            return out.data, h
+
+    with pytest.raises(RuntimeError, match="PackedSequence input is not supported"):
+        _export(Packed().eval(), (_x(T, B, I), torch.tensor([5, 4, 2])), False,
+                tmp_path / "m.onnx")
+
+
 def test_layer_norm_raises():
     with pytest.raises(RuntimeError, match="layer_norm=True is not supported"):
         _onnx.layer("lstm_ln", _x(T, B, I), [], [])
@@ -345,10 +360,10 @@ def test_layer_norm_module_raises(dynamo, tmp_path):
         _export(model.eval(), (_x(T, B, I),), dynamo, tmp_path / "m.onnx")
 
 
-def test_export_leaves_eager_path():
-    """Outside export the modules run the fused op again, not the ONNX path."""
+def test_export_leaves_eager_path(tmp_path):
+    """After an export (and outside one) the modules run the fused op again."""
+    from rnnfast import modules, ops
+    model = rnnfast.GRU(I, H).eval()
+    _export(model, (_x(T, B, I),), False, tmp_path / "m.onnx")
     assert not _onnx.exporting()
-    model = rnnfast.LSTM(I, H).eval()
-    with torch.no_grad():
-        out, _ = model(_x(T, B, I))
-    assert out.shape == (T, B, H)
+    assert modules._layer_fn(torch.device("cpu")) is ops.layer
