@@ -5,8 +5,9 @@ and dynamo=False, the TorchScript exporter), run in ONNX Runtime, and its output
 states compared with rnnfast's own (float32, atol 1e-5). The graph is checked too: ONNX's own
 LSTM / GRU / RNN node per layer and direction where those operators express the cell, the
 unrolled per-step nodes for proj_size and zoneout (no LSTM node). Then dynamic batch and
-sequence length, and what raises. Small shapes: the dynamo exporter takes about a second
-per export.
+sequence length, and what raises. Small shapes, and the cases exported a group at a time
+(one model holding several, each case's outputs compared on their own): the dynamo exporter
+takes a second or more per export.
 """
 from __future__ import annotations
 
@@ -367,3 +368,20 @@ def test_export_leaves_eager_path(tmp_path):
     _export(model, (_x(T, B, I),), False, tmp_path / "m.onnx")
     assert not _onnx.exporting()
     assert modules._layer_fn(torch.device("cpu")) is ops.layer
+
+
+def test_torch_compile_fullgraph_still_traces():
+    """The modules' is-exporting check must not break torch.compile(fullgraph=True) (Dynamo
+    refuses to trace the TorchScript exporter's flag)."""
+    cell = rnnfast.LSTMCell(I, H)
+    lstm = rnnfast.GRU(I, H)
+
+    def f(x, h, c):
+        h, c = cell(x[0], (h, c))
+        return h, c, lstm(x)[0]
+
+    args = (_x(T, B, I), *_states(2, B, H))
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        for g, w in zip(compiled(*args), f(*args)):
+            torch.testing.assert_close(g, w, atol=0, rtol=0)

@@ -77,12 +77,15 @@ def _torchscript_exporting() -> bool:
 
 def exporting() -> bool:
     """Whether torch.onnx.export (either exporter) is running."""
+    if torch.compiler.is_compiling():
+        # torch.compile, or torch.export under the dynamo exporter; Dynamo refuses to trace
+        # the TorchScript exporter's flag (a property of torch.onnx, on its skip list)
+        return _dynamo_exporting()
     return _dynamo_exporting() or _torchscript_exporting()
 
 
 # The ONNX operator and the permutation of torch's gate blocks into ONNX's order (None: a
 # zero block) for each cell the ONNX operators express.
-_LSTM_CELLS = ("lstm", "lstm_coupled", "lstm_peephole", "lstm_coupled_peephole")
 _ONNX_OP = {"lstm": "LSTM", "lstm_coupled": "LSTM", "lstm_peephole": "LSTM",
             "lstm_coupled_peephole": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
 _BLOCKS = {
@@ -135,16 +138,17 @@ def layer(cell: str, input: Tensor, state: Optional[Sequence[Tensor]],
                                "the layer exports as one set of nodes per time step (ONNX's "
                                "LSTM has no " + ("projection" if projected else "zoneout")
                                + "); export with a static time axis")
+        steps = int(input.shape[0])
         warnings.warn(f"rnnfast: ONNX export of {what}: the layer is unrolled into one set of "
-                      f"nodes per time step, for exactly the example input's {int(input.shape[0])} "
-                      "steps (the exported graph needs that sequence length)", stacklevel=3)
+                      f"nodes per time step, for exactly the example input's {steps} steps "
+                      "(the exported graph needs that sequence length)", stacklevel=3)
         # the probabilities made afresh here: modules caches them per value, and one first
         # made under torch.export is a FakeTensor, which the TorchScript exporter cannot embed
         zoneout = [input.new_full((), float(z)) for z in zoneout]
         if _torchscript_exporting():
             # dynamic_axes cannot make the unrolled steps dynamic: a Reshape to the fixed
             # length makes ONNX Runtime reject another length instead of reading T steps of it
-            input = input.reshape(int(input.shape[0]), input.shape[1], input.shape[2])
+            input = input.reshape(steps, input.shape[1], input.shape[2])
         return _reference.layer(cell, input, state, weights, None, reverse, zoneout)
     return _onnx_node(cell, input, state, named, reverse)
 
@@ -186,7 +190,7 @@ def _onnx_node(cell: str, input: Tensor, state: List[Tensor], named, reverse: bo
         res = torch.onnx.ops.symbolic_multi_out(
             f"::{op}", inputs, attrs, dtypes=[input.dtype] * outputs, shapes=shapes)
     else:
-        weights = [named[n] for n in _cells.weight_names(info, len(named))]
+        weights = list(named.values())  # rnnfast's own, in the ops' order
         res = _TorchScriptNode.apply(op, attrs, outputs, cell, reverse, len(state), len(weights),
                                      *inputs, *state, *weights)
     y = res[0].squeeze(1)
