@@ -66,8 +66,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   fi
 fi
 # onnx + onnxruntime: the second oracle of the coupled-gate LSTM (ONNX LSTM input_forget=1)
+# and the ONNX export tests; onnxscript: torch.onnx.export's dynamo exporter
 pip_install pybind11 ninja numpy pytest pytest-benchmark hypothesis tqdm matplotlib \
-  transformers==5.24.0 onnx==1.23.2 onnxruntime==1.32.0 setuptools wheel
+  transformers==5.24.0 onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2 setuptools wheel
 
 if [ "$PIP_MODE" = --dry-run ]; then
   echo "setup.sh: dry run: would build and install rnnfast with:" \

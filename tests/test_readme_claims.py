@@ -257,3 +257,21 @@ def test_readme_variant_costs_are_the_results_files():
          if r.get("ratio_vs_plain_without_draw") is not None])
     for what, value in claims.items():
         assert value in text, (what, value)
+
+
+def test_readme_onnx_costs_are_the_results_file():
+    """README's Deploy section quotes bench/onnx_cost.py's run: the LSTM node's time and each
+    unrolled graph's ratio to it."""
+    import json
+
+    with open(os.path.join(ROOT, "bench", "results", "onnx-20261130-135506.json")) as f:
+        rows = json.load(f)["rows"]
+    text = " ".join(_readme().split())
+    ratio = {n: f"{r['ratio_vs_lstm_node']:.2f}x" for n, r in rows.items()}
+    claims = [f"({rows['lstm (ONNX LSTM node)']['median_ms']:.2f} ms)",
+              f"proj_size=64 {ratio['lstm proj_size=H/2 (unrolled)']}",
+              f"layer_norm {ratio['lstm layer_norm (unrolled)']}",
+              f"(GRU layer_norm {ratio['gru layer_norm (unrolled)']})",
+              f"zoneout {ratio['lstm zoneout=0.1 eval (unrolled)']}"]
+    for claim in claims:
+        assert claim in text, claim

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _C, _cells, _reference, ops
+from . import _C, _cells, _onnx, _reference, ops
 
 _warned_devices = set()
 
@@ -37,7 +37,9 @@ _warned_devices = set()
 def _layer_fn(device: torch.device, cell: Optional[_cells.Cell] = None):
     """The fused op where this build has native kernels for the device (and the cell: the
     layer-normalised cells have CPU kernels only); elsewhere the plain-PyTorch loop, with a
-    one-time warning."""
+    one-time warning. Under torch.onnx.export, the ONNX export of a layer."""
+    if _onnx.exporting():
+        return _onnx.layer
     layer_norm_off = cell is not None and cell.layer_norm and device.type != "cpu"
     if ops.has_native_kernels(device.type) and not layer_norm_off:
         return ops.layer
@@ -666,7 +668,7 @@ class RNNCellBase(nn.Module):
     def _step(self, input: Tensor, states: List[Optional[Tensor]], cell: str) -> List[Tensor]:
         """One fused step of ``cell`` from the given states ([h] or [h, c]; all None: zeros, a
         single None: zeros for that state); returns the new states."""
-        run = (ops.layer if input.is_cpu else
+        run = (ops.layer if input.is_cpu and not _onnx.exporting() else
                _layer_fn(input.device, _cells.DESCRIPTIONS[self._cell_name]))
         if all(s is None for s in states):
             states = []
