@@ -255,6 +255,14 @@ def test_readme_variant_costs_are_the_results_files():
     claims["zoneout without the draw"] = span(
         [r["ratio_vs_plain_without_draw"] for r in draw_rows
          if r.get("ratio_vs_plain_without_draw") is not None])
+    ln_rows = []
+    for name in ("variants-20261130-141107.json", "variants-20261130-141254.json"):
+        with open(os.path.join(ROOT, "bench", "results", name)) as f:
+            ln_rows += json.load(f)["results"]
+    for module in ("GRU", "LSTM"):
+        claims[f"layer norm {module}"] = f"{module} " + span(
+            [r["ratio_vs_plain"] for r in ln_rows
+             if r["module"] == module and r["kwargs"].get("layer_norm")])
     for what, value in claims.items():
         assert value in text, (what, value)
 

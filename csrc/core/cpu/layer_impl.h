@@ -141,51 +141,70 @@ inline LengthsSummary summarize_lengths(const int64_t* lengths, int64_t B, int64
 }
 
 // Layer normalisation (cells.h: layer_norm) reduces over all units of a row, which the tasks
-// of a step split into strips: each task keeps the moments of its strip's values per row, and
-// after the step's barrier every task merges them (in strip order, so the result does not
-// depend on the thread count).
+// of a step split into strips: each task keeps the mean and squared deviations of its strip's
+// values per row, and after the step's barrier every task merges them (in strip order, so the
+// result does not depend on the thread count) by the parallel-variance formula, which has no
+// E[v^2] - E[v]^2 cancellation.
 template <class Real>
 struct Moments {
-  Real n = 0, mean = 0, m2 = 0;  // count, mean, sum of squared deviations
-  // Chan et al.'s update: the moments of the union of two sets
-  void merge(Real nb, Real mean_b, Real m2_b) {
-    if (nb == 0) return;
-    const Real total = n + nb, d = mean_b - mean;
-    mean += d * (nb / total);
-    m2 += m2_b + d * d * (n * nb / total);
-    n = total;
-  }
+  Real mean = 0, m2 = 0, n = 0;  // mean, sum of squared deviations, count
   Real rstd() const { return Real(1) / std::sqrt(m2 / n + Real(kLayerNormEps)); }
 };
 
-// The mean and squared deviations of p[k * H + j] for gates k < G and units j in [j0, j1):
-// out[0] = mean, out[1] = m2.
+// The sum of f(V-type tag, n) over the columns n = k * H + j of gate blocks k < G and units j in
+// [j0, j1) (a task's strip of a row), in vector accumulators: f returns a vector (or, for the
+// scalar tail, a ScalarVec) of the terms at n.
+template <class Real, class F>
+inline Real strip_reduce(int64_t H, int64_t G, int64_t j0, int64_t j1, F&& f) {
+  using V = Vec<Real>;
+  V acc = V::zero();
+  Real tail = 0;
+  for (int64_t k = 0; k < G; ++k)
+    for_units<Real>(k * H + j0, k * H + j1, [&](auto v, int64_t n) {
+      using U = decltype(v);
+      if constexpr (U::W == 1) tail += f(v, n).v;
+      else acc = acc + f(v, n);
+    });
+  return acc.hsum() + tail;
+}
+
+// The mean and squared deviations of p[k * H + j] for gate blocks k < G and units j in [j0, j1):
+// out[0] = mean, out[1] = m2 (two passes over the strip, which is in cache).
 template <class Real>
 inline void strip_moments(const Real* p, int64_t H, int64_t G, int64_t j0, int64_t j1,
                           Real* out) {
-  Real sum = 0;
-  for (int64_t k = 0; k < G; ++k)
-    for (int64_t j = j0; j < j1; ++j) sum += p[k * H + j];
-  const Real mean = sum / Real(G * (j1 - j0));
-  Real m2 = 0;
-  for (int64_t k = 0; k < G; ++k)
-    for (int64_t j = j0; j < j1; ++j) {
-      const Real d = p[k * H + j] - mean;
-      m2 += d * d;
-    }
+  const Real mean = strip_reduce<Real>(H, G, j0, j1, [&](auto v, int64_t n) {
+                      return decltype(v)::load(p + n);
+                    }) / Real(G * (j1 - j0));
   out[0] = mean;
-  out[1] = m2;
+  out[1] = strip_reduce<Real>(H, G, j0, j1, [&](auto v, int64_t n) {
+    using U = decltype(v);
+    const U d = U::load(p + n) - U::set1(mean);
+    return d * d;
+  });
 }
 
-// Merges the per-strip moments of one row: parts[s * stride + off + {0, 1}] for strips
-// s < strips, each over G units per hidden unit of strip s (NR wide, the last one to H).
+// Merges the per-strip moments of one row: parts[s * stride + off + {0, 1}] (mean, squared
+// deviations) for strips s < strips, each over G values per hidden unit of strip s (NR wide,
+// the last one to H): the mean of the means weighted by their counts, then
+// m2 = sum of (m2_s + n_s (mean_s - mean)^2). No division per strip (every task merges every
+// row of its block).
 template <class Real>
 inline Moments<Real> merge_strips(const Real* parts, int64_t strips, int64_t stride,
                                   int64_t off, int64_t H, int64_t G, int64_t NR) {
   Moments<Real> m;
+  const Real n_full = Real(G * NR);
+  const int64_t last = strips - 1;
+  const Real n_last = Real(G * (H - last * NR));
+  Real weighted = 0;
   for (int64_t s = 0; s < strips; ++s)
-    m.merge(Real(G * (imin(H, (s + 1) * NR) - s * NR)), parts[s * stride + off],
-            parts[s * stride + off + 1]);
+    weighted += (s == last ? n_last : n_full) * parts[s * stride + off];
+  m.n = Real(G * H);
+  m.mean = weighted / m.n;
+  for (int64_t s = 0; s < strips; ++s) {
+    const Real d = parts[s * stride + off] - m.mean;
+    m.m2 += parts[s * stride + off + 1] + (s == last ? n_last : n_full) * d * d;
+  }
   return m;
 }
 
@@ -914,21 +933,23 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
       if constexpr (kLn) {
         const Real* w = st.ws + b * WS + ln_block * H;  // the normalised values, x then h side
         Real* lsum = ln_sums.get() + (b / block_rows) * 2 * GH;
-        Real acc[4] = {0, 0, 0, 0};
-        for (int64_t k = 0; k < G; ++k)
-          for (int64_t j = j0; j < j1; ++j) {
-            const int64_t n = k * H + j;
-            const Real dx = st.dgx[b * GH + n], dh = st.dgh[b * GH + n];
-            const Real xh = w[n], hh = w[GH + n];
-            const Real ga = dx * gain_ih[n], gr = dh * gain_hh[n];
-            acc[0] += ga;
-            acc[1] += ga * xh;
-            acc[2] += gr;
-            acc[3] += gr * hh;
-            lsum[n] += dx * xh;
-            lsum[GH + n] += dh * hh;
-          }
-        copy_n(acc, 4, gate_part.get() + (b * hidden_strips + s) * 4);
+        Real* part = gate_part.get() + (b * hidden_strips + s) * 4;
+        const Real* grads[2] = {st.dgx + b * GH, st.dgh + b * GH};
+        const Real* gains[2] = {gain_ih, gain_hh};
+        for (int side = 0; side < 2; ++side) {
+          const Real *d = grads[side], *g = gains[side], *vh = w + side * GH;
+          Real* ls = lsum + side * GH;
+          part[2 * side] = strip_reduce<Real>(H, G, j0, j1, [&](auto v, int64_t n) {
+            using U = decltype(v);
+            return U::load(d + n) * U::load(g + n);
+          });
+          part[2 * side + 1] = strip_reduce<Real>(H, G, j0, j1, [&](auto v, int64_t n) {
+            using U = decltype(v);
+            const U dv = U::load(d + n), vv = U::load(vh + n);
+            U::fmadd(dv, vv, U::load(ls + n)).store(ls + n);  // the gain's gradient
+            return dv * U::load(g + n) * vv;
+          });
+        }
       }
     };
     // The cell's backward on units [j0, j1) of active row b from dh (indexed j - j0); with
@@ -954,12 +975,14 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
       if constexpr (kNormOut) {
         const Real* g = stage.get() + b * st.stage_cols;
         const Real* vh = st.ws + b * WS + Math::kNormedBlock * H;
-        Real acc[2] = {0, 0};
-        for (int64_t j = j0; j < j1; ++j) {
-          acc[0] += g[j];
-          acc[1] += g[j] * vh[j];
-        }
-        copy_n(acc, 2, out_part.get() + (b * hidden_strips + s) * 2);
+        Real* part = out_part.get() + (b * hidden_strips + s) * 2;
+        part[0] = strip_reduce<Real>(H, 1, j0, j1, [&](auto v, int64_t n) {
+          return decltype(v)::load(g + n);
+        });
+        part[1] = strip_reduce<Real>(H, 1, j0, j1, [&](auto v, int64_t n) {
+          using U = decltype(v);
+          return U::load(g + n) * U::load(vh + n);
+        });
       } else {
         gate_sums(b, s, j0, j1);
       }
