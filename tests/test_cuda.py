@@ -31,6 +31,9 @@ if os.environ.get("RNNFAST_REQUIRE_CUDA") == "1" and not _AVAILABLE:
 pytestmark = pytest.mark.skipif(not _AVAILABLE, reason="needs a GPU and rnnfast's CUDA kernels")
 
 CUDA = torch.device("cuda")
+# The cells with CUDA kernels: the layer-normalised ones have CPU kernels only (their CUDA op
+# raises; modules run the reference loop there, see test_layer_norm_runs_the_reference_loop).
+CUDA_CELLS = [c for c in ops.CELLS if not _cells.cell(c).layer_norm]
 
 
 @pytest.fixture(autouse=True)
@@ -184,7 +187,7 @@ def test_cells_float64(kind):
 
 @pytest.mark.parametrize("zoneout", ["none", "masks", "probabilities"])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("cell", ops.CELLS)
+@pytest.mark.parametrize("cell", CUDA_CELLS)
 def test_raw_op_lengths_with_zeros(cell, reverse, zoneout):
     """The op itself with lengths that include 0 and T, against the reference loop; without
     zoneout, with zoneout masks, and with zoneout probabilities (eval's expectation)."""
@@ -345,7 +348,7 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(f, (x, h0, c0, *[p.detach().requires_grad_() for p in params]))
 
 
-@pytest.mark.parametrize("cell", ops.CELLS)
+@pytest.mark.parametrize("cell", CUDA_CELLS)
 @pytest.mark.parametrize("training", [False, True])
 def test_opcheck(cell, training):
     """Both ops, with and without biases (the CUDA backward then gets null bias gradients and
@@ -436,3 +439,28 @@ def test_large_batch_and_hidden_float32_matches_cudnn():
     ref, new = make_pair("LSTM", 256, 512, dtype=torch.float32)
     leaves = _leaves("LSTM", 12, 96, 256, 512, 1, False, dtype=torch.float32, device=CUDA)
     _check_float32("LSTM", ref, new, leaves, call_dense(True), "large LSTM")
+
+
+@pytest.mark.parametrize("cell", [c for c in ops.CELLS if c not in CUDA_CELLS])
+def test_layer_norm_op_raises_on_cuda(cell):
+    """The CUDA op refuses a layer-normalised cell by name instead of running without it."""
+    args = op_args(cell, projections(cell)[-1], dtype=torch.float32, device=CUDA,
+                   requires_grad=False)
+    with pytest.raises(RuntimeError, match=f"the {cell} cell \\(layer_norm=True\\) has no CUDA"):
+        torch.ops.rnnfast.layer(*args)
+
+
+def test_layer_norm_runs_the_reference_loop(monkeypatch):
+    """rnnfast.LSTM/GRU(layer_norm=True) on CUDA: the reference loop, with a warning, and the
+    CPU kernels' results."""
+    from rnnfast import modules
+    monkeypatch.setattr(modules, "_warned_devices", set())
+    torch.manual_seed(0)
+    for cls in (rnnfast.LSTM, rnnfast.GRU):
+        m = cls(4, 6, num_layers=2, bidirectional=True, layer_norm=True, dtype=torch.float64)
+        x = torch.randn(5, 3, 4, dtype=torch.float64)
+        want, _ = m(x)
+        with pytest.warns(UserWarning, match="layer_norm=True has CPU kernels only"):
+            got, _ = copy.deepcopy(m).to(CUDA)(x.to(CUDA))
+        monkeypatch.setattr(modules, "_warned_devices", set())
+        torch.testing.assert_close(got.cpu(), want, atol=1e-10, rtol=0)

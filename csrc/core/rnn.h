@@ -78,7 +78,7 @@ struct ForwardArgs {
   const Real* b_hh = nullptr;       // [G*H]      read; null = no bias
   const Real* w_hr = nullptr;       // [P, H]     read (P > 0)
   // The cell's own parameters (cell_info(cell).param_names, in that order; kLayerParams gives
-  // their shapes), e.g. the peephole weights [H] each; read.
+  // their shapes), e.g. the peephole weights [H] each, the layer-norm gains [G*H]; read.
   const Real* cell_w[kMaxCellParams] = {};
   const int64_t* lengths = nullptr;  // [B] read; null = every sequence has length T.
                                      // Steps t >= lengths[b] leave row b's state unchanged

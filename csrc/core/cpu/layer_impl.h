@@ -6,6 +6,10 @@
 // computes the recurrent GEMM for its units' G gates (W_hh is packed once per
 // call in gate-blocked strips, so a task's gates are contiguous) and then the
 // cell's pointwise epilogue on those units, so gates never leave the task.
+// Layer-normalised cells split the region at each reduction over a whole row (the
+// moments of the GEMMs' outputs; the LSTM's c_t; backward, the normalisations'
+// gradient sums): every task does its strip's part, the team meets at a barrier,
+// and every task merges the parts it needs in strip order, on the same units.
 // Included inside namespace rnnfast::core::<isa>.
 
 // Applies f(V-type tag, j) to units [j0, j1): full vectors, then a scalar tail.
