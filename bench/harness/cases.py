@@ -90,6 +90,8 @@ def packed_pair(T: int, B: int, I: int, H: int, seed: int, **kw) -> List[Case]:
 def default_grid(seed: int) -> List[Case]:
     grid = [Case(*s) for s in [(200, 1, 128, 128), (50, 16, 64, 64), (100, 32, 256, 256),
                                (1000, 4, 64, 256), (100, 64, 512, 512), (100, 8, 256, 1024)]]
+    # 2-layer models: the demo's shape (T=64, B=32, I=64, H=256) and its batch at 1 and 8
+    grid += [Case(64, b, 64, 256, layers=2) for b in (1, 8, 32)]
     grid.append(Case(100, 16, 256, 256, layers=2, bidirectional=True))
     grid += packed_pair(100, 16, 256, 256, seed)
     return grid

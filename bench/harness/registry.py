@@ -73,8 +73,52 @@ def rnnfast_factory(cell: str, case, mode: str, ref: nn.Module) -> Runner:
     return ModuleRunner(m)
 
 
+class SimdPathRunner(ModuleRunner):
+    """rnnfast on one SIMD path: switches to it (rnnfast._C.set_simd) for each call and back
+    after, so that every round of a run times both paths on the same machine state."""
+
+    def __init__(self, module: nn.Module, isa: str):
+        super().__init__(module)
+        self.isa = isa
+        self._c = import_rnnfast()._C
+
+    def _on_path(self, fn, inputs):
+        before = self._c.simd()
+        self._c.set_simd(self.isa)
+        try:
+            return fn(inputs)
+        finally:
+            self._c.set_simd(before)
+
+    def infer(self, inputs):
+        return self._on_path(super().infer, inputs)
+
+    def train(self, inputs) -> None:
+        self._on_path(super().train, inputs)
+
+
+def avx2_available() -> Tuple[bool, str]:
+    """The AVX2 path as a column of its own: where it is not the path rnnfast already runs."""
+    ok, why = rnnfast_available()
+    if not ok:
+        return ok, why
+    c = import_rnnfast()._C
+    if not c.cpu_supports("avx2"):
+        return False, "the CPU has no AVX2"
+    if c.simd() == "avx2":
+        return False, "rnnfast's own path is AVX2 here (the rnnfast column)"
+    return True, ""
+
+
+def rnnfast_avx2_factory(cell: str, case, mode: str, ref: nn.Module) -> Runner:
+    return SimdPathRunner(rnnfast_factory(cell, case, mode, ref).m, "avx2")
+
+
 register("rnnfast", rnnfast_factory, rnnfast_available)
 register("torch", torch_factory)
+# Most users' CPUs have AVX2 and no AVX-512: on an AVX-512 machine every run times the AVX2
+# path as well (issue 17), in the same rounds.
+register("rnnfast-avx2", rnnfast_avx2_factory, avx2_available, label="avx2")
 
 # Optional inference peers (ONNX Runtime, OpenVINO): onnx_peers.py. Their packages are
 # imported only when a peer is used; if they are missing the peer reports itself unavailable.

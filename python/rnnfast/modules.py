@@ -34,6 +34,15 @@ from . import _C, _cells, _onnx, _reference, ops
 _warned_devices = set()
 
 
+def _weights_of(module: nn.Module, names: Sequence[str]) -> List[Tensor]:
+    """The tensors ``names`` of ``module``, from its ``_parameters`` where they are registered
+    (a dict lookup: nn.Module's ``__getattr__`` costs about 0.7 us a name, which a cell
+    stepped in a Python loop pays every step), else as attributes (a weight replaced by a
+    plain tensor, as weight-drop wrappers do)."""
+    params = module._parameters
+    return [params[n] if n in params else getattr(module, n) for n in names]
+
+
 def _layer_fn(device: torch.device, cell: Optional[_cells.Cell] = None):
     """The fused op where this build has native kernels for the device (and the cell: the
     layer-normalised cells have CPU kernels only); elsewhere the plain-PyTorch loop, with a
@@ -670,17 +679,22 @@ class RNNCellBase(nn.Module):
         single None: zeros for that state); returns the new states."""
         run = (ops.layer if input.is_cpu and not _onnx.exporting() else
                _layer_fn(input.device, _cells.DESCRIPTIONS[self._cell_name]))
-        if all(s is None for s in states):
+        missing = [s is None for s in states]
+        if all(missing):
             states = []
-        elif any(s is None for s in states):
+        elif any(missing):
             given = next(s for s in states if s is not None)
             states = [s if s is not None else given.new_zeros(input.shape[0], self.hidden_size)
                       for s in states]
-        weights = [getattr(self, p.name) for p in _cells.params_of(
-            _cells.DESCRIPTIONS[self._cell_name], self.bias, False)]
-        zoneout = _zoneout_tensors(self.__dict__.get("_zoneout_p", ()), self.training,
-                                   (1, input.shape[0]), [self.hidden_size] * 2, input)
-        _, final = run(cell, input.unsqueeze(0), states, weights, None, False, zoneout)
+        names = self.__dict__.get("_weight_names")
+        if names is None:  # (the names depend only on the cell and bias, fixed at init)
+            names = self.__dict__["_weight_names"] = tuple(p.name for p in _cells.params_of(
+                _cells.DESCRIPTIONS[self._cell_name], self.bias, False))
+        probs = self.__dict__.get("_zoneout_p", ())
+        zoneout = (_zoneout_tensors(probs, self.training, (1, input.shape[0]),
+                                    [self.hidden_size] * 2, input) if any(probs) else [])
+        _, final = run(cell, input.unsqueeze(0), states, _weights_of(self, names), None, False,
+                       zoneout)
         return final
 
 

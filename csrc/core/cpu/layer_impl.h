@@ -256,14 +256,17 @@ LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
   const int64_t rows = p.compact_rows ? lengths.active : T * B;
   // The input projection x W_ih^T is one GEMM over every step, except in two cases where
   // each step computes its task's columns of it, into a one-step buffer:
-  // - weights_in_place: calls of a few steps of a small batch take dot products with the
-  //   rows of the weights in place (packing them would cost more than it saves); both
-  //   weight matrices are then split between the threads;
+  // - weights_in_place: calls of a few steps take dot products with the rows of the weights
+  //   in place (packing them would cost more than it saves: a cell stepped from Python is a
+  //   call of one step, which reads each weight once per row); both weight matrices are
+  //   then split between the threads. Not for larger batches with short rows (I or S under
+  //   4 vectors), where a dot product is mostly its horizontal sum, and the packed GEMM's
+  //   register tiles win;
   // - input_in_steps: long sequences of a small batch whose input projection would not stay
   //   in cache, while both weight matrices fit in the threads' L2 together: each step reads
   //   its thread's share of W_ih (packed like W_hh) from L2 instead of reading the
   //   projection back from memory (which it was also first written to).
-  p.weights_in_place = T <= 3 && B <= 8;
+  p.weights_in_place = T <= 3 && (B <= 8 || imin(I, S) >= 4 * Vec<Real>::W);
   p.input_in_steps = !p.weights_in_place && B <= 16 && B >= 2 &&
                      (I + S) * GH * bytes <= imax(1, threads) * (768 << 10) &&
                      rows * GH * bytes > (4 << 20);
