@@ -109,3 +109,33 @@ def test_cell_gradcheck(kind):
             return m(x, h0)
         inputs = (x, h0)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", CELL_KIND_NAMES)
+@pytest.mark.parametrize("b,size", [(16, 64), (128, 64), (128, 3)], ids=["b16-long", "b128-long",
+                                                                        "b128-short"])
+def test_cell_step_batches(kind, b, size):
+    """A cell's step at larger batches: with long rows the forward reads the weights in place
+    (dot products, any batch), with short rows it packs them (register tiles); both against
+    torch, outputs and every gradient."""
+    ref, new = make_pair(kind, size, size)
+    leaves = cell_leaves(kind, True, True, torch.float64, seed=7, b=b, i=size, h=size)
+    compare_modules(kind, ref, new, leaves, cell_call(is_lstm(kind)), torch.float64,
+                    what=f"{kind} B={b} H={size}")
+
+
+@pytest.mark.parametrize("kind", CELL_KIND_NAMES)
+def test_cell_weight_as_plain_tensor(kind):
+    """A weight taken out of the parameters and set as a plain tensor attribute (what
+    weight-drop wrappers do before each call) is the one the step uses."""
+    ref, new = make_pair(kind, I, H)
+    w = torch.randn_like(ref.weight_hh)
+    del new._parameters["weight_hh"]
+    new.weight_hh = w
+    with torch.no_grad():
+        ref.weight_hh.copy_(w)
+    x, h = randn(B, I, seed=1), randn(B, H, seed=2)
+    state = (h, randn(B, H, seed=3)) if is_lstm(kind) else h
+    got, want = new(x, state), ref(x, state)
+    got, want = (got[0], want[0]) if is_lstm(kind) else (got, want)
+    torch.testing.assert_close(got, want)

@@ -723,6 +723,16 @@ void check_plans() {
          "plan: 2 steps of 1 row read the weights in place: " + to_string(few));
   expect(to_string(few).find("weights_in_place=1") != std::string::npos,
          "plan: to_string names the decisions: " + to_string(few));
+  // A cell's step (one step) reads the weights in place at any batch when the rows are long
+  // (I and S at least 4 vectors on every path: 256), and packs them for a large batch of short
+  // rows (2), where a dot product would be mostly its horizontal sum.
+  expect(forward(1, 16, 256, 256, nullptr).weights_in_place &&
+             forward(1, 128, 256, 256, nullptr).weights_in_place,
+         "plan: one step of 16 or 128 long rows reads the weights in place: " +
+             to_string(forward(1, 128, 256, 256, nullptr)));
+  expect(!forward(1, 128, 2, 2, nullptr).weights_in_place,
+         "plan: one step of 128 short rows packs the weights: " +
+             to_string(forward(1, 128, 2, 2, nullptr)));
   const LayerPlan batch = forward(50, 16, 64, 64, nullptr);
   expect(!batch.weights_in_place && batch.packed_panel && batch.parallel && !batch.compact_rows,
          "plan: 50 steps of 16 rows pack the weights and h: " + to_string(batch));
@@ -751,7 +761,9 @@ int main() {
   check_scratch_cache();
   check_empty_sequence();
   check_denormals();
-  check_plans();
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512})  // (the planner is each path's own)
+    if (set_isa(isa)) check_plans();
+  set_isa(initial);
   std::printf("CPU supports: avx2=%d avx512=%d; default path %s\n", cpu_supports(Isa::Avx2),
               cpu_supports(Isa::Avx512), isa_name(initial));
   std::vector<Problem> problems;
