@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <functional>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <cstdlib>
 #include <new>
@@ -443,50 +444,64 @@ void check_packed(const Problem& p, const Executor& ex) {
   expect(max_diff(gpk.dcw, gpad.dcw) < tol, tag + " own parameters");
 }
 
-// The float32 sigmoid and tanh of the active instruction set, swept against double
-// precision. An LSTM step with W_ih = identity, W_hh and biases zero saves
-// i f g o = sigmoid, sigmoid, tanh, sigmoid of its input in the workspace.
-// Returns the largest error in units in the last place of the rounded reference
-// (tanh and sigmoid separately); results below 1e-37 (flushed to zero) count as exact.
+// The sigmoid and tanh of the active instruction set, float32 swept against double precision
+// and float64 against long double. An LSTM step with W_ih = identity, W_hh and biases zero
+// saves i f g o = sigmoid, sigmoid, tanh, sigmoid of its input in the workspace.
+// Returns the largest error in units in the last place of the rounded reference (tanh and
+// sigmoid separately); results below the type's smallest normal (flushed to zero, or sigmoid
+// of a large negative value) count as exact.
+template <class Real>
 void activation_errors(double* ulp_sigmoid, double* ulp_tanh, bool* nan_ok) {
   const int64_t H = 64, G4 = 4 * H, B = 512;
-  std::vector<float> x(B * G4), w(G4 * G4, 0.0f), whh(G4 * H, 0.0f);
-  for (int64_t i = 0; i < G4; ++i) w[i * G4 + i] = 1.0f;
+  std::vector<Real> x(B * G4), w(G4 * G4, Real(0)), whh(G4 * H, Real(0));
+  for (int64_t i = 0; i < G4; ++i) w[i * G4 + i] = Real(1);
   std::mt19937 rng(7);
   std::uniform_real_distribution<double> u(0.0, 1.0);
   for (int64_t n = 0; n < B * G4; ++n) {
     double v;
     if (n % 2) v = -12.0 + 24.0 * u(rng);                    // the range that matters
     else v = std::pow(10.0, -9.0 + 11.0 * u(rng)) * (u(rng) < 0.5 ? -1 : 1);  // 1e-9 .. 100
-    x[n] = static_cast<float>(v);
+    x[n] = static_cast<Real>(v);
   }
-  const float specials[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 87.0f, -87.0f, 88.5f, -88.5f,
-                            200.0f, -200.0f, 1e30f, -1e30f, 3.4e38f, -3.4e38f, NAN};
-  for (size_t i = 0; i < sizeof(specials) / sizeof(float); ++i)
-    for (int64_t q = 0; q < 4; ++q) x[i * G4 + q * H] = specials[i];
-  ForwardArgs<float> a;
+  const bool f32 = sizeof(Real) == 4;
+  const double specials32[] = {0.0, -0.0, 1e-30, -1e-30, 87.0, -87.0, 88.5, -88.5,
+                               200.0, -200.0, 1e30, -1e30, 3.4e38, -3.4e38, NAN};
+  const double specials64[] = {0.0, -0.0, 1e-300, -1e-300, 19.0, -19.0, 21.0, -21.0,
+                               708.0, -708.0, 710.0, -710.0, 800.0, -800.0, 1e300, -1e300,
+                               1.7e308, -1.7e308, NAN};
+  const double* specials = f32 ? specials32 : specials64;
+  const size_t nspecial = f32 ? sizeof(specials32) / sizeof(double) : sizeof(specials64) / sizeof(double);
+  for (size_t i = 0; i < nspecial; ++i)
+    for (int64_t q = 0; q < 4; ++q) x[i * G4 + q * H] = static_cast<Real>(specials[i]);
+  ForwardArgs<Real> a;
   a.cell = Cell::LSTM; a.T = 1; a.B = B; a.I = G4; a.H = H;
-  std::vector<float> y(B * H), hy(B * H), cy(B * H), ws(B * cell_info(Cell::LSTM).workspace_cols(H, 0));
+  std::vector<Real> y(B * H), hy(B * H), cy(B * H), ws(B * cell_info(Cell::LSTM).workspace_cols(H, 0));
   a.x = x.data(); a.w_ih = w.data(); a.w_hh = whh.data();
   a.y = y.data(); a.hy = hy.data(); a.cy = cy.data(); a.ws = ws.data();
   SerialExecutor ex;
   layer_forward(a, ex);
   *ulp_sigmoid = *ulp_tanh = 0;
   *nan_ok = true;
+  const long double tiny = std::numeric_limits<Real>::min();
   const int64_t WS = cell_info(Cell::LSTM).workspace_cols(H, 0);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t n = 0; n < G4; ++n) {
       const bool is_tanh = n / H == 2;
-      const double in = x[b * G4 + n], got = ws[b * WS + n];
+      const long double in = x[b * G4 + n], got = ws[b * WS + n];
       if (std::isnan(in)) {
         *nan_ok = *nan_ok && std::isnan(got);
         continue;
       }
-      const double ref = is_tanh ? std::tanh(in) : 1.0 / (1.0 + std::exp(-in));
-      const float rf = static_cast<float>(ref);
-      if (std::fabs(ref) < 1e-37 && std::fabs(got) < 1e-37) continue;
-      const double ulp = std::nextafter(std::fabs(rf), INFINITY) - std::fabs(rf);
-      const double e = std::fabs(got - ref) / ulp;
+      // Where exp(-x) overflows (as the C library's and torch's do), sigmoid is exactly 0:
+      // a denormal instead would turn torch's 0 * inf = NaN gradients into infinities.
+      const long double overflow = f32 ? 88.8L : 709.8L;
+      if (!is_tanh && -in > overflow) *nan_ok = *nan_ok && got == 0;
+      const long double ref = is_tanh ? std::tanh(in) : 1.0L / (1.0L + std::exp(-in));
+      const Real rf = static_cast<Real>(ref);
+      if (std::fabs(ref) < tiny && std::fabs(got) < tiny) continue;
+      const long double ulp =
+          std::nextafter(std::fabs(rf), std::numeric_limits<Real>::infinity()) - std::fabs(rf);
+      const double e = static_cast<double>(std::fabs(got - ref) / ulp);
       double* worst = is_tanh ? ulp_tanh : ulp_sigmoid;
       if (!(e <= *worst)) *worst = e;  // NaN results count as the worst
     }
@@ -823,9 +838,13 @@ int main() {
     for (const auto& p : problems) check_gradients(p);
     double us, ut;
     bool nan_ok;
-    activation_errors(&us, &ut, &nan_ok);
+    activation_errors<float>(&us, &ut, &nan_ok);
     std::printf("%s: sigmoid within %.2f ulp, tanh within %.2f ulp\n", isa_name(isa), us, ut);
     expect(us <= 4.0 && ut <= 4.0 && nan_ok, std::string(isa_name(isa)) + " float sigmoid/tanh error");
+    activation_errors<double>(&us, &ut, &nan_ok);
+    std::printf("%s: double sigmoid within %.2f ulp, tanh within %.2f ulp\n", isa_name(isa), us, ut);
+    expect(us <= 4.0 && ut <= 4.0 && nan_ok,
+           std::string(isa_name(isa)) + " double sigmoid/tanh error");
   }
   // Larger shapes: several SIMD strips, row blocks past one micro-tile, odd edges.
   std::vector<Problem> big;

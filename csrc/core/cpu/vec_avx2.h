@@ -2,6 +2,7 @@
 // namespace rnnfast::core::avx2 by kernels_avx2.cpp, compiled for that target.
 
 struct VecF8 {
+  using Scalar = float;
   static constexpr int W = 8;
   __m256 v;
   static VecF8 load(const float* p) { return {_mm256_loadu_ps(p)}; }
@@ -47,6 +48,7 @@ struct VecF8 {
 };
 
 struct VecD4 {
+  using Scalar = double;
   static constexpr int W = 4;
   __m256d v;
   static VecD4 load(const double* p) { return {_mm256_loadu_pd(p)}; }
@@ -61,17 +63,28 @@ struct VecD4 {
   VecD4 operator+(VecD4 b) const { return {_mm256_add_pd(v, b.v)}; }
   VecD4 operator-(VecD4 b) const { return {_mm256_sub_pd(v, b.v)}; }
   VecD4 operator*(VecD4 b) const { return {_mm256_mul_pd(v, b.v)}; }
+  VecD4 operator/(VecD4 b) const { return {_mm256_div_pd(v, b.v)}; }
   static VecD4 fmadd(VecD4 a, VecD4 b, VecD4 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
-  // float64 activations go through the C library, lane by lane: exact to libm.
-  template <class F>
-  static VecD4 lanewise(VecD4 a, F f) {
-    alignas(32) double t[4];
-    _mm256_store_pd(t, a.v);
-    for (int i = 0; i < 4; ++i) t[i] = f(t[i]);
-    return {_mm256_load_pd(t)};
+  static VecD4 min(VecD4 a, VecD4 b) { return {_mm256_min_pd(a.v, b.v)}; }
+  static VecD4 max(VecD4 a, VecD4 b) { return {_mm256_max_pd(a.v, b.v)}; }
+  static VecD4 round(VecD4 a) {
+    return {_mm256_round_pd(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
   }
-  static VecD4 sigmoid(VecD4 a) { return lanewise(a, [](double x) { return 1.0 / (1.0 + std::exp(-x)); }); }
-  static VecD4 tanh(VecD4 a) { return lanewise(a, [](double x) { return std::tanh(x); }); }
+  static VecD4 abs(VecD4 a) { return {_mm256_andnot_pd(_mm256_set1_pd(-0.0), a.v)}; }
+  static VecD4 copysign(VecD4 mag, VecD4 sgn) {
+    const __m256d m = _mm256_set1_pd(-0.0);
+    return {_mm256_or_pd(_mm256_andnot_pd(m, mag.v), _mm256_and_pd(m, sgn.v))};
+  }
+  // p * 2^n for integral n in [-1021, 1024]: 2^(n-1) built in the exponent bits (a normal
+  // double over that range), then times 2, so that n = 1024 overflows as p * 2^n does
+  static VecD4 scale_pow2(VecD4 p, VecD4 n) {
+    const __m256i e = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n.v)),
+                                       _mm256_set1_epi64x(1022));
+    const __m256d half = _mm256_castsi256_pd(_mm256_slli_epi64(e, 52));
+    return {_mm256_mul_pd(_mm256_mul_pd(p.v, half), _mm256_set1_pd(2.0))};
+  }
+  static VecD4 sigmoid(VecD4 a) { return vsigmoid(a); }
+  static VecD4 tanh(VecD4 a) { return vtanh(a); }
   static VecD4 relu(VecD4 a) { return {_mm256_max_pd(_mm256_setzero_pd(), a.v)}; }
   static VecD4 where_pos(VecD4 h, VecD4 d) {
     return {_mm256_and_pd(_mm256_cmp_pd(h.v, _mm256_setzero_pd(), _CMP_NLE_UQ), d.v)};

@@ -2,6 +2,7 @@
 // namespace rnnfast::core::avx512 by kernels_avx512.cpp, compiled for that target.
 
 struct VecF16 {
+  using Scalar = float;
   static constexpr int W = 16;
   __m512 v;
   static VecF16 load(const float* p) { return {_mm512_loadu_ps(p)}; }
@@ -41,6 +42,7 @@ struct VecF16 {
 };
 
 struct VecD8 {
+  using Scalar = double;
   static constexpr int W = 8;
   __m512d v;
   static VecD8 load(const double* p) { return {_mm512_loadu_pd(p)}; }
@@ -52,16 +54,26 @@ struct VecD8 {
   VecD8 operator+(VecD8 b) const { return {_mm512_add_pd(v, b.v)}; }
   VecD8 operator-(VecD8 b) const { return {_mm512_sub_pd(v, b.v)}; }
   VecD8 operator*(VecD8 b) const { return {_mm512_mul_pd(v, b.v)}; }
+  VecD8 operator/(VecD8 b) const { return {_mm512_div_pd(v, b.v)}; }
   static VecD8 fmadd(VecD8 a, VecD8 b, VecD8 c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
-  template <class F>
-  static VecD8 lanewise(VecD8 a, F f) {
-    alignas(64) double t[8];
-    _mm512_store_pd(t, a.v);
-    for (int i = 0; i < 8; ++i) t[i] = f(t[i]);
-    return {_mm512_load_pd(t)};
+  static VecD8 min(VecD8 a, VecD8 b) { return {_mm512_min_pd(a.v, b.v)}; }
+  static VecD8 max(VecD8 a, VecD8 b) { return {_mm512_max_pd(a.v, b.v)}; }
+  static VecD8 round(VecD8 a) {
+    return {_mm512_roundscale_pd(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
   }
-  static VecD8 sigmoid(VecD8 a) { return lanewise(a, [](double x) { return 1.0 / (1.0 + std::exp(-x)); }); }
-  static VecD8 tanh(VecD8 a) { return lanewise(a, [](double x) { return std::tanh(x); }); }
+  static VecD8 abs(VecD8 a) {
+    return {_mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(a.v),
+                                                 _mm512_set1_epi64(0x7fffffffffffffffLL)))};
+  }
+  static VecD8 copysign(VecD8 mag, VecD8 sgn) {
+    const __m512i m = _mm512_set1_epi64(0x7fffffffffffffffLL);
+    __m512i r = _mm512_or_si512(_mm512_and_si512(_mm512_castpd_si512(mag.v), m),
+                                _mm512_andnot_si512(m, _mm512_castpd_si512(sgn.v)));
+    return {_mm512_castsi512_pd(r)};
+  }
+  static VecD8 scale_pow2(VecD8 p, VecD8 n) { return {_mm512_scalef_pd(p.v, n.v)}; }
+  static VecD8 sigmoid(VecD8 a) { return vsigmoid(a); }
+  static VecD8 tanh(VecD8 a) { return vtanh(a); }
   static VecD8 relu(VecD8 a) { return {_mm512_max_pd(_mm512_setzero_pd(), a.v)}; }
   static VecD8 where_pos(VecD8 h, VecD8 d) {
     return {_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(h.v, _mm512_setzero_pd(), _CMP_NLE_UQ), d.v)};
