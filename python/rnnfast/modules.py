@@ -43,6 +43,19 @@ def _weights_of(module: nn.Module, names: Sequence[str]) -> List[Tensor]:
     return [params[n] if n in params else getattr(module, n) for n in names]
 
 
+_CELL_WEIGHT_NAMES: Dict[Tuple[str, bool], Tuple[str, ...]] = {}
+
+
+def _cell_weight_names(cell_name: str, bias: bool) -> Tuple[str, ...]:
+    """The names of a cell module's weights in the ops' order, memoised per (cell, bias)."""
+    key = (cell_name, bool(bias))
+    names = _CELL_WEIGHT_NAMES.get(key)
+    if names is None:
+        names = _CELL_WEIGHT_NAMES[key] = tuple(
+            p.name for p in _cells.params_of(_cells.DESCRIPTIONS[cell_name], bias, False))
+    return names
+
+
 def _layer_fn(device: torch.device, cell: Optional[_cells.Cell] = None):
     """The fused op where this build has native kernels for the device (and the cell: the
     layer-normalised cells have CPU kernels only); elsewhere the plain-PyTorch loop, with a
@@ -686,15 +699,11 @@ class RNNCellBase(nn.Module):
             given = next(s for s in states if s is not None)
             states = [s if s is not None else given.new_zeros(input.shape[0], self.hidden_size)
                       for s in states]
-        names = self.__dict__.get("_weight_names")
-        if names is None:  # (the names depend only on the cell and bias, fixed at init)
-            names = self.__dict__["_weight_names"] = tuple(p.name for p in _cells.params_of(
-                _cells.DESCRIPTIONS[self._cell_name], self.bias, False))
-        probs = self.__dict__.get("_zoneout_p", ())
-        zoneout = (_zoneout_tensors(probs, self.training, (1, input.shape[0]),
-                                    [self.hidden_size] * 2, input) if any(probs) else [])
-        _, final = run(cell, input.unsqueeze(0), states, _weights_of(self, names), None, False,
-                       zoneout)
+        zoneout = _zoneout_tensors(self.__dict__.get("_zoneout_p", ()), self.training,
+                                   (1, input.shape[0]), [self.hidden_size] * 2, input)
+        _, final = run(cell, input.unsqueeze(0), states,
+                       _weights_of(self, _cell_weight_names(self._cell_name, self.bias)), None,
+                       False, zoneout)
         return final
 
 
