@@ -33,6 +33,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import rnnfast
 from rnn_testutils import ATOL, assert_results_close, call_dense, call_packed, fwd_bwd, randn
+from rnnfast.ops import keep_mask
 
 
 # (coupled_gates, peephole, layer_norm) of each variant
@@ -115,7 +116,7 @@ class LSTMVariantReference(nn.Module):
         masks = []
         for p, n in zip(self.zoneout, (h.shape[-1], c.shape[-1])):
             if self.training and p:
-                masks.append(torch.bernoulli(torch.full((T, x.shape[1], n), p, dtype=x.dtype)))
+                masks.append(keep_mask((T, x.shape[1], n), p, x.dtype))
             else:
                 masks.append(torch.full((T, 1, 1), p, dtype=x.dtype))
         b_ih, b_hh = self._param("bias_ih", layer, d), self._param("bias_hh", layer, d)

@@ -9,7 +9,8 @@ Per step, row and unit, after the cell's update s~_t of a state:
 
 and the output y_t is the zoned h_t. The oracle below is written from these equations and the
 cells' own (torch's LSTM/GRU/RNN), in float64 with plain torch ops; in training it redraws the
-masks from the same RNG state in the modules' documented order (per layer and direction, h's
+masks from the same RNG state with the modules' mask function (rnnfast.ops.keep_mask, itself
+tested against an independent SplitMix64 below) in their documented order (per layer and direction, h's
 mask [T, B, S] then c's [T, B, H], only for a state with p > 0). Compared: outputs, final
 states and the gradients of the input, the initial states and every parameter.
 """
@@ -22,6 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnfast
 from rnn_testutils import randn
+from rnnfast.ops import keep_mask
 
 ATOL = 1e-9
 
@@ -90,9 +92,8 @@ def draw_masks(m, p_h, p_c, rows):
     masks = {}
     for layer in range(m.num_layers):
         for d in range(dirs):
-            z_h = torch.bernoulli(torch.full(rows + (S,), p_h, dtype=torch.float64)) if p_h else 0.0
-            z_c = (torch.bernoulli(torch.full(rows + (H,), p_c, dtype=torch.float64))
-                   if p_c else 0.0)
+            z_h = keep_mask(rows + (S,), p_h, torch.float64) if p_h else 0.0
+            z_c = keep_mask(rows + (H,), p_c, torch.float64) if p_c else 0.0
             masks[layer, d] = [z_h, z_c]
     return masks
 
@@ -256,11 +257,11 @@ def test_cells(cls, kw):
     torch.manual_seed(4)
     got = cell(x, (h, c)) if lstm else cell(x, h)
     torch.manual_seed(4)
-    m_h = torch.bernoulli(torch.full((1, 3, 5), p_h, dtype=torch.float64))[0]
+    m_h = keep_mask((1, 3, 5), p_h, torch.float64)[0]
     torch.testing.assert_close(got[0] if lstm else got, m_h * h + (1 - m_h) * h_new,
                                atol=1e-12, rtol=0)
     if lstm:
-        m_c = torch.bernoulli(torch.full((1, 3, 5), p_c, dtype=torch.float64))[0]
+        m_c = keep_mask((1, 3, 5), p_c, torch.float64)[0]
         torch.testing.assert_close(got[1], m_c * c + (1 - m_c) * c_new, atol=1e-12, rtol=0)
     assert "zoneout=" in repr(cell)
 
@@ -331,3 +332,86 @@ def test_op_rejects_bad_zoneout_arguments():
     assert torch.equal(y0, y1) and torch.equal(y0, y2)
     y3, _, _ = op("gru", x, [], w, None, False, False, [torch.ones(3, 2, 5)])
     assert torch.equal(y3, torch.zeros_like(y3))  # every unit keeps its zero initial state
+
+
+# --- the masks' generator (rnnfast.ops.keep_mask, csrc/core/random.h) ---
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(seed, k):
+    """Word k of SplitMix64 from seed, written here from the published algorithm."""
+    z = (seed + (k + 1) * 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _expected_mask_elements(seed, p, indices):
+    threshold = int(p * 2**32)
+    return [1.0 if ((_splitmix64(seed, i // 2) >> (32 * (i % 2))) & 0xFFFFFFFF) < threshold
+            else 0.0 for i in indices]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_keep_mask_elements(dtype, threads):
+    """Each element is SplitMix64's (index // 2)-th word, half index % 2, below p * 2^32: at
+    the ends, around the parallel chunks' seams (2^16 elements) and at odd sizes, whatever the
+    thread count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed, p, shape in [(0, 0.5, (7,)), (12345, 0.3, (3, 5, 7)),
+                               (2**63 - 1, 0.7, (3, 65537)), (-5, 0.05, (2, 70001))]:
+            m = torch.ops.rnnfast.keep_mask(torch.tensor(seed), p, list(shape), dtype)
+            assert m.shape == shape and m.dtype == dtype
+            flat = m.flatten()
+            n = flat.numel()
+            idx = sorted({*range(min(n, 40)), *range(max(0, n - 40), n),
+                          *[j for b in range(1 << 16, n, 1 << 16) for j in range(b - 3, b + 3)]})
+            want = _expected_mask_elements(seed % 2**64, p, idx)
+            assert flat[idx].tolist() == want, (seed, p, shape)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_keep_mask_rate_and_reproducibility():
+    for p in (0.0, 0.05, 0.3, 0.9, 1.0):
+        m = keep_mask((1000, 1000), p, torch.float32)
+        assert set(m.unique().tolist()) <= {0.0, 1.0}
+        # binomial standard deviation at n = 1e6 is at most 5e-4
+        assert abs(m.mean().item() - p) < 3e-3, (p, m.mean().item())
+    m = keep_mask((1000, 1000), 0.5, torch.float64).flatten()
+    # neighbours (the two halves of one word, and consecutive words) are uncorrelated
+    for lag in (1, 2, 3):
+        r = torch.corrcoef(torch.stack([m[:-lag], m[lag:]]))[0, 1].item()
+        assert abs(r) < 5e-3, (lag, r)
+    torch.manual_seed(3)
+    a = keep_mask((4, 9), 0.5, torch.float32)
+    b = keep_mask((4, 9), 0.5, torch.float32)
+    torch.manual_seed(3)
+    assert torch.equal(keep_mask((4, 9), 0.5, torch.float32), a)
+    assert not torch.equal(a, b)
+
+
+def test_keep_mask_rejects_bad_arguments():
+    op = torch.ops.rnnfast.keep_mask
+    seed = torch.tensor(1)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 1.5"):
+        op(seed, 1.5, [2], torch.float32)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        op(seed, 0.5, [2], torch.int32)
+    with pytest.raises(TypeError, match="seed must be a 0-D int64 tensor"):
+        op(torch.tensor([1, 2]), 0.5, [2], torch.float32)
+    with pytest.raises(TypeError, match="seed must be a 0-D int64 tensor"):
+        op(torch.tensor(1.0), 0.5, [2], torch.float32)
+    with pytest.raises((ValueError, RuntimeError), match="negative"):
+        op(seed, 0.5, [2, -1], torch.float32)
+
+
+def test_keep_mask_opcheck():
+    """The op's schema, fake kernel and dispatch agree (torch.library.opcheck)."""
+    for dtype in (torch.float32, torch.float64):
+        torch.library.opcheck(torch.ops.rnnfast.keep_mask.default,
+                              (torch.tensor(5), 0.3, [3, 4], dtype))

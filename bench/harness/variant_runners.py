@@ -330,8 +330,8 @@ def baseline_for(cls_name: str, kwargs: dict) -> Optional[Callable[[nn.Module], 
 
 
 class MaskDrawRunner(VariantRunner):
-    """Only the zoneout masks an rnnfast module draws per training call (torch.bernoulli on
-    torch's generator, rnnfast.modules._zoneout_tensors), timed with the rest so that a
+    """Only the zoneout masks an rnnfast module draws per training call
+    (rnnfast.modules._zoneout_tensors: rnnfast.ops.keep_mask on CPU), timed with the rest so that a
     zoneout row's cost can be split into the draw and the kernels."""
 
     kind = "mask draw"

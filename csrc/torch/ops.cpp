@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "../core/random.h"
 #include "../core/rnn.h"
 #include "common.h"
 
@@ -190,12 +191,39 @@ BackwardResult backward_op(c10::string_view cell_name,
   return g;
 }
 
+// keep_mask: a zoneout mask of `size` (core::fill_keep_mask), 1 with probability p, from the
+// seed in the 0-D int64 tensor `seed`. Its elements depend only on (seed, index), so the
+// parallel split does not change them.
+at::Tensor keep_mask_op(const at::Tensor& seed, double p, at::IntArrayRef size,
+                        at::ScalarType dtype) {
+  constexpr const char* op = "rnnfast::keep_mask";
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.dim() == 0, op,
+                   ": seed must be a 0-D int64 tensor, got a ", seed.dim(), "-D ",
+                   seed.scalar_type(), " tensor");
+  TORCH_CHECK_VALUE(p >= 0 && p <= 1, op, ": p must be in [0, 1], got ", p);
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble, op,
+                   ": dtype must be float32 or float64, got ", dtype);
+  for (int64_t d : size) TORCH_CHECK_VALUE(d >= 0, op, ": size must not be negative, got ", size);
+  at::Tensor out = at::empty(size, seed.options().dtype(dtype));
+  const uint64_t s = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "keep_mask", [&] {
+    scalar_t* data = out.data_ptr<scalar_t>();
+    at::parallel_for(0, out.numel(), int64_t(1) << 16, [&](int64_t b, int64_t e) {
+      core::fill_keep_mask(data + b, e - b, p, s, b);
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnfast, m) {
   m.def(glue::kForwardSchema);
   m.def(glue::kBackwardSchema);
+  m.def("keep_mask(Tensor seed, float p, int[] size, ScalarType dtype) -> Tensor");
 }
+
+TORCH_LIBRARY_IMPL(rnnfast, CPU, m) { m.impl("keep_mask", &keep_mask_op); }
 
 RNNFAST_REGISTER_BACKEND(CPU, forward_op, backward_op)
 

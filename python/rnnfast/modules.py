@@ -121,13 +121,13 @@ def _zoneout_probs(owner: str, zoneout, cell_state: bool) -> Tuple[float, ...]:
 def _zoneout_tensors(probs: Sequence[float], training: bool, rows: tuple,
                      sizes: Sequence[int], like: Tensor) -> List[Tensor]:
     """The ops' `zoneout` list for one layer call: [] without zoneout; in training a mask per
-    state (Bernoulli(p) from torch's RNG, 1 keeps the previous value; drawn for h, then c),
-    in eval the probabilities as 0-D tensors (the expectation)."""
+    state (ops.keep_mask: Bernoulli(p) seeded from torch's RNG, 1 keeps the previous value;
+    drawn for h, then c), in eval the probabilities as 0-D tensors (the expectation)."""
     if not any(probs):
         return []
     if not training:
         return [_probability(p) for p in probs]
-    return [torch.bernoulli(torch.full(rows + (n,), p, dtype=like.dtype, device=like.device))
+    return [ops.keep_mask(rows + (n,), p, like.dtype, like.device)
             if p > 0 else _probability(0.0) for p, n in zip(probs, sizes)]
 
 
@@ -557,8 +557,9 @@ class LSTM(RNNBase):
       eval uses W_hh as is. No parameters are added.
     - ``zoneout=p`` or ``(p_c, p_h)`` (Krueger et al. 2017): in training, per step, row and
       unit, each state keeps its previous value with probability p (c with p_c, h with p_h):
-      s_t = m * s_{t-1} + (1 - m) * s~_t, m ~ Bernoulli(p) from torch's RNG (per layer and
-      direction, h's mask drawn before c's); the output is the zoned h. In eval the
+      s_t = m * s_{t-1} + (1 - m) * s~_t, m ~ Bernoulli(p) (:func:`rnnfast.ops.keep_mask`:
+      on CPU a counter-based generator seeded by one draw from torch's RNG per mask, per layer
+      and direction, h's mask drawn before c's); the output is the zoned h. In eval the
       expectation, s_t = p * s_{t-1} + (1 - p) * s~_t.
     """
 
