@@ -406,7 +406,7 @@ def main(argv=None) -> int:
 
     draws = [r for r in rows if r.get("mask_draw_ms") is not None]
     if draws:
-        print("\nzoneout in training: the masks' draw from torch's generator (timed in the same "
+        print("\nzoneout in training: the masks' draw (rnnfast.ops.keep_mask; timed in the same "
               "rounds) and /plain without it:")
         for r in draws:
             without = r.get("ratio_vs_plain_without_draw")

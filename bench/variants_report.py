@@ -12,7 +12,7 @@ at the run's own SGEMM rate (torch.mm 1024x1024, measured in the run):
 
 No implementation can beat the baseline by more than the bound on that machine, so a speedup
 target above it cannot be met at that config. Zoneout rows in training also show the share
-of the masks' draw from torch's generator, when the run timed it.
+of the masks' draw (rnnfast.ops.keep_mask), when the run timed it.
 
     python bench/variants_report.py bench/results/variants-*.json > report.md
 """

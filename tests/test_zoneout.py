@@ -16,6 +16,9 @@ states and the gradients of the input, the initial states and every parameter.
 """
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -336,42 +339,56 @@ def test_op_rejects_bad_zoneout_arguments():
 
 # --- the masks' generator (rnnfast.ops.keep_mask, csrc/core/random.h) ---
 
-_M64 = (1 << 64) - 1
+SIMD_PATHS = [p for p in ("scalar", "avx2", "avx512") if rnnfast._C.cpu_supports(p)]
 
 
-def _splitmix64(seed, k):
-    """Word k of SplitMix64 from seed, written here from the published algorithm."""
-    z = (seed + (k + 1) * 0x9E3779B97F4A7C15) & _M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
+@contextlib.contextmanager
+def simd_path(name):
+    before = rnnfast._C.simd()
+    rnnfast._C.set_simd(name)
+    try:
+        yield
+    finally:
+        rnnfast._C.set_simd(before)
 
 
-def _expected_mask_elements(seed, p, indices):
-    threshold = int(p * 2**32)
-    return [1.0 if ((_splitmix64(seed, i // 2) >> (32 * (i % 2))) & 0xFFFFFFFF) < threshold
-            else 0.0 for i in indices]
+def _expected_mask(seed, p, n):
+    """Elements [0, n) of the keep mask of `seed`, written here from the published SplitMix64
+    algorithm (numpy uint64 arithmetic wraps mod 2^64 as the C++ does): word k is the
+    finaliser of seed + (k + 1) * gamma; element i is 1 when half i % 2 (low, high) of word
+    i // 2 is below floor(p * 2^32)."""
+    with np.errstate(over="ignore"):
+        k = np.arange((n + 1) // 2, dtype=np.uint64)
+        z = np.uint64(seed % 2**64) + (k + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    halves = np.stack([z & np.uint64(0xFFFFFFFF), z >> np.uint64(32)], axis=1).reshape(-1)[:n]
+    return (halves < np.uint64(int(p * 2**32))).astype(np.float64)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("simd", SIMD_PATHS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_keep_mask_elements(dtype, threads):
-    """Each element is SplitMix64's (index // 2)-th word, half index % 2, below p * 2^32: at
-    the ends, around the parallel chunks' seams (2^16 elements) and at odd sizes, whatever the
-    thread count."""
+def test_keep_mask_elements(simd, threads):
+    """Every element is the generator's, on every SIMD path and thread count (the parallel
+    fill starts its chunks mid-word), at odd and even sizes, in float32 and float64."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for seed, p, shape in [(0, 0.5, (7,)), (12345, 0.3, (3, 5, 7)),
-                               (2**63 - 1, 0.7, (3, 65537)), (-5, 0.05, (2, 70001))]:
-            m = torch.ops.rnnfast.keep_mask(torch.tensor(seed), p, list(shape), dtype)
-            assert m.shape == shape and m.dtype == dtype
-            flat = m.flatten()
-            n = flat.numel()
-            idx = sorted({*range(min(n, 40)), *range(max(0, n - 40), n),
-                          *[j for b in range(1 << 16, n, 1 << 16) for j in range(b - 3, b + 3)]})
-            want = _expected_mask_elements(seed % 2**64, p, idx)
-            assert flat[idx].tolist() == want, (seed, p, shape)
+        with simd_path(simd):
+            # 2 * 70001 and 3 * 65537 elements: chunks of 2 and 3 threads starting at odd
+            # elements (the second half of a word); eight seeds at p = 0.5, so that a wrong
+            # half at a seam shows with probability 1 - 2^-8 or more
+            cases = [(0, 0.5, (7,)), (12345, 0.3, (3, 5, 7)), (2**63 - 1, 0.7, (3, 65537)),
+                     (-5, 0.05, (2, 70001)), (99, 0.999, (50001,))]
+            cases += [(seed, 0.5, shape) for seed in range(8)
+                      for shape in ((2, 70001), (3, 65537))]
+            for seed, p, shape in cases:
+                for dtype in (torch.float32, torch.float64):
+                    m = torch.ops.rnnfast.keep_mask(torch.tensor(seed), p, list(shape), dtype)
+                    assert m.shape == shape and m.dtype == dtype
+                    want = _expected_mask(seed, p, m.numel())
+                    assert np.array_equal(m.flatten().double().numpy(), want), (simd, seed, p)
     finally:
         torch.set_num_threads(old)
 

@@ -24,7 +24,8 @@ inline constexpr uint64_t splitmix64_word(uint64_t seed, uint64_t k) {
 // Element i of a mask takes the 32-bit half (i % 2 == 0: low, 1: high) of word i / 2 as a
 // uniform u on [0, 2^32), and is 1 when u < p * 2^32 (rounded down), else 0: Bernoulli(p)
 // up to p's rounding to a multiple of 2^-32. p <= 0 gives all 0, p >= 1 all 1.
-// Fills out[0, n) with elements [first, first + n) of the mask of `seed`.
+// Fills out[0, n) with elements [first, first + n) of the mask of `seed`, on the active SIMD
+// path (rnn.h: active_isa; the elements are the same on every path).
 void fill_keep_mask(float* out, int64_t n, double p, uint64_t seed, int64_t first = 0);
 void fill_keep_mask(double* out, int64_t n, double p, uint64_t seed, int64_t first = 0);
 

@@ -208,7 +208,7 @@ at::Tensor keep_mask_op(const at::Tensor& seed, double p, at::IntArrayRef size,
   const uint64_t s = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES(dtype, "keep_mask", [&] {
     scalar_t* data = out.data_ptr<scalar_t>();
-    at::parallel_for(0, out.numel(), int64_t(1) << 16, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, out.numel(), int64_t(1) << 14, [&](int64_t b, int64_t e) {
       core::fill_keep_mask(data + b, e - b, p, s, b);
     });
   });

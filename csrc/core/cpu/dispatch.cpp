@@ -4,6 +4,7 @@
 #include <cstring>
 #include <initializer_list>
 
+#include "../random.h"
 #include "../rnn.h"
 
 namespace rnnfast {
@@ -19,6 +20,8 @@ namespace core {
   LayerPlan plan(const ForwardArgs<double>&, int);                \
   LayerPlan plan(const BackwardArgs<float>&, int);                \
   LayerPlan plan(const BackwardArgs<double>&, int);               \
+  void fill_keep_mask(float*, int64_t, double, uint64_t, int64_t);  \
+  void fill_keep_mask(double*, int64_t, double, uint64_t, int64_t); \
   }
 RNNFAST_DECLARE_ISA(scalar)
 #if defined(__x86_64__) || defined(_M_X64)
@@ -109,6 +112,23 @@ static LayerPlan route_plan(const A& a, int threads) {
 #endif
     default: return scalar::plan(a, threads);
   }
+}
+
+template <class Real>
+static void route_fill_keep_mask(Real* out, int64_t n, double p, uint64_t seed, int64_t first) {
+  switch (active_isa()) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::Avx512: avx512::fill_keep_mask(out, n, p, seed, first); return;
+    case Isa::Avx2: avx2::fill_keep_mask(out, n, p, seed, first); return;
+#endif
+    default: scalar::fill_keep_mask(out, n, p, seed, first); return;
+  }
+}
+void fill_keep_mask(float* out, int64_t n, double p, uint64_t seed, int64_t first) {
+  route_fill_keep_mask(out, n, p, seed, first);
+}
+void fill_keep_mask(double* out, int64_t n, double p, uint64_t seed, int64_t first) {
+  route_fill_keep_mask(out, n, p, seed, first);
 }
 
 LayerPlan plan_forward(const ForwardArgs<float>& a, int threads) { return route_plan(a, threads); }

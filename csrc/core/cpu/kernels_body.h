@@ -1,6 +1,7 @@
 // The body every kernels_<isa>.cpp compiles in its own namespace: the vector types of its
 // instruction set, then the runtime (buffers, threads), the GEMM, the cell math and its CPU
-// step accessors, the layer drivers, and the four entry points the dispatcher calls.
+// step accessors, the layer drivers, the keep masks (random_impl.h), and the entry points the
+// dispatcher calls.
 // Before including: RNNFAST_ISA_NS (namespace name), and RNNFAST_VEC_HEADER (the
 // ISA's vector header, which defines SimdIsa) or RNNFAST_SCALAR_ONLY.
 namespace rnnfast {
@@ -20,6 +21,7 @@ using IsaTraits = SimdIsa;
 #include "../cell_math.h"
 #include "cell_step.h"
 #include "layer_impl.h"
+#include "random_impl.h"
 
 void forward(const ForwardArgs<float>& a, const Executor& ex) { forward_entry(a, ex); }
 void forward(const ForwardArgs<double>& a, const Executor& ex) { forward_entry(a, ex); }
@@ -29,6 +31,12 @@ LayerPlan plan(const ForwardArgs<float>& a, int threads) { return make_forward_p
 LayerPlan plan(const ForwardArgs<double>& a, int threads) { return make_forward_plan(a, threads); }
 LayerPlan plan(const BackwardArgs<float>& a, int threads) { return make_backward_plan(a, threads); }
 LayerPlan plan(const BackwardArgs<double>& a, int threads) { return make_backward_plan(a, threads); }
+void fill_keep_mask(float* out, int64_t n, double p, uint64_t seed, int64_t first) {
+  fill_keep_mask_impl(out, n, p, seed, first);
+}
+void fill_keep_mask(double* out, int64_t n, double p, uint64_t seed, int64_t first) {
+  fill_keep_mask_impl(out, n, p, seed, first);
+}
 
 }  // namespace RNNFAST_ISA_NS
 }  // namespace core

@@ -17,4 +17,5 @@
 #define RNNFAST_X86 1
 #endif
 
+#include "../random.h"
 #include "../rnn.h"
