@@ -244,7 +244,7 @@ def run_config(cfg: Config, mode: str, names: List[str], args, rf) -> List[dict]
         # The budget is per row, so every row gets about the same time whatever the grid.
         samples, other = time_interleaved(
             runners, mode, inputs, budget=args.budget * len(rows), warmup=args.warmup,
-            min_reps=args.min_reps, max_reps=args.max_reps)
+            min_reps=args.min_reps, max_reps=args.max_reps, block=args.block_ms / 1e3)
     medians = {}
     for key, ts in samples.items():
         medians[key] = summarize(ts)
@@ -339,6 +339,10 @@ def parse_args(argv=None):
                    help=f"comma list from {list(VARIANTS)}; each class's plain cell is always "
                         f"added (the ratios need it)")
     add_timing_args(p, per="row", quick_budget=0.1, quick_max_reps=20)
+    p.add_argument("--block-ms", type=float, default=0.0,
+                   help="time blocks of back-to-back calls of about this many ms of the "
+                        "slowest implementation per sample (a training loop's steady state); "
+                        "default 0: one call per sample, each after another implementation's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=HERE / "results",
                    help="where variants-<timestamp>.json goes (default bench/results)")
@@ -437,6 +441,7 @@ def main(argv=None) -> int:
             "elapsed_s": elapsed, "machine": machine, "rnnfast": rf_info, "threads": threads,
             "sgemm": sg,
             "settings": {"budget_s_per_row": args.budget, "warmup_s": args.warmup,
+                         "block_ms": args.block_ms,
                          "min_reps": args.min_reps, "max_reps": args.max_reps,
                          "seed": args.seed, "modes": args.modes,
                          "grid": [dataclasses.asdict(c) for c in args.grid],

@@ -44,11 +44,14 @@ def report(path: str) -> List[str]:
         data = json.load(f)
     gflops = data["sgemm"]["gflops"]
     info = data["rnnfast"]
+    block = data["settings"].get("block_ms", 0)
     lines = [f"### {path}", "",
              f"{data['started']}, {data['machine'].get('cpu_model', '?')}, {data['threads']} threads, "
              f"SIMD path {info.get('simd', '?')}, torch {data['machine'].get('torch_version', '?')}, "
              f"SGEMM {gflops:.1f} GFLOP/s; {data['settings'].get('budget_s_per_row', '?')} s per row, "
-             f"interleaved medians.", "",
+             f"interleaved medians" + (f" of blocks of about {block:g} ms of back-to-back calls "
+                                       f"per implementation" if block else " of single calls")
+             + ".", "",
              "| T,B,I,H | mode | variant | rnnfast ms | /plain | target | baseline | base ms "
              "| speedup | bound | mask draw ms | /plain w/o draw |",
              "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]

@@ -68,16 +68,32 @@ def rounds(calls: Dict[str, Callable[[], float]], reps: int, *, rotate: bool = T
     return samples
 
 
+def block_timer(fn: Callable, n: int, *args) -> Callable[[], float]:
+    """n back-to-back calls of fn(*args); returns their mean wall time in seconds."""
+    def call() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn(*args)
+        return (time.perf_counter() - t0) / n
+    return call
+
+
 def time_interleaved(runners: Dict[str, object], mode: str, inputs, *, budget: float,
-                     warmup: float, min_reps: int, max_reps: int
+                     warmup: float, min_reps: int, max_reps: int, block: float = 0.0
                      ) -> Tuple[Dict[str, List[float]], Optional[float]]:
     """Warm up each runner (harness.runners.Runner: `infer` in inference mode, `train`
     otherwise), then run rounds (see `rounds`). Reps are chosen from the warm-up timings so
     the rounds take about `budget` seconds in total, within [min_reps, max_reps]; the garbage
     collector is off during the rounds.
+
+    block = 0: a sample is one call, so each call follows another implementation's (its
+    threads, caches and allocator state as that one left them). block > 0 (seconds): a sample
+    is the mean of k back-to-back calls of one implementation, k chosen per implementation so
+    that its block takes about `block` seconds (at least one call): the steady state of a loop
+    that calls the same model again and again (a training loop).
     Returns ({name: [seconds per call]}, fraction of the CPUs other processes used meanwhile)."""
-    calls = {n: wall_timer(r.infer if mode == "inference" else r.train, inputs)
-             for n, r in runners.items()}
+    fns = {n: (r.infer if mode == "inference" else r.train) for n, r in runners.items()}
+    calls = {n: wall_timer(fn, inputs) for n, fn in fns.items()}
     est = {}
     for n, call in calls.items():
         t_start = time.perf_counter()
@@ -85,7 +101,11 @@ def time_interleaved(runners: Dict[str, object], mode: str, inputs, *, budget: f
         while len(ts) < 2 or (time.perf_counter() - t_start < warmup and len(ts) < 50):
             ts.append(call())
         est[n] = statistics.median(ts[1:])
-    per_round = sum(est.values())
+    per_call = {n: 1 for n in est}
+    if block > 0:
+        per_call = {n: max(1, int(block / max(t, 1e-9))) for n, t in est.items()}
+        calls = {n: block_timer(fn, per_call[n], inputs) for n, fn in fns.items()}
+    per_round = sum(est[n] * per_call[n] for n in est)
     reps = int(budget / per_round) if per_round > 0 else max_reps
     reps = max(min_reps, min(max_reps, reps))
     gc.collect()

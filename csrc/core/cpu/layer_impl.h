@@ -458,12 +458,17 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
   // the value the cell normalises ([B, strips, 2]) and that value with the cell's stash.
   constexpr bool kLn = Math::kLayerNorm, kNormOut = Math::kNormOut;
   const int64_t ln_stats_off = kLn ? cell.ln_stats_col(H, P) : 0;
+  // A thread merges a row's strips once per step, at the first of its tasks in the row's
+  // block (its tasks come in order, all strips of a block before the next block), into its
+  // own ln_rows (and out_rows: mean and 1/sqrt(var + eps) of the normalised output's value).
   Buffer<Real> ln_part(kLn ? B * hidden_strips * 4 : 0),
       ln_rows(kLn ? B * 4 * imax(1, ex.num_threads()) : 0),
       out_part(kNormOut ? B * hidden_strips * 2 : 0),
+      out_rows(kNormOut ? B * 2 * imax(1, ex.num_threads()) : 0),
       stage(kNormOut ? B * (1 + Math::kStash) * H : 0);
   run_steps(ex, T, parallel, [&](int64_t step, const TeamSlot& slot) {
     const int64_t t = a.reverse ? T - 1 - step : step;
+    int64_t ln_merged = -1, out_merged = -1;  // the row block this thread merged last
     Real* const hcur = hbufs[step % 2];
     Real* const hnext = hbufs[(step + 1) % 2];
     Real* const h_panel = h_panels.get() + slot.tid * panel_size;
@@ -572,20 +577,27 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
     // The cell's forward on a task's units (with a normalised output: its first half).
     auto epilogue = [&](const Task& k) {
       const int64_t r0 = k.r0, r1 = k.r1, ra = k.ra, j0 = k.j0, j1 = k.j1, s = k.s;
-      if constexpr (kLn)
-        for (int64_t b = r0; b < ra; ++b) {  // the row statistics, merged in strip order
-          const Real* parts = ln_part.get() + b * hidden_strips * 4;
-          const Moments<Real> ma = merge_strips(parts, hidden_strips, 4, 0, H, G, NR);
-          const Moments<Real> mr = merge_strips(parts, hidden_strips, 4, 2, H, G, NR);
-          Real* row = ln_rows.get() + (slot.tid * B + b) * 4;
-          row[0] = ma.mean, row[1] = ma.rstd(), row[2] = mr.mean, row[3] = mr.rstd();
-          if (s == 0 && st.ws && row_active(a.lengths, b, t)) {
+      if constexpr (kLn) {
+        if (r0 != ln_merged) {  // the row statistics, merged in strip order
+          ln_merged = r0;
+          for (int64_t b = r0; b < ra; ++b) {
+            const Real* parts = ln_part.get() + b * hidden_strips * 4;
+            const Moments<Real> ma = merge_strips(parts, hidden_strips, 4, 0, H, G, NR);
+            const Moments<Real> mr = merge_strips(parts, hidden_strips, 4, 2, H, G, NR);
+            Real* row = ln_rows.get() + (slot.tid * B + b) * 4;
+            row[0] = ma.mean, row[1] = ma.rstd(), row[2] = mr.mean, row[3] = mr.rstd();
+          }
+        }
+        if (s == 0 && st.ws)
+          for (int64_t b = r0; b < ra; ++b) {
+            if (!row_active(a.lengths, b, t)) continue;
+            const Real* row = ln_rows.get() + (slot.tid * B + b) * 4;
             Real* stats = st.ws + b * WS + ln_stats_off;
             fill_n(stats, kLnStatsCols, Real(0));
             stats[0] = row[1];
             stats[1] = row[3];
           }
-        }
+      }
       for (int64_t b = r0; b < r1; ++b) {
         if (b < active_next && (compact || row_active(a.lengths, b, tn)))
           for (int64_t q = 0; q < G; ++q)
@@ -621,12 +633,20 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
 
     // The second half of a normalised-output cell's forward: h_t from the normalised value.
     auto epilogue_out = [&](const Task& k) {
-      if constexpr (kNormOut)
+      if constexpr (kNormOut) {
+      Real* const rows = out_rows.get() + slot.tid * B * 2;
+      if (k.r0 != out_merged) {
+        out_merged = k.r0;
+        for (int64_t b = k.r0; b < k.ra; ++b) {
+          if (!row_active(a.lengths, b, t)) continue;
+          const Moments<Real> m = merge_strips(out_part.get() + b * hidden_strips * 2,
+                                               hidden_strips, 2, 0, H, 1, NR);
+          rows[b * 2] = m.mean, rows[b * 2 + 1] = m.rstd();
+        }
+      }
       for (int64_t b = k.r0; b < k.ra; ++b) {
         if (!row_active(a.lengths, b, t)) continue;
-        const Moments<Real> m =
-            merge_strips(out_part.get() + b * hidden_strips * 2, hidden_strips, 2, 0, H, 1, NR);
-        const Real mean = m.mean, rstd = m.rstd();
+        const Real mean = rows[b * 2], rstd = rows[b * 2 + 1];
         if (k.s == 0 && st.ws) st.ws[b * WS + ln_stats_off + 2] = rstd;
         const Real* v = stage.get() + b * st.stage_cols;
         for_units<Real>(k.j0, k.j1, [&](auto vec, int64_t j) {
@@ -635,6 +655,7 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
           const V vh = (V::load(v + j) - V::set1(mean)) * V::set1(rstd);
           emit(Math::template forward_out<V>(unit, vh), b, j);
         });
+      }
       }
     };
 
