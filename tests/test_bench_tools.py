@@ -1,0 +1,63 @@
+"""The benchmark harness pieces that decide what a sample is (bench/harness/timing.py) and the
+in-process A/B script (bench/variant_ab.py): what they time, not how fast anything is."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from harness.timing import time_interleaved  # noqa: E402
+
+
+class _Counting:
+    """A runner whose call busy-waits `seconds` and counts its calls."""
+
+    def __init__(self, seconds):
+        self.seconds, self.calls = seconds, 0
+
+    def infer(self, inputs):
+        import time
+        self.calls += 1
+        end = time.perf_counter() + self.seconds
+        while time.perf_counter() < end:
+            pass
+
+    train = infer
+
+
+def test_time_interleaved_blocks_are_per_implementation():
+    fast, slow = _Counting(2e-4), _Counting(2e-3)
+    samples, _ = time_interleaved({"fast": fast, "slow": slow}, "inference", None, budget=0.05,
+                                  warmup=0.0, min_reps=3, max_reps=3, block=0.004)
+    warm_fast, warm_slow = 2, 2  # the warm-up's calls: at least two each
+    # about 4 ms of calls per sample (k = floor(4 ms / the warm-up's time per call), a little
+    # over 0.2 and 2 ms): up to 20 of the fast one, 1-2 of the slow one, 3 samples each
+    assert len(samples["fast"]) == len(samples["slow"]) == 3
+    k_fast, rest = divmod(fast.calls - warm_fast, 3)
+    assert rest == 0 and 5 <= k_fast <= 20, fast.calls
+    k_slow, rest = divmod(slow.calls - warm_slow, 3)
+    assert rest == 0 and 1 <= k_slow <= 2, slow.calls
+    # a sample is the time per call, not per block
+    assert all(1.5e-4 < t < 2e-3 for t in samples["fast"]), samples["fast"]
+    assert all(1.8e-3 < t < 2e-2 for t in samples["slow"]), samples["slow"]
+
+
+def test_time_interleaved_single_calls_by_default():
+    r = _Counting(2e-4)
+    samples, _ = time_interleaved({"r": r}, "inference", None, budget=0.05, warmup=0.0,
+                                  min_reps=4, max_reps=4)
+    assert len(samples["r"]) == 4 and r.calls == 2 + 4
+
+
+def test_variant_ab_runs_and_reports_the_ratio():
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "variant_ab.py"), "--variant",
+         "gru_layer_norm", "--config", "3,2,4,5", "--mode", "training", "--threads", "1,2",
+         "--rounds", "2", "--calls", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if "ratio" in ln]
+    assert [ln.split(":")[0].strip() for ln in lines] == ["threads=1", "threads=2"], out.stdout
