@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 from bench_variants import VARIANTS  # noqa: E402
-from harness.machine import import_rnnfast  # noqa: E402
+from harness.machine import import_rnnfast, rnnfast_info  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=5, help="back-to-back calls per sample")
     a = p.parse_args(argv)
     rnnfast = import_rnnfast()
+    if rnnfast is None:
+        print(f"rnnfast cannot be imported: {rnnfast_info().get('error')}", file=sys.stderr)
+        return 2
     T, B, I, H = (int(v) for v in a.config.split(","))
     module, kwargs = VARIANTS[a.variant]
     torch.manual_seed(0)

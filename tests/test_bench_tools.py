@@ -53,11 +53,12 @@ def test_time_interleaved_single_calls_by_default():
 
 
 def test_variant_ab_runs_and_reports_the_ratio():
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    # the suite's own environment: rnnfast as this test process imports it (installed, or the
+    # tree's python/ on PYTHONPATH)
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "variant_ab.py"), "--variant",
          "gru_layer_norm", "--config", "3,2,4,5", "--mode", "training", "--threads", "1,2",
-         "--rounds", "2", "--calls", "1"], capture_output=True, text=True, env=env, timeout=300)
+         "--rounds", "2", "--calls", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stdout.splitlines() if "ratio" in ln]
     assert [ln.split(":")[0].strip() for ln in lines] == ["threads=1", "threads=2"], out.stdout
