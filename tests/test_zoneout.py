@@ -432,3 +432,32 @@ def test_keep_mask_opcheck():
     for dtype in (torch.float32, torch.float64):
         torch.library.opcheck(torch.ops.rnnfast.keep_mask.default,
                               (torch.tensor(5), 0.3, [3, 4], dtype))
+
+
+def test_training_masks_under_torch_func():
+    """torch.func draws the same masks as eager autograd from the same seed (grad), and vmap's
+    randomness flags apply to them: 'same' gives every batch element the eager call's masks,
+    the default mode refuses the random draw as it does for torch's own random ops."""
+    torch.manual_seed(0)
+    m = rnnfast.LSTM(3, 4, zoneout=(0.3, 0.4), dtype=torch.float64).train()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    params = dict(m.named_parameters())
+
+    def loss(p):
+        return torch.func.functional_call(m, p, (x,))[0].pow(2).sum()
+
+    torch.manual_seed(7)
+    g = torch.func.grad(loss)(params)
+    torch.manual_seed(7)
+    m(x)[0].pow(2).sum().backward()
+    for name, p in params.items():
+        torch.testing.assert_close(g[name], p.grad, atol=1e-12, rtol=0, msg=name)
+
+    xs = torch.randn(3, 5, 2, 3, dtype=torch.float64)
+    torch.manual_seed(9)
+    got = torch.func.vmap(lambda xx: m(xx)[0], randomness="same")(xs)
+    for i in range(3):
+        torch.manual_seed(9)
+        torch.testing.assert_close(got[i], m(xs[i])[0], atol=1e-12, rtol=0)
+    with pytest.raises(RuntimeError, match="random"):
+        torch.func.vmap(lambda xx: m(xx)[0])(xs)
