@@ -8,6 +8,7 @@ compared key by key.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -19,6 +20,20 @@ from hypothesis import HealthCheck, Phase, seed, settings
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
+
+# The SIMD paths of the CPU kernels this CPU supports (rnnfast._C.set_simd can switch to).
+SIMD_PATHS = [p for p in ("scalar", "avx2", "avx512") if rnnfast._C.cpu_supports(p)]
+
+
+@contextlib.contextmanager
+def simd_path(name: str):
+    """Runs the block on SIMD path `name`, then restores the path it found."""
+    before = rnnfast._C.simd()
+    rnnfast._C.set_simd(name)
+    try:
+        yield
+    finally:
+        rnnfast._C.set_simd(before)
 from rnnfast import _cells
 
 # --------------------------------------------------------------------------------------------

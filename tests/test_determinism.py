@@ -23,7 +23,7 @@ import torch
 
 import rnnfast
 from rnn_testutils import (CELL_KIND_NAMES, KIND_NAMES, call_dense, call_packed, fwd_bwd,
-                           hx_shapes, is_lstm, make_pair, randn)
+                           SIMD_PATHS, hx_shapes, is_lstm, make_pair, randn)
 
 CASES = KIND_NAMES + ["LSTM_proj"] + CELL_KIND_NAMES
 
@@ -89,10 +89,6 @@ def test_run_to_run_bitwise(name, packed):
         _assert_bitwise(_run(m, leaves, call), first, f"{name} run {i + 2} vs run 1")
 
 
-def _simd_paths():
-    return [p for p in ("scalar", "avx2", "avx512") if rnnfast._C.cpu_supports(p)]
-
-
 @pytest.fixture
 def restore_simd():
     before = rnnfast.info()["simd"]
@@ -100,7 +96,7 @@ def restore_simd():
     rnnfast._C.set_simd(before)
 
 
-@pytest.mark.parametrize("simd", _simd_paths())
+@pytest.mark.parametrize("simd", SIMD_PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_thread_count_invariant_bitwise(simd, dtype, restore_simd):
     """torch.set_num_threads(1) and (2) give the same bits, for every case, on every path."""

@@ -14,7 +14,7 @@ import rnnfast
 from rnnfast import _C
 
 from rnnfast.ops import CELLS
-from rnn_testutils import CELL_MODULES, op_args, projections
+from rnn_testutils import CELL_MODULES, SIMD_PATHS, op_args, projections
 
 
 def _info(cell):
@@ -194,9 +194,6 @@ def test_info():
 def test_set_simd_rejects_unknown_path():
     with pytest.raises(ValueError, match="unknown SIMD path"):
         _C.set_simd("sse9")
-
-
-SIMD_PATHS = [p for p in ("scalar", "avx2", "avx512") if _C.cpu_supports(p)]
 
 
 @pytest.mark.parametrize("path", SIMD_PATHS)

@@ -16,7 +16,6 @@ states and the gradients of the input, the initial states and every parameter.
 """
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnfast
-from rnn_testutils import randn
+from rnn_testutils import SIMD_PATHS, randn, simd_path
 from rnnfast.ops import keep_mask
 
 ATOL = 1e-9
@@ -338,19 +337,6 @@ def test_op_rejects_bad_zoneout_arguments():
 
 
 # --- the masks' generator (rnnfast.ops.keep_mask, csrc/core/random.h) ---
-
-SIMD_PATHS = [p for p in ("scalar", "avx2", "avx512") if rnnfast._C.cpu_supports(p)]
-
-
-@contextlib.contextmanager
-def simd_path(name):
-    before = rnnfast._C.simd()
-    rnnfast._C.set_simd(name)
-    try:
-        yield
-    finally:
-        rnnfast._C.set_simd(before)
-
 
 def _expected_mask(seed, p, n):
     """Elements [0, n) of the keep mask of `seed`, written here from the published SplitMix64
