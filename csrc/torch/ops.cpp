@@ -249,6 +249,24 @@ PYBIND11_MODULE(_C, m) {
     throw std::invalid_argument("rnnfast: unknown SIMD path '" + name +
                                 "', expected one of scalar, avx2, avx512");
   }, "Forces the SIMD instruction set (for testing).");
+  m.def("plan", [](const std::string& cell, bool backward, int64_t T, int64_t B, int64_t I,
+                   int64_t H, int64_t P, int threads) {
+    const core::CellInfo* info = core::find_cell(cell.c_str());
+    if (!info) throw std::invalid_argument("rnnfast: unknown cell '" + cell + "'");
+    if (backward) {
+      core::BackwardArgs<float> a;
+      a.cell = info->id;
+      a.T = T; a.B = B; a.I = I; a.H = H; a.P = P;
+      return core::to_string(core::plan_backward(a, threads));
+    }
+    core::ForwardArgs<float> a;
+    a.cell = info->id;
+    a.T = T; a.B = B; a.I = I; a.H = H; a.P = P;
+    return core::to_string(core::plan_forward(a, threads));
+  }, py::arg("cell"), py::arg("backward"), py::arg("T"), py::arg("B"), py::arg("I"),
+     py::arg("H"), py::arg("P") = 0, py::arg("threads") = 1,
+        "The CPU driver's plan (csrc/core/rnn.h: LayerPlan) of a dense float32 layer call on "
+        "the active SIMD path, as 'field=value ...' (for benchmarks and tests).");
   m.def("scratch_cached_bytes", [] { return core::scratch_cached_bytes(); },
         "Bytes of large CPU scratch blocks kept for the next kernel call.");
   m.def("release_scratch", [] { core::release_scratch(); },

@@ -721,11 +721,15 @@ void check_denormals() {
 
 // The plans: each decision of LayerPlan follows from the shapes and lengths as documented.
 void check_plans() {
-  auto forward = [](int64_t T, int64_t B, int64_t I, int64_t H, const int64_t* lengths) {
+  auto forward_on = [](int threads, int64_t T, int64_t B, int64_t I, int64_t H,
+                       const int64_t* lengths) {
     ForwardArgs<float> a;
     a.cell = Cell::LSTM;
     a.T = T; a.B = B; a.I = I; a.H = H; a.lengths = lengths;
-    return plan_forward(a, 2);
+    return plan_forward(a, threads);
+  };
+  auto forward = [&](int64_t T, int64_t B, int64_t I, int64_t H, const int64_t* lengths) {
+    return forward_on(2, T, B, I, H, lengths);
   };
   auto backward = [](int64_t T, int64_t B, int64_t H, const int64_t* lengths) {
     BackwardArgs<float> a;
@@ -766,6 +770,39 @@ void check_plans() {
   expect(!backward(5, 4, 8, nullptr).compact_rows, "plan: no lengths, no gather backward");
   expect(backward(3, 16, 8, nullptr).weights_in_place && !backward(4, 16, 8, nullptr).weights_in_place,
          "plan: backward reads the weights in place for up to 3 steps");
+  // The row split (one row block per thread, no barrier inside a step; LSTM W_hh is 16 H^2
+  // bytes): from 4 rows per thread with W_hh up to 256 KB, from 8 rows up to 1 MB.
+  // RNNFAST_ROW_SPLIT=1/0 forces the choice either way (the sizes' choice is checked without it).
+  const char* env = std::getenv("RNNFAST_ROW_SPLIT");
+  const std::string saved_env = env ? env : "";
+  setenv("RNNFAST_ROW_SPLIT", "1", 1);
+  expect(forward(50, 4, 64, 64, nullptr).row_split, "plan: RNNFAST_ROW_SPLIT=1 forces the row split");
+  setenv("RNNFAST_ROW_SPLIT", "0", 1);
+  expect(!forward(50, 16, 64, 64, nullptr).row_split,
+         "plan: RNNFAST_ROW_SPLIT=0 forces the strip split");
+  unsetenv("RNNFAST_ROW_SPLIT");
+  const LayerPlan split = forward(50, 16, 64, 64, nullptr);
+  expect(split.row_split && split.row_blocks == 2 && split.block_rows == 8,
+         "plan: 16 rows, H = 64, 2 threads: a row block of 8 per thread: " + to_string(split));
+  const LayerPlan split3 = forward_on(3, 50, 16, 64, 64, nullptr);
+  expect(split3.row_split && split3.row_blocks == 3 && split3.block_rows == 6,
+         "plan: 16 rows, 3 threads: row blocks of 6: " + to_string(split3));
+  expect(forward(50, 8, 128, 128, nullptr).row_split && forward(50, 16, 256, 256, nullptr).row_split,
+         "plan: row split at 4 rows per thread with 256 KB of W_hh, and 8 rows with 1 MB");
+  expect(!forward(50, 4, 64, 64, nullptr).row_split && !forward(50, 8, 256, 256, nullptr).row_split &&
+             !forward(50, 32, 512, 512, nullptr).row_split &&
+             !forward(50, 256, 64, 64, nullptr).row_split &&
+             !forward_on(1, 50, 16, 64, 64, nullptr).row_split &&
+             !forward_on(3, 50, 9, 64, 64, nullptr).row_split,
+         "plan: no row split at 2-3 rows per thread, 4 rows with 1 MB of W_hh, 4 MB, over 128 "
+         "rows, or one thread: " + to_string(forward(50, 8, 256, 256, nullptr)));
+  expect(backward(50, 16, 64, nullptr).row_split && !backward(50, 4, 64, nullptr).row_split &&
+             !backward(50, 8, 256, nullptr).row_split,
+         "plan: backward splits the rows by the same rule: " +
+             to_string(backward(50, 16, 64, nullptr)));
+  expect(!forward(2, 16, 64, 64, nullptr).row_split,
+         "plan: no row split when the weights are read in place");
+  if (env) setenv("RNNFAST_ROW_SPLIT", saved_env.c_str(), 1);
   const LayerPlan rows = forward(10, 300, 8, 8, nullptr);
   expect(rows.row_blocks * rows.block_rows >= 300 && (rows.row_blocks - 1) * rows.block_rows < 300,
          "plan: the row blocks cover the batch: " + to_string(rows));

@@ -10,6 +10,8 @@
 // moments of the GEMMs' outputs; the LSTM's c_t; backward, the normalisations'
 // gradient sums): every task does its strip's part, the team meets at a barrier,
 // and every task merges the parts it needs in strip order, on the same units.
+// With the row split (LayerPlan::row_split, small and mid-size batches) each thread owns one
+// row block with all its strips, and the barriers go: rows never exchange data.
 // Included inside namespace rnnfast::core::<isa>.
 
 // Applies f(V-type tag, j) to units [j0, j1): full vectors, then a scalar tail.
@@ -237,6 +239,73 @@ inline void sum_strips(const Real* parts, int64_t strips, int n, Real* out) {
     for (int i = 0; i < n; ++i) out[i] += parts[q * n + i];
 }
 
+// out[n] = the sum over rows r < rows of m[r * cols + n], for n < cols (in row order).
+template <class Real>
+inline void sum_rows(const Real* m, int64_t rows, int64_t cols, Real* out) {
+  fill_n(out, cols, Real(0));
+  for (int64_t r = 0; r < rows; ++r)
+    for_units<Real>(0, cols, [&](auto v, int64_t n) {
+      using V = decltype(v);
+      (V::load(out + n) + V::load(m + r * cols + n)).store(out + n);
+    });
+}
+
+// Row split (LayerPlan::row_split): the rows of an RNN never exchange data, so when each
+// thread owns whole rows (one row block per thread, every strip of it), a step needs no
+// barrier. The (row block, strip) split of the other plans meets the team at the end of every
+// step (and at each reduction of layer normalisation), which at small sizes costs a large
+// share of the step. The price: every thread streams all of W_hh each step instead of its
+// strips, and its register tiles get fewer rows. Measured on Zen 4 (AVX-512) and with the AVX2
+// path, 2 threads (bench/results/row-split-2026-12-01.md), the row split's time over the
+// strip split's (bench/row_split_ab.py): from 4 rows per thread with W_hh up to 256 KB (H = 128
+// LSTM) inference 0.75-0.98, training (the backward step loses 1-3 barriers) 0.68-0.91; with
+// W_hh of 1 MB (H = 256) 0.80-1.02 from 8 rows per thread, but up to 1.05 at 4 rows; at 2 rows
+// per thread 0.91-0.99 with W_hh of 64 KB, 1.04-1.22 with 256 KB.
+constexpr int64_t kRowSplitMinRows = 4;
+constexpr int64_t kRowSplitSmallWeights = int64_t(256) << 10;  // from kRowSplitMinRows rows
+constexpr int64_t kRowSplitMaxWeights = int64_t(1) << 20;      // from 8 rows per thread
+
+// Sets p.row_split (and the row blocks: one per thread) for B rows, a W_hh of weight_bytes and
+// `threads` threads, forward and backward alike. RNNFAST_ROW_SPLIT=0 or 1 overrides the sizes'
+// choice (for A/B runs: bench/row_split_ab.py; 1 still needs at least one row per thread).
+inline void choose_row_split(LayerPlan& p, int64_t B, int64_t weight_bytes, int threads) {
+  const int64_t nth = imax(1, threads);
+  const int64_t rows = ceil_div(B, nth);
+  const bool possible = p.parallel && nth > 1 && !p.weights_in_place && B <= 128 &&
+                        ceil_div(B, rows) == nth;
+  bool want = rows >= kRowSplitMinRows &&
+              (weight_bytes <= kRowSplitSmallWeights ||
+               (rows >= 8 && weight_bytes <= kRowSplitMaxWeights));
+  if (const char* force = std::getenv("RNNFAST_ROW_SPLIT"))
+    if (force[0] == '0' || force[0] == '1') want = force[0] == '1';
+  p.row_split = possible && want;
+  if (p.row_split) {
+    p.block_rows = rows;
+    p.row_blocks = nth;
+  }
+}
+
+// One thread's view of the phases of a step (over tasks (row block, strip)) under a plan: its
+// tasks of a phase over `strips` strips, and the barrier that ends a phase. With the row split
+// a thread's tasks are every strip of its own row blocks (whatever the team's size), and no
+// phase waits for another thread.
+struct PhaseTeam {
+  const TeamSlot& slot;
+  bool row_split;
+  int64_t row_blocks;
+  void share(int64_t strips, int64_t* b, int64_t* e) const {
+    if (row_split) {
+      slot.share(row_blocks, b, e);
+      *b *= strips, *e *= strips;
+    } else {
+      slot.share(row_blocks * strips, b, e);
+    }
+  }
+  void sync() const {
+    if (!row_split) slot.sync();
+  }
+};
+
 // The forward strategy (rnn.h: LayerPlan).
 template <class Real>
 LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
@@ -284,13 +353,13 @@ LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
   p.stream_workspace = a.ws && rows * WS * bytes > (8 << 20) &&
                        reinterpret_cast<uintptr_t>(a.ws) % (W * bytes) == 0 && H % W == 0 &&
                        WS % W == 0;
+  choose_row_split(p, B, GH * S * bytes, threads);
   return p;
 }
 
 // The backward strategy (rnn.h: LayerPlan).
 template <class Real>
 LayerPlan make_backward_plan(const BackwardArgs<Real>& a, int threads) {
-  (void)threads;
   const CellInfo& cell = cell_info(a.cell);
   const int64_t T = a.T, B = a.B, H = a.H, P = a.P;
   const int64_t S = P > 0 ? P : H, GH = cell.gates * H;
@@ -311,6 +380,7 @@ LayerPlan make_backward_plan(const BackwardArgs<Real>& a, int threads) {
   // whenever the lengths leave some (t, b) inactive, the active rows are gathered densely
   // first. A packed call's rows already are.
   p.compact_rows = a.packed || summarize_lengths(a.lengths, B, T).active < T * B;
+  choose_row_split(p, B, GH * S * int64_t(sizeof(Real)), threads);
   return p;
 }
 
@@ -437,6 +507,7 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
   if (P > 0) fill_n(hpre.get(), B * H, Real(0));
   // h_{t-1} in A-panel layout, one panel per thread (see LayerPlan::packed_panel)
   const bool pack_h = plan.packed_panel;
+  const bool row_split = plan.row_split;
   const int64_t panel_size = pack_h ? ceil_div(B, MR) * MR * S : 0;
   Buffer<Real> h_panels(panel_size * imax(1, ex.num_threads()));
   if (Math::kCellState) {
@@ -473,6 +544,7 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
     Real* const hnext = hbufs[(step + 1) % 2];
     Real* const h_panel = h_panels.get() + slot.tid * panel_size;
     int64_t task_begin, task_end;
+    const PhaseTeam team{slot, row_split, row_blocks};
     FwdStep<Real> st;
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
     st.b_apart = Math::kApartGates ? a.b_hh : nullptr;
@@ -548,6 +620,9 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
             strip_rows<Real>(ra - r0, I, xr, I, 1, wih + (q * hidden_strips + s) * I * NR,
                              NR, out, GH, j1 - j0, false);
         }
+      // With the row split, a thread packs the rows of h_{t-1} of each of its row blocks as
+      // it comes to the block (its first strip), at the start of its panel.
+      if (row_split && pack_h && s == 0 && ra > r0) pack_a(ra - r0, S, hcur + r0 * S, S, 1, h_panel);
       // Gates whose h_{t-1} W_hh^T adds straight onto x_t W_ih^T accumulate into gx
       // in place: the register tile loads those gx values once, at its end, and the
       // epilogue then finds the sum in cache. The others (and all, with layer
@@ -560,8 +635,8 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
           gemm_dot<Real>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (q * H + j0) * S, S,
                          out, GH, onto_gx);
         else if (pack_h)
-          strip_rows_packed<Real>(ra - r0, S, h_panel + r0 * S, w_strip, NR, out, GH, j1 - j0,
-                                  onto_gx);
+          strip_rows_packed<Real>(ra - r0, S, h_panel + (row_split ? 0 : r0 * S), w_strip, NR,
+                                  out, GH, j1 - j0, onto_gx);
         else
           strip_rows<Real>(ra - r0, S, hcur + r0 * S, S, 1, w_strip, NR, out, GH, j1 - j0,
                            onto_gx);
@@ -659,11 +734,11 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
       }
     };
 
-    slot.share(row_blocks * hidden_strips, &task_begin, &task_end);
-    if (pack_h && task_begin < task_end) pack_a(active[t], S, hcur, S, 1, h_panel);
+    team.share(hidden_strips, &task_begin, &task_end);
+    if (!row_split && pack_h && task_begin < task_end) pack_a(active[t], S, hcur, S, 1, h_panel);
     if constexpr (kLn) {  // the row statistics need every strip's GEMMs first
       for (int64_t task = task_begin; task < task_end; ++task) gemms(task_of(task));
-      slot.sync();
+      team.sync();
     }
     for (int64_t task = task_begin; task < task_end; ++task) {
       const Task k = task_of(task);
@@ -671,14 +746,14 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
       epilogue(k);
     }
     if constexpr (kNormOut) {
-      slot.sync();
+      team.sync();
       for (int64_t task = task_begin; task < task_end; ++task) epilogue_out(task_of(task));
     }
     if (stream_ws) store_fence();
-    slot.sync();
+    team.sync();
 
     if (P > 0) {  // h_t = (o * tanh(c_t)) W_hr^T, then y_t and the saved h_{t-1}
-      slot.share(row_blocks * proj_strips, &task_begin, &task_end);
+      team.share(proj_strips, &task_begin, &task_end);
       for (int64_t task = task_begin; task < task_end; ++task) {
         {
           const int64_t rb = task / proj_strips, s = task % proj_strips;
@@ -710,7 +785,7 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
         }
       }
       if (stream_ws) store_fence();
-      slot.sync();
+      team.sync();
     }
   });
   if (a.hy) copy_n(hbufs[T % 2], B * S, a.hy);
@@ -724,9 +799,9 @@ struct GateGradients {
   const Real* dgx;        // [rows, GH] x side
   const Real* dgh;        // [rows, GH] h side (the same as dgx unless the cell has apart gates)
   const Real* dproj;      // [rows, P]  gradient of the projection's outputs, or null
-  const Real* bias_sums;  // [sets, row_blocks, GH] per row block column sums of dgx (set 0)
+  const Real* bias_sums;  // [sets, B, GH] per batch row sums over the steps of dgx (set 0)
                           // and, with two sets, of dgh (set 1)
-  int64_t sets, row_blocks;
+  int64_t sets;
 };
 
 // Backward phase 3, the weight gradients: dx, dW_ih, dW_hh, dW_hr as whole-sequence GEMMs over
@@ -782,12 +857,7 @@ void weight_gradients(const BackwardArgs<Real>& a, const LayerPlan& plan, const 
   Real* const db_out[2] = {a.db_ih, a.db_hh};
   for (int q = 0; q < 2; ++q) {
     if (!db_out[q]) continue;
-    const Real* sums = g.bias_sums + (g.sets == 2 ? q : 0) * g.row_blocks * GH;
-    for (int64_t n = 0; n < GH; ++n) {
-      Real v = Real(0);
-      for (int64_t rb = 0; rb < g.row_blocks; ++rb) v += sums[rb * GH + n];
-      db_out[q][n] = v;
-    }
+    sum_rows(g.bias_sums + (g.sets == 2 ? q : 0) * B * GH, B, GH, db_out[q]);
   }
   if (a.dw_hr && P > 0)
     gemm<Real>(ex, P, H, N, dense(g.dproj, P, P, dr_b), 1, P,
@@ -837,51 +907,57 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   // LayerPlan::packed_panel). No initial fill: a step's GEMM reads only rows the step
   // before packed (finish_block).
   const bool pack_dgate = plan.packed_panel;
-  const int64_t dgate_panel_blocks = pack_dgate ? ceil_div(B, MR) : 0;
-  Buffer<Real> dgate_panel0(dgate_panel_blocks * GH * MR),
-      dgate_panel1(dgate_panel_blocks * GH * MR);
+  const bool row_split = plan.row_split;
+  // Each row block's part of the panel starts at a multiple of MR rows (the row split's
+  // blocks need not be MR rows high; the other plans' are).
+  const int64_t panel_block_rows = ceil_div(block_rows, MR) * MR;
+  const int64_t dgate_panel_rows = pack_dgate ? row_blocks * panel_block_rows : 0;
+  Buffer<Real> dgate_panel0(dgate_panel_rows * GH), dgate_panel1(dgate_panel_rows * GH);
   Real* const dgate_panels[2] = {dgate_panel0.get(), dgate_panel1.get()};
+  auto panel_off = [&](int64_t r0) { return (r0 / block_rows) * panel_block_rows * GH; };
   // The bias gradients are the column sums of dG (x side for b_ih, h side for b_hh), kept
-  // per row block: a task adds its block while it is still in cache, and the (row block,
-  // strip) of a task is the same thread's every step, so no two threads add to one sum.
+  // per batch row (summed over the rows after the loop): a task adds its rows while they are
+  // still in cache, only the thread that owns a row adds to its sums, and no sum's order
+  // depends on how the rows were split between the threads.
   const int64_t bias_sums = (a.db_ih || a.db_hh) ? (kSplit ? 2 : 1) : 0;
-  Buffer<Real> dbsum(bias_sums * row_blocks * GH);
-  fill_n(dbsum.get(), bias_sums * row_blocks * GH, Real(0));
+  Buffer<Real> dbsum(bias_sums * B * GH);
+  fill_n(dbsum.get(), bias_sums * B * GH, Real(0));
   // The gradients of the cell's own parameters, summed the same way (BwdStep::dparam_sums).
-  Buffer<Real> dparam_sums(row_blocks * Math::kParams * H);
-  fill_n(dparam_sums.get(), row_blocks * Math::kParams * H, Real(0));
+  Buffer<Real> dparam_sums(B * Math::kParams * H);
+  fill_n(dparam_sums.get(), B * Math::kParams * H, Real(0));
   // Once the rows of its block are done, a task
-  // - packs the block for the next step's GEMM: rows [r0, r1) (r0 a multiple of MR; rows of
-  //   the panel past r1 become zeros, and are never read) and, in each gate, units [j0, j1),
-  //   by an in-register transpose (cheaper than scattering each value to its panel slot as
-  //   it is computed);
-  // - adds the block's columns to its bias-gradient sums.
+  // - packs the block for the next step's GEMM: rows [r0, r1) (rows of the block's panel past
+  //   r1 become zeros, and are never read) and, in each gate, units [j0, j1), by an
+  //   in-register transpose (cheaper than scattering each value to its panel slot as it is
+  //   computed);
+  // - adds the block's columns to its rows' bias-gradient sums.
   // With layer normalisation the bias sums come first (the biases add after the
   // normalisation), and the packing after the gate gradients went through it.
   auto pack_block = [&](Real* pk, int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
     const Real* src = dgh + row0(t) * GH;
+    Real* const block = pk + panel_off(r0);
     for (int64_t p0 = r0; pack_dgate && p0 < r1; p0 += MR)
       for (int64_t k = 0; k < G; ++k)
         pack_a(imin(MR, r1 - p0), j1 - j0, src + p0 * GH + k * H + j0, GH, 1,
-               pk + p0 * GH + (k * H + j0) * MR);
+               block + (p0 - r0) * GH + (k * H + j0) * MR);
   };
   auto bias_block = [&](int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
     const Real* gsrc[2] = {dgx.get() + row0(t) * GH, dgh + row0(t) * GH};
-    for (int64_t q = 0; q < bias_sums; ++q) {
-      Real* sum = dbsum.get() + (q * row_blocks + r0 / block_rows) * GH;
-      for (int64_t k = 0; k < G; ++k)
-        for_units<Real>(k * H + j0, k * H + j1, [&](auto v, int64_t n) {
-          using V = decltype(v);
-          V acc = V::load(sum + n);
-          for (int64_t b = r0; b < r1; ++b) acc = acc + V::load(gsrc[q] + b * GH + n);
-          acc.store(sum + n);
-        });
-    }
+    for (int64_t q = 0; q < bias_sums; ++q)
+      for (int64_t b = r0; b < r1; ++b) {
+        Real* sum = dbsum.get() + (q * B + b) * GH;
+        const Real* g = gsrc[q] + b * GH;
+        for (int64_t k = 0; k < G; ++k)
+          for_units<Real>(k * H + j0, k * H + j1, [&](auto v, int64_t n) {
+            using V = decltype(v);
+            (V::load(sum + n) + V::load(g + n)).store(sum + n);
+          });
+      }
   };
 
   // Layer normalisation (Math::kLayerNorm; as the forward pass): per (row, strip) sums of the
   // gate gradients times the gains, and of those times the normalised values, x side then h
-  // side ([B, strips, 4]); the gains' gradients per row block ([row blocks, 2, GH]); with a
+  // side ([B, strips, 4]); the gains' gradients per batch row ([B, 2, GH]); with a
   // normalised output, the sums of dL/d(normalised value) and of it times that value
   // ([B, strips, 2]), and that gradient with the cell's stash.
   constexpr bool kLn = Math::kLayerNorm, kNormOut = Math::kNormOut;
@@ -889,8 +965,8 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   const int64_t ln_block = Math::kSavedBlocks - 2 * G;
   Buffer<Real> gate_part(kLn ? B * hidden_strips * 4 : 0),
       out_part(kNormOut ? B * hidden_strips * 2 : 0),
-      stage(kNormOut ? B * (1 + Math::kStash) * H : 0), ln_sums(kLn ? row_blocks * 2 * GH : 0);
-  fill_n(ln_sums.get(), kLn ? row_blocks * 2 * GH : 0, Real(0));
+      stage(kNormOut ? B * (1 + Math::kStash) * H : 0), ln_sums(kLn ? B * 2 * GH : 0);
+  fill_n(ln_sums.get(), kLn ? B * 2 * GH : 0, Real(0));
   const Real* const gain_ih = kLn ? a.cell_w[Math::kLnIh] : nullptr;
   const Real* const gain_hh = kLn ? a.cell_w[Math::kLnHh] : nullptr;
 
@@ -919,7 +995,6 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     st.cell_w = a.cell_w;
     st.dparam_sums = dparam_sums.get();
     st.params = Math::kParams;
-    st.block_rows = block_rows;
     st.zone_c = zone_c;
     st.zc = a.zoneout[1] ? a.zoneout[1] + row0(t) * H : nullptr;
     st.zc_p = static_cast<Real>(a.zoneout_p[1]);
@@ -934,6 +1009,7 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     const Real* const ws_next = has_next ? a.ws + row0(tn) * WS : nullptr;
     const Real* const dy_next = has_next && a.dy ? a.dy + row0(tn) * S : nullptr;
     const int64_t active_next = has_next ? active[tn] : 0;
+    const PhaseTeam team{slot, row_split, row_blocks};
 
     // dh[b, j] = carry + dy_t (active rows) + (dG_{prev} W_hh)[b, j]; returns it and
     // leaves carry ready for the rows that are inactive at t.
@@ -960,7 +1036,7 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     auto gate_sums = [&](int64_t b, int64_t s, int64_t j0, int64_t j1) {
       if constexpr (kLn) {
         const Real* w = st.ws + b * WS + ln_block * H;  // the normalised values, x then h side
-        Real* lsum = ln_sums.get() + (b / block_rows) * 2 * GH;
+        Real* lsum = ln_sums.get() + b * 2 * GH;
         Real* part = gate_part.get() + (b * hidden_strips + s) * 4;
         const Real* grads[2] = {st.dgx + b * GH, st.dgh + b * GH};
         const Real* gains[2] = {gain_ih, gain_hh};
@@ -1026,7 +1102,7 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     // Phase 1, over strips of the S state units: dh = carry + dy_t + dG_prev W_hh; then,
     // without a projection, the cell's derivatives; with one, only dR_t (phase 2 does the cell).
     Real* dRt = P > 0 ? dR.get() + row0(t) * P : nullptr;
-    slot.share(row_blocks * state_strips, &task_begin, &task_end);
+    team.share(state_strips, &task_begin, &task_end);
     {
       alignas(64) Real dh[kNR<Real>];
       for (int64_t task = task_begin; task < task_end; ++task) {
@@ -1042,7 +1118,7 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
           int64_t ld;
           const Real* bs = whh.strip(s, &ld);
           if (pack_dgate)
-            strip_rows_packed<Real>(rr - r0, GH, dgate_panel_prev + r0 * GH, bs, ld,
+            strip_rows_packed<Real>(rr - r0, GH, dgate_panel_prev + panel_off(r0), bs, ld,
                                     rec.get() + r0 * S + j0, S, j1 - j0, false);
           else
             strip_rows<Real>(rr - r0, GH, prev + r0 * GH, GH, 1, bs, ld, rec.get() + r0 * S + j0, S,
@@ -1080,9 +1156,9 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
         if (P == 0 && !kNormOut) cell_done(r0, packed ? imin(r1, active[t]) : r1, j0, j1);
       }
     }
-    slot.sync();
+    team.sync();
     if (P > 0) {
-      slot.share(row_blocks * hidden_strips, &task_begin, &task_end);
+      team.share(hidden_strips, &task_begin, &task_end);
       {
         for (int64_t task = task_begin; task < task_end; ++task) {
           const int64_t rb = task / hidden_strips, s = task % hidden_strips;
@@ -1103,10 +1179,10 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
           if (!kNormOut) cell_done(r0, packed ? ra : r1, j0, j1);
         }
       }
-      slot.sync();
+      team.sync();
     }
     // The tasks of the phases below: (row block, strip of the H hidden units).
-    if (kNormOut || kLn) slot.share(row_blocks * hidden_strips, &task_begin, &task_end);
+    if (kNormOut || kLn) team.share(hidden_strips, &task_begin, &task_end);
     if constexpr (kNormOut) {  // the second half of the cell: through the normalisation
       for (int64_t task = task_begin; task < task_end; ++task) {
         const StepTask tk = step_task(task, hidden_strips, block_rows, B, H, NR, active[t]);
@@ -1132,7 +1208,7 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
         }
         cell_done(r0, packed ? ra : r1, j0, j1);
       }
-      slot.sync();
+      team.sync();
     }
     if constexpr (kLn) {  // the gate gradients through the normalisations, then the panel
       for (int64_t task = task_begin; task < task_end; ++task) {
@@ -1161,7 +1237,7 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
         }
         pack_block(dgate_panel_cur, t, r0, packed ? ra : r1, j0, j1);
       }
-      slot.sync();
+      team.sync();
     }
   });
   // the last step processed; its rows past nlast were inactive (zero dG, or none if packed)
@@ -1181,21 +1257,20 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
       const int side = n == Math::kLnIh ? 0 : 1;
       for (int64_t m = 0; m < GH; ++m) {
         Real v = Real(0);
-        for (int64_t rb = 0; rb < row_blocks; ++rb) v += ln_sums.get()[(rb * 2 + side) * GH + m];
+        for (int64_t b = 0; b < B; ++b) v += ln_sums.get()[(b * 2 + side) * GH + m];
         a.dcell_w[n][m] = v;
       }
       continue;
     }
     for (int64_t j = 0; j < H; ++j) {
       Real v = Real(0);
-      for (int64_t rb = 0; rb < row_blocks; ++rb)
-        v += dparam_sums.get()[(rb * Math::kParams + n) * H + j];
+      for (int64_t b = 0; b < B; ++b) v += dparam_sums.get()[(b * Math::kParams + n) * H + j];
       a.dcell_w[n][j] = v;
     }
   }
 
   const GateGradients<Real> grads{dgx.get(), dgh, P > 0 ? dR.get() : nullptr, dbsum.get(),
-                                  bias_sums, row_blocks};
+                                  bias_sums};
   weight_gradients(a, plan, cell, active, grads, ex);
 }
 
