@@ -189,6 +189,9 @@ const char* isa_name(Isa isa);
 bool cpu_supports(Isa isa);
 // Forces an instruction set (for tests); returns false if the CPU lacks it.
 bool set_isa(Isa isa);
+// The per-core L2 cache of this CPU in bytes, as the OS reports it (sysconf), or 512 KB when it
+// does not say (the smallest of the CPUs this project targets: AMD Zen 1-3). Read once.
+int64_t cpu_l2_cache_bytes();
 
 // Host memory blocks of 64 KB and up kept for reuse: the CPU kernels take their scratch
 // buffers from here, and the glue the saved workspace. A block given back is kept for the

@@ -787,8 +787,25 @@ void check_plans() {
   const LayerPlan split3 = forward_on(3, 50, 16, 64, 64, nullptr);
   expect(split3.row_split && split3.row_blocks == 3 && split3.block_rows == 6,
          "plan: 16 rows, 3 threads: row blocks of 6: " + to_string(split3));
-  expect(forward(50, 8, 128, 128, nullptr).row_split && forward(50, 16, 256, 256, nullptr).row_split,
-         "plan: row split at 4 rows per thread with 256 KB of W_hh, and 8 rows with 1 MB");
+  expect(forward(50, 8, 128, 128, nullptr).row_split,
+         "plan: row split at 4 rows per thread with 256 KB of W_hh");
+  // 8 rows per thread with 1 MB of W_hh: only where it fits in half of a core's L2
+  expect(forward(50, 16, 256, 256, nullptr).row_split == (cpu_l2_cache_bytes() >= (2 << 20)),
+         "plan: row split with 1 MB of W_hh iff the L2 holds 2 MB (L2 = " +
+             std::to_string(cpu_l2_cache_bytes()) + ")");
+  // Sorted lengths: row block 0 gets the longest rows; split only if no block has over 1.5x
+  // the average work.
+  int64_t even[16], uneven[16];
+  for (int b = 0; b < 16; ++b) {
+    even[b] = b < 8 ? 50 : 20;     // blocks of 400 and 160: busiest = 1.43 x average
+    uneven[b] = b < 8 ? 50 : 5;    // 400 vs 40: busiest = 1.82 x average
+  }
+  expect(forward(50, 16, 64, 64, even).row_split && !forward(50, 16, 64, 64, uneven).row_split,
+         "plan: sorted lengths keep the row split only while the row blocks' work is even");
+  int64_t unsorted16[16];
+  for (int b = 0; b < 16; ++b) unsorted16[b] = b % 2 ? 50 : 20;  // every step computes all rows
+  expect(forward(50, 16, 64, 64, unsorted16).row_split,
+         "plan: unsorted lengths (all rows in every step's GEMM) keep the row split");
   expect(!forward(50, 4, 64, 64, nullptr).row_split && !forward(50, 8, 256, 256, nullptr).row_split &&
              !forward(50, 32, 512, 512, nullptr).row_split &&
              !forward(50, 256, 64, 64, nullptr).row_split &&

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <initializer_list>
 
+#include <unistd.h>
+
 #include "../random.h"
 #include "../rnn.h"
 
@@ -49,6 +51,17 @@ const char* isa_name(Isa isa) {
     case Isa::Avx512: return "avx512";
     default: return "scalar";
   }
+}
+
+int64_t cpu_l2_cache_bytes() {
+  static const int64_t bytes = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (v > 0) return static_cast<int64_t>(v);
+#endif
+    return int64_t(512) << 10;
+  }();
+  return bytes;
 }
 
 namespace {

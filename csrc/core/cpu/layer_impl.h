@@ -257,25 +257,46 @@ inline void sum_rows(const Real* m, int64_t rows, int64_t cols, Real* out) {
 // share of the step. The price: every thread streams all of W_hh each step instead of its
 // strips, and its register tiles get fewer rows. Measured on Zen 4 (AVX-512) and with the AVX2
 // path, 2 threads (bench/results/row-split-2026-12-01.md), the row split's time over the
-// strip split's (bench/row_split_ab.py): from 4 rows per thread with W_hh up to 256 KB (H = 128
-// LSTM) inference 0.75-0.98, training (the backward step loses 1-3 barriers) 0.68-0.91; with
-// W_hh of 1 MB (H = 256) 0.80-1.02 from 8 rows per thread, but up to 1.05 at 4 rows; at 2 rows
-// per thread 0.91-0.99 with W_hh of 64 KB, 1.04-1.22 with 256 KB.
+// strip split's (bench/row_split_ab.py, bench/results/row-split-2026-12-01.md; Intel Xeon
+// with 2 MB of L2 per core): from 4 rows per thread with W_hh up to 256 KB (H = 128 LSTM)
+// inference 0.74-0.96, training (the backward step loses 1-3 barriers) 0.68-0.92; with W_hh of
+// 1 MB (H = 256) 0.93-1.07 from 8 rows per thread, 1.00-1.07 at 4 rows on AVX-512; at 2 rows
+// per thread up to 1.17. The 1 MB tier is taken only where W_hh fits in half of a core's L2:
+// on CPUs with less L2 (AMD Zen: 512 KB-1 MB) it would stream from L3 every step, unmeasured.
+// With sorted lengths (a PackedSequence) the first rows are the longest, so the blocks' work
+// differs. With lengths drawn from [T/4, T] (the busiest block about 1.3x the average) the row
+// split still measured 0.82-0.94 at the small configs and 0.99-1.08 at 1 MB; it is taken while
+// the busiest block has at most 1.5x the average (a batch of a few long and many short
+// sequences goes to the strip split, which shares each step's rows whatever their lengths).
 constexpr int64_t kRowSplitMinRows = 4;
 constexpr int64_t kRowSplitSmallWeights = int64_t(256) << 10;  // from kRowSplitMinRows rows
 constexpr int64_t kRowSplitMaxWeights = int64_t(1) << 20;      // from 8 rows per thread
 
-// Sets p.row_split (and the row blocks: one per thread) for B rows, a W_hh of weight_bytes and
-// `threads` threads, forward and backward alike. RNNFAST_ROW_SPLIT=0 or 1 overrides the sizes'
-// choice (for A/B runs: bench/row_split_ab.py; 1 still needs at least one row per thread).
-inline void choose_row_split(LayerPlan& p, int64_t B, int64_t weight_bytes, int threads) {
+// Sets p.row_split (and the row blocks: one per thread) for B rows over T steps with `lengths`
+// (null: all T), a W_hh of weight_bytes and `threads` threads, forward and backward alike.
+// RNNFAST_ROW_SPLIT=0 or 1 overrides the sizes' choice (for A/B runs: bench/row_split_ab.py; 1
+// still needs at least one row per thread).
+inline void choose_row_split(LayerPlan& p, int64_t B, int64_t T, const int64_t* lengths,
+                             int64_t weight_bytes, int threads) {
   const int64_t nth = imax(1, threads);
   const int64_t rows = ceil_div(B, nth);
   const bool possible = p.parallel && nth > 1 && !p.weights_in_place && B <= 128 &&
                         ceil_div(B, rows) == nth;
+  const int64_t max_weights = imin(kRowSplitMaxWeights, cpu_l2_cache_bytes() / 2);
   bool want = rows >= kRowSplitMinRows &&
-              (weight_bytes <= kRowSplitSmallWeights ||
-               (rows >= 8 && weight_bytes <= kRowSplitMaxWeights));
+              (weight_bytes <= kRowSplitSmallWeights || (rows >= 8 && weight_bytes <= max_weights));
+  // The steps compute only the active prefix of sorted lengths; with lengths in any other
+  // order every row takes part in every step's GEMM, and the blocks' work is equal.
+  if (want && possible && lengths && summarize_lengths(lengths, B, T).prefix) {
+    int64_t total = 0, busiest = 0;
+    for (int64_t r0 = 0; r0 < B; r0 += rows) {
+      int64_t work = 0;
+      for (int64_t b = r0; b < imin(B, r0 + rows); ++b) work += imin(imax(lengths[b], 0), T);
+      total += work;
+      busiest = imax(busiest, work);
+    }
+    want = busiest * nth * 2 <= total * 3;
+  }
   if (const char* force = std::getenv("RNNFAST_ROW_SPLIT"))
     if (force[0] == '0' || force[0] == '1') want = force[0] == '1';
   p.row_split = possible && want;
@@ -353,7 +374,7 @@ LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
   p.stream_workspace = a.ws && rows * WS * bytes > (8 << 20) &&
                        reinterpret_cast<uintptr_t>(a.ws) % (W * bytes) == 0 && H % W == 0 &&
                        WS % W == 0;
-  choose_row_split(p, B, GH * S * bytes, threads);
+  choose_row_split(p, B, T, a.lengths, GH * S * bytes, threads);
   return p;
 }
 
@@ -380,7 +401,7 @@ LayerPlan make_backward_plan(const BackwardArgs<Real>& a, int threads) {
   // whenever the lengths leave some (t, b) inactive, the active rows are gathered densely
   // first. A packed call's rows already are.
   p.compact_rows = a.packed || summarize_lengths(a.lengths, B, T).active < T * B;
-  choose_row_split(p, B, GH * S * int64_t(sizeof(Real)), threads);
+  choose_row_split(p, B, T, a.lengths, GH * S * int64_t(sizeof(Real)), threads);
   return p;
 }
 
