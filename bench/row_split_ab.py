@@ -6,7 +6,8 @@ The planner reads RNNFAST_ROW_SPLIT (1 or 0) on every call, so this script times
 module and input with the schedule forced each way, in blocks of back-to-back calls,
 alternating the order round by round, and prints the medians, their ratio (row split time over
 strip split time) and which schedule the planner picks by itself at that size (forward, and
-backward for training).
+backward for training; for a dense call of that size, also with --packed, where the planner
+also weighs the lengths).
 
     python bench/row_split_ab.py --configs 50,16,64,64 100,32,128,128 --out results.json
     RNNFAST_SIMD=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/row_split_ab.py
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="T,B,I,H each")
     p.add_argument("--cells", default="LSTM,GRU", help="comma list of LSTM, GRU, RNN")
     p.add_argument("--layer-norm", action="store_true", help="layer_norm=True (LSTM, GRU)")
+    p.add_argument("--packed", action="store_true",
+                   help="a PackedSequence of lengths drawn from [T/4, T] (one of length T)")
     p.add_argument("--modes", default="inference,training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=9)
@@ -73,13 +76,17 @@ def main(argv=None) -> int:
             for mode in a.modes.split(","):
                 train = mode == "training"
                 x = torch.randn(T, B, I, requires_grad=train)
+                gen = torch.Generator().manual_seed(1)
+                lengths = torch.randint(max(1, T // 4), T + 1, (B,), generator=gen)
+                lengths[0] = T
 
                 def call():
+                    inp = (torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+                           if a.packed else x)
+                    with torch.set_grad_enabled(train):
+                        out = m(inp)[0]
                     if train:
-                        m(x)[0].sum().backward()
-                    else:
-                        with torch.no_grad():
-                            m(x)
+                        (out.data if a.packed else out).sum().backward()
 
                 for v in ("1", "0"):  # warm-up, then the block size from one call
                     _set_schedule(v)
@@ -99,9 +106,11 @@ def main(argv=None) -> int:
                 row_ms = statistics.median(samples["1"])
                 strip_ms = statistics.median(samples["0"])
                 name = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn_tanh"}[cell] + ("_ln" if kw else "")
+                # (_C.plan takes no lengths: for packed rows it shows the dense call's plan)
                 auto = ["row_split=1" in rnnfast._C.plan(name, bwd, T, B, I, H, 0, a.threads)
                         for bwd in ((False, True) if train else (False,))]
                 rows.append({"cell": cell + ("_ln" if kw else ""), "config": config, "mode": mode,
+                             "packed": a.packed,
                              "row_split_ms": row_ms, "strip_split_ms": strip_ms,
                              "ratio": row_ms / strip_ms,
                              "planner_row_split": dict(zip(("forward", "backward"), auto))})

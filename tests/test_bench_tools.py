@@ -1,5 +1,6 @@
 """The benchmark harness pieces that decide what a sample is (bench/harness/timing.py) and the
-in-process A/B script (bench/variant_ab.py): what they time, not how fast anything is."""
+in-process A/B scripts (bench/variant_ab.py, bench/row_split_ab.py): what they time, not how fast
+anything is."""
 from __future__ import annotations
 
 import os
@@ -62,3 +63,26 @@ def test_variant_ab_runs_and_reports_the_ratio():
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stdout.splitlines() if "ratio" in ln]
     assert [ln.split(":")[0].strip() for ln in lines] == ["threads=1", "threads=2"], out.stdout
+
+
+def test_row_split_ab_runs_both_schedules_and_restores_the_environment(tmp_path):
+    out_json = tmp_path / "rows.json"
+    env = {k: v for k, v in os.environ.items() if k != "RNNFAST_ROW_SPLIT"}
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "row_split_ab.py"), "--configs", "4,8,4,8",
+         "--cells", "GRU", "--rounds", "2", "--block-ms", "1", "--packed", "--out",
+         str(out_json)], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    import json
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [(r["cell"], r["mode"], r["packed"]) for r in rows] == [
+        ("GRU", "inference", True), ("GRU", "training", True)]
+    for r in rows:
+        assert r["row_split_ms"] > 0 and r["strip_split_ms"] > 0
+        assert abs(r["ratio"] - r["row_split_ms"] / r["strip_split_ms"]) < 1e-12
+    assert set(rows[1]["planner_row_split"]) == {"forward", "backward"}
+    # it refuses to run with the schedule already forced (its A/B would be meaningless)
+    forced = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "row_split_ab.py"), "--configs", "4,8,4,8"],
+        capture_output=True, text=True, timeout=300, env={**env, "RNNFAST_ROW_SPLIT": "1"})
+    assert forced.returncode == 2 and "RNNFAST_ROW_SPLIT" in forced.stderr

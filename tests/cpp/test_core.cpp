@@ -802,6 +802,19 @@ void check_plans() {
   }
   expect(forward(50, 16, 64, 64, even).row_split && !forward(50, 16, 64, 64, uneven).row_split,
          "plan: sorted lengths keep the row split only while the row blocks' work is even");
+  // above 256 KB of W_hh (GRU H = 256: 768 KB), at most 1.125x the average
+  auto gru_fwd = [](int64_t H, const int64_t* lengths) {
+    ForwardArgs<float> a;
+    a.cell = Cell::GRU;
+    a.T = 50; a.B = 16; a.I = H; a.H = H; a.lengths = lengths;
+    return plan_forward(a, 2);
+  };
+  int64_t near[16];
+  for (int b = 0; b < 16; ++b) near[b] = b < 8 ? 50 : 45;  // 400 vs 360: 1.05x
+  if (cpu_l2_cache_bytes() >= (2 << 20))
+    expect(gru_fwd(256, nullptr).row_split && gru_fwd(256, near).row_split &&
+               !gru_fwd(256, even).row_split,
+           "plan: with 768 KB of W_hh, sorted lengths keep the row split up to 1.125x only");
   int64_t unsorted16[16];
   for (int b = 0; b < 16; ++b) unsorted16[b] = b % 2 ? 50 : 20;  // every step computes all rows
   expect(forward(50, 16, 64, 64, unsorted16).row_split,

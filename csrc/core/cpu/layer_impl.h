@@ -265,9 +265,10 @@ inline void sum_rows(const Real* m, int64_t rows, int64_t cols, Real* out) {
 // on CPUs with less L2 (AMD Zen: 512 KB-1 MB) it would stream from L3 every step, unmeasured.
 // With sorted lengths (a PackedSequence) the first rows are the longest, so the blocks' work
 // differs. With lengths drawn from [T/4, T] (the busiest block about 1.3x the average) the row
-// split still measured 0.82-0.94 at the small configs and 0.99-1.08 at 1 MB; it is taken while
-// the busiest block has at most 1.5x the average (a batch of a few long and many short
-// sequences goes to the strip split, which shares each step's rows whatever their lengths).
+// split still measured 0.82-0.96 with W_hh up to 256 KB, but 1.04-1.11 for GRU 100,16,256,256
+// (768 KB; LSTM there 0.91): it is taken while the busiest block has at most 1.5x the average
+// work with W_hh up to 256 KB, 1.125x above (a batch of a few long and many short sequences
+// goes to the strip split, which shares each step's rows whatever their lengths).
 constexpr int64_t kRowSplitMinRows = 4;
 constexpr int64_t kRowSplitSmallWeights = int64_t(256) << 10;  // from kRowSplitMinRows rows
 constexpr int64_t kRowSplitMaxWeights = int64_t(1) << 20;      // from 8 rows per thread
@@ -295,7 +296,8 @@ inline void choose_row_split(LayerPlan& p, int64_t B, int64_t T, const int64_t* 
       total += work;
       busiest = imax(busiest, work);
     }
-    want = busiest * nth * 2 <= total * 3;
+    want = weight_bytes <= kRowSplitSmallWeights ? busiest * nth * 2 <= total * 3
+                                                  : busiest * nth * 8 <= total * 9;
   }
   if (const char* force = std::getenv("RNNFAST_ROW_SPLIT"))
     if (force[0] == '0' || force[0] == '1') want = force[0] == '1';
