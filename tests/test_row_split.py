@@ -116,3 +116,32 @@ def test_row_split_changes_nothing_torch_sees(threads_restored):
     for schedule in ("1", "0"):
         assert_results_close(_run(new, leaves, call, 2, schedule), want, ATOL[torch.float64],
                              what=f"RNNFAST_ROW_SPLIT={schedule}")
+
+
+@pytest.mark.parametrize("name", ["lstm_ln_proj_zoneout", "gru_ln_zoneout", "lstm_peephole_coupled_zoneout"])
+def test_large_batch_gradient_sums_are_thread_count_invariant(name, threads_restored):
+    """Above 128 rows (no row split) the backward keeps its bias, cell-parameter and gain
+    gradient sums per row block of the (row block, strip) schedule, whose blocks follow the
+    batch alone: still the same bits at 1, 2 and 3 threads."""
+    kind, kw = CASES[name]
+    torch.manual_seed(0)
+    m = getattr(rnnfast, kind)(6, 24, dtype=torch.float32, **kw)
+    m.train()
+    leaves = {"x": randn(5, 200, 6, dtype=torch.float32, seed=1)}
+    call = call_dense(kind == "LSTM")
+    ref = _run(m, leaves, call, 1, None)
+    for threads in (2, 3):
+        _assert_same(ref, _run(m, leaves, call, threads, None), f"{name} B=200 {threads} threads")
+
+
+def test_large_batch_gradients_match_torch(threads_restored):
+    """The per-block gradient sums above 128 rows give torch's gradients (float64)."""
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(6, 8, dtype=torch.float64)
+    new = rnnfast.GRU(6, 8, dtype=torch.float64)
+    new.load_state_dict(ref.state_dict())
+    leaves = {"x": randn(5, 200, 6, seed=1)}
+    call = call_dense(False)
+    want = fwd_bwd(ref, leaves, call, upstream_seed=77)
+    assert_results_close(_run(new, leaves, call, 2, None), want, ATOL[torch.float64],
+                         what="GRU B=200")

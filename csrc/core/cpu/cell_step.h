@@ -143,11 +143,13 @@ struct BwdStep {
   Real* dgh;             // [B, GH]  d(pre-activation), h side        written (== dgx unless the
                          //          cell has apart gates)
   const Real* const* cell_w;  // the cell's own parameters (BackwardArgs::cell_w)  read
-  // The sums over the steps of the gradients of the cell's own parameters, per batch row:
-  // [B, params, H]; a unit adds its (t, b)'s part to row b's (summed over b after the loop,
-  // in row order, so that no sum depends on how the rows were split between threads).
+  // The sums over the steps of the gradients of the cell's own parameters, per group of
+  // group_rows batch rows: [groups, params, H]; a unit adds its (t, b)'s part to its group's
+  // (summed over the groups after the loop, in order; see layer_impl.h: the groups do not
+  // depend on the thread count).
   Real* dparam_sums;
   int params;
+  int64_t group_rows;
   // Zoneout of the cell state (as FwdStep's): the cell sees (1 - m) dc_t, and dc_{t-1} gets
   // m dc_t besides what the cell gives it.
   bool zone_c;
@@ -176,7 +178,7 @@ struct BackwardUnit {
         stage(s.stage ? s.stage + b * s.stage_cols + j : nullptr) {
     for (int n = 0; n < Math::kParams; ++n) {
       pw[n] = s.cell_w[n] + j;
-      dpw[n] = s.dparam_sums + (b * s.params + n) * s.H + j;
+      dpw[n] = s.dparam_sums + ((b / s.group_rows) * s.params + n) * s.H + j;
     }
   }
   V saved(int q) const { return V::load(ws + q * H); }

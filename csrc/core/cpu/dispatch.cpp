@@ -155,7 +155,8 @@ std::string to_string(const LayerPlan& p) {
   auto flag = [](const char* name, bool v) { return std::string(name) + (v ? "=1 " : "=0 "); };
   return flag("parallel", p.parallel) + flag("weights_in_place", p.weights_in_place) +
          flag("input_in_steps", p.input_in_steps) + flag("compact_rows", p.compact_rows) +
-         flag("packed_panel", p.packed_panel) + flag("stream_workspace", p.stream_workspace) + flag("row_split", p.row_split) +
+         flag("packed_panel", p.packed_panel) + flag("stream_workspace", p.stream_workspace) +
+         flag("row_split", p.row_split) +
          "block_rows=" + std::to_string(p.block_rows) +
          " row_blocks=" + std::to_string(p.row_blocks) +
          " strip_width=" + std::to_string(p.strip_width);

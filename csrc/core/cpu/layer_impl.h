@@ -239,14 +239,14 @@ inline void sum_strips(const Real* parts, int64_t strips, int n, Real* out) {
     for (int i = 0; i < n; ++i) out[i] += parts[q * n + i];
 }
 
-// out[n] = the sum over rows r < rows of m[r * cols + n], for n < cols (in row order).
+// out[n] = the sum over rows r < rows of m[r * ld + n], for n < cols (in row order).
 template <class Real>
-inline void sum_rows(const Real* m, int64_t rows, int64_t cols, Real* out) {
+inline void sum_rows(const Real* m, int64_t rows, int64_t cols, int64_t ld, Real* out) {
   fill_n(out, cols, Real(0));
   for (int64_t r = 0; r < rows; ++r)
     for_units<Real>(0, cols, [&](auto v, int64_t n) {
       using V = decltype(v);
-      (V::load(out + n) + V::load(m + r * cols + n)).store(out + n);
+      (V::load(out + n) + V::load(m + r * ld + n)).store(out + n);
     });
 }
 
@@ -270,6 +270,7 @@ inline void sum_rows(const Real* m, int64_t rows, int64_t cols, Real* out) {
 // work with W_hh up to 256 KB, 1.125x above (a batch of a few long and many short sequences
 // goes to the strip split, which shares each step's rows whatever their lengths).
 constexpr int64_t kRowSplitMinRows = 4;
+constexpr int64_t kRowSplitMaxRows = 128;  // (one row block of the other schedule)
 constexpr int64_t kRowSplitSmallWeights = int64_t(256) << 10;  // from kRowSplitMinRows rows
 constexpr int64_t kRowSplitMaxWeights = int64_t(1) << 20;      // from 8 rows per thread
 
@@ -281,7 +282,7 @@ inline void choose_row_split(LayerPlan& p, int64_t B, int64_t T, const int64_t* 
                              int64_t weight_bytes, int threads) {
   const int64_t nth = imax(1, threads);
   const int64_t rows = ceil_div(B, nth);
-  const bool possible = p.parallel && nth > 1 && !p.weights_in_place && B <= 128 &&
+  const bool possible = p.parallel && nth > 1 && !p.weights_in_place && B <= kRowSplitMaxRows &&
                         ceil_div(B, rows) == nth;
   const int64_t max_weights = imin(kRowSplitMaxWeights, cpu_l2_cache_bytes() / 2);
   bool want = rows >= kRowSplitMinRows &&
@@ -822,9 +823,9 @@ struct GateGradients {
   const Real* dgx;        // [rows, GH] x side
   const Real* dgh;        // [rows, GH] h side (the same as dgx unless the cell has apart gates)
   const Real* dproj;      // [rows, P]  gradient of the projection's outputs, or null
-  const Real* bias_sums;  // [sets, B, GH] per batch row sums over the steps of dgx (set 0)
-                          // and, with two sets, of dgh (set 1)
-  int64_t sets;
+  const Real* bias_sums;  // [sets, groups, GH] per group of rows sums over the steps of dgx
+                          // (set 0) and, with two sets, of dgh (set 1)
+  int64_t sets, groups;
 };
 
 // Backward phase 3, the weight gradients: dx, dW_ih, dW_hh, dW_hr as whole-sequence GEMMs over
@@ -880,7 +881,7 @@ void weight_gradients(const BackwardArgs<Real>& a, const LayerPlan& plan, const 
   Real* const db_out[2] = {a.db_ih, a.db_hh};
   for (int q = 0; q < 2; ++q) {
     if (!db_out[q]) continue;
-    sum_rows(g.bias_sums + (g.sets == 2 ? q : 0) * B * GH, B, GH, db_out[q]);
+    sum_rows(g.bias_sums + (g.sets == 2 ? q : 0) * g.groups * GH, g.groups, GH, GH, db_out[q]);
   }
   if (a.dw_hr && P > 0)
     gemm<Real>(ex, P, H, N, dense(g.dproj, P, P, dr_b), 1, P,
@@ -939,21 +940,25 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   Real* const dgate_panels[2] = {dgate_panel0.get(), dgate_panel1.get()};
   auto panel_off = [&](int64_t r0) { return (r0 / block_rows) * panel_block_rows * GH; };
   // The bias gradients are the column sums of dG (x side for b_ih, h side for b_hh), kept
-  // per batch row (summed over the rows after the loop): a task adds its rows while they are
-  // still in cache, only the thread that owns a row adds to its sums, and no sum's order
-  // depends on how the rows were split between the threads.
+  // per group of group_rows rows (summed over the groups after the loop): a task adds its rows
+  // while they are still in cache, only the thread that owns a row adds to its group's sums,
+  // and no sum's order depends on the thread count. Up to kRowSplitMaxRows rows (where the row
+  // split, whose blocks follow the thread count, may run) a group is one row; above, a row
+  // block of the (row block, strip) schedule, whose blocks follow B alone.
+  const int64_t group_rows = B <= kRowSplitMaxRows ? 1 : block_rows;
+  const int64_t groups = ceil_div(B, group_rows);
   const int64_t bias_sums = (a.db_ih || a.db_hh) ? (kSplit ? 2 : 1) : 0;
-  Buffer<Real> dbsum(bias_sums * B * GH);
-  fill_n(dbsum.get(), bias_sums * B * GH, Real(0));
+  Buffer<Real> dbsum(bias_sums * groups * GH);
+  fill_n(dbsum.get(), bias_sums * groups * GH, Real(0));
   // The gradients of the cell's own parameters, summed the same way (BwdStep::dparam_sums).
-  Buffer<Real> dparam_sums(B * Math::kParams * H);
-  fill_n(dparam_sums.get(), B * Math::kParams * H, Real(0));
+  Buffer<Real> dparam_sums(groups * Math::kParams * H);
+  fill_n(dparam_sums.get(), groups * Math::kParams * H, Real(0));
   // Once the rows of its block are done, a task
   // - packs the block for the next step's GEMM: rows [r0, r1) (rows of the block's panel past
   //   r1 become zeros, and are never read) and, in each gate, units [j0, j1), by an
   //   in-register transpose (cheaper than scattering each value to its panel slot as it is
   //   computed);
-  // - adds the block's columns to its rows' bias-gradient sums.
+  // - adds the block's columns to its groups' bias-gradient sums.
   // With layer normalisation the bias sums come first (the biases add after the
   // normalisation), and the packing after the gate gradients went through it.
   auto pack_block = [&](Real* pk, int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
@@ -967,20 +972,22 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   auto bias_block = [&](int64_t t, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
     const Real* gsrc[2] = {dgx.get() + row0(t) * GH, dgh + row0(t) * GH};
     for (int64_t q = 0; q < bias_sums; ++q)
-      for (int64_t b = r0; b < r1; ++b) {
-        Real* sum = dbsum.get() + (q * B + b) * GH;
-        const Real* g = gsrc[q] + b * GH;
+      for (int64_t g0 = r0, g1; g0 < r1; g0 = g1) {  // the task's rows of each group
+        g1 = imin(r1, (g0 / group_rows + 1) * group_rows);
+        Real* sum = dbsum.get() + (q * groups + g0 / group_rows) * GH;
         for (int64_t k = 0; k < G; ++k)
           for_units<Real>(k * H + j0, k * H + j1, [&](auto v, int64_t n) {
             using V = decltype(v);
-            (V::load(sum + n) + V::load(g + n)).store(sum + n);
+            V acc = V::load(sum + n);
+            for (int64_t b = g0; b < g1; ++b) acc = acc + V::load(gsrc[q] + b * GH + n);
+            acc.store(sum + n);
           });
       }
   };
 
   // Layer normalisation (Math::kLayerNorm; as the forward pass): per (row, strip) sums of the
   // gate gradients times the gains, and of those times the normalised values, x side then h
-  // side ([B, strips, 4]); the gains' gradients per batch row ([B, 2, GH]); with a
+  // side ([B, strips, 4]); the gains' gradients per group of rows ([groups, 2, GH]); with a
   // normalised output, the sums of dL/d(normalised value) and of it times that value
   // ([B, strips, 2]), and that gradient with the cell's stash.
   constexpr bool kLn = Math::kLayerNorm, kNormOut = Math::kNormOut;
@@ -988,8 +995,8 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
   const int64_t ln_block = Math::kSavedBlocks - 2 * G;
   Buffer<Real> gate_part(kLn ? B * hidden_strips * 4 : 0),
       out_part(kNormOut ? B * hidden_strips * 2 : 0),
-      stage(kNormOut ? B * (1 + Math::kStash) * H : 0), ln_sums(kLn ? B * 2 * GH : 0);
-  fill_n(ln_sums.get(), kLn ? B * 2 * GH : 0, Real(0));
+      stage(kNormOut ? B * (1 + Math::kStash) * H : 0), ln_sums(kLn ? groups * 2 * GH : 0);
+  fill_n(ln_sums.get(), kLn ? groups * 2 * GH : 0, Real(0));
   const Real* const gain_ih = kLn ? a.cell_w[Math::kLnIh] : nullptr;
   const Real* const gain_hh = kLn ? a.cell_w[Math::kLnHh] : nullptr;
 
@@ -1017,6 +1024,7 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     st.dgh = dgh + row0(t) * GH;
     st.cell_w = a.cell_w;
     st.dparam_sums = dparam_sums.get();
+    st.group_rows = group_rows;
     st.params = Math::kParams;
     st.zone_c = zone_c;
     st.zc = a.zoneout[1] ? a.zoneout[1] + row0(t) * H : nullptr;
@@ -1059,7 +1067,7 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     auto gate_sums = [&](int64_t b, int64_t s, int64_t j0, int64_t j1) {
       if constexpr (kLn) {
         const Real* w = st.ws + b * WS + ln_block * H;  // the normalised values, x then h side
-        Real* lsum = ln_sums.get() + b * 2 * GH;
+        Real* lsum = ln_sums.get() + (b / group_rows) * 2 * GH;
         Real* part = gate_part.get() + (b * hidden_strips + s) * 4;
         const Real* grads[2] = {st.dgx + b * GH, st.dgh + b * GH};
         const Real* gains[2] = {gain_ih, gain_hh};
@@ -1278,22 +1286,14 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     if (!a.dcell_w[n]) continue;
     if (Math::kLayerNorm && (n == Math::kLnIh || n == Math::kLnHh)) {  // [GH] gains
       const int side = n == Math::kLnIh ? 0 : 1;
-      for (int64_t m = 0; m < GH; ++m) {
-        Real v = Real(0);
-        for (int64_t b = 0; b < B; ++b) v += ln_sums.get()[(b * 2 + side) * GH + m];
-        a.dcell_w[n][m] = v;
-      }
+      sum_rows(ln_sums.get() + side * GH, groups, GH, 2 * GH, a.dcell_w[n]);
       continue;
     }
-    for (int64_t j = 0; j < H; ++j) {
-      Real v = Real(0);
-      for (int64_t b = 0; b < B; ++b) v += dparam_sums.get()[(b * Math::kParams + n) * H + j];
-      a.dcell_w[n][j] = v;
-    }
+    sum_rows(dparam_sums.get() + n * H, groups, H, Math::kParams * H, a.dcell_w[n]);
   }
 
   const GateGradients<Real> grads{dgx.get(), dgh, P > 0 ? dR.get() : nullptr, dbsum.get(),
-                                  bias_sums};
+                                  bias_sums, groups};
   weight_gradients(a, plan, cell, active, grads, ex);
 }
 
