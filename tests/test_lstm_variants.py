@@ -246,19 +246,27 @@ def test_packed_sequence_float64(variant, enforce_sorted):
 def assert_float32_as_accurate_as_the_equations(actual, expected, oracle32, what):
     """rnnfast in float32 against the float64 equations: within 1e-4, or, where the problem
     itself loses more in float32 (layer normalisation's gradients reach 10-60 here, and the
-    equations evaluated in float32 miss their own float64 values by up to 1e-2), within 4x
-    the float32 equations' own error: two float32 evaluations that sum in different orders
-    (the SIMD paths' GEMM blocking, torch's) miss by amounts a factor of 2 apart (measured:
-    2.06x on the AVX2 path), while a wrong kernel misses by orders of magnitude more. Every
-    output, state and gradient."""
+    equations evaluated in float32 miss their own float64 values by up to 1e-2), as accurate
+    as the float32 equations (torch) up to a factor: the whole tensor's error (its norm) within
+    4x theirs, and no element's error over 8x their largest. Two float32 evaluations that sum
+    in different orders miss by amounts a few times apart (measured, norm / largest element:
+    AVX-512 path up to 2.3 / 2.3, AVX2 2.0 / 2.8, the portable scalar path, which rounds every
+    multiply and add apart, 3.1 / 4.4 on an Intel Xeon whose torch misses less than on the AMD
+    EPYC where the factor was first set; one element's error is a single draw, the norm sums
+    them all). A wrong kernel misses by orders of magnitude more. Every output, state and
+    gradient."""
     assert sorted(actual) == sorted(expected)
     for k, e in expected.items():
         if not isinstance(e, torch.Tensor) or not e.is_floating_point():
             continue
-        err = (actual[k].double() - e).abs().max().item()
-        own = (oracle32[k].double() - e).abs().max().item()
-        assert err <= max(1e-4, 4 * own), (
-            f"{what}: {k}: float32 error {err:.3g}, the float32 equations' {own:.3g}")
+        diff, own_diff = actual[k].double() - e, oracle32[k].double() - e
+        err, own = diff.abs().max().item(), own_diff.abs().max().item()
+        if err <= 1e-4:
+            continue
+        norm, own_norm = diff.norm().item(), own_diff.norm().item()
+        assert norm <= 4 * own_norm and err <= 8 * own, (
+            f"{what}: {k}: float32 error {err:.3g} (norm {norm:.3g}), the float32 equations' "
+            f"{own:.3g} (norm {own_norm:.3g})")
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
