@@ -160,7 +160,7 @@ struct LayerPlan {
   bool packed_panel = false;      // the step GEMM reads its left operand (h_{t-1} forward, the
                                   // gate gradients backward) from a packed panel
   bool stream_workspace = false;  // forward: workspace written with non-temporal stores
-  bool row_split = false;         // forward: each thread owns whole rows of the batch for the
+  bool row_split = false;         // each thread owns whole rows of the batch for the
                                   // whole call (one row block per thread), so the steps need
                                   // no barrier: rows never exchange data
   int64_t block_rows = 0;         // batch rows per row block of a step

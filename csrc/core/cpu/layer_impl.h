@@ -255,10 +255,9 @@ inline void sum_rows(const Real* m, int64_t rows, int64_t cols, int64_t ld, Real
 // barrier. The (row block, strip) split of the other plans meets the team at the end of every
 // step (and at each reduction of layer normalisation), which at small sizes costs a large
 // share of the step. The price: every thread streams all of W_hh each step instead of its
-// strips, and its register tiles get fewer rows. Measured on Zen 4 (AVX-512) and with the AVX2
-// path, 2 threads (bench/results/row-split-2026-12-01.md), the row split's time over the
-// strip split's (bench/row_split_ab.py, bench/results/row-split-2026-12-01.md; Intel Xeon
-// with 2 MB of L2 per core): from 4 rows per thread with W_hh up to 256 KB (H = 128 LSTM)
+// strips, and its register tiles get fewer rows. Measured, 2 threads, the row split's time over
+// the strip split's (bench/row_split_ab.py, bench/results/row-split-2026-12-01.md; Intel Xeon
+// with 2 MB of L2 per core, AVX-512 and AVX2 paths): from 4 rows per thread with W_hh up to 256 KB (H = 128 LSTM)
 // inference 0.74-0.96, training (the backward step loses 1-3 barriers) 0.68-0.92; with W_hh of
 // 1 MB (H = 256) 0.93-1.07 from 8 rows per thread, 1.00-1.07 at 4 rows on AVX-512; at 2 rows
 // per thread up to 1.17. The 1 MB tier is taken only where W_hh fits in half of a core's L2:
@@ -300,9 +299,10 @@ inline void choose_row_split(LayerPlan& p, int64_t B, int64_t T, const int64_t* 
     want = weight_bytes <= kRowSplitSmallWeights ? busiest * nth * 2 <= total * 3
                                                   : busiest * nth * 8 <= total * 9;
   }
+  if (!possible) return;  // (no environment lookup on the cells' one-step calls)
   if (const char* force = std::getenv("RNNFAST_ROW_SPLIT"))
     if (force[0] == '0' || force[0] == '1') want = force[0] == '1';
-  p.row_split = possible && want;
+  p.row_split = want;
   if (p.row_split) {
     p.block_rows = rows;
     p.row_blocks = nth;
