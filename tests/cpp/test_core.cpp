@@ -833,6 +833,21 @@ void check_plans() {
   expect(!forward(2, 16, 64, 64, nullptr).row_split,
          "plan: no row split when the weights are read in place");
   if (env) setenv("RNNFAST_ROW_SPLIT", saved_env.c_str(), 1);
+  // A training forward streams a large workspace with non-temporal stores; with vectors
+  // narrower than a cache line (AVX2, scalar) only while it writes at most 8 H-wide blocks
+  // per row (GRU: 4 saved + h_{t-1}; GRU with layer norm: 10 + h_{t-1}).
+  alignas(64) static float ws_stub[16];  // only its alignment is read
+  auto gru_ws = [&](Cell cell) {
+    ForwardArgs<float> a;
+    a.cell = cell;
+    a.T = 200; a.B = 32; a.I = 128; a.H = 128; a.ws = ws_stub;  // GRU: 16 MB
+    return plan_forward(a, 2);
+  };
+  const bool line_wide = active_isa() == Isa::Avx512;  // 16 floats = 64 bytes
+  expect(gru_ws(Cell::GRU).stream_workspace &&
+             gru_ws(Cell::GRU_LN).stream_workspace == line_wide,
+         std::string("plan: workspace streaming on ") + isa_name(active_isa()) + ": GRU " +
+             to_string(gru_ws(Cell::GRU)) + "; GRU_LN " + to_string(gru_ws(Cell::GRU_LN)));
   const LayerPlan rows = forward(10, 300, 8, 8, nullptr);
   expect(rows.row_blocks * rows.block_rows >= 300 && (rows.row_blocks - 1) * rows.block_rows < 300,
          "plan: the row blocks cover the batch: " + to_string(rows));
