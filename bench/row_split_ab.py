@@ -107,7 +107,8 @@ def main(argv=None) -> int:
                 strip_ms = statistics.median(samples["0"])
                 name = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn_tanh"}[cell] + ("_ln" if kw else "")
                 # (_C.plan takes no lengths: for packed rows it shows the dense call's plan)
-                auto = ["row_split=1" in rnnfast._C.plan(name, bwd, T, B, I, H, 0, a.threads)
+                auto = ["row_split=1" in rnnfast._C.plan(name, bwd, T, B, I, H, 0, a.threads,
+                                                         training=train)
                         for bwd in ((False, True) if train else (False,))]
                 rows.append({"cell": cell + ("_ln" if kw else ""), "config": config, "mode": mode,
                              "packed": a.packed,

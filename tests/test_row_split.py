@@ -37,14 +37,14 @@ T, B, I, H = 7, 16, 24, 48
 LENGTHS = [3, 7, 1, 5, 7, 2, 6, 4, 7, 1, 3, 5, 2, 6, 4, 7]  # unsorted
 
 
-def _build(name, dtype):
+def _build(name, dtype, batch=B):
     kind, kw = CASES[name]
     torch.manual_seed(0)
     m = getattr(rnnfast, kind)(I, H, bidirectional=True, dtype=dtype, **kw)
     m.train()  # zoneout draws its masks (from the seed _run sets)
     lstm = kind == "LSTM"
-    leaves = {"x": randn(T, B, I, dtype=dtype, seed=1)}
-    hs, cs = hx_shapes(kind, 1, True, B, H, kw.get("proj_size", 0))
+    leaves = {"x": randn(T, batch, I, dtype=dtype, seed=1)}
+    hs, cs = hx_shapes(kind, 1, True, batch, H, kw.get("proj_size", 0))
     leaves["h0"] = randn(*hs, dtype=dtype, seed=2)
     if cs is not None:
         leaves["c0"] = randn(*cs, dtype=dtype, seed=3)
@@ -100,6 +100,23 @@ def test_row_split_matches_strip_split_and_one_thread(name, packed, threads_rest
                     got = _run(m, leaves, call, threads, schedule)
                     _assert_same(ref, got, f"{name} {path} {dtype} {threads} threads, "
                                            f"RNNFAST_ROW_SPLIT={schedule}")
+
+
+@pytest.mark.parametrize("name", ["lstm_ln_proj_zoneout", "gru_ln_zoneout"])
+def test_layer_norm_training_splits_two_rows_per_thread(name, threads_restored):
+    """Layer-normalised cells in training take the row split from 2 rows per thread (B = 4 on
+    2 threads; other cells from 4): the planner picks it there, forward and backward, and the
+    results are those of one thread, bit for bit, on every SIMD path."""
+    cell = "lstm_ln" if name.startswith("lstm") else "gru_ln"
+    for path in SIMD_PATHS:
+        with simd_path(path):
+            assert "row_split=1" in rnnfast._C.plan(cell, True, T, 4, I, H, 0, 2), path
+            assert "row_split=1" in rnnfast._C.plan(cell, False, T, 4, I, H, 0, 2, training=True)
+            assert "row_split=0" in rnnfast._C.plan(cell, False, T, 4, I, H, 0, 2), path
+            m, leaves, lstm = _build(name, torch.float32, batch=4)
+            call = call_dense(lstm)
+            _assert_same(_run(m, leaves, call, 1, None), _run(m, leaves, call, 2, None),
+                         f"{name} {path} B=4 2 threads")
 
 
 def test_row_split_changes_nothing_torch_sees(threads_restored):

@@ -250,7 +250,7 @@ PYBIND11_MODULE(_C, m) {
                                 "', expected one of scalar, avx2, avx512");
   }, "Forces the SIMD instruction set (for testing).");
   m.def("plan", [](const std::string& cell, bool backward, int64_t T, int64_t B, int64_t I,
-                   int64_t H, int64_t P, int threads) {
+                   int64_t H, int64_t P, int threads, bool training) {
     const core::CellInfo* info = core::find_cell(cell.c_str());
     if (!info) throw std::invalid_argument("rnnfast: unknown cell '" + cell + "'");
     if (backward) {
@@ -262,11 +262,14 @@ PYBIND11_MODULE(_C, m) {
     core::ForwardArgs<float> a;
     a.cell = info->id;
     a.T = T; a.B = B; a.I = I; a.H = H; a.P = P;
+    alignas(64) static float workspace_stub[16];  // a training forward saves a workspace; the
+    if (training) a.ws = workspace_stub;          // planner reads only its address's alignment
     return core::to_string(core::plan_forward(a, threads));
   }, py::arg("cell"), py::arg("backward"), py::arg("T"), py::arg("B"), py::arg("I"),
-     py::arg("H"), py::arg("P") = 0, py::arg("threads") = 1,
+     py::arg("H"), py::arg("P") = 0, py::arg("threads") = 1, py::arg("training") = false,
         "The CPU driver's plan (csrc/core/rnn.h: LayerPlan) of a dense float32 layer call on "
-        "the active SIMD path, as 'field=value ...' (for benchmarks and tests).");
+        "the active SIMD path, as 'field=value ...' (for benchmarks and tests); training: a "
+        "forward that saves the workspace (a backward call is always training).");
   m.def("scratch_cached_bytes", [] { return core::scratch_cached_bytes(); },
         "Bytes of large CPU scratch blocks kept for the next kernel call.");
   m.def("release_scratch", [] { core::release_scratch(); },

@@ -832,6 +832,27 @@ void check_plans() {
              to_string(backward(50, 16, 64, nullptr)));
   expect(!forward(2, 16, 64, 64, nullptr).row_split,
          "plan: no row split when the weights are read in place");
+  // Layer-normalised cells in training (three barriers per step each way under the strip
+  // split) take the row split from 2 rows per thread, with W_hh up to 256 KB.
+  alignas(64) static float ln_ws[16];  // only its alignment is read
+  auto ln_plan = [&](bool backward, bool training, int64_t B, int64_t H) {
+    if (backward) {
+      BackwardArgs<float> a;
+      a.cell = Cell::LSTM_LN;
+      a.T = 200; a.B = B; a.I = H; a.H = H;
+      return plan_backward(a, 2);
+    }
+    ForwardArgs<float> a;
+    a.cell = Cell::LSTM_LN;
+    a.T = 200; a.B = B; a.I = H; a.H = H;
+    if (training) a.ws = ln_ws;
+    return plan_forward(a, 2);
+  };
+  expect(ln_plan(false, true, 4, 128).row_split && ln_plan(true, true, 4, 128).row_split &&
+             !ln_plan(false, false, 4, 128).row_split && !ln_plan(true, true, 4, 256).row_split &&
+             !ln_plan(true, true, 2, 128).row_split && !backward(50, 4, 64, nullptr).row_split,
+         "plan: layer norm in training splits 4 rows (256 KB of W_hh) over 2 threads: " +
+             to_string(ln_plan(false, true, 4, 128)));
   if (env) setenv("RNNFAST_ROW_SPLIT", saved_env.c_str(), 1);
   // A training forward streams a large workspace with non-temporal stores; with vectors
   // narrower than a cache line (AVX2, scalar) only while it writes at most 8 H-wide blocks

@@ -268,24 +268,34 @@ inline void sum_rows(const Real* m, int64_t rows, int64_t cols, int64_t ld, Real
 // (768 KB; LSTM there 0.91): it is taken while the busiest block has at most 1.5x the average
 // work with W_hh up to 256 KB, 1.125x above (a batch of a few long and many short sequences
 // goes to the strip split, which shares each step's rows whatever their lengths).
+// A layer-normalised step meets the team three times each way under the strip split (the
+// moments of both products, then those of the normalised output), so in training (forward
+// saving the workspace, and backward) these cells take the row split from 2 rows per thread,
+// with W_hh up to 256 KB: measured training 0.72-0.84 at 200,4,128,128 and 50,4,64,64 (LSTM and
+// GRU, both paths) but LSTM 200,4,128,128 on AVX2 1.05; inference there 0.85-1.33, so
+// inference keeps the rule above.
 constexpr int64_t kRowSplitMinRows = 4;
+constexpr int64_t kRowSplitMinRowsLnTraining = 2;
 constexpr int64_t kRowSplitMaxRows = 128;  // (one row block of the other schedule)
 constexpr int64_t kRowSplitSmallWeights = int64_t(256) << 10;  // from kRowSplitMinRows rows
 constexpr int64_t kRowSplitMaxWeights = int64_t(1) << 20;      // from 8 rows per thread
 
 // Sets p.row_split (and the row blocks: one per thread) for B rows over T steps with `lengths`
-// (null: all T), a W_hh of weight_bytes and `threads` threads, forward and backward alike.
+// (null: all T), a W_hh of weight_bytes and `threads` threads, forward and backward alike;
+// ln_training: a layer-normalised cell's training call (see kRowSplitMinRowsLnTraining).
 // RNNFAST_ROW_SPLIT=0 or 1 overrides the sizes' choice (for A/B runs: bench/row_split_ab.py; 1
 // still needs at least one row per thread).
 inline void choose_row_split(LayerPlan& p, int64_t B, int64_t T, const int64_t* lengths,
-                             int64_t weight_bytes, int threads) {
+                             int64_t weight_bytes, int threads, bool ln_training) {
   const int64_t nth = imax(1, threads);
   const int64_t rows = ceil_div(B, nth);
   const bool possible = p.parallel && nth > 1 && !p.weights_in_place && B <= kRowSplitMaxRows &&
                         ceil_div(B, rows) == nth;
   const int64_t max_weights = imin(kRowSplitMaxWeights, cpu_l2_cache_bytes() / 2);
-  bool want = rows >= kRowSplitMinRows &&
-              (weight_bytes <= kRowSplitSmallWeights || (rows >= 8 && weight_bytes <= max_weights));
+  const int64_t min_rows = ln_training ? kRowSplitMinRowsLnTraining : kRowSplitMinRows;
+  bool want = rows >= min_rows &&
+              (weight_bytes <= kRowSplitSmallWeights ||
+               (rows >= 8 && weight_bytes <= max_weights));
   // The steps compute only the active prefix of sorted lengths; with lengths in any other
   // order every row takes part in every step's GEMM, and the blocks' work is equal.
   if (want && possible && lengths && summarize_lengths(lengths, B, T).prefix) {
@@ -391,7 +401,7 @@ LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
                        reinterpret_cast<uintptr_t>(a.ws) % (W * bytes) == 0 && H % W == 0 &&
                        WS % W == 0 &&
                        (W * bytes >= 64 || ws_blocks <= kMaxPartialLineStreams);
-  choose_row_split(p, B, T, a.lengths, GH * S * bytes, threads);
+  choose_row_split(p, B, T, a.lengths, GH * S * bytes, threads, cell.layer_norm() && a.ws);
   return p;
 }
 
@@ -418,7 +428,8 @@ LayerPlan make_backward_plan(const BackwardArgs<Real>& a, int threads) {
   // whenever the lengths leave some (t, b) inactive, the active rows are gathered densely
   // first. A packed call's rows already are.
   p.compact_rows = a.packed || summarize_lengths(a.lengths, B, T).active < T * B;
-  choose_row_split(p, B, T, a.lengths, GH * S * int64_t(sizeof(Real)), threads);
+  choose_row_split(p, B, T, a.lengths, GH * S * int64_t(sizeof(Real)), threads,
+                   cell.layer_norm());
   return p;
 }
 
