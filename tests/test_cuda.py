@@ -31,9 +31,9 @@ if os.environ.get("RNNFAST_REQUIRE_CUDA") == "1" and not _AVAILABLE:
 pytestmark = pytest.mark.skipif(not _AVAILABLE, reason="needs a GPU and rnnfast's CUDA kernels")
 
 CUDA = torch.device("cuda")
-# The cells with CUDA kernels: the layer-normalised ones have CPU kernels only (their CUDA op
-# raises; modules run the reference loop there, see test_layer_norm_runs_the_reference_loop).
-CUDA_CELLS = [c for c in ops.CELLS if not _cells.cell(c).layer_norm]
+# Every cell has CUDA kernels (the layer-normalised ones since 2026-12-01: one block per row).
+CUDA_CELLS = list(ops.CELLS)
+LN_CELLS = [c for c in ops.CELLS if _cells.cell(c).layer_norm]
 
 
 @pytest.fixture(autouse=True)
@@ -441,26 +441,38 @@ def test_large_batch_and_hidden_float32_matches_cudnn():
     _check_float32("LSTM", ref, new, leaves, call_dense(True), "large LSTM")
 
 
-@pytest.mark.parametrize("cell", [c for c in ops.CELLS if c not in CUDA_CELLS])
-def test_layer_norm_op_raises_on_cuda(cell):
-    """The CUDA op refuses a layer-normalised cell by name instead of running without it."""
-    args = op_args(cell, projections(cell)[-1], dtype=torch.float32, device=CUDA,
-                   requires_grad=False)
-    with pytest.raises(RuntimeError, match=f"the {cell} cell \\(layer_norm=True\\) has no CUDA"):
-        torch.ops.rnnfast.layer(*args)
-
-
-def test_layer_norm_runs_the_reference_loop(monkeypatch):
-    """rnnfast.LSTM/GRU(layer_norm=True) on CUDA: the reference loop, with a warning, and the
-    CPU kernels' results."""
-    from rnnfast import modules
-    monkeypatch.setattr(modules, "_warned_devices", set())
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cls", [rnnfast.LSTM, rnnfast.GRU], ids=lambda c: c.__name__)
+def test_layer_norm_modules_match_cpu_kernels(cls, layers):
+    """rnnfast.LSTM/GRU(layer_norm=True, with peephole, projection, zoneout's expectation) on
+    CUDA in float64: outputs, final states and every gradient against the same module on the
+    CPU kernels, bidirectional, with lengths (a PackedSequence); H = 300 is more units than
+    the threads of a row's block (256)."""
     torch.manual_seed(0)
-    for cls in (rnnfast.LSTM, rnnfast.GRU):
-        m = cls(4, 6, num_layers=2, bidirectional=True, layer_norm=True, dtype=torch.float64)
-        x = torch.randn(5, 3, 4, dtype=torch.float64)
-        want, _ = m(x)
-        with pytest.warns(UserWarning, match="layer_norm=True has CPU kernels only"):
-            got, _ = copy.deepcopy(m).to(CUDA)(x.to(CUDA))
-        monkeypatch.setattr(modules, "_warned_devices", set())
-        torch.testing.assert_close(got.cpu(), want, atol=1e-10, rtol=0)
+    extra = dict(peephole=True, proj_size=5) if cls is rnnfast.LSTM else {}
+    m = cls(7, 300, num_layers=layers, bidirectional=True, layer_norm=True, zoneout=0.2,
+            dtype=torch.float64, **extra)
+    with torch.no_grad():  # gains away from 1, so that a swapped gain shows
+        for name, p in m.named_parameters():
+            if name.startswith("ln_"):
+                p.uniform_(0.5, 1.5)
+    x = torch.randn(6, 4, 7, dtype=torch.float64)
+    lengths = torch.tensor([6, 3, 5, 1])
+    results = {}
+    for device in ("cpu", CUDA):
+        mod = copy.deepcopy(m).to(device).eval()  # zoneout: the expectation on both devices
+        xd = x.to(device).requires_grad_()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xd, lengths, enforce_sorted=False)
+        out, state = mod(packed)
+        padded, _ = torch.nn.utils.rnn.pad_packed_sequence(out)
+        states = state if isinstance(state, tuple) else (state,)
+        loss = (padded * torch.linspace(-1, 1, padded.numel(), dtype=padded.dtype,
+                                        device=padded.device).reshape(padded.shape)).sum()
+        loss = loss + sum((s * s).sum() for s in states)
+        grads = torch.autograd.grad(loss, [xd] + list(mod.parameters()))
+        results[str(device)] = {"out": padded, **{f"state{k}": s for k, s in enumerate(states)},
+                                "grad:input": grads[0],
+                                **{f"grad:{n}": g for (n, _), g in
+                                   zip(mod.named_parameters(), grads[1:])}}
+    assert_results_close(_to(results["cuda"], "cpu"), results["cpu"], atol=1e-9,
+                         what=f"{cls.__name__} layer_norm layers={layers}")

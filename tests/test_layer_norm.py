@@ -267,15 +267,6 @@ def test_reference_loop_runs_layer_norm_where_kernels_do_not(monkeypatch):
     m = rnnfast.LSTM(4, 6, num_layers=2, layer_norm=True, peephole=True, dtype=torch.float64)
     x = randn(5, 3, 4, seed=3)
     fused, _ = m(x)
-    monkeypatch.setattr(modules, "_layer_fn", lambda device, cell=None: _reference.layer)
+    monkeypatch.setattr(modules, "_layer_fn", lambda device: _reference.layer)
     loop, _ = m(x)
     torch.testing.assert_close(fused, loop, atol=1e-12, rtol=0)
-
-
-def test_layer_fn_routes_layer_norm_off_the_cpu(monkeypatch):
-    from rnnfast import _cells, _reference, modules, ops
-    monkeypatch.setattr(modules, "_warned_devices", set())
-    cell = _cells.cell("gru_ln")
-    assert modules._layer_fn(torch.device("cpu"), cell) is ops.layer
-    with pytest.warns(UserWarning, match="layer_norm=True has CPU kernels only"):
-        assert modules._layer_fn(torch.device("meta"), cell) is _reference.layer

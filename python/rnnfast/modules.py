@@ -56,20 +56,17 @@ def _cell_weight_names(cell_name: str, bias: bool) -> Tuple[str, ...]:
     return names
 
 
-def _layer_fn(device: torch.device, cell: Optional[_cells.Cell] = None):
-    """The fused op where this build has native kernels for the device (and the cell: the
-    layer-normalised cells have CPU kernels only); elsewhere the plain-PyTorch loop, with a
-    one-time warning. Under torch.onnx.export, the ONNX export of a layer."""
+def _layer_fn(device: torch.device):
+    """The fused op where this build has native kernels for the device; elsewhere the
+    plain-PyTorch loop, with a one-time warning. Under torch.onnx.export, the ONNX export of
+    a layer."""
     if _onnx.exporting():
         return _onnx.layer
-    layer_norm_off = cell is not None and cell.layer_norm and device.type != "cpu"
-    if ops.has_native_kernels(device.type) and not layer_norm_off:
+    if ops.has_native_kernels(device.type):
         return ops.layer
-    key = (device.type, layer_norm_off)
-    if key not in _warned_devices:
-        _warned_devices.add(key)
-        why = ("layer_norm=True has CPU kernels only" if layer_norm_off else
-               "its CUDA kernels are off (RNNFAST_CUDA_KERNELS=1 turns them on)"
+    if device.type not in _warned_devices:
+        _warned_devices.add(device.type)
+        why = ("its CUDA kernels are off (RNNFAST_CUDA_KERNELS=1 turns them on)"
                if device.type == "cuda" and _C.cuda_built else "it has no native kernels for it")
         warnings.warn(
             f"rnnfast: device '{device.type}' runs the plain-PyTorch reference implementation "
@@ -412,7 +409,7 @@ class RNNBase(nn.Module):
         cell = self._cell
         # the initial states, stacked: (h0,) or (h0, c0), each [layers * directions, B, *]
         stacked = None if hx is None else tuple(hx) if cell.cell_state else (hx,)
-        run = _layer_fn(x.device, cell)
+        run = _layer_fn(x.device)
         num_directions = 2 if self.bidirectional else 1
         # DropConnect (weight_drop): in training, W_hh through inverted dropout, one mask per
         # call for all its steps (a call runs the whole sequence)
@@ -691,8 +688,7 @@ class RNNCellBase(nn.Module):
     def _step(self, input: Tensor, states: List[Optional[Tensor]], cell: str) -> List[Tensor]:
         """One fused step of ``cell`` from the given states ([h] or [h, c]; all None: zeros, a
         single None: zeros for that state); returns the new states."""
-        run = (ops.layer if input.is_cpu and not _onnx.exporting() else
-               _layer_fn(input.device, _cells.DESCRIPTIONS[self._cell_name]))
+        run = ops.layer if input.is_cpu and not _onnx.exporting() else _layer_fn(input.device)
         missing = [s is None for s in states]
         if all(missing):
             states = []

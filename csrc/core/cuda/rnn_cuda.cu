@@ -218,16 +218,6 @@ void check_projection(Cell cell, int64_t P) {
                              " cell takes no projection, got P = " + std::to_string(P));
 }
 
-// The layer-normalised cells (cells.h: layer_norm) have CPU kernels only so far: their
-// per-step row reductions are not written for CUDA yet.
-void check_no_layer_norm(Cell cell) {
-  if (cell_info(cell).layer_norm())
-    throw std::runtime_error(std::string("rnnfast CUDA: the ") + cell_info(cell).name +
-                             " cell (layer_norm=True) has no CUDA kernels yet; run it on the "
-                             "CPU, or on CUDA through the reference loop "
-                             "(RNNFAST_CUDA_KERNELS=0)");
-}
-
 // The packed layout (rnn.h) is for the CPU kernels only.
 void check_not_packed(bool packed) {
   if (packed)
@@ -264,6 +254,8 @@ struct ForwardScratch {
   Acc* c;               // [B, H]       the cell state (cells with one), or null
   Storage* proj_input;  // [B, H]       with P: the projection input o * tanh(c_t), or null
   Acc* projected;       // [B, P]       with P: proj_input W_hr^T, or null
+  Acc* stage;           // [B, 2, H]    a normalised output (norm_out): the value to
+                        //              normalise, then the cell's stash; or null
   size_t bytes;
 
   ForwardScratch(const ForwardArgs& a, void* base) {
@@ -276,6 +268,7 @@ struct ForwardScratch {
     c = n.cell.cell_state ? carve.take<Acc>(n.B * n.H) : nullptr;
     proj_input = n.P > 0 ? carve.take<Storage>(n.B * n.H) : nullptr;
     projected = n.P > 0 ? carve.take<Acc>(n.B * n.P) : nullptr;
+    stage = n.cell.norm_out() ? carve.take<Acc>(n.B * 2 * n.H) : nullptr;
     bytes = carve.used;
   }
 };
@@ -283,7 +276,8 @@ struct ForwardScratch {
 template <class Acc>
 struct BackwardScratch {
   Acc* dgx;          // [T, B, G*H]  gradient of the gate pre-activations, x side
-  Acc* dgh;          // [T, B, G*H]  h side: its own array for cells with apart gates, else dgx
+  Acc* dgh;          // [T, B, G*H]  h side: its own array for cells with apart gates or layer
+                     //              normalisation, else dgx
   Acc* dh;           // [B, S]       gradient w.r.t. the state
   Acc* dc;           // [B, H]       gradient w.r.t. the cell state (cells with one), or null
   Acc* dprojected;   // [T, B, P]    with P: gradient w.r.t. proj_input W_hr^T, or null
@@ -292,6 +286,12 @@ struct BackwardScratch {
                      //              own parameters (zero for inactive rows), or null
   Acc* ones;         // [max(T*B, 1)] ones, for the bias and own parameter gradients as GEMVs;
                      //              null when none of them is wanted
+  Acc* ln_parts;     // [T, B, 4, G*H] layer normalisation: each (t, b)'s gradient of the
+                     //              normalised pre-activations, x side and h side (the biases'
+                     //              parts), then those times the normalised values (the gains'
+                     //              parts; zero for inactive rows); or null
+  Acc* stage;        // [B, 2, H]    a normalised output: dL/d(normalised value), then the
+                     //              cell's stash; or null
   size_t bytes;
 
   BackwardScratch(const BackwardArgs& a, void* base) {
@@ -299,13 +299,15 @@ struct BackwardScratch {
     const int64_t rows = n.T * n.B;
     Carve carve{static_cast<char*>(base)};
     dgx = carve.take<Acc>(rows * n.GH);
-    dgh = n.cell.apart_gates ? carve.take<Acc>(rows * n.GH) : dgx;
+    dgh = n.cell.apart_gates || n.cell.layer_norm() ? carve.take<Acc>(rows * n.GH) : dgx;
     dh = carve.take<Acc>(n.B * n.S);
     dc = n.cell.cell_state ? carve.take<Acc>(n.B * n.H) : nullptr;
     dprojected = n.P > 0 ? carve.take<Acc>(rows * n.P) : nullptr;
     dproj_input = n.P > 0 ? carve.take<Acc>(n.B * n.H) : nullptr;
     dparams = n.cell.params() ? carve.take<Acc>(rows * n.cell.params() * n.H) : nullptr;
     ones = (a.db_ih || a.db_hh || dparams) ? carve.take<Acc>(rows > 0 ? rows : 1) : nullptr;
+    ln_parts = n.cell.layer_norm() ? carve.take<Acc>(rows * 4 * n.GH) : nullptr;
+    stage = n.cell.norm_out() ? carve.take<Acc>(n.B * 2 * n.H) : nullptr;
     bytes = carve.used;
   }
 };
@@ -340,6 +342,10 @@ struct ForwardStepArgs {
   const Storage* zh;
   const Storage* zc;
   Acc zh_p, zc_p;
+  // Layer normalisation (cells.h: layer_norm): the column of the statistics in a workspace
+  // row, and ForwardScratch::stage.
+  int64_t ln_stats_col;
+  Acc* stage;
 };
 
 // The zoneout fields of a step's arguments (ForwardStepArgs, BackwardStepArgs) from the call's.
@@ -376,17 +382,38 @@ struct ForwardUnit {
   const Acc* gh;
   int64_t gh_stride;
   bool on;  // whether row b is active at this step: only then is the cell state updated
+  // Layer normalisation (Math::kLayerNorm): the mean and 1 / sqrt(var + eps) of row b of
+  // x W_ih^T and of h W_hh^T.
+  Acc mu_a = 0, rs_a = 0, mu_r = 0, rs_r = 0;
 
   __device__ V pre(int k) const {
     const int64_t col = k * s.H + j;
-    Acc p = s.gx[b * Math::kGates * s.H + col];
-    if (!apart_gate<Math>(k)) p += gh[k * gh_stride];
-    p += bias<Storage, Acc>(s.b_ih, col);
-    if (!apart_gate<Math>(k)) p += bias<Storage, Acc>(s.b_hh, col);
-    return {p};
+    const Acc a = s.gx[b * Math::kGates * s.H + col];
+    if constexpr (Math::kLayerNorm) {  // LN(x W_ih^T) * gain + b_ih, plus the folded h side
+      const Acc ah = (a - mu_a) * rs_a;
+      save(Math::kSavedBlocks - 2 * Math::kGates + k, V{ah});  // (cell_math.h: saved blocks)
+      Acc p = ah * to_acc(s.cell_w[Math::kLnIh][col]) + bias<Storage, Acc>(s.b_ih, col);
+      if (!apart_gate<Math>(k)) p += recurrent(k).v;
+      return {p};
+    } else {
+      Acc p = a;
+      if (!apart_gate<Math>(k)) p += gh[k * gh_stride];
+      p += bias<Storage, Acc>(s.b_ih, col);
+      if (!apart_gate<Math>(k)) p += bias<Storage, Acc>(s.b_hh, col);
+      return {p};
+    }
   }
+  // h_{t-1} W_hh^T + b_hh of gate k (layer normalisation: LN(h_{t-1} W_hh^T) * gain + b_hh,
+  // saving the normalised value)
   __device__ V recurrent(int k) const {
-    return {gh[k * gh_stride] + bias<Storage, Acc>(s.b_hh, k * s.H + j)};
+    const int64_t col = k * s.H + j;
+    Acc r = gh[k * gh_stride];
+    if constexpr (Math::kLayerNorm) {
+      const Acc rh = (r - mu_r) * rs_r;
+      save(Math::kSavedBlocks - Math::kGates + k, V{rh});
+      r = rh * to_acc(s.cell_w[Math::kLnHh][col]);
+    }
+    return {r + bias<Storage, Acc>(s.b_hh, col)};
   }
   __device__ V h_prev() const { return {to_acc(s.h_in[b * s.S + j])}; }
   __device__ V c_prev() const { return {s.c[b * s.H + j]}; }
@@ -399,17 +426,16 @@ struct ForwardUnit {
   __device__ void save(int q, V v) const {
     if (s.ws) s.ws[b * s.WS + q * s.H + j] = v.v;
   }
+  __device__ void stash(int q, V v) const { s.stage[(b * 2 + q + 1) * s.H + j] = v.v; }
+  __device__ V stashed(int q) const { return {s.stage[(b * 2 + q + 1) * s.H + j]}; }
 };
 
-// The pointwise part of one forward step for unit j of batch row b: the cell's math, then the
-// driver's part: saving h_{t-1} and the projection input, and the length mask on the output
-// and the state.
-template <class Math, class Storage, class Acc>
-__device__ __forceinline__ void forward_point(const ForwardStepArgs<Storage, Acc>& s, int64_t b,
-                                              int64_t j, const Acc* gh, int64_t gh_stride) {
-  const bool on = active(s.lengths, b, s.t);
-  ForwardUnit<Math, Storage, Acc> unit{s, b, j, gh, gh_stride, on};
-  const Acc h = Math::template forward<Value<Acc>>(unit).v;
+// The driver's part of a forward step for unit j of row b, after the cell gave h_t: saving
+// h_{t-1} and the projection input, zoneout of h, and the length mask on the output and the
+// state.
+template <class Storage, class Acc>
+__device__ __forceinline__ void forward_emit(const ForwardStepArgs<Storage, Acc>& s, int64_t b,
+                                             int64_t j, Acc h, bool on) {
   if (s.ws) {
     Acc* w = s.ws + b * s.WS;
     if (j < s.S) w[s.hprev_col + j] = to_acc(s.h_in[b * s.S + j]);
@@ -426,6 +452,16 @@ __device__ __forceinline__ void forward_point(const ForwardStepArgs<Storage, Acc
   s.y[k] = on ? h_stored : from_acc<Storage>(Acc(0));
 }
 
+// The pointwise part of one forward step for unit j of batch row b: the cell's math, then the
+// driver's part (forward_emit).
+template <class Math, class Storage, class Acc>
+__device__ __forceinline__ void forward_point(const ForwardStepArgs<Storage, Acc>& s, int64_t b,
+                                              int64_t j, const Acc* gh, int64_t gh_stride) {
+  const bool on = active(s.lengths, b, s.t);
+  ForwardUnit<Math, Storage, Acc> unit{s, b, j, gh, gh_stride, on};
+  forward_emit(s, b, j, Math::template forward<Value<Acc>>(unit).v, on);
+}
+
 // Pointwise step after a cuBLAS recurrent product: one thread per (b, j).
 template <class Math, class Storage, class Acc>
 __global__ void forward_step(ForwardStepArgs<Storage, Acc> s) {
@@ -433,6 +469,77 @@ __global__ void forward_step(ForwardStepArgs<Storage, Acc> s) {
   if (idx >= s.B * s.H) return;
   const int64_t b = idx / s.H, j = idx % s.H;
   forward_point<Math>(s, b, j, s.gh + b * Math::kGates * s.H + j, s.H);
+}
+
+// ---------------------------------------------------------------------------
+// Layer normalisation (cells.h: layer_norm): one block per batch row
+// ---------------------------------------------------------------------------
+// A layer-normalised step reduces over whole rows (G*H pre-activations of each side, and the
+// H values of a normalised output), so one block of kThreads threads takes one batch row,
+// with the reductions as block sums in a fixed order (no atomics: the same bits every run).
+
+// The sum of every thread's v over the block, returned to every thread. `red` is kThreads /
+// 32 values of shared memory; the call begins with a barrier, so it may be reused at once.
+template <class Acc>
+__device__ Acc block_sum(Acc v, Acc* red) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  __syncthreads();  // every thread is past its reads of red from an earlier call
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  Acc total = Acc(0);
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += red[w];
+  return total;
+}
+
+// The mean and 1 / sqrt(var + eps) (biased variance, two passes) of v[0, n).
+template <class Acc>
+__device__ void row_moments(const Acc* v, int64_t n, Acc* red, Acc& mean, Acc& rstd) {
+  Acc sum = Acc(0);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += v[i];
+  mean = block_sum(sum, red) / Acc(n);
+  Acc m2 = Acc(0);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const Acc d = v[i] - mean;
+    m2 += d * d;
+  }
+  rstd = Acc(1) / sqrt(block_sum(m2, red) / Acc(n) + Acc(kLayerNormEps));
+}
+
+// A layer-normalised forward step after the cuBLAS recurrent product, block b = row b: the
+// moments of x W_ih^T and h W_hh^T, the cell's math on normalised pre-activations and, with
+// a normalised output, the moments of its value and the second half of the math. Saves the
+// 1 / sqrt(var + eps) of each normalisation in the workspace's statistics columns.
+template <class Math, class Storage, class Acc>
+__global__ void __launch_bounds__(kThreads) ln_forward_step(ForwardStepArgs<Storage, Acc> s) {
+  __shared__ Acc red[kThreads / 32];
+  const int64_t b = blockIdx.x, H = s.H, GH = Math::kGates * H;
+  const bool on = active(s.lengths, b, s.t);
+  Acc mu_a, rs_a, mu_r, rs_r;
+  row_moments(s.gx + b * GH, GH, red, mu_a, rs_a);
+  row_moments(s.gh + b * GH, GH, red, mu_r, rs_r);
+  Acc* stats = s.ws ? s.ws + b * s.WS + s.ln_stats_col : nullptr;
+  if (stats && threadIdx.x < kLnStatsCols)
+    stats[threadIdx.x] = threadIdx.x == 0 ? rs_a : threadIdx.x == 1 ? rs_r : Acc(0);
+  for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+    ForwardUnit<Math, Storage, Acc> unit{s, b, j, s.gh + b * GH + j, H, on};
+    unit.mu_a = mu_a, unit.rs_a = rs_a, unit.mu_r = mu_r, unit.rs_r = rs_r;
+    const Acc v = Math::template forward<Value<Acc>>(unit).v;
+    if constexpr (Math::kNormOut) s.stage[b * 2 * H + j] = v;
+    else forward_emit(s, b, j, v, on);
+  }
+  if constexpr (Math::kNormOut) {
+    __syncthreads();  // the row's values, from every thread
+    const Acc* v = s.stage + b * 2 * H;
+    Acc mean, rstd;
+    row_moments(v, H, red, mean, rstd);
+    if (stats && threadIdx.x == 0) stats[2] = rstd;  // after the zeros (row_moments' barriers)
+    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+      ForwardUnit<Math, Storage, Acc> unit{s, b, j, s.gh + b * GH + j, H, on};
+      const Acc h = Math::template forward_out<Value<Acc>>(unit, Value<Acc>{(v[j] - mean) * rstd}).v;
+      forward_emit(s, b, j, h, on);
+    }
+  }
 }
 
 // Small batches: the whole step in one launch. Block x owns the units_per_block hidden units
@@ -507,6 +614,12 @@ size_t fused_shared_bytes(int64_t B, int64_t S, int G, int units_per_block) {
 template <class Math, class Storage, class Acc>
 void launch_step(bool fused, const ForwardStepArgs<Storage, Acc>& step, const void* w_hh,
                  cudaStream_t stream) {
+  if constexpr (Math::kLayerNorm) {
+    ln_forward_step<Math, Storage, Acc><<<static_cast<unsigned>(step.B), kThreads, 0, stream>>>(
+        step);
+    check_launch("ln_forward_step");
+    return;
+  }
   if (fused) {
     const int units_per_block = fused_units_per_block(step.H);
     const unsigned grid = static_cast<unsigned>((step.H + units_per_block - 1) / units_per_block);
@@ -554,11 +667,11 @@ __global__ void store_state(int64_t n, const Acc* c, Storage* cy) {
   if (idx < n) cy[idx] = from_acc<Storage>(c[idx]);
 }
 
-// Whether the fused small-batch step applies: few rows, no projection, and
-// h_{t-1} fits the default 48 KB of shared memory.
+// Whether the fused small-batch step applies: no layer normalisation, few rows, no projection,
+// and h_{t-1} fits the default 48 KB of shared memory.
 template <class Math, class Acc>
 bool use_fused_step(int64_t B, int64_t H, int64_t P) {
-  if (P > 0 || B < 1 || B > kFusedMaxBatch) return false;
+  if (Math::kLayerNorm || P > 0 || B < 1 || B > kFusedMaxBatch) return false;
   return fused_shared_bytes<Acc>(B, H, Math::kGates, fused_units_per_block(H)) <= 48 * 1024;
 }
 
@@ -599,6 +712,8 @@ void forward_impl(const ForwardArgs& a, void* scratch, cudaStream_t stream,
   step.b_hh = static_cast<const Storage*>(a.b_hh);
   step.lengths = a.lengths;
   step.c = buf.c; step.proj_input = buf.proj_input;
+  step.ln_stats_col = Math::kLayerNorm ? cell.ln_stats_col(H, P) : 0;
+  step.stage = buf.stage;
   for (int n = 0; n < Math::kParams; ++n) step.cell_w[n] = static_cast<const Storage*>(a.cell_w[n]);
   set_zoneout<Acc>(step, a, Math::kCellState);
   const Storage* const zh = static_cast<const Storage*>(a.zoneout[0]);
@@ -662,13 +777,19 @@ struct BackwardStepArgs {
   const Acc* zh;
   const Acc* zc;
   Acc zh_p, zc_p;
+  // Layer normalisation: the statistics' column in a workspace row, this step's rows of
+  // BackwardScratch::ln_parts ([B, 4, G*H]) and BackwardScratch::stage.
+  int64_t ln_stats_col;
+  Acc* ln_parts;
+  Acc* stage;
 };
 
 // The backward step accessor of cell_math.h for unit j of batch row b.
 template <class Math, class Acc>
 struct BackwardUnit {
   using V = Value<Acc>;
-  static constexpr bool kSplit = Math::kApartGates != 0;  // dgh is not dgx
+  // dgh is not dgx: apart gates, or a normalised h side
+  static constexpr bool kSplit = Math::kApartGates != 0 || Math::kLayerNorm;
   const BackwardStepArgs<Acc>& s;
   int64_t b, j;
 
@@ -696,6 +817,8 @@ struct BackwardUnit {
   __device__ void add_dparam(int n, V v) const {
     s.dparams[(b * Math::kParams + n) * s.H + j] += v.v;
   }
+  __device__ void stash(int q, V v) const { s.stage[(b * 2 + q + 1) * s.H + j] = v.v; }
+  __device__ V stashed(int q) const { return {s.stage[(b * 2 + q + 1) * s.H + j]}; }
 };
 
 // One backward step for unit j of batch row b, one thread per (b, j): dh_t (the recurrent part
@@ -725,6 +848,84 @@ __global__ void backward_step(BackwardStepArgs<Acc> s) {
   // with zoneout of h the cell gets (1 - m) dh_t, and dh_{t-1} also m dh_t
   const Acc m = s.zone_h ? (s.zh ? s.zh[k] : s.zh_p) : Acc(0);
   s.dh[k] = Math::template backward<Value<Acc>>(unit, Value<Acc>{(Acc(1) - m) * dh}).v + m * dh;
+}
+
+// A layer-normalised backward step, block b = row b: the cell's backward (with a normalised
+// output, its two halves around the normalisation's backward), which leaves the gradients of
+// the normalised pre-activations (dz) in dgx and dgh; their parts of the bias and gain
+// gradients go to ln_parts; then dgx and dgh become the gradients of x W_ih^T and h W_hh^T
+// through the normalisations:
+//   d = rstd * (dz * gain - mean(dz * gain) - vh * mean(dz * gain * vh))
+// with vh the saved normalised values and the means over the row's G*H columns. Inactive rows
+// get zero gate gradients and parts, and pass dh and dc through unchanged.
+template <class Math, class Acc>
+__global__ void __launch_bounds__(kThreads) ln_backward_step(BackwardStepArgs<Acc> s) {
+  __shared__ Acc red[kThreads / 32];
+  constexpr int G = Math::kGates;
+  const int64_t b = blockIdx.x, H = s.H, GH = G * H;
+  Acc* const dg[2] = {s.dgx + b * GH, s.dgh + b * GH};
+  Acc* const parts = s.ln_parts + b * 4 * GH;
+  if (!active(s.lengths, b, s.t)) {
+    for (int64_t n = threadIdx.x; n < GH; n += blockDim.x) dg[0][n] = dg[1][n] = Acc(0);
+    for (int64_t n = threadIdx.x; n < 4 * GH; n += blockDim.x) parts[n] = Acc(0);
+    return;
+  }
+  for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+    BackwardUnit<Math, Acc> unit{s, b, j};
+    if (s.dproj_input) {  // with P (LSTM): dh went through the projection already
+      const Acc r = Math::template backward<Value<Acc>>(unit, Value<Acc>{s.dproj_input[b * H + j]}).v;
+      if constexpr (Math::kNormOut) s.stage[b * 2 * H + j] = r;
+      continue;
+    }
+    const int64_t k = b * H + j;  // S == H without projection
+    const Acc dh = s.dh[k] + (s.dy ? s.dy[k] : Acc(0));
+    const Acc m = s.zone_h ? (s.zh ? s.zh[k] : s.zh_p) : Acc(0);
+    const Acc r = Math::template backward<Value<Acc>>(unit, Value<Acc>{(Acc(1) - m) * dh}).v;
+    if constexpr (Math::kNormOut) {
+      s.stage[b * 2 * H + j] = r;  // dL/d(normalised value); the direct dh_{t-1} part is m dh
+      s.dh[k] = m * dh;
+    } else {
+      s.dh[k] = r + m * dh;
+    }
+  }
+  if constexpr (Math::kNormOut) {  // the normalisation of the output, then the second half
+    __syncthreads();  // the row's gradients, from every thread
+    const Acc* g = s.stage + b * 2 * H;
+    const Acc* vh = s.ws + b * s.WS + Math::kNormedBlock * H;
+    Acc sum_g = Acc(0), sum_gv = Acc(0);
+    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+      sum_g += g[j];
+      sum_gv += g[j] * vh[j];
+    }
+    const Acc mean_g = block_sum(sum_g, red) / Acc(H);
+    const Acc mean_gv = block_sum(sum_gv, red) / Acc(H);
+    const Acc rstd = s.ws[b * s.WS + s.ln_stats_col + 2];
+    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+      BackwardUnit<Math, Acc> unit{s, b, j};
+      Math::template backward_in<Value<Acc>>(unit,
+                                             Value<Acc>{rstd * (g[j] - mean_g - vh[j] * mean_gv)});
+    }
+  }
+  __syncthreads();  // dz of the whole row, from every thread
+  const Acc* const vh = s.ws + b * s.WS + (Math::kSavedBlocks - 2 * G) * H;  // x, then h side
+  for (int side = 0; side < 2; ++side) {
+    Acc* const d = dg[side];
+    const Acc* const gain = s.cell_w[side == 0 ? Math::kLnIh : Math::kLnHh];
+    const Acc* const v = vh + side * GH;
+    Acc sum_g = Acc(0), sum_gv = Acc(0);
+    for (int64_t n = threadIdx.x; n < GH; n += blockDim.x) {
+      const Acc dz = d[n], gdz = dz * gain[n];
+      parts[side * GH + n] = dz;
+      parts[(2 + side) * GH + n] = dz * v[n];
+      sum_g += gdz;
+      sum_gv += gdz * v[n];
+    }
+    const Acc mean_g = block_sum(sum_g, red) / Acc(GH);
+    const Acc mean_gv = block_sum(sum_gv, red) / Acc(GH);
+    const Acc rstd = s.ws[b * s.WS + s.ln_stats_col + side];
+    for (int64_t n = threadIdx.x; n < GH; n += blockDim.x)  // (the element this thread read)
+      d[n] = rstd * (d[n] * gain[n] - mean_g - v[n] * mean_gv);
+  }
 }
 
 // With P, first stage of a step: dprojected = dh + dy for active rows
@@ -800,6 +1001,8 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
   step.dh = dh; step.dc = dc; step.dproj_input = buf.dproj_input;
   for (int n = 0; n < Math::kParams; ++n) step.cell_w[n] = static_cast<const Acc*>(a.cell_w[n]);
   set_zoneout<Acc>(step, a, Math::kCellState);
+  step.ln_stats_col = Math::kLayerNorm ? cell.ln_stats_col(H, P) : 0;
+  step.stage = buf.stage;
   const Acc* const zh = static_cast<const Acc*>(a.zoneout[0]);
   const Acc* const zc = static_cast<const Acc*>(a.zoneout[1]);
   if (buf.dparams)
@@ -829,8 +1032,14 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     step.dgx = buf.dgx + t * B * GH;
     step.dgh = buf.dgh + t * B * GH;
     step.dparams = buf.dparams ? buf.dparams + t * B * Math::kParams * H : nullptr;
-    backward_step<Math, Acc><<<grid, kThreads, 0, stream>>>(step);
-    check_launch("backward_step");
+    if constexpr (Math::kLayerNorm) {
+      step.ln_parts = buf.ln_parts + t * B * 4 * GH;
+      ln_backward_step<Math, Acc><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(step);
+      check_launch("ln_backward_step");
+    } else {
+      backward_step<Math, Acc><<<grid, kThreads, 0, stream>>>(step);
+      check_launch("backward_step");
+    }
     // dh_{t-1} = direct part (left in dh by the step kernel) + dG_t W_hh; after the last
     // step processed, dh is dh0, needed only when dh0 is
     if (k + 1 < T || a.dh0)
@@ -857,14 +1066,27 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     fill<Acc><<<blocks_for(rows), kThreads, 0, stream>>>(rows, Acc(1), buf.ones);
     check_launch("fill");
   }
+  // The biases add after a layer normalisation: their gradients are the sums of the
+  // normalised pre-activations' (ln_parts blocks 0 and 1), and the gains' of those times the
+  // normalised values (blocks 2 and 3).
+  const Acc* const db_src[2] = {Math::kLayerNorm ? buf.ln_parts : buf.dgx,
+                                Math::kLayerNorm ? buf.ln_parts + GH : buf.dgh};
+  const int64_t db_ld = Math::kLayerNorm ? 4 * GH : GH;
   if (a.db_ih)
-    gemm(true, false, GH, 1, rows, buf.dgx, GH, buf.ones, 1, 0.0, a.db_ih, 1, "bias_ih gradient");
+    gemm(true, false, GH, 1, rows, db_src[0], db_ld, buf.ones, 1, 0.0, a.db_ih, 1,
+         "bias_ih gradient");
   if (a.db_hh)
-    gemm(true, false, GH, 1, rows, buf.dgh, GH, buf.ones, 1, 0.0, a.db_hh, 1, "bias_hh gradient");
-  for (int n = 0; n < Math::kParams; ++n)
-    if (a.dcell_w[n])
+    gemm(true, false, GH, 1, rows, db_src[1], db_ld, buf.ones, 1, 0.0, a.db_hh, 1,
+         "bias_hh gradient");
+  for (int n = 0; n < Math::kParams; ++n) {
+    if (!a.dcell_w[n]) continue;
+    if (Math::kLayerNorm && (n == Math::kLnIh || n == Math::kLnHh))  // [G*H] gains
+      gemm(true, false, GH, 1, rows, buf.ln_parts + (n == Math::kLnIh ? 2 : 3) * GH, 4 * GH,
+           buf.ones, 1, 0.0, a.dcell_w[n], 1, "layer-norm gain gradient");
+    else
       gemm(true, false, H, 1, rows, buf.dparams + n * H, Math::kParams * H, buf.ones, 1, 0.0,
            a.dcell_w[n], 1, "own parameter gradient");
+  }
 }
 
 }  // namespace
@@ -886,13 +1108,12 @@ void layer_forward(const ForwardArgs& a, void* scratch, cudaStream_t stream,
                    cublasHandle_t handle) {
   check_projection(a.cell, a.P);
   check_not_packed(a.packed);
-  check_no_layer_norm(a.cell);
   bind_stream(handle, stream);
   visit_storage(a.dtype, [&](auto storage) {
     using Storage = typename decltype(storage)::type;
     visit_cell(a.cell, [&](auto math) {
       using Math = decltype(math);
-      if constexpr (!Math::kLayerNorm) forward_impl<Math, Storage>(a, scratch, stream, handle);
+      forward_impl<Math, Storage>(a, scratch, stream, handle);
     });
   });
 }
@@ -903,16 +1124,13 @@ void layer_backward(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     throw std::runtime_error("rnnfast CUDA: the backward pass runs in float32 or float64");
   check_projection(a.cell, a.P);
   check_not_packed(a.packed);
-  check_no_layer_norm(a.cell);
   bind_stream(handle, stream);
   visit_cell(a.cell, [&](auto math) {
     using Math = decltype(math);
-    if constexpr (!Math::kLayerNorm) {
-      if (a.dtype == DType::F64)
-        backward_impl<Math, double>(a, scratch, stream, handle);
-      else
-        backward_impl<Math, float>(a, scratch, stream, handle);
-    }
+    if (a.dtype == DType::F64)
+      backward_impl<Math, double>(a, scratch, stream, handle);
+    else
+      backward_impl<Math, float>(a, scratch, stream, handle);
   });
 }
 

@@ -21,6 +21,10 @@
 //             own parameters, from their per-(t, b) parts) as GEMVs with a ones
 //             vector, each only for an output that is not null. No atomics
 //             anywhere: every run gives the same bits.
+//   layer normalisation (cells.h: layer_norm): the step kernel, forward and
+//             backward, runs one block per batch row, whose threads reduce the
+//             row's moments (and, backward, the normalisations' gradient sums)
+//             as block sums in a fixed order, around the same cell math.
 //
 // Precision: the forward pass reads and writes the storage type (float32,
 // float64, float16 or bfloat16); GEMMs accumulate in float32 (float64 for
