@@ -286,10 +286,10 @@ struct BackwardScratch {
                      //              own parameters (zero for inactive rows), or null
   Acc* ones;         // [max(T*B, 1)] ones, for the bias and own parameter gradients as GEMVs;
                      //              null when none of them is wanted
-  Acc* ln_parts;     // [T, B, 4, G*H] layer normalisation: each (t, b)'s gradient of the
-                     //              normalised pre-activations, x side and h side (the biases'
-                     //              parts), then those times the normalised values (the gains'
-                     //              parts; zero for inactive rows); or null
+  Acc* ln_parts;     // [B, 4, G*H]  layer normalisation: per row, the sums over the steps of
+                     //              the gradient of the normalised pre-activations, x side and
+                     //              h side (the biases' parts), then of those times the
+                     //              normalised values (the gains' parts); or null
   Acc* stage;        // [B, 2, H]    a normalised output: dL/d(normalised value), then the
                      //              cell's stash; or null
   size_t bytes;
@@ -305,8 +305,10 @@ struct BackwardScratch {
     dprojected = n.P > 0 ? carve.take<Acc>(rows * n.P) : nullptr;
     dproj_input = n.P > 0 ? carve.take<Acc>(n.B * n.H) : nullptr;
     dparams = n.cell.params() ? carve.take<Acc>(rows * n.cell.params() * n.H) : nullptr;
-    ones = (a.db_ih || a.db_hh || dparams) ? carve.take<Acc>(rows > 0 ? rows : 1) : nullptr;
-    ln_parts = n.cell.layer_norm() ? carve.take<Acc>(rows * 4 * n.GH) : nullptr;
+    // (from the cell, not from dparams, which is null when only the size is computed)
+    ones = (a.db_ih || a.db_hh || n.cell.params()) ? carve.take<Acc>(rows > 0 ? rows : 1)
+                                                   : nullptr;
+    ln_parts = n.cell.layer_norm() ? carve.take<Acc>(n.B * 4 * n.GH) : nullptr;
     stage = n.cell.norm_out() ? carve.take<Acc>(n.B * 2 * n.H) : nullptr;
     bytes = carve.used;
   }
@@ -536,8 +538,8 @@ __global__ void __launch_bounds__(kThreads) ln_forward_step(ForwardStepArgs<Stor
     if (stats && threadIdx.x == 0) stats[2] = rstd;  // after the zeros (row_moments' barriers)
     for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
       ForwardUnit<Math, Storage, Acc> unit{s, b, j, s.gh + b * GH + j, H, on};
-      const Acc h = Math::template forward_out<Value<Acc>>(unit, Value<Acc>{(v[j] - mean) * rstd}).v;
-      forward_emit(s, b, j, h, on);
+      const Value<Acc> normed{(v[j] - mean) * rstd};
+      forward_emit(s, b, j, Math::template forward_out<Value<Acc>>(unit, normed).v, on);
     }
   }
 }
@@ -618,19 +620,18 @@ void launch_step(bool fused, const ForwardStepArgs<Storage, Acc>& step, const vo
     ln_forward_step<Math, Storage, Acc><<<static_cast<unsigned>(step.B), kThreads, 0, stream>>>(
         step);
     check_launch("ln_forward_step");
-    return;
-  }
-  if (fused) {
+  } else if (fused) {
     const int units_per_block = fused_units_per_block(step.H);
     const unsigned grid = static_cast<unsigned>((step.H + units_per_block - 1) / units_per_block);
     const size_t shared_bytes =
         fused_shared_bytes<Acc>(step.B, step.S, Math::kGates, units_per_block);
     fused_forward_step<Math, Storage, Acc><<<grid, kFusedThreads, shared_bytes, stream>>>(
         step, static_cast<const Storage*>(w_hh), units_per_block);
+    check_launch("fused_forward_step");
   } else {
     forward_step<Math, Storage, Acc><<<blocks_for(step.B * step.H), kThreads, 0, stream>>>(step);
+    check_launch("forward_step");
   }
-  check_launch(fused ? "fused_forward_step" : "forward_step");
 }
 
 // Projection epilogue: r = proj_input W_hr^T (in projected) becomes the state and
@@ -777,8 +778,8 @@ struct BackwardStepArgs {
   const Acc* zh;
   const Acc* zc;
   Acc zh_p, zc_p;
-  // Layer normalisation: the statistics' column in a workspace row, this step's rows of
-  // BackwardScratch::ln_parts ([B, 4, G*H]) and BackwardScratch::stage.
+  // Layer normalisation: the statistics' column in a workspace row, BackwardScratch::ln_parts
+  // (each row's sums, added to by every step in turn) and BackwardScratch::stage.
   int64_t ln_stats_col;
   Acc* ln_parts;
   Acc* stage;
@@ -853,11 +854,12 @@ __global__ void backward_step(BackwardStepArgs<Acc> s) {
 // A layer-normalised backward step, block b = row b: the cell's backward (with a normalised
 // output, its two halves around the normalisation's backward), which leaves the gradients of
 // the normalised pre-activations (dz) in dgx and dgh; their parts of the bias and gain
-// gradients go to ln_parts; then dgx and dgh become the gradients of x W_ih^T and h W_hh^T
-// through the normalisations:
+// gradients add to the row's sums in ln_parts (only this block touches them, and the steps
+// run in order: the same sums every run); then dgx and dgh become the gradients of x W_ih^T
+// and h W_hh^T through the normalisations:
 //   d = rstd * (dz * gain - mean(dz * gain) - vh * mean(dz * gain * vh))
 // with vh the saved normalised values and the means over the row's G*H columns. Inactive rows
-// get zero gate gradients and parts, and pass dh and dc through unchanged.
+// get zero gate gradients, add nothing, and pass dh and dc through unchanged.
 template <class Math, class Acc>
 __global__ void __launch_bounds__(kThreads) ln_backward_step(BackwardStepArgs<Acc> s) {
   __shared__ Acc red[kThreads / 32];
@@ -867,14 +869,16 @@ __global__ void __launch_bounds__(kThreads) ln_backward_step(BackwardStepArgs<Ac
   Acc* const parts = s.ln_parts + b * 4 * GH;
   if (!active(s.lengths, b, s.t)) {
     for (int64_t n = threadIdx.x; n < GH; n += blockDim.x) dg[0][n] = dg[1][n] = Acc(0);
-    for (int64_t n = threadIdx.x; n < 4 * GH; n += blockDim.x) parts[n] = Acc(0);
     return;
   }
   for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
     BackwardUnit<Math, Acc> unit{s, b, j};
     if (s.dproj_input) {  // with P (LSTM): dh went through the projection already
-      const Acc r = Math::template backward<Value<Acc>>(unit, Value<Acc>{s.dproj_input[b * H + j]}).v;
-      if constexpr (Math::kNormOut) s.stage[b * 2 * H + j] = r;
+      const Value<Acc> d{s.dproj_input[b * H + j]};
+      if constexpr (Math::kNormOut)
+        s.stage[b * 2 * H + j] = Math::template backward<Value<Acc>>(unit, d).v;
+      else
+        Math::template backward<Value<Acc>>(unit, d);
       continue;
     }
     const int64_t k = b * H + j;  // S == H without projection
@@ -915,8 +919,8 @@ __global__ void __launch_bounds__(kThreads) ln_backward_step(BackwardStepArgs<Ac
     Acc sum_g = Acc(0), sum_gv = Acc(0);
     for (int64_t n = threadIdx.x; n < GH; n += blockDim.x) {
       const Acc dz = d[n], gdz = dz * gain[n];
-      parts[side * GH + n] = dz;
-      parts[(2 + side) * GH + n] = dz * v[n];
+      parts[side * GH + n] += dz;
+      parts[(2 + side) * GH + n] += dz * v[n];
       sum_g += gdz;
       sum_gv += gdz * v[n];
     }
@@ -985,9 +989,12 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     for (auto [p, n] : {std::pair<void*, int64_t>{a.dx, T * B * I}, {a.dw_ih, GH * I},
                         {a.dw_hh, GH * S}, {a.db_ih, GH}, {a.db_hh, GH}, {a.dw_hr, P * H}})
       if (p && n) check_cuda(cudaMemsetAsync(p, 0, sizeof(Acc) * n, stream), "zero gradients");
-    for (int n = 0; n < Math::kParams; ++n)
-      if (a.dcell_w[n] && H)
-        check_cuda(cudaMemsetAsync(a.dcell_w[n], 0, sizeof(Acc) * H, stream), "zero gradients");
+    for (int n = 0; n < Math::kParams; ++n) {  // [H] each, the layer-norm gains [G*H]
+      const int64_t count = Math::kLayerNorm && (n == Math::kLnIh || n == Math::kLnHh) ? GH : H;
+      if (a.dcell_w[n] && count)
+        check_cuda(cudaMemsetAsync(a.dcell_w[n], 0, sizeof(Acc) * count, stream),
+                   "zero gradients");
+    }
     return;
   }
 
@@ -1003,6 +1010,10 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
   set_zoneout<Acc>(step, a, Math::kCellState);
   step.ln_stats_col = Math::kLayerNorm ? cell.ln_stats_col(H, P) : 0;
   step.stage = buf.stage;
+  step.ln_parts = buf.ln_parts;
+  if (buf.ln_parts)
+    check_cuda(cudaMemsetAsync(buf.ln_parts, 0, sizeof(Acc) * B * 4 * GH, stream),
+               "zero ln_parts");
   const Acc* const zh = static_cast<const Acc*>(a.zoneout[0]);
   const Acc* const zc = static_cast<const Acc*>(a.zoneout[1]);
   if (buf.dparams)
@@ -1033,7 +1044,6 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     step.dgh = buf.dgh + t * B * GH;
     step.dparams = buf.dparams ? buf.dparams + t * B * Math::kParams * H : nullptr;
     if constexpr (Math::kLayerNorm) {
-      step.ln_parts = buf.ln_parts + t * B * 4 * GH;
       ln_backward_step<Math, Acc><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(step);
       check_launch("ln_backward_step");
     } else {
@@ -1067,21 +1077,22 @@ void backward_impl(const BackwardArgs& a, void* scratch, cudaStream_t stream,
     check_launch("fill");
   }
   // The biases add after a layer normalisation: their gradients are the sums of the
-  // normalised pre-activations' (ln_parts blocks 0 and 1), and the gains' of those times the
-  // normalised values (blocks 2 and 3).
+  // normalised pre-activations' (ln_parts blocks 0 and 1, already summed over the steps per
+  // row), and the gains' of those times the normalised values (blocks 2 and 3).
   const Acc* const db_src[2] = {Math::kLayerNorm ? buf.ln_parts : buf.dgx,
                                 Math::kLayerNorm ? buf.ln_parts + GH : buf.dgh};
   const int64_t db_ld = Math::kLayerNorm ? 4 * GH : GH;
+  const int64_t db_rows = Math::kLayerNorm ? B : rows;
   if (a.db_ih)
-    gemm(true, false, GH, 1, rows, db_src[0], db_ld, buf.ones, 1, 0.0, a.db_ih, 1,
+    gemm(true, false, GH, 1, db_rows, db_src[0], db_ld, buf.ones, 1, 0.0, a.db_ih, 1,
          "bias_ih gradient");
   if (a.db_hh)
-    gemm(true, false, GH, 1, rows, db_src[1], db_ld, buf.ones, 1, 0.0, a.db_hh, 1,
+    gemm(true, false, GH, 1, db_rows, db_src[1], db_ld, buf.ones, 1, 0.0, a.db_hh, 1,
          "bias_hh gradient");
   for (int n = 0; n < Math::kParams; ++n) {
     if (!a.dcell_w[n]) continue;
     if (Math::kLayerNorm && (n == Math::kLnIh || n == Math::kLnHh))  // [G*H] gains
-      gemm(true, false, GH, 1, rows, buf.ln_parts + (n == Math::kLnIh ? 2 : 3) * GH, 4 * GH,
+      gemm(true, false, GH, 1, B, buf.ln_parts + (n == Math::kLnIh ? 2 : 3) * GH, 4 * GH,
            buf.ones, 1, 0.0, a.dcell_w[n], 1, "layer-norm gain gradient");
     else
       gemm(true, false, H, 1, rows, buf.dparams + n * H, Math::kParams * H, buf.ones, 1, 0.0,
