@@ -256,16 +256,27 @@ def test_readme_variant_costs_are_the_results_files():
     claims["zoneout training"] = span(
         [r["ratio_vs_plain"] for r in zoneout_rows
          if variant(r, "zoneout") and r["mode"] == "training"])
-    ln_rows = []
-    for name in ("variants-20261130-141107.json", "variants-20261130-141254.json"):
-        with open(os.path.join(ROOT, "bench", "results", name)) as f:
-            ln_rows += json.load(f)["results"]
-    for module in ("GRU", "LSTM"):
-        claims[f"layer norm {module}"] = f"{module} " + span(
-            [r["ratio_vs_plain"] for r in ln_rows
-             if r["module"] == module and r["kwargs"].get("layer_norm")])
+    for module, ratios_ in _variant_ab_ratios("variant-ab-20261201.txt").items():
+        claims[f"layer norm {module}"] = f"{module} " + span(ratios_)
     for what, value in claims.items():
         assert value in text, (what, value)
+
+
+def _variant_ab_ratios(name):
+    """The layer-norm / plain ratios of a bench/variant_ab.py log in bench/results, per module
+    (GRU, LSTM): each run is a "$ ... --variant <v> ..." line, then its "ratio <r>" line."""
+    ratios, variant = {"GRU": [], "LSTM": []}, None
+    with open(os.path.join(ROOT, "bench", "results", name)) as f:
+        for line in f:
+            m = re.search(r"--variant (\w+)", line)
+            if line.startswith("$") and m:
+                variant = m.group(1)
+            m = re.search(r"ratio ([0-9.]+)$", line.strip())
+            if m and variant:
+                ratios[variant.split("_")[0].upper()].append(float(m.group(1)))
+                variant = None
+    assert all(ratios.values()), (name, ratios)
+    return ratios
 
 
 def test_readme_onnx_costs_are_the_results_file():
