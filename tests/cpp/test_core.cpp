@@ -834,7 +834,8 @@ void check_plans() {
          "plan: no row split when the weights are read in place");
   // Layer-normalised cells in training (three barriers per step each way under the strip
   // split) take the row split from 2 rows per thread, with W_hh up to 256 KB.
-  alignas(64) static float ln_ws[16];  // only its alignment is read
+  alignas(64) static float ws_stub[16];  // a training forward's workspace: only its alignment
+                                         // is read
   auto ln_plan = [&](bool backward, bool training, int64_t B, int64_t H) {
     if (backward) {
       BackwardArgs<float> a;
@@ -845,7 +846,7 @@ void check_plans() {
     ForwardArgs<float> a;
     a.cell = Cell::LSTM_LN;
     a.T = 200; a.B = B; a.I = H; a.H = H;
-    if (training) a.ws = ln_ws;
+    if (training) a.ws = ws_stub;
     return plan_forward(a, 2);
   };
   expect(ln_plan(false, true, 4, 128).row_split && ln_plan(true, true, 4, 128).row_split &&
@@ -857,7 +858,6 @@ void check_plans() {
   // A training forward streams a large workspace with non-temporal stores; with vectors
   // narrower than a cache line (AVX2, scalar) only while it writes at most 8 H-wide blocks
   // per row (GRU: 4 saved + h_{t-1}; GRU with layer norm: 10 + h_{t-1}).
-  alignas(64) static float ws_stub[16];  // only its alignment is read
   auto gru_ws = [&](Cell cell) {
     ForwardArgs<float> a;
     a.cell = cell;

@@ -257,8 +257,8 @@ inline void sum_rows(const Real* m, int64_t rows, int64_t cols, int64_t ld, Real
 // share of the step. The price: every thread streams all of W_hh each step instead of its
 // strips, and its register tiles get fewer rows. Measured, 2 threads, the row split's time over
 // the strip split's (bench/row_split_ab.py, bench/results/row-split-2026-12-01.md; Intel Xeon
-// with 2 MB of L2 per core, AVX-512 and AVX2 paths): from 4 rows per thread with W_hh up to 256 KB (H = 128 LSTM)
-// inference 0.74-0.96, training (the backward step loses 1-3 barriers) 0.68-0.92; with W_hh of
+// with 2 MB of L2 per core, AVX-512 and AVX2 paths): from 4 rows per thread with W_hh up to
+// 256 KB (H = 128 LSTM) inference 0.74-0.96, training (the backward step loses 1-3 barriers) 0.68-0.92; with W_hh of
 // 1 MB (H = 256) 0.93-1.07 from 8 rows per thread, 1.00-1.07 at 4 rows on AVX-512; at 2 rows
 // per thread up to 1.17. The 1 MB tier is taken only where W_hh fits in half of a core's L2:
 // on CPUs with less L2 (AMD Zen: 512 KB-1 MB) it would stream from L3 every step, unmeasured.
