@@ -56,77 +56,139 @@ void pack_b(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64
   }
 }
 
-// C[M x ncols] (+)= A[M x kc] * Bp[kc x NR] for M <= MR rows, one register tile.
-//   A   element (r, k) at A[r * a_rs + k * a_cs]; with PackedA at A[k * MR + r]   read
-//   Bp  one strip [kc, NR], row stride ldbp (NR if packed)                        read
-//   C   [M, ncols] with row stride ldc                                            written (added to if acc)
-// PackedA lets every broadcast use one base register with a constant offset.
-template <class T, int M, bool PackedA>
-void micro_tile(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp, int64_t ldbp,
-                T* C, int64_t ldc, int64_t ncols, bool acc) {
+// C_i[M x ncols] (+)= A[M x kc] * Bp_i[kc x NR] for M <= MR rows and NS strips i, one
+// register tile of M x NS strips.
+//   A     element (r, k) at A[r * a_rs + k * a_cs]; with PackedA at A[k * MR + r]   read
+//   Bp_i  strip i [kc, NR], row stride ldbp (NR if packed)                        read
+//   C_i   [M, ncols] with row stride ldc                                          written (added to if acc_i)
+// PackedA lets every broadcast use one base register with a constant offset. Every output is
+// the same sum in the same order whatever NS is (k ascending into one accumulator, then C):
+// NS only lets tiles of few rows keep enough FMAs in flight (see kGroupStrips).
+template <class T, int M, int NS, bool PackedA>
+void micro_tile_group(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* const* Bp,
+                      int64_t ldbp, T* const* C, int64_t ldc, int64_t ncols, const bool* acc) {
   using V = Vec<T>;
   constexpr int NR = kNR<T>;
   constexpr int NV = NR / V::W;
-  V c[M][NV];
+  V c[M][NS][NV];
   for (int r = 0; r < M; ++r)
-    for (int v = 0; v < NV; ++v) c[r][v] = V::zero();
-  if (acc)  // C is read once, after the k loop: ask for it now, while the loop runs
-    for (int r = 0; r < M; ++r)
-      for (int64_t off = 0; off < ncols * static_cast<int64_t>(sizeof(T)); off += 64)
-        __builtin_prefetch(reinterpret_cast<const char*>(C + r * ldc) + off, 1, 3);
+    for (int i = 0; i < NS; ++i)
+      for (int v = 0; v < NV; ++v) c[r][i][v] = V::zero();
+  for (int i = 0; i < NS; ++i)
+    if (acc[i])  // C is read once, after the k loop: ask for it now, while the loop runs
+      for (int r = 0; r < M; ++r)
+        for (int64_t off = 0; off < ncols * static_cast<int64_t>(sizeof(T)); off += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(C[i] + r * ldc) + off, 1, 3);
+  const T* bp[NS];
+  for (int i = 0; i < NS; ++i) bp[i] = Bp[i];
   for (int64_t k = 0; k < kc; ++k) {
-    V b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = V::load(Bp + k * ldbp + v * V::W);
+    V b[NS][NV];
+    for (int i = 0; i < NS; ++i)
+      for (int v = 0; v < NV; ++v) b[i][v] = V::load(bp[i] + k * ldbp + v * V::W);
     const T* ak = PackedA ? A + k * MR : A + k * a_cs;
     for (int r = 0; r < M; ++r) {
       V av = V::set1(PackedA ? ak[r] : ak[r * a_rs]);
-      for (int v = 0; v < NV; ++v) c[r][v] = V::fmadd(av, b[v], c[r][v]);
+      for (int i = 0; i < NS; ++i)
+        for (int v = 0; v < NV; ++v) c[r][i][v] = V::fmadd(av, b[i][v], c[r][i][v]);
     }
   }
-  if (ncols == NR) {
-    for (int r = 0; r < M; ++r)
-      for (int v = 0; v < NV; ++v) {
-        T* p = C + r * ldc + v * V::W;
-        V out = acc ? c[r][v] + V::load(p) : c[r][v];
-        out.store(p);
+  for (int i = 0; i < NS; ++i) {
+    if (ncols == NR) {
+      for (int r = 0; r < M; ++r)
+        for (int v = 0; v < NV; ++v) {
+          T* p = C[i] + r * ldc + v * V::W;
+          V out = acc[i] ? c[r][i][v] + V::load(p) : c[r][i][v];
+          out.store(p);
+        }
+    } else {
+      alignas(64) T tile[NR];
+      for (int r = 0; r < M; ++r) {
+        for (int v = 0; v < NV; ++v) c[r][i][v].store(tile + v * V::W);
+        T* p = C[i] + r * ldc;
+        for (int64_t j = 0; j < ncols; ++j) p[j] = acc[i] ? p[j] + tile[j] : tile[j];
       }
-  } else {
-    alignas(64) T tile[NR];
-    for (int r = 0; r < M; ++r) {
-      for (int v = 0; v < NV; ++v) c[r][v].store(tile + v * V::W);
-      T* p = C + r * ldc;
-      for (int64_t j = 0; j < ncols; ++j) p[j] = acc ? p[j] + tile[j] : tile[j];
     }
   }
 }
 
-// Runs micro_tile<T, m> for a run-time m in [1, M] (the rows left after full tiles).
+// Strips per register tile of m rows. Each FMA waits for the previous one into its
+// accumulator (4 cycles on Zen 2-4 and on Intel cores since Skylake, which issue two per
+// cycle), so a tile needs 8 accumulators to keep the FMA units busy; one strip of m rows has
+// m * NR / W. Tiles of few rows (a small batch, or the rows left after full tiles) therefore
+// take up to 4 strips at once, up to 12 accumulators (AVX2 has 16 registers). Measured on AMD
+// Zen 3 (AVX2, 2 threads), time against one strip per tile: LSTM 200,1,128,128 inference 0.80,
+// training 0.85; 2-layer LSTM 64,1,64,256 training 0.81 (bench/results/cpu-2026-12-01-zen3.md).
+template <class T>
+constexpr int group_strips(int m) {
+  const int per_strip = m * (kNR<T> / Vec<T>::W);
+  const int n = (8 + per_strip - 1) / per_strip;
+  return n < 1 ? 1 : (n > 4 ? 4 : n);
+}
+
+// Runs ns strips (any count) of the same M rows as tiles of NS strips, then one of fewer.
+template <class T, int M, int NS, bool PackedA>
+struct StripGroups {
+  static void run(int64_t ns, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs,
+                  const T* const* Bp, int64_t ldbp, T* const* C, int64_t ldc, int64_t ncols,
+                  const bool* acc) {
+    for (; ns >= NS; ns -= NS, Bp += NS, C += NS, acc += NS)
+      micro_tile_group<T, M, NS, PackedA>(kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols, acc);
+    if (ns > 0)
+      StripGroups<T, M, NS - 1, PackedA>::run(ns, kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols,
+                                              acc);
+  }
+};
 template <class T, int M, bool PackedA>
-struct TailTile {
-  static void run(int64_t m, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
-                  int64_t ldbp, T* C, int64_t ldc, int64_t ncols, bool acc) {
+struct StripGroups<T, M, 0, PackedA> {
+  static void run(int64_t, int64_t, const T*, int64_t, int64_t, const T* const*, int64_t,
+                  T* const*, int64_t, int64_t, const bool*) {}
+};
+
+// Rows [0, M) of ns strips as tiles of MR rows, then the m rows left (m < MR, a run-time
+// count) as tiles of m rows, each over group_strips(m) strips at a time.
+template <class T, int M, bool PackedA>
+struct RowTiles {
+  static void run(int64_t m, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, int64_t ns,
+                  const T* const* Bp, int64_t ldbp, T* const* C, int64_t ldc, int64_t ncols,
+                  const bool* acc) {
     if (m == M)
-      micro_tile<T, M, PackedA>(kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols, acc);
+      StripGroups<T, M, group_strips<T>(M), PackedA>::run(ns, kc, A, a_rs, a_cs, Bp, ldbp, C,
+                                                          ldc, ncols, acc);
     else
-      TailTile<T, M - 1, PackedA>::run(m, kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols, acc);
+      RowTiles<T, M - 1, PackedA>::run(m, kc, A, a_rs, a_cs, ns, Bp, ldbp, C, ldc, ncols, acc);
   }
 };
 template <class T, bool PackedA>
-struct TailTile<T, 0, PackedA> {
-  static void run(int64_t, int64_t, const T*, int64_t, int64_t, const T*, int64_t, T*, int64_t,
-                  int64_t, bool) {}
+struct RowTiles<T, 0, PackedA> {
+  static void run(int64_t, int64_t, const T*, int64_t, int64_t, int64_t, const T* const*,
+                  int64_t, T* const*, int64_t, int64_t, const bool*) {}
 };
+
+// Rows [0, M) of C_i = A * Bp_i for ns strips i (M arbitrary), A packed by pack_a (PackedA)
+// or read through its strides. Strip i's outputs go to C[i] (row stride ldc), added to its
+// contents if acc[i].
+template <class T, bool PackedA>
+void strips_rows(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, int64_t ns,
+                 const T* const* Bp, int64_t ldbp, T* const* C, int64_t ldc, int64_t ncols,
+                 const bool* acc) {
+  constexpr int64_t kChunk = 8;  // strips per pass over the rows
+  T* c[kChunk];
+  for (int64_t i0 = 0; i0 < ns; i0 += kChunk) {
+    const int64_t n = imin(kChunk, ns - i0);
+    for (int64_t r = 0; r < M; r += MR) {
+      const T* a = PackedA ? A + r * kc : A + r * a_rs;
+      for (int64_t i = 0; i < n; ++i) c[i] = C[i0 + i] + r * ldc;
+      RowTiles<T, MR, PackedA>::run(imin(MR, M - r), kc, a, a_rs, a_cs, n, Bp + i0, ldbp, c,
+                                    ldc, ncols, acc + i0);
+    }
+  }
+}
 
 // Rows [0, M) of C = A * Bp for one strip, M arbitrary (tiles of MR rows).
 template <class T>
 void strip_rows(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
                 int64_t ldbp, T* C, int64_t ldc, int64_t ncols, bool acc) {
-  int64_t r = 0;
-  for (; r + MR <= M; r += MR)
-    micro_tile<T, MR, false>(kc, A + r * a_rs, a_rs, a_cs, Bp, ldbp, C + r * ldc, ldc, ncols, acc);
-  if (r < M)
-    TailTile<T, MR - 1, false>::run(M - r, kc, A + r * a_rs, a_rs, a_cs, Bp, ldbp, C + r * ldc,
-                                    ldc, ncols, acc);
+  strips_rows<T, false>(M, kc, A, a_rs, a_cs, 1, &Bp, ldbp, &C, ldc, ncols, &acc);
 }
 
 // Packs rows [0, M) and columns [0, kc) of A (element (m, k) at A[m * a_rs + k * a_cs])
@@ -171,12 +233,7 @@ void pack_a(int64_t M, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, T* ou
 template <class T>
 void strip_rows_packed(int64_t M, int64_t kc, const T* Ap, const T* Bp, int64_t ldbp, T* C,
                        int64_t ldc, int64_t ncols, bool acc) {
-  int64_t r = 0;
-  for (; r + MR <= M; r += MR)
-    micro_tile<T, MR, true>(kc, Ap + r * kc, 0, 0, Bp, ldbp, C + r * ldc, ldc, ncols, acc);
-  if (r < M)
-    TailTile<T, MR - 1, true>::run(M - r, kc, Ap + r * kc, 0, 0, Bp, ldbp, C + r * ldc, ldc,
-                                   ncols, acc);
+  strips_rows<T, true>(M, kc, Ap, 0, 0, 1, &Bp, ldbp, &C, ldc, ncols, &acc);
 }
 
 // The right operand of a GEMM as NR-column strips, packed so that each strip is

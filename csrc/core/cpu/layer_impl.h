@@ -658,17 +658,24 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
       if (step == 0 && !step_input)  // the first step has no previous one to ask ahead
         for (int64_t b = r0; b < ra; ++b)
           for (int64_t q = 0; q < G; ++q) prefetch_units(st.gx + b * GH + q * H + j0, j1 - j0);
-      if (step_input)  // this task's columns of x_t W_ih^T (see step 1)
-        for (int64_t q = 0; q < G && ra > r0; ++q) {
-          const Real* xr = x_rows_in + (xrow + r0) * I;
-          Real* out = st.gx + r0 * GH + q * H + j0;
+      // The task's G gate strips of a weight matrix go to the GEMM in one call (a register
+      // tile of few rows then spans several of them: gemm_impl.h, group_strips).
+      const Real* strips[Math::kGates];
+      Real* outs[Math::kGates];
+      bool accs[Math::kGates];
+      if (step_input && ra > r0) {  // this task's columns of x_t W_ih^T (see step 1)
+        const Real* xr = x_rows_in + (xrow + r0) * I;
+        for (int64_t q = 0; q < G; ++q) {
+          outs[q] = st.gx + r0 * GH + q * H + j0;
+          strips[q] = wih + (q * hidden_strips + s) * I * NR;
+          accs[q] = false;
           if (in_place)
-            gemm_dot<Real>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (q * H + j0) * I, I, out, GH,
+            gemm_dot<Real>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (q * H + j0) * I, I, outs[q], GH,
                            false);
-          else
-            strip_rows<Real>(ra - r0, I, xr, I, 1, wih + (q * hidden_strips + s) * I * NR,
-                             NR, out, GH, j1 - j0, false);
         }
+        if (!in_place)
+          strips_rows<Real, false>(ra - r0, I, xr, I, 1, G, strips, NR, outs, GH, j1 - j0, accs);
+      }
       // With the row split, a thread packs the rows of h_{t-1} of each of its row blocks as
       // it comes to the block (its first strip), at the start of its panel.
       if (row_split && pack_h && s == 0 && ra > r0) pack_a(ra - r0, S, hcur + r0 * S, S, 1, h_panel);
@@ -676,19 +683,21 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
       // in place: the register tile loads those gx values once, at its end, and the
       // epilogue then finds the sum in cache. The others (and all, with layer
       // normalisation) go to rg.
-      for (int64_t q = 0; q < G && ra > r0; ++q) {
-        const bool onto_gx = !kLn && !apart_gate<Math>(q);
-        Real* out = (onto_gx ? st.gx : rg.get()) + r0 * GH + q * H + j0;
-        const Real* w_strip = whh + (q * hidden_strips + s) * S * NR;
-        if (in_place)
-          gemm_dot<Real>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (q * H + j0) * S, S,
-                         out, GH, onto_gx);
-        else if (pack_h)
-          strip_rows_packed<Real>(ra - r0, S, h_panel + (row_split ? 0 : r0 * S), w_strip, NR,
-                                  out, GH, j1 - j0, onto_gx);
-        else
-          strip_rows<Real>(ra - r0, S, hcur + r0 * S, S, 1, w_strip, NR, out, GH, j1 - j0,
-                           onto_gx);
+      if (ra > r0) {
+        for (int64_t q = 0; q < G; ++q) {
+          accs[q] = !kLn && !apart_gate<Math>(q);  // onto gx
+          outs[q] = (accs[q] ? st.gx : rg.get()) + r0 * GH + q * H + j0;
+          strips[q] = whh + (q * hidden_strips + s) * S * NR;
+          if (in_place)
+            gemm_dot<Real>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (q * H + j0) * S, S,
+                           outs[q], GH, accs[q]);
+        }
+        if (!in_place && pack_h)
+          strips_rows<Real, true>(ra - r0, S, h_panel + (row_split ? 0 : r0 * S), 0, 0, G,
+                                  strips, NR, outs, GH, j1 - j0, accs);
+        else if (!in_place)
+          strips_rows<Real, false>(ra - r0, S, hcur + r0 * S, S, 1, G, strips, NR, outs, GH,
+                                   j1 - j0, accs);
       }
       if constexpr (kLn)
         for (int64_t b = r0; b < ra; ++b) {
@@ -1161,6 +1170,7 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
     team.share(state_strips, &task_begin, &task_end);
     {
       alignas(64) Real dh[kNR<Real>];
+      int64_t gemm_end = task_begin;  // this thread's tasks whose GEMM is done
       for (int64_t task = task_begin; task < task_end; ++task) {
         const int64_t rb = task / state_strips, s = task % state_strips;
         const int64_t r0 = rb * block_rows, r1 = imin(B, r0 + block_rows);
@@ -1170,15 +1180,29 @@ void layer_backward_impl(const BackwardArgs<Real>& a, const Executor& ex) {
             for (int64_t q = 0; q < blocks_before_hprev; ++q)
               prefetch_units(st.ws + b * WS + q * H + j0, j1 - j0);
         const int64_t rr = imin(r1, nrec);
-        if (rr > r0) {
-          int64_t ld;
-          const Real* bs = whh.strip(s, &ld);
+        if (rr > r0 && task >= gemm_end) {
+          // This task's strip and the next full ones of the row block among this thread's
+          // tasks, in one call (a register tile of few rows then spans several of them:
+          // gemm_impl.h, group_strips).
+          constexpr int64_t kRun = 4;
+          const Real* bs[kRun];
+          Real* outs[kRun];
+          const bool accs[kRun] = {};
+          int64_t ld = 0, n = 0;
+          for (; n < kRun && task + n < task_end && s + n < state_strips; ++n) {
+            const int64_t sn = s + n;
+            int64_t ldn;
+            const Real* w = whh.strip(sn, &ldn);
+            if (n > 0 && ((sn + 1) * NR > S || ldn != ld)) break;
+            bs[n] = w, ld = ldn, outs[n] = rec.get() + r0 * S + sn * NR;
+          }
+          gemm_end = task + n;
           if (pack_dgate)
-            strip_rows_packed<Real>(rr - r0, GH, dgate_panel_prev + panel_off(r0), bs, ld,
-                                    rec.get() + r0 * S + j0, S, j1 - j0, false);
+            strips_rows<Real, true>(rr - r0, GH, dgate_panel_prev + panel_off(r0), 0, 0, n, bs,
+                                    ld, outs, S, j1 - j0, accs);
           else
-            strip_rows<Real>(rr - r0, GH, prev + r0 * GH, GH, 1, bs, ld, rec.get() + r0 * S + j0, S,
-                          j1 - j0, false);
+            strips_rows<Real, false>(rr - r0, GH, prev + r0 * GH, GH, 1, n, bs, ld, outs, S,
+                                     j1 - j0, accs);
         }
         for (int64_t b = r0; b < r1; ++b) {
           if (P == 0 && b < active_next && row_active(a.lengths, b, tn)) {
