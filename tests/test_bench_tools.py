@@ -1,6 +1,6 @@
-"""The benchmark harness pieces that decide what a sample is (bench/harness/timing.py) and the
-in-process A/B scripts (bench/variant_ab.py, bench/row_split_ab.py): what they time, not how fast
-anything is."""
+"""The benchmark harness pieces that decide what a sample is (bench/harness/timing.py), the
+in-process A/B scripts (bench/variant_ab.py, bench/row_split_ab.py) and the two-build one
+(bench/build_ab.py): what they time, not how fast anything is."""
 from __future__ import annotations
 
 import os
@@ -86,3 +86,27 @@ def test_row_split_ab_runs_both_schedules_and_restores_the_environment(tmp_path)
         [sys.executable, os.path.join(ROOT, "bench", "row_split_ab.py"), "--configs", "4,8,4,8"],
         capture_output=True, text=True, timeout=300, env={**env, "RNNFAST_ROW_SPLIT": "1"})
     assert forced.returncode == 2 and "RNNFAST_ROW_SPLIT" in forced.stderr
+
+
+def test_build_ab_times_both_builds_and_refuses_a_path_without_rnnfast(tmp_path):
+    import json
+    import rnnfast
+    build = os.path.dirname(os.path.dirname(os.path.abspath(rnnfast.__file__)))
+    out_json = tmp_path / "ab.json"
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "build_ab.py"), "--a", build, "--b", build,
+         "--layer", "gru,3,2,4,5", "--cell", "lstm,2,8,float64", "--rounds", "2",
+         "--block-ms", "1", "--threads", "1", "--out", str(out_json)],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [(r["case"]["kind"], r["case"]["mode"]) for r in rows] == [
+        ("layer", "inference"), ("layer", "training"), ("cell", "inference"), ("cell", "training")]
+    for r in rows:
+        assert len(r["a_ms"]) == len(r["b_ms"]) == 2
+        assert abs(r["b_over_a"] - r["b_median_ms"] / r["a_median_ms"]) < 1e-12
+    # a directory without a build: the worker would import another rnnfast, so it refuses
+    bad = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "build_ab.py"), "--a", str(tmp_path),
+         "--b", build, "--layer", "gru,3,2,4,5"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "holds no rnnfast build" in bad.stderr + bad.stdout

@@ -376,19 +376,35 @@ inline void dot_block(int64_t K, const T* A, int64_t lda, int64_t mr, const T* W
     }
 }
 
+// Blocks of r rows of A (r <= R, a run-time count) against IsaTraits::kDotCols[r] rows of W
+// at a time, over all N rows of W.
+template <class T, int R>
+struct DotRows {
+  static void run(int64_t r, int64_t N, int64_t K, const T* A, int64_t lda, const T* W,
+                  int64_t ldw, T* C, int64_t ldc, bool acc) {
+    if (r < R) {
+      DotRows<T, R - 1>::run(r, N, K, A, lda, W, ldw, C, ldc, acc);
+      return;
+    }
+    constexpr int kCols = IsaTraits::kDotCols[R];
+    for (int64_t n = 0; n < N; n += kCols)
+      dot_block<T, R, kCols>(K, A, lda, R, W + n * ldw, ldw, imin(kCols, N - n), C + n, ldc, acc);
+  }
+};
+template <class T>
+struct DotRows<T, 0> {
+  static void run(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t,
+                  bool) {}
+};
+
 // C[M, N] (+)= A[M, K] W[N, K]^T for few rows M, reading W in place (no packing):
-// the right kernel when a call does too little work to pay for packing W.
+// the right kernel when a call does too little work to pay for packing W. Each output is one
+// dot product, summed in the same order whatever block computes it.
 //   A [M, K] row stride lda (read); W [N, K] row stride ldw (read); C [M, N] stride ldc
 template <class T>
 void gemm_dot(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw,
               T* C, int64_t ldc, bool acc) {
-  if (M == 1) {
-    for (int64_t n = 0; n < N; n += 8)
-      dot_block<T, 1, 8>(K, A, lda, 1, W + n * ldw, ldw, imin(8, N - n), C + n, ldc, acc);
-    return;
-  }
-  for (int64_t m = 0; m < M; m += 4)
-    for (int64_t n = 0; n < N; n += 4)
-      dot_block<T, 4, 4>(K, A + m * lda, lda, imin(4, M - m), W + n * ldw, ldw, imin(4, N - n),
-                         C + m * ldc + n, ldc, acc);
+  constexpr int R = IsaTraits::kDotRows;
+  for (int64_t m = 0; m < M; m += R)
+    DotRows<T, R>::run(imin(R, M - m), N, K, A + m * lda, lda, W, ldw, C + m * ldc, ldc, acc);
 }

@@ -97,6 +97,12 @@ template <> struct Avx2VecOf<double> { using type = VecD4; };
 
 struct SimdIsa {
   static constexpr int MR = 6;  // rows per GEMM register tile (16 vector registers)
+  // gemm_dot's blocks: up to kDotRows rows of A against kDotCols[r] rows of W for a block of r
+  // rows, so that the r x c accumulators, the c vectors of W and one of A fit in 16 registers
+  // (4 x 4 needed 21: two accumulators lived on the stack, each FMA on them waiting for a store
+  // to forward) and every W load serves as many rows as fit.
+  static constexpr int kDotRows = 6;
+  static constexpr int kDotCols[kDotRows + 1] = {0, 8, 5, 3, 3, 2, 2};
   template <class T>
   using Vec = typename Avx2VecOf<T>::type;
   template <class T>

@@ -86,6 +86,9 @@ template <> struct Avx512VecOf<double> { using type = VecD8; };
 
 struct SimdIsa {
   static constexpr int MR = 12;  // rows per GEMM register tile (32 vector registers)
+  // gemm_dot's blocks (see vec_avx2.h): 4 x 4, one row against 8; unmeasured beyond that.
+  static constexpr int kDotRows = 4;
+  static constexpr int kDotCols[kDotRows + 1] = {0, 8, 4, 4, 4};
   template <class T>
   using Vec = typename Avx512VecOf<T>::type;
   template <class T>

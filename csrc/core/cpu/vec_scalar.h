@@ -33,4 +33,7 @@ struct ScalarIsa {
   // No vectorised operand packing on this path (see vec_avx512.h).
   static constexpr bool kTranspose16 = false;
   static void transpose16(const float* const*, float*, int64_t, int) {}
+  // gemm_dot's blocks (see vec_avx2.h)
+  static constexpr int kDotRows = 4;
+  static constexpr int kDotCols[kDotRows + 1] = {0, 8, 4, 4, 4};
 };
