@@ -63,7 +63,7 @@ void pack_b(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64
 //   C_i   [M, ncols] with row stride ldc                                          written (added to if acc_i)
 // PackedA lets every broadcast use one base register with a constant offset. Every output is
 // the same sum in the same order whatever NS is (k ascending into one accumulator, then C):
-// NS only lets tiles of few rows keep enough FMAs in flight (see kGroupStrips).
+// NS only lets tiles of few rows keep enough FMAs in flight (see group_strips).
 template <class T, int M, int NS, bool PackedA>
 void micro_tile_group(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* const* Bp,
                       int64_t ldbp, T* const* C, int64_t ldc, int64_t ncols, const bool* acc) {
@@ -346,14 +346,14 @@ void gemm(const Executor& ex, int64_t M, int64_t N, int64_t K, const T* A, int64
 }
 
 // Dot products of R rows of A with C rows of W, all of length K (contiguous).
-// out[r * ldo + c] (+)= <A_r, W_c>. Rows past mr / nc alias row 0 and are not stored.
+// out[r * ldo + c] (+)= <A_r, W_c>. Rows of W past nc alias row 0 and are not stored.
 template <class T, int R, int C>
-inline void dot_block(int64_t K, const T* A, int64_t lda, int64_t mr, const T* W, int64_t ldw,
-                      int64_t nc, T* out, int64_t ldo, bool acc) {
+inline void dot_block(int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, int64_t nc,
+                      T* out, int64_t ldo, bool acc) {
   using V = Vec<T>;
   const T* a[R];
   const T* w[C];
-  for (int r = 0; r < R; ++r) a[r] = A + (r < mr ? r : 0) * lda;
+  for (int r = 0; r < R; ++r) a[r] = A + r * lda;
   for (int c = 0; c < C; ++c) w[c] = W + (c < nc ? c : 0) * ldw;
   V s[R][C];
   for (int r = 0; r < R; ++r)
@@ -367,7 +367,7 @@ inline void dot_block(int64_t K, const T* A, int64_t lda, int64_t mr, const T* W
       for (int c = 0; c < C; ++c) s[r][c] = V::fmadd(av, wv[c], s[r][c]);
     }
   }
-  for (int r = 0; r < R && r < mr; ++r)
+  for (int r = 0; r < R; ++r)
     for (int c = 0; c < C && c < nc; ++c) {
       T v = s[r][c].hsum();
       for (int64_t kk = k; kk < K; ++kk) v += a[r][kk] * w[c][kk];
@@ -388,7 +388,7 @@ struct DotRows {
     }
     constexpr int kCols = IsaTraits::kDotCols[R];
     for (int64_t n = 0; n < N; n += kCols)
-      dot_block<T, R, kCols>(K, A, lda, R, W + n * ldw, ldw, imin(kCols, N - n), C + n, ldc, acc);
+      dot_block<T, R, kCols>(K, A, lda, W + n * ldw, ldw, imin(kCols, N - n), C + n, ldc, acc);
   }
 };
 template <class T>

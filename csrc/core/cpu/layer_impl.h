@@ -667,11 +667,11 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
         const Real* xr = x_rows_in + (xrow + r0) * I;
         for (int64_t q = 0; q < G; ++q) {
           outs[q] = st.gx + r0 * GH + q * H + j0;
-          strips[q] = wih + (q * hidden_strips + s) * I * NR;
-          accs[q] = false;
           if (in_place)
             gemm_dot<Real>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (q * H + j0) * I, I, outs[q], GH,
                            false);
+          else
+            strips[q] = wih + (q * hidden_strips + s) * I * NR, accs[q] = false;
         }
         if (!in_place)
           strips_rows<Real, false>(ra - r0, I, xr, I, 1, G, strips, NR, outs, GH, j1 - j0, accs);
@@ -687,10 +687,11 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
         for (int64_t q = 0; q < G; ++q) {
           accs[q] = !kLn && !apart_gate<Math>(q);  // onto gx
           outs[q] = (accs[q] ? st.gx : rg.get()) + r0 * GH + q * H + j0;
-          strips[q] = whh + (q * hidden_strips + s) * S * NR;
           if (in_place)
             gemm_dot<Real>(ra - r0, j1 - j0, S, hcur + r0 * S, S, a.w_hh + (q * H + j0) * S, S,
                            outs[q], GH, accs[q]);
+          else
+            strips[q] = whh + (q * hidden_strips + s) * S * NR;
         }
         if (!in_place && pack_h)
           strips_rows<Real, true>(ra - r0, S, h_panel + (row_split ? 0 : r0 * S), 0, 0, G,
