@@ -8,6 +8,9 @@ is found, for sm_80 and sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise;
 RNNFAST_NO_CUDA=1 skips them. A CUDA build records the hash of the sources its
 CUDA path is compiled from (scripts/cuda_sources_hash.py) as
 rnnfast._C.cuda_sources_sha, which rnnfast checks against the GPU-verified ones.
+RNNFAST_CXX_OPT (default -O3) is the C++ optimisation flag; scripts/sanitize.sh builds its
+ASan + UBSan copy with -O1, as the sanitizers' documentation advises (at -O3 that build
+took 23 of CI's 90 minutes on a 2-core AMD Zen 3).
 """
 import glob
 import importlib.util
@@ -76,12 +79,21 @@ def _cublas_paths(cuda_home):
         "the CPU kernels only")
 
 
+def _cxx_opt():
+    """The optimisation flag for the C++ sources: RNNFAST_CXX_OPT, default -O3."""
+    opt = os.environ.get("RNNFAST_CXX_OPT", "") or "-O3"
+    allowed = ("-O0", "-O1", "-O2", "-O3", "-Og", "-Os")
+    if opt not in allowed:
+        raise ValueError(f"RNNFAST_CXX_OPT must be one of {', '.join(allowed)}, got {opt!r}")
+    return opt
+
+
 def _extension():
     import torch
 
     sources = _sources("csrc/torch/*.cpp") + _sources("csrc/core/cpu/*.cpp")
     std = _cxx_standard()
-    cxx = ["-O3", f"-std={std}", "-fvisibility=hidden"]
+    cxx = [_cxx_opt(), f"-std={std}", "-fvisibility=hidden"]
     link = []
     define_macros = []
     # at::parallel_for is a header template whose OpenMP pragma is compiled into this

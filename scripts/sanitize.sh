@@ -16,10 +16,10 @@
 #   bash scripts/sanitize.sh              # everything
 #   bash scripts/sanitize.sh -x -k lstm   # extra pytest arguments go to step 2
 #
-# Time, fresh scratch dir, 2 cores: on an AMD Zen 3 host (2026-12-01, CI at 64909d6) 53 min:
-# core tests 16 min (built -O0 then: 7 min per run; -O1 since, measured 3.3 min for both runs
-# with the test suite sharing the cores), sanitized extension build 23 min, Python 14 min. A
-# rerun with an unchanged csrc/ skips most of the build.
+# Time, fresh scratch dir, 2 cores, AMD Zen 3 (AVX2 only): 35 min (2026-12-01, both builds at
+# -O1): core tests 13 min (build 10, runs 3), sanitized extension build 9 min, Python 12 min.
+# Before, in CI at 64909d6: 53 min (core built -O0: 16 min; extension at -O3: 23 min). A rerun
+# with an unchanged csrc/ skips most of the build.
 #
 # Environment: RNNFAST_SANITIZE_DIR (scratch dir, default /tmp/rnnfast-sanitize; kept between
 # runs so rebuilds are incremental), MAX_JOBS (default 2), CC/CXX (default gcc/g++; the runtime
@@ -108,9 +108,12 @@ run_core() {
     ctest --test-dir "$WORK/build-core-asan" --output-on-failure
 }
 
+# -O1 here too (setup.py's RNNFAST_CXX_OPT): at -O3 the three kernel files took 14, 13 and
+# 10 min to compile with the sanitizers on a Zen 3 (kernels_avx2.cpp: 800 s at -O3 with both
+# cores busy, 280 s at -O1 alone).
 build_ext() {
   ( cd "$SRC" &&
-    CFLAGS="$SAN" LDFLAGS="-fsanitize=address,undefined" MAX_JOBS=$JOBS \
+    CFLAGS="$SAN" LDFLAGS="-fsanitize=address,undefined" MAX_JOBS=$JOBS RNNFAST_CXX_OPT=-O1 \
       $PY setup.py build_ext --inplace --build-temp "$WORK/ext-temp" >"$WORK/build-ext.log" 2>&1 ) \
     || { tail -40 "$WORK/build-ext.log"; return 1; }
   local so
@@ -184,7 +187,11 @@ if step "build rnnfast._C with ASan+UBSan (scratch copy)" build_ext; then
   step "Python focused subset (default SIMD path)" \
     san "${PYTEST[@]}" "${FOCUSED[@]}" "${KNOWN[@]}" "$@"
   for simd in scalar avx2 avx512; do
-    if simd_supported "$simd"; then
+    if [ "$simd" = avx2 ] && simd_supported avx2 && ! simd_supported avx512; then
+      # the default path on this CPU: the focused subset above already ran it
+      SUMMARY+=("$(printf '%-58s %4s   %s' "parity + cells with RNNFAST_SIMD=$simd" "-" \
+                  "skipped (the default path here: ran above)")")
+    elif simd_supported "$simd"; then
       step "parity + cells with RNNFAST_SIMD=$simd" \
         san env RNNFAST_SIMD=$simd "${PYTEST[@]}" tests/test_parity.py tests/test_cells.py \
           "tests/test_info_simd.py::test_env_override_is_reported"

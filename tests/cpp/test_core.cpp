@@ -742,13 +742,20 @@ void check_plans() {
          "plan: 2 steps of 1 row read the weights in place: " + to_string(few));
   expect(to_string(few).find("weights_in_place=1") != std::string::npos,
          "plan: to_string names the decisions: " + to_string(few));
-  // A cell's step (one step) reads the weights in place at any batch when the rows are long
-  // (I and S at least 4 vectors on every path: 256), and packs them for a large batch of short
-  // rows (2), where a dot product would be mostly its horizontal sum.
+  // A cell's step (one step) reads the weights in place when the rows are long (I and S at
+  // least 4 vectors on every path: 256) below the ISA's kInPlaceMaxRows (AVX2: 64; the others
+  // have none), and packs them for a large batch of short rows (2), where a dot product would
+  // be mostly its horizontal sum.
+  const bool packs_from_64 = active_isa() == Isa::Avx2;
   expect(forward(1, 16, 256, 256, nullptr).weights_in_place &&
-             forward(1, 128, 256, 256, nullptr).weights_in_place,
-         "plan: one step of 16 or 128 long rows reads the weights in place: " +
-             to_string(forward(1, 128, 256, 256, nullptr)));
+             forward(1, 63, 256, 256, nullptr).weights_in_place,
+         "plan: one step of 16 or 63 long rows reads the weights in place: " +
+             to_string(forward(1, 63, 256, 256, nullptr)));
+  for (int64_t rows : {64, 128})
+    expect(forward(1, rows, 256, 256, nullptr).weights_in_place == !packs_from_64,
+           std::string("plan: one step of ") + std::to_string(rows) + " long rows on " +
+               isa_name(active_isa()) + (packs_from_64 ? " packs the weights: " : " reads them in place: ") +
+               to_string(forward(1, rows, 256, 256, nullptr)));
   expect(!forward(1, 128, 2, 2, nullptr).weights_in_place,
          "plan: one step of 128 short rows packs the weights: " +
              to_string(forward(1, 128, 2, 2, nullptr)));

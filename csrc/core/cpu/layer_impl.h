@@ -368,12 +368,15 @@ LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
   //   call of one step, which reads each weight once per row); both weight matrices are
   //   then split between the threads. Not for larger batches with short rows (I or S under
   //   4 vectors), where a dot product is mostly its horizontal sum, and the packed GEMM's
-  //   register tiles win;
+  //   register tiles win, nor from IsaTraits::kInPlaceMaxRows rows (AVX2: 64), where the
+  //   dot blocks read each weight row once per few rows of the batch and the GEMM's packed
+  //   strips are read fewer times;
   // - input_in_steps: long sequences of a small batch whose input projection would not stay
   //   in cache, while both weight matrices fit in the threads' L2 together: each step reads
   //   its thread's share of W_ih (packed like W_hh) from L2 instead of reading the
   //   projection back from memory (which it was also first written to).
-  p.weights_in_place = T <= 3 && (B <= 8 || imin(I, S) >= 4 * Vec<Real>::W);
+  p.weights_in_place =
+      T <= 3 && (B <= 8 || (imin(I, S) >= 4 * Vec<Real>::W && B < IsaTraits::kInPlaceMaxRows));
   p.input_in_steps = !p.weights_in_place && B <= 16 && B >= 2 &&
                      (I + S) * GH * bytes <= imax(1, threads) * (768 << 10) &&
                      rows * GH * bytes > (4 << 20);

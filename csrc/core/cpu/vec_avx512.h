@@ -89,6 +89,9 @@ struct SimdIsa {
   // gemm_dot's blocks (see vec_avx2.h): 4 x 4, one row against 8; unmeasured beyond that.
   static constexpr int kDotRows = 4;
   static constexpr int kDotCols[kDotRows + 1] = {0, 8, 4, 4, 4};
+  // In place at every batch with rows of 4 vectors or more (see vec_avx2.h): not yet measured
+  // against packing on an AVX-512 CPU.
+  static constexpr int64_t kInPlaceMaxRows = INT64_MAX;
   template <class T>
   using Vec = typename Avx512VecOf<T>::type;
   template <class T>

@@ -36,4 +36,5 @@ struct ScalarIsa {
   // gemm_dot's blocks (see vec_avx2.h)
   static constexpr int kDotRows = 4;
   static constexpr int kDotCols[kDotRows + 1] = {0, 8, 4, 4, 4};
+  static constexpr int64_t kInPlaceMaxRows = INT64_MAX;  // see vec_avx2.h; unmeasured here
 };
