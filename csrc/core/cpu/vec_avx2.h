@@ -105,7 +105,8 @@ struct SimdIsa {
   static constexpr int kDotCols[kDotRows + 1] = {0, 8, 5, 3, 3, 2, 2};
   // A call of a few steps reads the weights in place (dot products) for batches below this,
   // and packs them from it (make_forward_plan). On an AMD Zen 3 a cell call at B = 64-128 took
-  // 0.66-0.91 of the in-place time packed (bench/results/cpu-2026-12-01-zen3.md).
+  // 0.77-0.86 of the in-place time packed in inference, 0.88-0.99 in training
+  // (bench/results/build-ab-20261201-inplace-max-rows.json, cpu-2026-12-01-zen3.md).
   static constexpr int64_t kInPlaceMaxRows = 64;
   template <class T>
   using Vec = typename Avx2VecOf<T>::type;
