@@ -186,6 +186,17 @@ def demo_runs():
     return runs
 
 
+def demo_run_simd(commit):
+    """The SIMD path rnnfast ran in the demo-*.txt run of `commit` (its "rnnfast installed:"
+    line), or None for runs recorded only in the notes."""
+    for name in sorted(n for n in os.listdir(RESULTS) if re.fullmatch(r"demo-\d{8}\.txt", n)):
+        text = _read(name)
+        if re.search(rf"fresh clone of {commit}\b", text):
+            m = re.search(r'"simd": "(\w+)"', text)
+            return m[1] if m else None
+    return None
+
+
 def demo_shape_interleaved():
     """(T, B, I, H, lo, hi): the demo's shape and its interleaved time ratios against
     nn.LSTM, from the targets table of CPU_NOTES_MD."""
@@ -323,7 +334,10 @@ def cpu_block(c: Claims):
                     [f"{CPU_NOTES_MD}: targets table, \"the demo's shape (...) {lo}–{hi}\""])
     runs = demo_runs()
     run_text = c.add("cpu.demo.runs",
-                     ", ".join(f"{w:.2f}× at {k}" for k, _, _, w in runs),
+                     ", ".join(f"{w:.2f}× at {k}" + (
+                         f" (an {demo_run_simd(k).upper()}-only CPU)"
+                         if demo_run_simd(k) not in (None, "avx512") else "")
+                         for k, _, _, w in runs),
                      [f"{CPU_NOTES_MD} \"The demo\" or bench/results/demo-*.txt: at {k}: "
                       f"{a:,} against {b:,} tokens/s ({w:.2f}×)" for k, a, b, w in runs])
 

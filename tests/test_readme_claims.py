@@ -108,6 +108,16 @@ def test_demo_runs_are_read_with_their_tokens_per_second():
         assert round(fast / ref, 2) == written
 
 
+def test_demo_runs_name_the_simd_path_of_their_files():
+    # every demo-*.txt run says which path it ran; runs kept only in the notes say none
+    runs = rn.demo_runs()
+    file_runs = [k for k, *_ in runs if rn.demo_run_simd(k) is not None]
+    assert file_runs, "no demo-*.txt run found"
+    for commit in file_runs:
+        assert rn.demo_run_simd(commit) in ("scalar", "avx2", "avx512"), commit
+    assert rn.demo_run_simd("0000000") is None
+
+
 # ----------------------------------------------------------------------------- setup.sh
 
 def test_setup_sh_installs_the_versions_readme_names():
