@@ -9,9 +9,8 @@ RNNFAST_NO_CUDA=1 skips them. A CUDA build records the hash of the sources its
 CUDA path is compiled from (scripts/cuda_sources_hash.py) as
 rnnfast._C.cuda_sources_sha, which rnnfast checks against the GPU-verified ones.
 RNNFAST_CXX_OPT (default -O3) is the C++ optimisation flag (nvcc keeps -O3 for the CUDA
-sources); scripts/sanitize.sh builds its
-ASan + UBSan copy with -O1, as the sanitizers' documentation advises (at -O3 that build
-took 23 of CI's 90 minutes on a 2-core AMD Zen 3).
+sources); scripts/sanitize.sh builds its ASan + UBSan copy with -O1, as the sanitizers'
+documentation advises (at -O3 that build took 23 of CI's 90 minutes on a 2-core AMD Zen 3).
 """
 import glob
 import importlib.util

@@ -7,7 +7,8 @@
 #      that the cache's reuse, accounting and caps run sanitized too (CMakeLists.txt),
 #   2. a focused subset of the Python tests (parity, special inputs, errors, cells, ops, the
 #      fuzz budget, determinism, threads) against the sanitized extension,
-#   3. the parity tests once per SIMD path the CPU has (RNNFAST_SIMD=scalar|avx2|avx512),
+#   3. the parity tests once per SIMD path the CPU has (RNNFAST_SIMD=scalar|avx2|avx512; not
+#      avx2 again where it is the default path, run by step 2: no AVX-512, RNNFAST_SIMD unset),
 #   4. parity, cells and the core guards with the scratch cache on and NaN scratch (kept
 #      blocks and the unused tail of a reused block are poisoned, so overflows still show).
 # Exits non-zero if any step fails or if any sanitizer report was written, even by a
