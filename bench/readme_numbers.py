@@ -172,7 +172,7 @@ def demo_runs():
     if not runs:
         raise ValueError(f"{CPU_NOTES_MD}: no demo runs found")
     # later runs, one file each (bench/results/demo-YYYYMMDD.txt: the demo's own output)
-    for name in sorted(n for n in os.listdir(RESULTS) if re.fullmatch(r"demo-\d{8}\.txt", n)):
+    for name in _demo_files():
         text = _read(name)
         commit = re.search(r"fresh clone of (\w+)", text)
         m = re.search(r"rnnfast ([\d,]+) tokens/s \| torch\.nn\.LSTM ([\d,]+) tokens/s \| "
@@ -186,10 +186,15 @@ def demo_runs():
     return runs
 
 
+def _demo_files():
+    """The names of the demo runs' files in RESULTS (demo-YYYYMMDD.txt), oldest first."""
+    return sorted(n for n in os.listdir(RESULTS) if re.fullmatch(r"demo-\d{8}\.txt", n))
+
+
 def demo_run_simd(commit):
     """The SIMD path rnnfast ran in the demo-*.txt run of `commit` (its "rnnfast installed:"
     line), or None for runs recorded only in the notes."""
-    for name in sorted(n for n in os.listdir(RESULTS) if re.fullmatch(r"demo-\d{8}\.txt", n)):
+    for name in _demo_files():
         text = _read(name)
         if re.search(rf"fresh clone of {commit}\b", text):
             m = re.search(r'"simd": "(\w+)"', text)
@@ -335,9 +340,8 @@ def cpu_block(c: Claims):
     runs = demo_runs()
     run_text = c.add("cpu.demo.runs",
                      ", ".join(f"{w:.2f}× at {k}" + (
-                         f" (an {demo_run_simd(k).upper()}-only CPU)"
-                         if demo_run_simd(k) not in (None, "avx512") else "")
-                         for k, _, _, w in runs),
+                         f" (an {simd.upper()}-only CPU)" if simd not in (None, "avx512") else "")
+                         for k, _, _, w in runs for simd in [demo_run_simd(k)]),
                      [f"{CPU_NOTES_MD} \"The demo\" or bench/results/demo-*.txt: at {k}: "
                       f"{a:,} against {b:,} tokens/s ({w:.2f}×)" for k, a, b, w in runs])
 

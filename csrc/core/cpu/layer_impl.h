@@ -673,8 +673,10 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
           if (in_place)
             gemm_dot<Real>(ra - r0, j1 - j0, I, xr, I, a.w_ih + (q * H + j0) * I, I, outs[q], GH,
                            false);
-          else
-            strips[q] = wih + (q * hidden_strips + s) * I * NR, accs[q] = false;
+          else {
+            strips[q] = wih + (q * hidden_strips + s) * I * NR;
+            accs[q] = false;
+          }
         }
         if (!in_place)
           strips_rows<Real, false>(ra - r0, I, xr, I, 1, G, strips, NR, outs, GH, j1 - j0, accs);
