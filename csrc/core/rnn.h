@@ -181,6 +181,30 @@ void layer_forward(const ForwardArgs<double>& a, const Executor& ex);
 void layer_backward(const BackwardArgs<float>& a, const Executor& ex);
 void layer_backward(const BackwardArgs<double>& a, const Executor& ex);
 
+// A bidirectional layer: its two directions, two calls over the same input (a forward, b
+// reverse) that share nothing they write. The pair schedule runs them at the same time, one
+// thread each and each call serial, so a step needs no barrier and no exchange between cores;
+// otherwise they run one after the other, each on every thread. Their results are the same
+// bits either way, because a call's results do not depend on its thread count.
+// pair_concurrent says which schedule a pair gets on `threads` threads when each direction's
+// W_hh takes up to `w_hh_bytes` bytes: the concurrent one on exactly 2 threads (the count it
+// was measured at) and while W_hh is at most twice this CPU's L2 (cpu_l2_cache_bytes): each
+// core then reads its direction's whole W_hh every step, where the one-after-the-other
+// schedule's threads read half of one each. Measured on an AVX2 Zen 3 with 512 KB of L2 per
+// core (bench/results/pair-2026-12-01.md): W_hh of 64 KB and 1 MB ran faster concurrently,
+// 4 MB and 16 MB slower.
+bool pair_concurrent(int threads, int64_t w_hh_bytes);
+void layer_forward_pair(const ForwardArgs<float>& a, const ForwardArgs<float>& b,
+                        const Executor& ex);
+void layer_forward_pair(const ForwardArgs<double>& a, const ForwardArgs<double>& b,
+                        const Executor& ex);
+// The backward of a pair: a.dx and b.dx must be equal, the input's gradient (written: the sum
+// of the two calls' input gradients, each computed whole and then added) or both null.
+void layer_backward_pair(const BackwardArgs<float>& a, const BackwardArgs<float>& b,
+                         const Executor& ex);
+void layer_backward_pair(const BackwardArgs<double>& a, const BackwardArgs<double>& b,
+                         const Executor& ex);
+
 // The instruction set the entry points use. Chosen once: the best the CPU
 // supports among the verified ones, or the one named by the environment
 // variable RNNFAST_SIMD (scalar | avx2 | avx512) if the CPU supports it.

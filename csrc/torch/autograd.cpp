@@ -222,12 +222,164 @@ ForwardResult layer_autograd(c10::string_view cell_name, const at::Tensor& input
   return {out.front(), std::vector<at::Tensor>(out.begin() + 1, out.end() - 1), out.back()};
 }
 
+// The two directions of rnnfast::bidirectional_layer in one Function. Saved list: the input,
+// the lengths, then per direction (forward, reverse) the workspace, the cell's states()
+// initial states (undefined where that state list was empty), the weights and the zoneout
+// list; each direction's weight and zoneout counts are in saved_data. Its flattened forward
+// arguments: the cell, the input, each state of either list, each weight of either list, the
+// lengths, the training flag, each zoneout tensor of either list.
+struct PairFunction : public torch::autograd::Function<PairFunction> {
+  static constexpr const char* kCountKeys[2][2] = {{"weights", "zoneout"},
+                                                   {"weights_reverse", "zoneout_reverse"}};
+
+  static variable_list forward(AutogradContext* ctx, const core::CellInfo* cell,
+                               const at::Tensor& input, at::TensorList state,
+                               at::TensorList state_reverse, at::TensorList weights,
+                               at::TensorList weights_reverse, const OptTensor& lengths,
+                               bool training, at::TensorList zoneout,
+                               at::TensorList zoneout_reverse) {
+    using Sig = glue::PairForwardResult(c10::string_view, const at::Tensor&, at::TensorList,
+                                        at::TensorList, at::TensorList, at::TensorList,
+                                        const OptTensor&, bool, glue::OptionalTensorList,
+                                        glue::OptionalTensorList);
+    static const auto op = find_op<Sig>(glue::kPairForwardOp);
+    auto optional_list = [](at::TensorList l) {
+      return l.empty() ? glue::OptionalTensorList() : glue::OptionalTensorList(l);
+    };
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [y, state_out, ws, y_r, state_out_r, ws_r] =
+        op.call(cell->name, input, state, state_reverse, weights, weights_reverse, lengths,
+                training, optional_list(zoneout), optional_list(zoneout_reverse));
+    const at::TensorList states[2] = {state, state_reverse};
+    const at::Tensor ws_of[2] = {ws, ws_r};
+    const at::TensorList weights_of[2] = {weights, weights_reverse};
+    const at::TensorList zoneout_of[2] = {zoneout, zoneout_reverse};
+    variable_list saved{input, or_undefined(lengths)};
+    for (int dir = 0; dir < 2; ++dir) {
+      saved.push_back(ws_of[dir]);
+      for (int k = 0; k < cell->states(); ++k)
+        saved.push_back(states[dir].empty() ? at::Tensor() : states[dir][k]);
+      saved.insert(saved.end(), weights_of[dir].begin(), weights_of[dir].end());
+      saved.insert(saved.end(), zoneout_of[dir].begin(), zoneout_of[dir].end());
+      ctx->saved_data[kCountKeys[dir][0]] = static_cast<int64_t>(weights_of[dir].size());
+      ctx->saved_data[kCountKeys[dir][1]] = static_cast<int64_t>(zoneout_of[dir].size());
+    }
+    ctx->save_for_backward(std::move(saved));
+    ctx->saved_data[kCallKey] = call_code(*cell, false);
+    ctx->set_materialize_grads(false);  // as LayerFunction's
+    variable_list out{y};
+    out.insert(out.end(), state_out.begin(), state_out.end());
+    out.push_back(ws);
+    out.push_back(y_r);
+    out.insert(out.end(), state_out_r.begin(), state_out_r.end());
+    out.push_back(ws_r);
+    return out;
+  }
+
+  // grads: per direction the output's, each final state's, the workspace's.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    using Sig = glue::PairBackwardResult(
+        c10::string_view, const OptTensor&, const c10::List<OptTensor>&, const OptTensor&,
+        const c10::List<OptTensor>&, const at::Tensor&, at::TensorList, at::TensorList,
+        const OptTensor&, const at::Tensor&, const at::Tensor&, glue::OptionalTensorList,
+        glue::OptionalTensorList);
+    static const auto op = find_op<Sig>(glue::kPairBackwardOp);
+    const variable_list saved = ctx->get_saved_variables();
+    const core::CellInfo& cell = cell_of_code(ctx->saved_data[kCallKey].toInt());
+    const int states = cell.states();
+    // each direction's saved entries in LayerFunction's layout, and its grads
+    variable_list saved_of[2], grads_of[2];
+    size_t zoneout_of[2], weights_of[2], next = 2;
+    for (int dir = 0; dir < 2; ++dir) {
+      weights_of[dir] = ctx->saved_data[kCountKeys[dir][0]].toInt();
+      zoneout_of[dir] = ctx->saved_data[kCountKeys[dir][1]].toInt();
+      const size_t n = 1 + states + weights_of[dir] + zoneout_of[dir];
+      saved_of[dir] = {saved[kInput], saved[kLengths]};
+      saved_of[dir].insert(saved_of[dir].end(), saved.begin() + next, saved.begin() + next + n);
+      next += n;
+      grads_of[dir].assign(grads.begin() + dir * (states + 2),
+                           grads.begin() + (dir + 1) * (states + 2));
+      TORCH_CHECK(saved_of[dir][kWorkspace].dim() == saved[kInput].dim(), "rnnfast.", cell.name,
+                  ": backward needs the activations saved by a forward pass with "
+                  "training=True; this forward ran with training=False");
+    }
+    auto slice = [](const variable_list& l, size_t from, size_t n) {
+      return at::TensorList(l).slice(from, n);
+    };
+    at::Tensor grad_input;
+    std::vector<at::Tensor> grad_state[2], grad_weights[2];
+    if (at::GradMode::is_enabled()) {
+      // recorded backward: each direction differentiably, their input gradients added
+      for (int dir = 0; dir < 2; ++dir) {
+        DifferentiableGrads g =
+            differentiable_backward(cell, dir == 1, grads_of[dir], saved_of[dir], zoneout_of[dir]);
+        grad_input = !grad_input.defined() ? g.input
+                     : g.input.defined()   ? grad_input + g.input
+                                           : grad_input;
+        grad_state[dir] = std::move(g.state);
+        grad_weights[dir] = std::move(g.weights);
+      }
+    } else {
+      at::AutoDispatchBelowADInplaceOrView below;
+      c10::List<OptTensor> grad_state_in[2];
+      for (int dir = 0; dir < 2; ++dir)
+        for (int k = 0; k < states; ++k) grad_state_in[dir].push_back(optional_of(grads_of[dir][1 + k]));
+      auto zoneout_list = [&](int dir) {
+        return zoneout_of[dir] ? glue::OptionalTensorList(slice(
+                                     saved_of[dir], saved_of[dir].size() - zoneout_of[dir],
+                                     zoneout_of[dir]))
+                               : glue::OptionalTensorList();
+      };
+      std::tie(grad_input, grad_state[0], grad_weights[0], grad_state[1], grad_weights[1]) =
+          op.call(cell.name, optional_of(grads_of[0][0]), grad_state_in[0],
+                  optional_of(grads_of[1][0]), grad_state_in[1], saved[kInput],
+                  slice(saved_of[0], first_weight(cell), weights_of[0]),
+                  slice(saved_of[1], first_weight(cell), weights_of[1]),
+                  optional_of(saved[kLengths]), saved_of[0][kWorkspace],
+                  saved_of[1][kWorkspace], zoneout_list(0), zoneout_list(1));
+    }
+    variable_list result;
+    result.emplace_back();  // cell
+    result.push_back(std::move(grad_input));
+    for (int dir = 0; dir < 2; ++dir)
+      if (saved_of[dir][kFirstState].defined())
+        for (int k = 0; k < states; ++k) result.push_back(std::move(grad_state[dir][k]));
+    for (int dir = 0; dir < 2; ++dir)
+      for (at::Tensor& g : grad_weights[dir]) result.push_back(std::move(g));
+    result.emplace_back();  // lengths
+    result.emplace_back();  // training
+    for (int dir = 0; dir < 2; ++dir)
+      for (size_t k = 0; k < zoneout_of[dir]; ++k) result.emplace_back();
+    return result;
+  }
+};
+
+// The Autograd kernel of rnnfast::bidirectional_layer.
+glue::PairForwardResult pair_autograd(c10::string_view cell_name, const at::Tensor& input,
+                                      at::TensorList state, at::TensorList state_reverse,
+                                      at::TensorList weights, at::TensorList weights_reverse,
+                                      const OptTensor& lengths, bool training,
+                                      glue::OptionalTensorList zoneout,
+                                      glue::OptionalTensorList zoneout_reverse) {
+  const core::CellInfo& cell = glue::find_cell(cell_name, glue::kPairForwardOp);
+  TORCH_CHECK(input.defined(), glue::OpName{glue::kPairForwardOp, cell.name},
+              ": input is required but was None");
+  variable_list out = PairFunction::apply(
+      &cell, input, state, state_reverse, weights, weights_reverse, lengths, training,
+      glue::list_or_empty(zoneout), glue::list_or_empty(zoneout_reverse));
+  const auto mid = out.begin() + out.size() / 2;
+  return {out.front(), std::vector<at::Tensor>(out.begin() + 1, mid - 1), *(mid - 1), *mid,
+          std::vector<at::Tensor>(mid + 1, out.end() - 1), out.back()};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnfast, Autograd, m) {
   m.impl(glue::kForwardOp, &layer_autograd);
   // not differentiable: an error, never a silent zero, if a graph goes through it
   m.impl(glue::kBackwardOp, torch::autograd::autogradNotImplementedFallback());
+  m.impl(glue::kPairForwardOp, &pair_autograd);
+  m.impl(glue::kPairBackwardOp, torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace rnnfast

@@ -39,9 +39,34 @@ constexpr const char* kBackwardSchema =
     "Tensor[]? zoneout=None) -> (Tensor grad_input, Tensor[] grad_state, Tensor[] grad_weights)";
 
 // (output, state_out, workspace) and (grad_input, grad_state, grad_weights).
+// A bidirectional layer's two directions in one call (CPU): the forward direction's
+// arguments, then the reverse direction's; the input and lengths are shared, and the
+// backward's grad_input is the sum of the two directions' (core::layer_backward_pair).
+constexpr const char* kPairForwardOp = "bidirectional_layer";
+constexpr const char* kPairBackwardOp = "bidirectional_layer_backward";
+constexpr const char* kPairForwardSchema =
+    "bidirectional_layer(str cell, Tensor input, Tensor[] state, Tensor[] state_reverse, "
+    "Tensor[] weights, Tensor[] weights_reverse, Tensor? lengths, bool training, "
+    "Tensor[]? zoneout=None, Tensor[]? zoneout_reverse=None) -> "
+    "(Tensor output, Tensor[] state_out, Tensor workspace, Tensor output_reverse, "
+    "Tensor[] state_out_reverse, Tensor workspace_reverse)";
+constexpr const char* kPairBackwardSchema =
+    "bidirectional_layer_backward(str cell, Tensor? grad_output, Tensor?[] grad_state, "
+    "Tensor? grad_output_reverse, Tensor?[] grad_state_reverse, Tensor input, "
+    "Tensor[] weights, Tensor[] weights_reverse, Tensor? lengths, Tensor workspace, "
+    "Tensor workspace_reverse, Tensor[]? zoneout=None, Tensor[]? zoneout_reverse=None) -> "
+    "(Tensor grad_input, Tensor[] grad_state, Tensor[] grad_weights, "
+    "Tensor[] grad_state_reverse, Tensor[] grad_weights_reverse)";
+
 using ForwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>;
 using BackwardResult =
     std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+// (output, state_out, workspace) of the forward direction, then of the reverse direction.
+using PairForwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor,
+                                     std::vector<at::Tensor>, at::Tensor>;
+// (grad_input, grad_state, grad_weights, grad_state_reverse, grad_weights_reverse).
+using PairBackwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                                      std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
 // Names the op and its cell in error messages: "rnnfast::layer(lstm)".
 struct OpName {
@@ -409,11 +434,12 @@ inline ForwardInputs prepare_forward(c10::string_view cell_name, const at::Tenso
                                      at::TensorList state, at::TensorList weights,
                                      const c10::optional<at::Tensor>& lengths,
                                      at::TensorList zoneout, bool dtype_ok,
-                                     const char* dtypes, bool allow_packed) {
+                                     const char* dtypes, bool allow_packed,
+                                     const char* op_name = kForwardOp) {
   ForwardInputs f;
-  f.cell = &find_cell(cell_name, kForwardOp);
+  f.cell = &find_cell(cell_name, op_name);
   const core::CellInfo& cell = *f.cell;
-  const OpName op{kForwardOp, cell.name};
+  const OpName op{op_name, cell.name};
   ParamTensors params;
   f.d = check_args(cell, op, input, weights, lengths, dtype_ok, dtypes, allow_packed, params);
   const Dims& d = f.d;
@@ -451,11 +477,11 @@ inline BackwardInputs prepare_backward(
     const c10::List<c10::optional<at::Tensor>>& grad_state, const at::Tensor& input,
     at::TensorList weights, const c10::optional<at::Tensor>& lengths,
     const at::Tensor& workspace, at::TensorList zoneout, at::ScalarType ws_dtype, bool dtype_ok,
-    const char* dtypes, bool allow_packed) {
+    const char* dtypes, bool allow_packed, const char* op_name = kBackwardOp) {
   BackwardInputs b;
-  b.cell = &find_cell(cell_name, kBackwardOp);
+  b.cell = &find_cell(cell_name, op_name);
   const core::CellInfo& cell = *b.cell;
-  const OpName op{kBackwardOp, cell.name};
+  const OpName op{op_name, cell.name};
   ParamTensors params;
   b.d = check_args(cell, op, input, weights, lengths, dtype_ok, dtypes, allow_packed, params);
   const Dims& d = b.d;

@@ -78,6 +78,62 @@ at::Tensor workspace_tensor(std::vector<int64_t> sizes, const at::TensorOptions&
   return at::from_blob(p, sizes, [](void* q) { core::scratch_free(q); }, opts);
 }
 
+// The fields a forward and a backward call share: the cell, the sizes, the lengths, the
+// direction, the layout and the zoneout.
+template <class Real, template <class> class Args>
+void set_call(Args<Real>& a, const core::CellInfo& cell, const Dims& d,
+              const c10::optional<at::Tensor>& lengths, bool reverse, const Zoneout& zoneout) {
+  a.cell = cell.id;
+  a.T = d.T; a.B = d.B; a.I = d.I; a.H = d.H; a.P = d.P;
+  a.lengths = lengths ? lengths->data_ptr<int64_t>() : nullptr;
+  a.reverse = reverse;
+  a.packed = d.packed;
+  for (int k = 0; k < 2; ++k) {
+    a.zoneout[k] = data_or_null<Real>(zoneout.mask[k]);
+    a.zoneout_p[k] = zoneout.p[k];
+  }
+}
+
+// The core arguments of a forward call, from checked inputs and the allocated outputs.
+template <class Real>
+core::ForwardArgs<Real> forward_args(const ForwardInputs& f, const ForwardResult& out,
+                                     bool reverse, bool training) {
+  const core::CellInfo& cell = *f.cell;
+  const Dims& d = f.d;
+  const std::vector<at::Tensor>& state_out = std::get<1>(out);
+  core::ForwardArgs<Real> a;
+  set_call(a, cell, d, f.lengths, reverse, f.zoneout);
+  a.x = f.input.data_ptr<Real>();
+  a.h0 = data_or_null<Real>(f.state[kStateH]);
+  a.c0 = data_or_null<Real>(f.state[kStateC]);
+  a.w_ih = data_or_null<Real>(f.params[kWeightIh]);
+  a.w_hh = data_or_null<Real>(f.params[kWeightHh]);
+  a.b_ih = data_or_null<Real>(f.params[kBiasIh]);
+  a.b_hh = data_or_null<Real>(f.params[kBiasHh]);
+  a.w_hr = data_or_null<Real>(f.params[kWeightHr]);
+  int n = 0;
+  for (int i : cell_param_indices(cell)) a.cell_w[n++] = data_or_null<Real>(f.params[i]);
+  a.y = std::get<0>(out).data_ptr<Real>();
+  a.hy = state_out[kStateH].data_ptr<Real>();
+  a.cy = cell.cell_state ? state_out[kStateC].data_ptr<Real>() : nullptr;
+  a.ws = training ? std::get<2>(out).data_ptr<Real>() : nullptr;
+  return a;
+}
+
+// The outputs of a forward call (the workspace from workspace_tensor when training).
+ForwardResult forward_outputs(const ForwardInputs& f, bool training) {
+  const core::CellInfo& cell = *f.cell;
+  const Dims& d = f.d;
+  const auto opts = f.input.options();
+  ForwardResult out = empty_outputs(cell, d, opts, opts, /*training=*/false);
+  if (training) std::get<2>(out) = workspace_tensor(d.rows_by(cell.workspace_cols(d.H, d.P)), opts);
+  if (core::debug_nan_scratch()) {
+    debug_fill_nan(std::get<0>(out));
+    for (const at::Tensor& t : std::get<1>(out)) debug_fill_nan(t);
+  }
+  return out;
+}
+
 ForwardResult forward_op(c10::string_view cell_name, const at::Tensor& input_,
                          at::TensorList state_, at::TensorList weights_,
                          const c10::optional<at::Tensor>& lengths_, bool reverse, bool training,
@@ -86,47 +142,57 @@ ForwardResult forward_op(c10::string_view cell_name, const at::Tensor& input_,
                                           list_or_empty(zoneout_),
                                           cpu_dtype_ok(input_), "float32 or float64",
                                           /*allow_packed=*/true);
-  const core::CellInfo& cell = *f.cell;
-  const Dims& d = f.d;
-  const auto opts = f.input.options();
-  ForwardResult out = empty_outputs(cell, d, opts, opts, /*training=*/false);
-  at::Tensor &y = std::get<0>(out), &ws = std::get<2>(out);
-  const std::vector<at::Tensor>& state_out = std::get<1>(out);
-  if (training) ws = workspace_tensor(d.rows_by(cell.workspace_cols(d.H, d.P)), opts);
-  if (core::debug_nan_scratch()) {
-    debug_fill_nan(y);
-    for (const at::Tensor& t : state_out) debug_fill_nan(t);
-  }
-
+  ForwardResult out = forward_outputs(f, training);
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(f.input.scalar_type(), "rnnfast_layer_forward", [&] {
-    core::ForwardArgs<scalar_t> a;
-    a.cell = cell.id;
-    a.T = d.T; a.B = d.B; a.I = d.I; a.H = d.H; a.P = d.P;
-    a.x = f.input.data_ptr<scalar_t>();
-    a.h0 = data_or_null<scalar_t>(f.state[kStateH]);
-    a.c0 = data_or_null<scalar_t>(f.state[kStateC]);
-    a.w_ih = data_or_null<scalar_t>(f.params[kWeightIh]);
-    a.w_hh = data_or_null<scalar_t>(f.params[kWeightHh]);
-    a.b_ih = data_or_null<scalar_t>(f.params[kBiasIh]);
-    a.b_hh = data_or_null<scalar_t>(f.params[kBiasHh]);
-    a.w_hr = data_or_null<scalar_t>(f.params[kWeightHr]);
-    int n = 0;
-    for (int i : cell_param_indices(cell)) a.cell_w[n++] = data_or_null<scalar_t>(f.params[i]);
-    a.lengths = f.lengths ? f.lengths->data_ptr<int64_t>() : nullptr;
-    a.reverse = reverse;
-    a.packed = d.packed;
-    for (int k = 0; k < 2; ++k) {
-      a.zoneout[k] = data_or_null<scalar_t>(f.zoneout.mask[k]);
-      a.zoneout_p[k] = f.zoneout.p[k];
-    }
-    a.y = y.data_ptr<scalar_t>();
-    a.hy = state_out[kStateH].data_ptr<scalar_t>();
-    a.cy = cell.cell_state ? state_out[kStateC].data_ptr<scalar_t>() : nullptr;
-    a.ws = training ? ws.data_ptr<scalar_t>() : nullptr;
-    core::layer_forward(a, ex);
+    core::layer_forward(forward_args<scalar_t>(f, out, reverse, training), ex);
   });
   return out;
+}
+
+// The core arguments of a backward call, from checked inputs and the allocated gradients.
+template <class Real>
+core::BackwardArgs<Real> backward_args(const BackwardInputs& in, const BackwardResult& g,
+                                       bool reverse) {
+  const core::CellInfo& cell = *in.cell;
+  const Dims& d = in.d;
+  const std::vector<at::Tensor>& dstate = std::get<1>(g);
+  const std::vector<at::Tensor>& dweights = std::get<2>(g);
+  core::BackwardArgs<Real> a;
+  set_call(a, cell, d, in.lengths, reverse, in.zoneout);
+  a.x = in.input.data_ptr<Real>();
+  a.w_ih = data_or_null<Real>(in.params[kWeightIh]);
+  a.w_hh = data_or_null<Real>(in.params[kWeightHh]);
+  a.w_hr = data_or_null<Real>(in.params[kWeightHr]);
+  int n = 0;
+  for (int i : cell_param_indices(cell)) {
+    a.cell_w[n] = data_or_null<Real>(in.params[i]);
+    a.dcell_w[n++] = data_or_null<Real>(grad_of(dweights, d.layout, i));
+  }
+  a.ws = in.ws.data_ptr<Real>();
+  a.dy = data_or_null<Real>(in.grad_output);
+  a.dhy = data_or_null<Real>(in.grad_state[kStateH]);
+  a.dcy = data_or_null<Real>(in.grad_state[kStateC]);
+  a.dx = std::get<0>(g).data_ptr<Real>();
+  a.dh0 = dstate[kStateH].data_ptr<Real>();
+  a.dc0 = cell.cell_state ? dstate[kStateC].data_ptr<Real>() : nullptr;
+  a.dw_ih = data_or_null<Real>(grad_of(dweights, d.layout, kWeightIh));
+  a.dw_hh = data_or_null<Real>(grad_of(dweights, d.layout, kWeightHh));
+  a.db_ih = data_or_null<Real>(grad_of(dweights, d.layout, kBiasIh));
+  a.db_hh = data_or_null<Real>(grad_of(dweights, d.layout, kBiasHh));
+  a.dw_hr = data_or_null<Real>(grad_of(dweights, d.layout, kWeightHr));
+  return a;
+}
+
+// The gradients of a backward call, NaN-filled in the debug mode.
+BackwardResult backward_outputs(const BackwardInputs& in) {
+  BackwardResult g = empty_grads(*in.cell, in.d, in.input.options());
+  if (core::debug_nan_scratch()) {
+    debug_fill_nan(std::get<0>(g));
+    for (const at::Tensor& t : std::get<1>(g)) debug_fill_nan(t);
+    for (const at::Tensor& t : std::get<2>(g)) debug_fill_nan(t);
+  }
+  return g;
 }
 
 BackwardResult backward_op(c10::string_view cell_name,
@@ -141,54 +207,69 @@ BackwardResult backward_op(c10::string_view cell_name,
       list_or_empty(zoneout_),
       input_.defined() ? input_.scalar_type() : at::kFloat, cpu_dtype_ok(input_),
       "float32 or float64", /*allow_packed=*/true);
-  const core::CellInfo& cell = *in.cell;
-  const Dims& d = in.d;
-  BackwardResult g = empty_grads(cell, d, in.input.options());
-  const at::Tensor& dx = std::get<0>(g);
-  const std::vector<at::Tensor>& dstate = std::get<1>(g);
-  const std::vector<at::Tensor>& dweights = std::get<2>(g);
-  if (core::debug_nan_scratch()) {
-    debug_fill_nan(dx);
-    for (const at::Tensor& t : dstate) debug_fill_nan(t);
-    for (const at::Tensor& t : dweights) debug_fill_nan(t);
-  }
-
+  BackwardResult g = backward_outputs(in);
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(in.input.scalar_type(), "rnnfast_layer_backward", [&] {
-    core::BackwardArgs<scalar_t> a;
-    a.cell = cell.id;
-    a.T = d.T; a.B = d.B; a.I = d.I; a.H = d.H; a.P = d.P;
-    a.x = in.input.data_ptr<scalar_t>();
-    a.w_ih = data_or_null<scalar_t>(in.params[kWeightIh]);
-    a.w_hh = data_or_null<scalar_t>(in.params[kWeightHh]);
-    a.w_hr = data_or_null<scalar_t>(in.params[kWeightHr]);
-    int n = 0;
-    for (int i : cell_param_indices(cell)) {
-      a.cell_w[n] = data_or_null<scalar_t>(in.params[i]);
-      a.dcell_w[n++] = data_or_null<scalar_t>(grad_of(dweights, d.layout, i));
-    }
-    a.lengths = in.lengths ? in.lengths->data_ptr<int64_t>() : nullptr;
-    a.reverse = reverse;
-    a.packed = d.packed;
-    for (int k = 0; k < 2; ++k) {
-      a.zoneout[k] = data_or_null<scalar_t>(in.zoneout.mask[k]);
-      a.zoneout_p[k] = in.zoneout.p[k];
-    }
-    a.ws = in.ws.data_ptr<scalar_t>();
-    a.dy = data_or_null<scalar_t>(in.grad_output);
-    a.dhy = data_or_null<scalar_t>(in.grad_state[kStateH]);
-    a.dcy = data_or_null<scalar_t>(in.grad_state[kStateC]);
-    a.dx = dx.data_ptr<scalar_t>();
-    a.dh0 = dstate[kStateH].data_ptr<scalar_t>();
-    a.dc0 = cell.cell_state ? dstate[kStateC].data_ptr<scalar_t>() : nullptr;
-    a.dw_ih = data_or_null<scalar_t>(grad_of(dweights, d.layout, kWeightIh));
-    a.dw_hh = data_or_null<scalar_t>(grad_of(dweights, d.layout, kWeightHh));
-    a.db_ih = data_or_null<scalar_t>(grad_of(dweights, d.layout, kBiasIh));
-    a.db_hh = data_or_null<scalar_t>(grad_of(dweights, d.layout, kBiasHh));
-    a.dw_hr = data_or_null<scalar_t>(grad_of(dweights, d.layout, kWeightHr));
-    core::layer_backward(a, ex);
+    core::layer_backward(backward_args<scalar_t>(in, g, reverse), ex);
   });
   return g;
+}
+
+// The op names the reverse direction's checks report (its arguments end in _reverse).
+constexpr const char* kPairForwardReverseOp = "bidirectional_layer, reverse direction";
+constexpr const char* kPairBackwardReverseOp = "bidirectional_layer_backward, reverse direction";
+
+PairForwardResult pair_forward_op(c10::string_view cell_name, const at::Tensor& input_,
+                                  at::TensorList state_, at::TensorList state_reverse_,
+                                  at::TensorList weights_, at::TensorList weights_reverse_,
+                                  const c10::optional<at::Tensor>& lengths_, bool training,
+                                  OptionalTensorList zoneout_,
+                                  OptionalTensorList zoneout_reverse_) {
+  const ForwardInputs f[2] = {
+      prepare_forward(cell_name, input_, state_, weights_, lengths_, list_or_empty(zoneout_),
+                      cpu_dtype_ok(input_), "float32 or float64", /*allow_packed=*/true,
+                      kPairForwardOp),
+      prepare_forward(cell_name, input_, state_reverse_, weights_reverse_, lengths_,
+                      list_or_empty(zoneout_reverse_), cpu_dtype_ok(input_),
+                      "float32 or float64", /*allow_packed=*/true, kPairForwardReverseOp)};
+  ForwardResult out[2] = {forward_outputs(f[0], training), forward_outputs(f[1], training)};
+  AtenExecutor ex;
+  AT_DISPATCH_FLOATING_TYPES(f[0].input.scalar_type(), "rnnfast_bidirectional_layer", [&] {
+    core::layer_forward_pair(forward_args<scalar_t>(f[0], out[0], /*reverse=*/false, training),
+                             forward_args<scalar_t>(f[1], out[1], /*reverse=*/true, training),
+                             ex);
+  });
+  return std::tuple_cat(std::move(out[0]), std::move(out[1]));
+}
+
+PairBackwardResult pair_backward_op(
+    c10::string_view cell_name, const c10::optional<at::Tensor>& grad_output,
+    const c10::List<c10::optional<at::Tensor>>& grad_state,
+    const c10::optional<at::Tensor>& grad_output_reverse,
+    const c10::List<c10::optional<at::Tensor>>& grad_state_reverse, const at::Tensor& input_,
+    at::TensorList weights_, at::TensorList weights_reverse_,
+    const c10::optional<at::Tensor>& lengths_, const at::Tensor& workspace,
+    const at::Tensor& workspace_reverse, OptionalTensorList zoneout_,
+    OptionalTensorList zoneout_reverse_) {
+  const at::ScalarType dtype = input_.defined() ? input_.scalar_type() : at::kFloat;
+  const BackwardInputs in[2] = {
+      prepare_backward(cell_name, grad_output, grad_state, input_, weights_, lengths_,
+                       workspace, list_or_empty(zoneout_), dtype, cpu_dtype_ok(input_),
+                       "float32 or float64", /*allow_packed=*/true, kPairBackwardOp),
+      prepare_backward(cell_name, grad_output_reverse, grad_state_reverse, input_,
+                       weights_reverse_, lengths_, workspace_reverse,
+                       list_or_empty(zoneout_reverse_), dtype, cpu_dtype_ok(input_),
+                       "float32 or float64", /*allow_packed=*/true, kPairBackwardReverseOp)};
+  BackwardResult g[2] = {backward_outputs(in[0]), backward_outputs(in[1])};
+  AtenExecutor ex;
+  AT_DISPATCH_FLOATING_TYPES(in[0].input.scalar_type(), "rnnfast_bidirectional_backward", [&] {
+    core::BackwardArgs<scalar_t> b = backward_args<scalar_t>(in[1], g[1], /*reverse=*/true);
+    b.dx = std::get<0>(g[0]).data_ptr<scalar_t>();  // the sum of both goes to one gradient
+    core::layer_backward_pair(backward_args<scalar_t>(in[0], g[0], /*reverse=*/false), b, ex);
+  });
+  return {std::move(std::get<0>(g[0])), std::move(std::get<1>(g[0])),
+          std::move(std::get<2>(g[0])), std::move(std::get<1>(g[1])),
+          std::move(std::get<2>(g[1]))};
 }
 
 // keep_mask: a zoneout mask of `size` (core::fill_keep_mask), 1 with probability p, from the
@@ -220,10 +301,16 @@ at::Tensor keep_mask_op(const at::Tensor& seed, double p, at::IntArrayRef size,
 TORCH_LIBRARY(rnnfast, m) {
   m.def(glue::kForwardSchema);
   m.def(glue::kBackwardSchema);
+  m.def(glue::kPairForwardSchema);
+  m.def(glue::kPairBackwardSchema);
   m.def("keep_mask(Tensor seed, float p, int[] size, ScalarType dtype) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(rnnfast, CPU, m) { m.impl("keep_mask", &keep_mask_op); }
+TORCH_LIBRARY_IMPL(rnnfast, CPU, m) {
+  m.impl("keep_mask", &keep_mask_op);
+  m.impl(glue::kPairForwardOp, &pair_forward_op);
+  m.impl(glue::kPairBackwardOp, &pair_backward_op);
+}
 
 RNNFAST_REGISTER_BACKEND(CPU, forward_op, backward_op)
 
@@ -270,6 +357,15 @@ PYBIND11_MODULE(_C, m) {
         "The CPU driver's plan (csrc/core/rnn.h: LayerPlan) of a dense float32 layer call on "
         "the active SIMD path, as 'field=value ...' (for benchmarks and tests); training: a "
         "forward that saves the workspace (a backward call is always training).");
+  m.def("pair_concurrent", [](int threads, int64_t w_hh_bytes) {
+    return core::pair_concurrent(threads, w_hh_bytes);
+  }, py::arg("threads"), py::arg("w_hh_bytes"),
+        "Whether a bidirectional layer's two directions run at the same time, one thread each, "
+        "on `threads` threads with a W_hh of `w_hh_bytes` bytes per direction "
+        "(csrc/core/rnn.h: layer_forward_pair), rather than one after the other on every "
+        "thread.");
+  m.def("l2_cache_bytes", [] { return core::cpu_l2_cache_bytes(); },
+        "The per-core L2 cache the CPU kernels plan with, in bytes.");
   m.def("scratch_cached_bytes", [] { return core::scratch_cached_bytes(); },
         "Bytes of large CPU scratch blocks kept for the next kernel call.");
   m.def("release_scratch", [] { core::release_scratch(); },

@@ -3,7 +3,8 @@
 Same constructor arguments, parameter names, shapes, registration order and
 initialisation as torch, so ``state_dict`` moves both ways. Stacking, directions,
 inter-layer dropout, batch_first, unbatched input and PackedSequence are handled
-here; each (layer, direction) runs as one fused op from :mod:`rnnfast.ops`.
+here; each (layer, direction) runs as one fused op from :mod:`rnnfast.ops`, or on CPU
+both directions of a bidirectional layer as one (``ops.bidirectional_layer``).
 
 These classes derive from ``nn.Module``, not from ``nn.RNNBase``: Dynamo refuses
 to trace ``nn.RNNBase`` subclasses, and ``torch.compile(fullgraph=True)`` must
@@ -417,9 +418,11 @@ class RNNBase(nn.Module):
         if drop > 0:
             w_hh = [p.name for p in _cells.params_of(cell, self.bias, self.proj_size > 0)
                     ].index("weight_hh")
+        # on CPU both directions of a layer run in one op (on two threads, one core each)
+        pair = num_directions == 2 and run is ops.layer and x.device.type == "cpu"
         finals = []
         for layer in range(self.num_layers):
-            outs = []
+            calls = []  # per direction: (state, weights, zoneout), drawn in direction order
             for direction in range(num_directions):
                 idx = layer * num_directions + direction
                 # _all_weights lists the layer's parameters in the ops' weights order
@@ -430,9 +433,16 @@ class RNNBase(nn.Module):
                     self.__dict__.get("_zoneout_p", ()), self.training, tuple(x.shape[:-1]),
                     [self.proj_size or self.hidden_size, self.hidden_size], x)
                 state = [s[idx] for s in stacked] if stacked is not None else []
-                out, final = run(cell.name, x, state, weights, lengths, direction == 1, zoneout)
-                outs.append(out)
-                finals.append(final)
+                calls.append((state, weights, zoneout))
+            if pair:
+                (f_state, f_weights, f_zoneout), (r_state, r_weights, r_zoneout) = calls
+                results = ops.bidirectional_layer(cell.name, x, f_state, r_state, f_weights,
+                                                  r_weights, lengths, f_zoneout, r_zoneout)
+            else:
+                results = [run(cell.name, x, state, weights, lengths, direction == 1, zoneout)
+                           for direction, (state, weights, zoneout) in enumerate(calls)]
+            outs = [out for out, _ in results]
+            finals.extend(final for _, final in results)
             x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)

@@ -23,6 +23,23 @@ expectation) or a mask m shaped like the state's rows, [T,B,S] for h and [T,B,H]
 input's dtype (s_t = m s_{t-1} + (1 - m) s~_t; 1 keeps the previous value); the output is the
 zoned h.
 
+On CPU a fourth and fifth op run both directions of a bidirectional layer in one call, the
+forward direction's arguments first and then the reverse one's (same input and lengths):
+
+    bidirectional_layer(cell, input, state, state_reverse, weights, weights_reverse, lengths,
+                        training, zoneout=None, zoneout_reverse=None)
+        -> (output, state_out, workspace, output_reverse, state_out_reverse,
+            workspace_reverse)
+    bidirectional_layer_backward(cell, grad_output?, grad_state, grad_output_reverse?,
+                                 grad_state_reverse, input, weights, weights_reverse, lengths,
+                                 workspace, workspace_reverse, zoneout=None,
+                                 zoneout_reverse=None)
+        -> (grad_input, grad_state, grad_weights, grad_state_reverse, grad_weights_reverse)
+
+On two threads they run the directions at the same time, one core each
+(csrc/core/rnn.h: layer_forward_pair); the results are bit-identical to two ``layer`` calls,
+and grad_input is the sum of the two directions' input gradients.
+
 A third op, ``keep_mask(seed, p, size, dtype)``, makes zoneout's training masks on CPU (see
 :func:`keep_mask`).
 
@@ -128,6 +145,26 @@ def _fake_backward(cell, grad_output, grad_state, input, weights, lengths, works
             [input.new_empty(t.shape) for t in weights])
 
 
+@torch.library.register_fake("rnnfast::bidirectional_layer")
+def _fake_pair(cell, input, state, state_reverse, weights, weights_reverse, lengths, training,
+               zoneout=None, zoneout_reverse=None):
+    return (_fake(cell, input, state, weights, lengths, False, training, zoneout)
+            + _fake(cell, input, state_reverse, weights_reverse, lengths, True, training,
+                    zoneout_reverse))
+
+
+@torch.library.register_fake("rnnfast::bidirectional_layer_backward")
+def _fake_pair_backward(cell, grad_output, grad_state, grad_output_reverse, grad_state_reverse,
+                        input, weights, weights_reverse, lengths, workspace, workspace_reverse,
+                        zoneout=None, zoneout_reverse=None):
+    grad_input, grad_state, grad_weights = _fake_backward(
+        cell, grad_output, grad_state, input, weights, lengths, workspace, False, zoneout)
+    _, grad_state_r, grad_weights_r = _fake_backward(
+        cell, grad_output_reverse, grad_state_reverse, input, weights_reverse, lengths,
+        workspace_reverse, True, zoneout_reverse)
+    return grad_input, grad_state, grad_weights, grad_state_r, grad_weights_r
+
+
 @torch.library.register_fake("rnnfast::keep_mask")
 def _fake_keep_mask(seed, p, size, dtype):
     return seed.new_empty(size, dtype=dtype)
@@ -156,6 +193,21 @@ def keep_mask(shape: Sequence[int], p: float, dtype: torch.dtype,
 # Under autocast the fused ops run in float32 (they have no bf16/fp16 kernels): bf16/fp16
 # inputs, states and weights are cast up; float64 is left alone (autocast's own fp32 policy).
 torch.library.register_autocast("rnnfast::layer", "cpu", torch.float32)
+torch.library.register_autocast("rnnfast::bidirectional_layer", "cpu", torch.float32)
+
+_PAIR = torch.ops.rnnfast.bidirectional_layer.default
+
+
+def _reference_only() -> bool:
+    """Whether the layers must run as the plain-PyTorch loop: under forward-mode AD or a
+    torch.func transform (see :func:`layer`)."""
+    return _fwad._current_level >= 0 or (not torch.compiler.is_compiling()
+                                         and _peek_functorch() is not None)
+
+
+def _needs_grad(input, *lists) -> bool:
+    return torch.is_grad_enabled() and (
+        input.requires_grad or any(t.requires_grad for l in lists for t in l))
 
 
 def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]],
@@ -179,8 +231,7 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
     """
     if state is None:
         state = []
-    if _fwad._current_level >= 0 or (not torch.compiler.is_compiling()
-                                     and _peek_functorch() is not None):
+    if _reference_only():
         return _reference.layer(cell, input, state, weights, lengths, reverse, zoneout)
     if input.is_cuda and torch.is_autocast_enabled("cuda"):
         dt = torch.get_autocast_dtype("cuda")
@@ -192,9 +243,30 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
         state = [cast(t) for t in state]
         weights = [cast(t) for t in weights]
         zoneout = [cast(t) if t.dim() else t for t in zoneout]
-    training = torch.is_grad_enabled() and (
-        input.requires_grad or any(t.requires_grad for t in state)
-        or any(t.requires_grad for t in weights))
+    training = _needs_grad(input, state, weights)
     out, state_out, _ = _LAYER(cell, input, state, weights, lengths, reverse, training,
                                list(zoneout) if zoneout else None)
     return out, state_out
+
+
+def bidirectional_layer(cell: str, input: torch.Tensor, state: Sequence[torch.Tensor],
+                        state_reverse: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                        weights_reverse: Sequence[torch.Tensor],
+                        lengths: Optional[torch.Tensor] = None,
+                        zoneout: Sequence[torch.Tensor] = (),
+                        zoneout_reverse: Sequence[torch.Tensor] = ()):
+    """Both directions of a bidirectional layer over the same CPU ``input``: returns
+    ((output, final states), (output_reverse, final states_reverse)), the same as
+    ``layer(..., reverse=False)`` and ``layer(..., reverse=True)`` with each direction's
+    state, weights and zoneout, bit for bit. Under a torch.func transform or forward-mode AD,
+    two plain-PyTorch loops (as :func:`layer`)."""
+    if _reference_only():
+        return (_reference.layer(cell, input, state, weights, lengths, False, zoneout),
+                _reference.layer(cell, input, state_reverse, weights_reverse, lengths, True,
+                                 zoneout_reverse))
+    training = _needs_grad(input, state, weights, state_reverse, weights_reverse)
+    y, s, _, y_r, s_r, _ = _PAIR(cell, input, list(state), list(state_reverse), list(weights),
+                                 list(weights_reverse), lengths, training,
+                                 list(zoneout) if zoneout else None,
+                                 list(zoneout_reverse) if zoneout_reverse else None)
+    return (y, s), (y_r, s_r)

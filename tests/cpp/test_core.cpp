@@ -198,10 +198,11 @@ struct Result {
   std::vector<Real, Aligned64<Real>> ws;
 };
 
+// The arguments of p's forward call over t, writing into r (allocated here).
 template <class Real>
-Result<Real> run_forward(const Problem& p, const Tensors<Real>& t, const Executor& ex, bool save) {
+ForwardArgs<Real> forward_args(const Problem& p, const Tensors<Real>& t, Result<Real>& r,
+                               bool save) {
   const int64_t S = p.P > 0 ? p.P : p.H;
-  Result<Real> r;
   r.y.assign(p.T * p.B * S, Real(-7));
   r.hy.assign(p.B * S, Real(-7));
   r.cy.assign(p.B * p.H, Real(-7));
@@ -221,7 +222,13 @@ Result<Real> run_forward(const Problem& p, const Tensors<Real>& t, const Executo
   a.y = r.y.data(); a.hy = r.hy.data();
   a.cy = cell_info(p.cell).cell_state ? r.cy.data() : nullptr;
   a.ws = save ? r.ws.data() : nullptr;
-  layer_forward(a, ex);
+  return a;
+}
+
+template <class Real>
+Result<Real> run_forward(const Problem& p, const Tensors<Real>& t, const Executor& ex, bool save) {
+  Result<Real> r;
+  layer_forward(forward_args(p, t, r, save), ex);
   return r;
 }
 
@@ -263,14 +270,9 @@ struct GradBuffers {
   }
 };
 
-void check_gradients(const Problem& p) {
-  auto t = make<double>(p, 1234);
-  const int64_t S = p.P > 0 ? p.P : p.H;
-  SerialExecutor ex;
-  auto fr = run_forward(p, t, ex, true);
-  GradBuffers gr(p, t);
-  std::vector<double> &dx = gr.dx, &dh0 = gr.dh0, &dc0 = gr.dc0, &dwih = gr.dwih,
-                      &dwhh = gr.dwhh, &dbih = gr.dbih, &dbhh = gr.dbhh, &dwhr = gr.dwhr;
+// The arguments of p's backward call over t and its forward's result fr, into gr.
+BackwardArgs<double> backward_args(const Problem& p, const Tensors<double>& t,
+                                   const Result<double>& fr, GradBuffers& gr) {
   BackwardArgs<double> a;
   a.cell = p.cell; a.T = p.T; a.B = p.B; a.I = p.I; a.H = p.H; a.P = p.P;
   a.x = t.x.data(); a.w_ih = t.w_ih.data(); a.w_hh = t.w_hh.data();
@@ -283,6 +285,18 @@ void check_gradients(const Problem& p) {
   a.dy = t.ry.data(); a.dhy = t.rh.data();
   a.dcy = cell_info(p.cell).cell_state ? t.rc.data() : nullptr;
   gr.wire(p, a);
+  return a;
+}
+
+void check_gradients(const Problem& p) {
+  auto t = make<double>(p, 1234);
+  const int64_t S = p.P > 0 ? p.P : p.H;
+  SerialExecutor ex;
+  auto fr = run_forward(p, t, ex, true);
+  GradBuffers gr(p, t);
+  std::vector<double> &dx = gr.dx, &dh0 = gr.dh0, &dc0 = gr.dc0, &dwih = gr.dwih,
+                      &dwhh = gr.dwhh, &dbih = gr.dbih, &dbhh = gr.dbhh, &dwhr = gr.dwhr;
+  const BackwardArgs<double> a = backward_args(p, t, fr, gr);
   layer_backward(a, ex);
 
   auto fd = [&](std::vector<double>& param, const std::vector<double>& grad, const char* name) {
@@ -522,6 +536,48 @@ void check_isas_and_threads(const Problem& p, double tol) {
     std::string tag = describe(p) + " isa=" + isa_name(isa) + (sizeof(Real) == 4 ? " f32" : " f64");
     expect(max_diff(r.y, ref.y) < tol && max_diff(r.hy, ref.hy) < tol, tag + " forward vs scalar");
     expect(r.y == rt.y && r.hy == rt.hy && r.ws == rt.ws, tag + " threaded forward bit-identical");
+  }
+}
+
+// The pair schedule of a bidirectional layer (layer_forward_pair, layer_backward_pair), on
+// one thread and on two (where the directions run at the same time): each direction's results
+// are its own call's, bit for bit, and the input gradient is the sum of the two calls'.
+void check_pair(Problem p) {
+  Problem pr = p;
+  p.reverse = false;
+  pr.reverse = true;
+  auto t = make<double>(p, 5), tr = make<double>(p, 6);
+  tr.x = t.x;  // one input
+  SerialExecutor serial;
+  auto f = run_forward(p, t, serial, true), fr = run_forward(pr, tr, serial, true);
+  GradBuffers g(p, t), gr(pr, tr);
+  layer_backward(backward_args(p, t, f, g), serial);
+  layer_backward(backward_args(pr, tr, fr, gr), serial);
+  std::vector<double> dx_sum(g.dx.size());
+  for (size_t i = 0; i < dx_sum.size(); ++i) dx_sum[i] = g.dx[i] + gr.dx[i];
+  ThreadExecutor two(2);
+  for (const Executor* ex : {static_cast<const Executor*>(&serial),
+                             static_cast<const Executor*>(&two)}) {
+    const int64_t w_hh = cell_info(p.cell).gates * p.H * (p.P > 0 ? p.P : p.H) * 8;
+    const std::string tag = describe(p) + " pair on " + std::to_string(ex->num_threads()) +
+                            " threads" +
+                            (pair_concurrent(ex->num_threads(), w_hh) ? " (concurrent)" : "");
+    Result<double> a, b;
+    layer_forward_pair(forward_args(p, t, a, true), forward_args(pr, tr, b, true), *ex);
+    expect(a.y == f.y && a.hy == f.hy && a.cy == f.cy && a.ws == f.ws && b.y == fr.y &&
+               b.hy == fr.hy && b.cy == fr.cy && b.ws == fr.ws,
+           tag + ": forward");
+    GradBuffers ga(p, t), gb(pr, tr);
+    BackwardArgs<double> ba = backward_args(p, t, a, ga), bb = backward_args(pr, tr, b, gb);
+    bb.dx = ba.dx;
+    layer_backward_pair(ba, bb, *ex);
+    expect(ga.dx == dx_sum, tag + ": input gradient, the sum of both directions'");
+    expect(ga.dh0 == g.dh0 && ga.dc0 == g.dc0 && ga.dwih == g.dwih && ga.dwhh == g.dwhh &&
+               ga.dbih == g.dbih && ga.dbhh == g.dbhh && ga.dwhr == g.dwhr && ga.dcw == g.dcw,
+           tag + ": forward direction's gradients");
+    expect(gb.dh0 == gr.dh0 && gb.dc0 == gr.dc0 && gb.dwih == gr.dwih && gb.dwhh == gr.dwhh &&
+               gb.dbih == gr.dbih && gb.dbhh == gr.dbhh && gb.dwhr == gr.dwhr && gb.dcw == gr.dcw,
+           tag + ": reverse direction's gradients");
   }
 }
 
@@ -968,6 +1024,18 @@ int main() {
     big.push_back({cell, 7, 29, 19, 64, cell_info(cell).projection ? 32 : 0, false, true, true, true});
     big.push_back({cell, 9, 53, 37, 45, cell_info(cell).projection ? 20 : 0, true, true, true,
                    false, 1});
+  }
+  // The pair schedule, with lengths and zoneout masks, on every path.
+  expect(pair_concurrent(2, 64 << 10) && !pair_concurrent(1, 64 << 10) &&
+             !pair_concurrent(3, 64 << 10) && !pair_concurrent(2, 8 * cpu_l2_cache_bytes()),
+         "pair schedule: concurrent on 2 threads while W_hh fits twice the L2");
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+    if (!set_isa(isa)) continue;
+    for (Cell cell : all_cells()) {
+      check_pair({cell, 9, 53, 37, 45, cell_info(cell).projection ? 20 : 0, false, true, true});
+      check_pair({cell, 6, 7, 5, 7, 0, false, true, true, true, 1});
+      check_pair({cell, 2, 5, 4, 6, 0, false, true, false});  // the dot-product path
+    }
   }
   for (const auto& p : big) {
     check_isas_and_threads<float>(p, 2e-5);
