@@ -146,6 +146,53 @@ def test_inference_and_no_state(threads):
                     assert torch.equal(u, v), cell
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_one_direction_without_initial_state(cell, monkeypatch, threads):
+    """The forward direction given initial states, the reverse one none (and the other way
+    round): gradients of the given states, the input and every weight equal two layer
+    calls'."""
+    torch.set_num_threads(2)
+    _, x, state, weights, lengths, _, _ = op_args(cell)
+    _, _, state_r, weights_r, _, _, _ = op_args(cell, seed=1)
+    for s, s_r in ((state, []), ([], state_r)):
+        leaves = [x] + list(s) + list(s_r) + list(weights) + list(weights_r)
+
+        def grads(fn):
+            (y, h), (y_r, h_r) = fn(cell, x, s, s_r, weights, weights_r, lengths)
+            loss = (y * y).sum() + (y_r * y_r.flip(0)).sum() + h[0].sum() + 2 * h_r[0].sum()
+            return torch.autograd.grad(loss, leaves)
+        for a, b in zip(grads(ops.bidirectional_layer), grads(_sequential)):
+            assert torch.equal(a, b)
+
+
+def test_float64_keeps_the_callers_denormal_mode(monkeypatch, threads):
+    """float64 keeps the calling thread's denormal handling (torch.set_flush_denormal): on the
+    concurrent schedule the reverse direction runs on another thread, which must take the
+    caller's mode, so that subnormal states are flushed (or kept) as layer by layer."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    m = rnnfast.LSTM(4, 6, bidirectional=True, bias=False, dtype=torch.float64)
+    x = randn(5, 3, 4, seed=1) * 1e-307  # outputs around the smallest normal, 2.2e-308
+    outs = {}
+    try:
+        for flush in (False, True):
+            if not torch.set_flush_denormal(flush):
+                pytest.skip("this CPU cannot flush denormals")
+            with torch.no_grad():
+                got = m(x)[0]
+                with monkeypatch.context() as mp:
+                    mp.setattr(ops, "bidirectional_layer", _sequential)
+                    want = m(x)[0]
+            assert torch.equal(got, want), f"flush={flush}"
+            outs[flush] = got
+    finally:
+        torch.set_flush_denormal(False)
+    tiny = torch.finfo(torch.float64).tiny
+    for d in (slice(0, 6), slice(6, 12)):  # each direction's outputs
+        subnormal = lambda t: ((t != 0) & (t.abs() < tiny)).any().item()  # noqa: E731
+        assert subnormal(outs[False][..., d]) and not subnormal(outs[True][..., d])
+
+
 def test_double_backward_matches_layer_by_layer(monkeypatch):
     """create_graph=True: the pair's backward runs the differentiable reference per direction,
     and the gradients of gradients equal the layer-by-layer ones."""
@@ -180,7 +227,9 @@ def test_torch_func_runs_the_reference(pair_calls):
         return (out * out).sum() + h.sum()
 
     got = torch.func.grad(loss)(params, x)
+    assert pair_calls == ["gru"]  # the wrapper ran, on its reference path
     want = torch.autograd.grad(loss(params, x), list(params.values()))
+    assert pair_calls == ["gru", "gru"]
     for name, g in zip(params, want):
         torch.testing.assert_close(got[name], g, atol=1e-12, rtol=0)
 
@@ -215,15 +264,20 @@ def test_opcheck(cell):
         with torch.no_grad():
             y, s, ws, y_r, s_r, ws_r = torch.ops.rnnfast.bidirectional_layer(
                 cell, x, state, state_r, weights, weights_r, L, True)
-        args = (cell, torch.randn_like(y), [torch.randn_like(t) for t in s], None,
-                [None] * len(s_r), x.detach(), [w.detach() for w in weights],
-                [w.detach() for w in weights_r], L, ws, ws_r)
-        torch.library.opcheck(torch.ops.rnnfast.bidirectional_layer_backward, args)
-        gi, gs, gw, gs_r, gw_r = torch.ops.rnnfast.bidirectional_layer_backward(*args)
-        a = torch.ops.rnnfast.layer_backward(cell, args[1], args[2], args[5], args[6], L, ws,
-                                             False)
-        b = torch.ops.rnnfast.layer_backward(cell, None, args[4], args[5], args[7], L, ws_r,
-                                             True)
-        assert torch.equal(gi, a[0] + b[0])
-        for u, v in zip(gs + gw + gs_r + gw_r, a[1] + a[2] + b[1] + b[2]):
-            assert torch.equal(u, v)
+        x = x.detach()
+        weights, weights_r = [w.detach() for w in weights], [w.detach() for w in weights_r]
+        # the forward direction: output gradient only; the reverse one: both
+        for grads_r in ((torch.randn_like(y_r), [torch.randn_like(t) for t in s_r]),
+                        (torch.randn_like(y_r), [None] * len(s_r))):
+            args = (cell, torch.randn_like(y), [None] * len(s)) + grads_r + (
+                x, weights, weights_r, L, ws, ws_r)
+            torch.library.opcheck(torch.ops.rnnfast.bidirectional_layer_backward, args)
+            gi, gs, gw, gs_r, gw_r = torch.ops.rnnfast.bidirectional_layer_backward(*args)
+            a = torch.ops.rnnfast.layer_backward(cell, args[1], args[2], x, weights, L, ws,
+                                                 False)
+            b = torch.ops.rnnfast.layer_backward(cell, args[3], args[4], x, weights_r, L,
+                                                 ws_r, True)
+            assert b[0].abs().sum() > 0  # the reverse direction's input gradient counts
+            assert torch.equal(gi, a[0] + b[0])
+            for u, v in zip(gs + gw + gs_r + gw_r, a[1] + a[2] + b[1] + b[2]):
+                assert torch.equal(u, v)

@@ -1,6 +1,8 @@
 // Autograd for rnnfast::layer, registered under the Autograd dispatch key (every device): the
 // forward op runs below autograd and saves what rnnfast::layer_backward needs; that op gives
-// the gradients. One autograd Function serves every cell. No math here.
+// the gradients. One autograd Function serves every cell; a second one, PairFunction, serves
+// rnnfast::bidirectional_layer (CPU) the same way with rnnfast::bidirectional_layer_backward.
+// No math here.
 //
 // In C++ rather than with torch.library.register_autograd: the Python wrapper that generates
 // (an autograd.Function per call, the op's default arguments filled in from its schema on

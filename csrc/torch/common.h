@@ -38,7 +38,6 @@ constexpr const char* kBackwardSchema =
     "Tensor[] weights, Tensor? lengths, Tensor workspace, bool reverse, "
     "Tensor[]? zoneout=None) -> (Tensor grad_input, Tensor[] grad_state, Tensor[] grad_weights)";
 
-// (output, state_out, workspace) and (grad_input, grad_state, grad_weights).
 // A bidirectional layer's two directions in one call (CPU): the forward direction's
 // arguments, then the reverse direction's; the input and lengths are shared, and the
 // backward's grad_input is the sum of the two directions' (core::layer_backward_pair).
@@ -58,6 +57,7 @@ constexpr const char* kPairBackwardSchema =
     "(Tensor grad_input, Tensor[] grad_state, Tensor[] grad_weights, "
     "Tensor[] grad_state_reverse, Tensor[] grad_weights_reverse)";
 
+// (output, state_out, workspace) and (grad_input, grad_state, grad_weights).
 using ForwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>;
 using BackwardResult =
     std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;

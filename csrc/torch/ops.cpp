@@ -215,7 +215,10 @@ BackwardResult backward_op(c10::string_view cell_name,
   return g;
 }
 
-// The op names the reverse direction's checks report (its arguments end in _reverse).
+// The op names the reverse direction's checks report: its state, weights and zoneout errors
+// name the arguments state_reverse, weights_reverse and zoneout_reverse (this op's) or
+// grad_output_reverse, grad_state_reverse and workspace_reverse (the backward's) without the
+// suffix, after this name.
 constexpr const char* kPairForwardReverseOp = "bidirectional_layer, reverse direction";
 constexpr const char* kPairBackwardReverseOp = "bidirectional_layer_backward, reverse direction";
 

@@ -418,7 +418,8 @@ class RNNBase(nn.Module):
         if drop > 0:
             w_hh = [p.name for p in _cells.params_of(cell, self.bias, self.proj_size > 0)
                     ].index("weight_hh")
-        # on CPU both directions of a layer run in one op (on two threads, one core each)
+        # on CPU both directions of a layer run in one op (on two threads and while W_hh fits
+        # twice the L2, one core each: csrc/core/rnn.h, layer_forward_pair)
         pair = num_directions == 2 and run is ops.layer and x.device.type == "cpu"
         finals = []
         for layer in range(self.num_layers):

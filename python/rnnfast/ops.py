@@ -36,11 +36,12 @@ forward direction's arguments first and then the reverse one's (same input and l
                                  zoneout_reverse=None)
         -> (grad_input, grad_state, grad_weights, grad_state_reverse, grad_weights_reverse)
 
-On two threads they run the directions at the same time, one core each
-(csrc/core/rnn.h: layer_forward_pair); the results are bit-identical to two ``layer`` calls,
-and grad_input is the sum of the two directions' input gradients.
+On two threads, while each direction's weight_hh fits twice the L2 cache, they run the
+directions at the same time, one core each (csrc/core/rnn.h: layer_forward_pair), else one
+after the other; the results are bit-identical to two ``layer`` calls either way, and
+grad_input is the sum of the two directions' input gradients.
 
-A third op, ``keep_mask(seed, p, size, dtype)``, makes zoneout's training masks on CPU (see
+One more op, ``keep_mask(seed, p, size, dtype)``, makes zoneout's training masks on CPU (see
 :func:`keep_mask`).
 
 On CPU the input may also be packed, [N, I] with N = sum(lengths): the rows of the
@@ -249,8 +250,10 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
     return out, state_out
 
 
-def bidirectional_layer(cell: str, input: torch.Tensor, state: Sequence[torch.Tensor],
-                        state_reverse: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+def bidirectional_layer(cell: str, input: torch.Tensor,
+                        state: Optional[Sequence[torch.Tensor]],
+                        state_reverse: Optional[Sequence[torch.Tensor]],
+                        weights: Sequence[torch.Tensor],
                         weights_reverse: Sequence[torch.Tensor],
                         lengths: Optional[torch.Tensor] = None,
                         zoneout: Sequence[torch.Tensor] = (),
@@ -260,6 +263,8 @@ def bidirectional_layer(cell: str, input: torch.Tensor, state: Sequence[torch.Te
     ``layer(..., reverse=False)`` and ``layer(..., reverse=True)`` with each direction's
     state, weights and zoneout, bit for bit. Under a torch.func transform or forward-mode AD,
     two plain-PyTorch loops (as :func:`layer`)."""
+    state = [] if state is None else state
+    state_reverse = [] if state_reverse is None else state_reverse
     if _reference_only():
         return (_reference.layer(cell, input, state, weights, lengths, False, zoneout),
                 _reference.layer(cell, input, state_reverse, weights_reverse, lengths, True,

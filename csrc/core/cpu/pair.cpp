@@ -1,12 +1,42 @@
 // The pair schedule of a bidirectional layer's two directions (rnn.h: layer_forward_pair).
 #include <algorithm>
 #include <cstdint>
+#include <exception>
+#include <memory>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 #include "../rnn.h"
 
 namespace rnnfast {
 namespace core {
 namespace {
+
+// The caller's denormal handling (MXCSR's flush-to-zero and denormals-are-zero bits), carried
+// to the thread that runs the other direction: a float64 call keeps its caller's mode (the
+// kernels' DenormalGuard reads the running thread's), so both directions must see the same.
+#if defined(__x86_64__) || defined(_M_X64)
+constexpr unsigned kDenormalBits = 0x8040;  // FTZ | DAZ
+struct DenormalMode {
+  unsigned bits = _mm_getcsr() & kDenormalBits;
+};
+struct DenormalScope {
+  unsigned saved;
+  explicit DenormalScope(const DenormalMode& m) : saved(_mm_getcsr()) {
+    _mm_setcsr((saved & ~kDenormalBits) | m.bits);
+  }
+  ~DenormalScope() { _mm_setcsr(saved); }
+  DenormalScope(const DenormalScope&) = delete;
+  DenormalScope& operator=(const DenormalScope&) = delete;
+};
+#else
+struct DenormalMode {};
+struct DenormalScope {
+  explicit DenormalScope(const DenormalMode&) {}
+};
+#endif
 
 // The bytes of a call's W_hh [G*H, S].
 template <class Real, template <class> class Args>
@@ -15,8 +45,9 @@ int64_t w_hh_bytes(const Args<Real>& a) {
 }
 
 // Runs call(a, ·) and call(b, ·): at the same time on a team of two, each with a serial
-// executor, where the schedule says so and the executor gives two threads; otherwise one
-// after the other on ex.
+// executor, where the schedule says so; otherwise one after the other on ex. An exception
+// (an allocation that fails) leaves the team as a stored exception and is rethrown here,
+// never across the team's parallel region.
 template <class Args, class Call>
 void run_pair(const Args& a, const Args& b, const Executor& ex, Call call) {
   if (!pair_concurrent(ex.num_threads(), std::max(w_hh_bytes(a), w_hh_bytes(b)))) {
@@ -27,13 +58,24 @@ void run_pair(const Args& a, const Args& b, const Executor& ex, Call call) {
   struct Ctx {
     const Args* args[2];
     Call* call;
-  } ctx{{&a, &b}, &call};
+    DenormalMode mode;
+    std::exception_ptr error[2];
+  } ctx{{&a, &b}, &call, DenormalMode{}, {}};
   ex.run_team(2, [](void* p, int tid, int nthreads) {
-    const Ctx& c = *static_cast<const Ctx*>(p);
+    Ctx& c = *static_cast<Ctx*>(p);
     const SerialExecutor serial;
+    const DenormalScope scope(c.mode);
     // a team of one (inside another parallel region) runs both
-    for (int k = tid; k < 2; k += nthreads) (*c.call)(*c.args[k], serial);
+    for (int k = tid; k < 2; k += nthreads) {
+      try {
+        (*c.call)(*c.args[k], serial);
+      } catch (...) {
+        c.error[k] = std::current_exception();
+      }
+    }
   }, &ctx);
+  for (const std::exception_ptr& e : ctx.error)
+    if (e) std::rethrow_exception(e);
 }
 
 // The rows of an input-shaped tensor of a call: T * B, or the active (t, b) when packed.
@@ -50,26 +92,30 @@ void forward_pair(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b, const 
   run_pair(a, b, ex, [](const ForwardArgs<Real>& x, const Executor& e) { layer_forward(x, e); });
 }
 
+struct ScratchFree {
+  void operator()(void* p) const { scratch_free(p); }
+};
+
 template <class Real>
 void backward_pair(const BackwardArgs<Real>& a, const BackwardArgs<Real>& b0,
                    const Executor& ex) {
   BackwardArgs<Real> b = b0;
   const int64_t n = a.dx ? input_rows(a) * a.I : 0;
   // b's input gradient goes to scratch, then is added to a's
-  Real* dx_b = n > 0 ? static_cast<Real*>(scratch_alloc(sizeof(Real) * n)) : nullptr;
-  b.dx = a.dx ? dx_b : nullptr;
-  if (a.dx && n == 0) b.dx = a.dx;  // nothing to write: any valid pointer
+  std::unique_ptr<void, ScratchFree> dx_b(n > 0 ? scratch_alloc(sizeof(Real) * n) : nullptr);
+  b.dx = n > 0 ? static_cast<Real*>(dx_b.get()) : a.dx;  // (n == 0: nothing is written)
   run_pair(a, b, ex, [](const BackwardArgs<Real>& x, const Executor& e) { layer_backward(x, e); });
   if (n > 0) {
     struct Sum {
       Real* out;
       const Real* in;
-    } sum{a.dx, dx_b};
+      DenormalMode mode;
+    } sum{a.dx, b.dx, DenormalMode{}};
     ex.run(n, [](void* p, int64_t begin, int64_t end) {
       const Sum& s = *static_cast<const Sum*>(p);
+      const DenormalScope scope(s.mode);
       for (int64_t i = begin; i < end; ++i) s.out[i] += s.in[i];
     }, &sum);
-    scratch_free(dx_b);
   }
 }
 
