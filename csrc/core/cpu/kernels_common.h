@@ -19,3 +19,4 @@
 
 #include "../random.h"
 #include "../rnn.h"
+#include "denormal.h"

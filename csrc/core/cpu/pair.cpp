@@ -4,39 +4,12 @@
 #include <exception>
 #include <memory>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#endif
-
 #include "../rnn.h"
+#include "denormal.h"
 
 namespace rnnfast {
 namespace core {
 namespace {
-
-// The caller's denormal handling (MXCSR's flush-to-zero and denormals-are-zero bits), carried
-// to the thread that runs the other direction: a float64 call keeps its caller's mode (the
-// kernels' DenormalGuard reads the running thread's), so both directions must see the same.
-#if defined(__x86_64__) || defined(_M_X64)
-constexpr unsigned kDenormalBits = 0x8040;  // FTZ | DAZ
-struct DenormalMode {
-  unsigned bits = _mm_getcsr() & kDenormalBits;
-};
-struct DenormalScope {
-  unsigned saved;
-  explicit DenormalScope(const DenormalMode& m) : saved(_mm_getcsr()) {
-    _mm_setcsr((saved & ~kDenormalBits) | m.bits);
-  }
-  ~DenormalScope() { _mm_setcsr(saved); }
-  DenormalScope(const DenormalScope&) = delete;
-  DenormalScope& operator=(const DenormalScope&) = delete;
-};
-#else
-struct DenormalMode {};
-struct DenormalScope {
-  explicit DenormalScope(const DenormalMode&) {}
-};
-#endif
 
 // The bytes of a call's W_hh [G*H, S].
 template <class Real, template <class> class Args>
@@ -47,7 +20,8 @@ int64_t w_hh_bytes(const Args<Real>& a) {
 // Runs call(a, ·) and call(b, ·): at the same time on a team of two, each with a serial
 // executor, where the schedule says so; otherwise one after the other on ex. An exception
 // (an allocation that fails) leaves the team as a stored exception and is rethrown here,
-// never across the team's parallel region.
+// never across the team's parallel region. The caller's denormal mode (denormal.h) is set on
+// the member threads: a float64 call keeps its caller's mode, so both directions must see it.
 template <class Args, class Call>
 void run_pair(const Args& a, const Args& b, const Executor& ex, Call call) {
   if (!pair_concurrent(ex.num_threads(), std::max(w_hh_bytes(a), w_hh_bytes(b)))) {
@@ -58,13 +32,13 @@ void run_pair(const Args& a, const Args& b, const Executor& ex, Call call) {
   struct Ctx {
     const Args* args[2];
     Call* call;
-    DenormalMode mode;
+    unsigned mode;
     std::exception_ptr error[2];
-  } ctx{{&a, &b}, &call, DenormalMode{}, {}};
+  } ctx{{&a, &b}, &call, denormal_mode(), {}};
   ex.run_team(2, [](void* p, int tid, int nthreads) {
     Ctx& c = *static_cast<Ctx*>(p);
     const SerialExecutor serial;
-    const DenormalScope scope(c.mode);
+    const DenormalGuard guard(c.mode);
     // a team of one (inside another parallel region) runs both
     for (int k = tid; k < 2; k += nthreads) {
       try {
@@ -109,11 +83,11 @@ void backward_pair(const BackwardArgs<Real>& a, const BackwardArgs<Real>& b0,
     struct Sum {
       Real* out;
       const Real* in;
-      DenormalMode mode;
-    } sum{a.dx, b.dx, DenormalMode{}};
+      unsigned mode;
+    } sum{a.dx, b.dx, denormal_mode()};
     ex.run(n, [](void* p, int64_t begin, int64_t end) {
       const Sum& s = *static_cast<const Sum*>(p);
-      const DenormalScope scope(s.mode);
+      const DenormalGuard guard(s.mode);
       for (int64_t i = begin; i < end; ++i) s.out[i] += s.in[i];
     }, &sum);
   }

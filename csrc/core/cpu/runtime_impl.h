@@ -45,31 +45,6 @@ class Buffer {
   bool from_cache_ = false;
 };
 
-// The denormal mode of a kernel call: the MXCSR bits FTZ (flush results to zero) and DAZ
-// (read inputs as zero). Float32 calls set both: denormal arithmetic is 10-100x slower on
-// x86 and float32 RNN states decay into that range. Float64 calls keep the caller's mode, as
-// torch does (float64 denormals start at 2e-308, where states rarely go, and a user who
-// needs them gets them). The worker threads of a call take the calling thread's mode, and
-// every thread gets its own mode back when the call ends.
-#if defined(__SSE__) || defined(__x86_64__)
-constexpr unsigned kFlushDenormals = 0x8040u;
-inline unsigned denormal_mode() { return _mm_getcsr() & kFlushDenormals; }
-struct DenormalGuard {
-  unsigned saved;
-  explicit DenormalGuard(unsigned mode) : saved(_mm_getcsr()) {
-    if ((saved & kFlushDenormals) != mode) _mm_setcsr((saved & ~kFlushDenormals) | mode);
-  }
-  ~DenormalGuard() { _mm_setcsr(saved); }
-  DenormalGuard(const DenormalGuard&) = delete;
-  DenormalGuard& operator=(const DenormalGuard&) = delete;
-};
-#else
-constexpr unsigned kFlushDenormals = 0;
-inline unsigned denormal_mode() { return 0; }
-struct DenormalGuard {
-  explicit DenormalGuard(unsigned) {}
-};
-#endif
 // The mode an entry point runs a call of element type T in.
 template <class T>
 inline unsigned call_denormal_mode() {
