@@ -12,6 +12,9 @@ within a round, so a slow spell of this noisy host moves both.
     python bench/build_ab.py --a /tmp/base/python --b python \\
         --layer lstm,200,1,128,128 --layer lstm,64,1,64,256,2 --cell lstm,128,512,float64
 
+A run-time switch of one build is timed the same way, the build given as both A and B with
+--a-env / --b-env setting the switch (e.g. --b python --a-env RNNFAST_GEMM_ROWS=0).
+
 Cases: --layer CELL,T,B,I,H[,LAYERS[,bi]] (the nn.LSTM/GRU/RNN-like modules) and
 --cell CELL,B,H[,DTYPE] (LSTMCell/GRUCell one step, I = H), each in the --modes given.
 """
@@ -99,13 +102,21 @@ def label(case: dict) -> str:
     return f"{case['cell']}cell {case['mode']} B={case['B']} H={case['H']} {case['dtype']}"
 
 
+def parse_env(text: str) -> tuple:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--a-env/--b-env want NAME=VALUE, got {text!r}")
+    return name, value
+
+
 class Worker:
-    def __init__(self, path: str, threads: int):
+    def __init__(self, path: str, threads: int, env: list = ()):
         if not os.path.isdir(path):
             raise SystemExit(f"build path {path!r} is not a directory")
         self.proc = subprocess.Popen([sys.executable, "-c", WORKER, os.path.abspath(path),
                                       str(threads)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, **dict(env)))
         self.info = json.loads(self._read())
         # the build must be the one asked for, not an installed rnnfast found instead
         where = os.path.abspath(self.info["file"])
@@ -135,13 +146,20 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--block-ms", type=float, default=150.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--a-env", type=parse_env, action="append", default=[],
+                    help="NAME=VALUE in build A's environment (repeatable); with --a and --b the "
+                         "same build, an A/B of a run-time switch")
+    ap.add_argument("--b-env", type=parse_env, action="append", default=[],
+                    help="NAME=VALUE in build B's environment (repeatable)")
     ap.add_argument("--out", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     cases = [dict(c, mode=m) for c in args.layer + args.cell for m in args.modes.split(",")]
     if not cases:
         ap.error("give at least one --layer or --cell")
-    workers = {"a": Worker(args.a, args.threads), "b": Worker(args.b, args.threads)}
-    print(f"A: {args.a} {workers['a'].info}\nB: {args.b} {workers['b'].info}")
+    workers = {"a": Worker(args.a, args.threads, args.a_env),
+               "b": Worker(args.b, args.threads, args.b_env)}
+    print(f"A: {args.a} {dict(args.a_env)} {workers['a'].info}\n"
+          f"B: {args.b} {dict(args.b_env)} {workers['b'].info}")
     print(f"{args.threads} threads, {args.rounds} rounds of ~{args.block_ms:.0f} ms blocks; "
           "b/a = B's median / A's (< 1: B faster)")
     rows = []
@@ -159,6 +177,7 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "a": args.a, "b": args.b,
+                       "a_env": dict(args.a_env), "b_env": dict(args.b_env),
                        "a_info": workers["a"].info, "b_info": workers["b"].info,
                        "threads": args.threads, "rounds": args.rounds, "rows": rows}, f, indent=1)
     return 0

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from rnn_testutils import (CELL_KIND_NAMES, DTYPES, compare_modules, is_lstm, make_pair,
-                           pairwise, randn, row_id)
+from rnn_testutils import (CELL_KIND_NAMES, DTYPES, compare_modules, fwd_bwd, is_lstm,
+                           make_pair, pairwise, randn, row_id)
 
 B, I, H = 3, 4, 5
 
@@ -139,3 +139,39 @@ def test_cell_weight_as_plain_tensor(kind):
     got, want = new(x, state), ref(x, state)
     got, want = (got[0], want[0]) if is_lstm(kind) else (got, want)
     torch.testing.assert_close(got, want)
+
+
+@pytest.fixture
+def gemm_rows_restored():
+    from rnnfast import _C
+    yield _C
+    _C.set_gemm_rows(True)
+
+
+@pytest.mark.parametrize("kind", CELL_KIND_NAMES)
+@pytest.mark.parametrize("b,i,h,dtype", [
+    (1, 1024, 1024, torch.float64),  # every weight gradient 8 MB or more: streamed
+    (3, 1029, 1024, torch.float64),  # W_ih's rows of 1029: a partial strip, not vector-aligned
+    (8, 1024, 1024, torch.float32),  # K = 8, the most k steps of the row-by-row path
+], ids=["b1-f64-streamed", "b3-f64-ragged", "b8-f32"])
+def test_cell_weight_gradients_row_by_row(kind, b, i, h, dtype, gemm_rows_restored):
+    """A cell's step at a small batch takes its weight gradients (4 MB and up) from GEMMs of B k
+    steps, written row by row (csrc/core/cpu/gemm_impl.h, kFewK): against torch, and bit for bit
+    against the blocked GEMM (set_gemm_rows(False)) on 1, 2 and 3 threads."""
+    _C = gemm_rows_restored
+    lstm = is_lstm(kind)
+    ref, new = make_pair(kind, i, h, dtype=dtype)
+    leaves = cell_leaves(kind, True, True, dtype, seed=4, b=b, i=i, h=h)
+    actual, _ = compare_modules(kind, ref, new, leaves, cell_call(lstm), dtype,
+                                what=f"{kind} B={b} I={i} H={h} {dtype}")
+    threads = torch.get_num_threads()
+    try:
+        for on, n in [(False, 2), (True, 1), (True, 3)]:
+            _C.set_gemm_rows(on)
+            torch.set_num_threads(n)
+            other = fwd_bwd(new, leaves, cell_call(lstm))
+            for k in actual:
+                assert torch.equal(other[k], actual[k]), (
+                    f"{kind} B={b}: {k} with gemm_rows={on} on {n} threads differs")
+    finally:
+        torch.set_num_threads(threads)

@@ -216,6 +216,12 @@ bool set_isa(Isa isa);
 // The per-core L2 cache of this CPU in bytes, as the OS reports it (sysconf), or 512 KB when it
 // does not say (the smallest of the CPUs this project targets: AMD Zen 1-3). Read once.
 int64_t cpu_l2_cache_bytes();
+// The row-by-row path of GEMMs of few k steps (the weight gradients of a call of a few rows; see
+// gemm_impl.h, kFewK). On by default; off, those GEMMs take the blocked path of register tiles.
+// Every output is the same sum in the same order on both, so the switch is for tests that
+// compare them bit for bit, and for A/B timing (RNNFAST_GEMM_ROWS=0 starts with it off).
+bool gemm_rows_enabled();
+void set_gemm_rows(bool on);
 
 // Host memory blocks of 64 KB and up kept for reuse: the CPU kernels take their scratch
 // buffers from here, and the glue the saved workspace. A block given back is kept for the

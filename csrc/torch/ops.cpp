@@ -369,6 +369,12 @@ PYBIND11_MODULE(_C, m) {
         "thread.");
   m.def("l2_cache_bytes", [] { return core::cpu_l2_cache_bytes(); },
         "The per-core L2 cache the CPU kernels plan with, in bytes.");
+  m.def("gemm_rows_enabled", [] { return core::gemm_rows_enabled(); },
+        "Whether GEMMs of few k steps (weight gradients of calls of few rows) write their "
+        "output row by row (csrc/core/rnn.h: set_gemm_rows).");
+  m.def("set_gemm_rows", [](bool on) { core::set_gemm_rows(on); }, py::arg("on"),
+        "Turns the row-by-row path of GEMMs of few k steps on or off (for tests and A/B "
+        "timing: the results are the same bits either way).");
   m.def("scratch_cached_bytes", [] { return core::scratch_cached_bytes(); },
         "Bytes of large CPU scratch blocks kept for the next kernel call.");
   m.def("release_scratch", [] { core::release_scratch(); },

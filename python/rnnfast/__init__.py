@@ -34,8 +34,9 @@ def info() -> dict:
     """Build and runtime facts: versions, the SIMD path in use, whether CUDA kernels were built
     (``cuda``) and whether CUDA tensors use them (``cuda_kernels``), whether the CPU kernels
     keep freed scratch blocks (``cpu_scratch_cache``, RNNFAST_SCRATCH_CACHE=0/1) and how many
-    bytes they keep, and whether the NaN-scratch debug mode is on
-    (``debug_nan_scratch``, RNNFAST_DEBUG_NAN_SCRATCH=1)."""
+    bytes they keep, whether the NaN-scratch debug mode is on
+    (``debug_nan_scratch``, RNNFAST_DEBUG_NAN_SCRATCH=1), and whether GEMMs of few k steps
+    write row by row (``cpu_gemm_rows``, RNNFAST_GEMM_ROWS=0 turns it off)."""
     return {
         "version": __version__,
         "torch_version": torch.__version__,
@@ -46,6 +47,7 @@ def info() -> dict:
         "cpu_scratch_cache": _C.scratch_cache_enabled(),
         "cpu_scratch_cached_bytes": _C.scratch_cached_bytes(),
         "debug_nan_scratch": _C.debug_nan_scratch(),
+        "cpu_gemm_rows": _C.gemm_rows_enabled(),
     }
 
 

@@ -65,6 +65,19 @@ int64_t cpu_l2_cache_bytes() {
 }
 
 namespace {
+std::atomic<bool>& gemm_rows_slot() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("RNNFAST_GEMM_ROWS");  // 0: off from the start (A/B timing)
+    return !(v && std::strcmp(v, "0") == 0);
+  }()};
+  return on;
+}
+}  // namespace
+
+bool gemm_rows_enabled() { return gemm_rows_slot().load(std::memory_order_relaxed); }
+void set_gemm_rows(bool on) { gemm_rows_slot().store(on, std::memory_order_relaxed); }
+
+namespace {
 
 Isa choose_isa() {
   const char* env = std::getenv("RNNFAST_SIMD");

@@ -64,7 +64,8 @@ void pack_b(const T* B, int64_t ldb, bool b_trans, int64_t k0, int64_t kc, int64
 // PackedA lets every broadcast use one base register with a constant offset. Every output is
 // the same sum in the same order whatever NS is (k ascending into one accumulator, then C):
 // NS only lets tiles of few rows keep enough FMAs in flight (see group_strips).
-template <class T, int M, int NS, bool PackedA>
+// Stream: full strips are written with non-temporal stores (C_i and ldc aligned to a vector).
+template <class T, int M, int NS, bool PackedA, bool Stream = false>
 void micro_tile_group(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const T* const* Bp,
                       int64_t ldbp, T* const* C, int64_t ldc, int64_t ncols, const bool* acc) {
   using V = Vec<T>;
@@ -98,7 +99,7 @@ void micro_tile_group(int64_t kc, const T* A, int64_t a_rs, int64_t a_cs, const 
         for (int v = 0; v < NV; ++v) {
           T* p = C[i] + r * ldc + v * V::W;
           V out = acc[i] ? c[r][i][v] + V::load(p) : c[r][i][v];
-          out.store(p);
+          if constexpr (Stream) out.stream(p); else out.store(p);
         }
     } else {
       alignas(64) T tile[NR];
@@ -126,20 +127,21 @@ constexpr int group_strips(int m) {
 }
 
 // Runs ns strips (any count) of the same M rows as tiles of NS strips, then one of fewer.
-template <class T, int M, int NS, bool PackedA>
+template <class T, int M, int NS, bool PackedA, bool Stream = false>
 struct StripGroups {
   static void run(int64_t ns, int64_t kc, const T* A, int64_t a_rs, int64_t a_cs,
                   const T* const* Bp, int64_t ldbp, T* const* C, int64_t ldc, int64_t ncols,
                   const bool* acc) {
     for (; ns >= NS; ns -= NS, Bp += NS, C += NS, acc += NS)
-      micro_tile_group<T, M, NS, PackedA>(kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols, acc);
+      micro_tile_group<T, M, NS, PackedA, Stream>(kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols,
+                                                  acc);
     if (ns > 0)
-      StripGroups<T, M, NS - 1, PackedA>::run(ns, kc, A, a_rs, a_cs, Bp, ldbp, C, ldc, ncols,
-                                              acc);
+      StripGroups<T, M, NS - 1, PackedA, Stream>::run(ns, kc, A, a_rs, a_cs, Bp, ldbp, C, ldc,
+                                                      ncols, acc);
   }
 };
-template <class T, int M, bool PackedA>
-struct StripGroups<T, M, 0, PackedA> {
+template <class T, int M, bool PackedA, bool Stream>
+struct StripGroups<T, M, 0, PackedA, Stream> {
   static void run(int64_t, int64_t, const T*, int64_t, int64_t, const T* const*, int64_t,
                   T* const*, int64_t, int64_t, const bool*) {}
 };
@@ -282,6 +284,55 @@ class RightOperand {
   Buffer<T> packed_;
 };
 
+// Rows [r0, r1) of C = A * Bp over all its strips, one row at a time (tiles of one row and
+// group_strips(1) strips), the full strips with non-temporal stores if Stream.
+//   Bp  ns packed strips [kc, NR], strip s at Bp + s * kc * NR; the last covers ncols_last
+template <class T, bool Stream>
+void rows_all_strips(int64_t r0, int64_t r1, int64_t kc, const T* A, int64_t a_rs,
+                     int64_t a_cs, const T* Bp, int64_t ns, int64_t ncols_last, T* C,
+                     int64_t ldc, bool accumulate) {
+  constexpr int NR = kNR<T>;
+  constexpr int64_t kChunk = 8;
+  const int64_t full = ncols_last == NR ? ns : ns - 1;
+  const T* bp[kChunk];
+  T* c[kChunk];
+  bool acc[kChunk];
+  for (int64_t i = 0; i < kChunk; ++i) acc[i] = accumulate;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* a = A + r * a_rs;
+    for (int64_t i0 = 0; i0 < full; i0 += kChunk) {
+      const int64_t n = imin(kChunk, full - i0);
+      for (int64_t i = 0; i < n; ++i) {
+        bp[i] = Bp + (i0 + i) * kc * NR;
+        c[i] = C + r * ldc + (i0 + i) * NR;
+      }
+      StripGroups<T, 1, group_strips<T>(1), false, Stream>::run(n, kc, a, a_rs, a_cs, bp, NR,
+                                                                c, ldc, NR, acc);
+    }
+    if (full < ns) {
+      bp[0] = Bp + full * kc * NR;
+      c[0] = C + r * ldc + full * NR;
+      micro_tile_group<T, 1, 1, false>(kc, a, a_rs, a_cs, bp, NR, c, ldc, ncols_last, acc);
+    }
+  }
+  if constexpr (Stream) store_fence();
+}
+
+// GEMMs of at most kFewK k steps (the weight gradients of a call of a few rows: a cell stepped
+// from Python has K = B) do little arithmetic per output, so their time is the time to write
+// C, and that depends on the order it is written in. The register tiles of the blocked path
+// write 6-row x NR-column pieces of 48 rows in turn, a new page for every row once rows are
+// long. Row by row instead is one sequential stream per thread, with non-temporal stores (when
+// C's rows are aligned to a vector) since C this large will not stay in cache. Measured on AMD
+// Zen 3: a rank-1 update of 8 MB of doubles out of cache took 0.50 ms streamed row by row,
+// 1.05 ms row by row with plain stores and 1.5-2.5 ms in tiles (rank1-writes-20261201.txt);
+// cells' training steps with 6-32 MB of weight gradients take 0.76-0.90 of the blocked path's
+// time, while below 4 MB the two were within this host's noise (gemm-rows-2026-12-01.md, in
+// bench/results). Each output is the same sum in the same order as in the tiles (k ascending
+// into one accumulator, then C), so the results do not change.
+constexpr int64_t kFewK = 8;
+constexpr int64_t kFewKMinBytes = 4 << 20;  // smaller outputs keep the blocked path
+
 // C[M, N] (+)= A[M, K] * B[K, N], parallel over (row block, column strip).
 //   A  element (m, k) at A[m * a_rs + k * a_cs]          read
 //   B  [K, N] row stride ldb, or [N, K] if b_trans      read
@@ -295,6 +346,23 @@ void gemm(const Executor& ex, int64_t M, int64_t N, int64_t K, const T* A, int64
     if (!accumulate)
       for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = T(0);
+    return;
+  }
+  const int64_t c_bytes = M * N * static_cast<int64_t>(sizeof(T));
+  if (K <= kFewK && c_bytes >= kFewKMinBytes && gemm_rows_enabled()) {
+    RightOperand<T> rb(B, ldb, b_trans, 0, K, N, &ex, /*allow_direct=*/false);
+    int64_t ld;
+    const T* bp = rb.strip(0, &ld);
+    const int64_t ns = rb.strips(), last = N - (ns - 1) * NR;
+    constexpr uintptr_t kVecBytes = Vec<T>::W * sizeof(T);
+    const bool stream = reinterpret_cast<uintptr_t>(C) % kVecBytes == 0 &&
+                        (ldc * sizeof(T)) % kVecBytes == 0;
+    parallel_for(ex, M, true, [&](int64_t b, int64_t e) {
+      if (stream)
+        rows_all_strips<T, true>(b, e, K, A, a_rs, a_cs, bp, ns, last, C, ldc, accumulate);
+      else
+        rows_all_strips<T, false>(b, e, K, A, a_rs, a_cs, bp, ns, last, C, ldc, accumulate);
+    });
     return;
   }
   const int64_t KC = 512;
