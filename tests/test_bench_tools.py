@@ -108,12 +108,14 @@ def test_build_ab_times_both_builds_and_refuses_a_path_without_rnnfast(tmp_path)
     # a run-time switch: the same build, each side with its own environment
     switched = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "build_ab.py"), "--a", build, "--b", build,
-         "--a-env", "RNNFAST_GEMM_ROWS=0", "--cell", "gru,1,8", "--modes", "training",
+         "--a-env", "RNNFAST_GEMM_ROWS=0", "--b-env", "RNNFAST_GEMM_ROWS=1", "--cell", "gru,1,8",
+         "--modes", "training",
          "--rounds", "2", "--block-ms", "1", "--threads", "1", "--out", str(out_json)],
         capture_output=True, text=True, timeout=300)
     assert switched.returncode == 0, switched.stderr
     ab = json.loads(out_json.read_text())
-    assert ab["a_env"] == {"RNNFAST_GEMM_ROWS": "0"} and ab["b_env"] == {}
+    assert ab["a_env"] == {"RNNFAST_GEMM_ROWS": "0"}
+    assert ab["b_env"] == {"RNNFAST_GEMM_ROWS": "1"}
     assert ab["a_info"]["cpu_gemm_rows"] is False and ab["b_info"]["cpu_gemm_rows"] is True
     # a directory without a build: the worker would import another rnnfast, so it refuses
     bad = subprocess.run(

@@ -144,8 +144,10 @@ def test_cell_weight_as_plain_tensor(kind):
 @pytest.fixture
 def gemm_rows_restored():
     from rnnfast import _C
-    yield _C
+    before = _C.gemm_rows_enabled()
     _C.set_gemm_rows(True)
+    yield _C
+    _C.set_gemm_rows(before)
 
 
 @pytest.mark.parametrize("kind", CELL_KIND_NAMES)

@@ -581,12 +581,33 @@ void check_pair(Problem p) {
   }
 }
 
+// p's backward into g on ex, with its weight gradients (dW_ih, dW_hh, dW_hr) written to blocks
+// that start `offset` doubles past a 64-byte boundary (0: every row of a width of whole vectors
+// aligned, as non-temporal stores need; 1: none aligned), then copied into g.
+void backward_at_offset(const Problem& p, const Tensors<double>& t, const Result<double>& f,
+                        GradBuffers& g, const Executor& ex, int64_t offset) {
+  BackwardArgs<double> a = backward_args(p, t, f, g);
+  std::vector<double>* outs[3] = {&g.dwih, &g.dwhh, &g.dwhr};
+  double** args[3] = {&a.dw_ih, &a.dw_hh, &a.dw_hr};
+  std::vector<double> store[3];
+  double* at[3] = {};
+  for (int i = 0; i < 3; ++i) {
+    if (!*args[i]) continue;
+    store[i].assign(outs[i]->size() + 16, 0.0);
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(store[i].data());
+    at[i] = store[i].data() + (64 - addr % 64) % 64 / sizeof(double) + offset;
+    *args[i] = at[i];
+  }
+  layer_backward(a, ex);
+  for (int i = 0; i < 3; ++i)
+    if (at[i]) std::copy(at[i], at[i] + outs[i]->size(), outs[i]->begin());
+}
+
 // The weight gradients of a call of few rows (T B <= kFewK in gemm_impl.h) are GEMMs of few k
-// steps, written row by row (and streamed when large) unless set_gemm_rows(false) sends them
-// to the blocked path: every gradient is the same bits either way, on every SIMD path and
-// thread count. Gradients of 4 MB and up take that path: W_ih with rows of 515 doubles (a
-// partial last strip, rows not vector-aligned: plain stores), W_hh (streamed), a projection's
-// W_hr, and lengths.
+// steps, written row by row (streamed where aligned) unless set_gemm_rows(false) sends them to
+// the blocked path: every gradient is the same bits either way, on every SIMD path and thread
+// count, into aligned and unaligned outputs. Gradients of 4 MB and up take that path: W_ih with
+// rows of 515 doubles (a partial last strip), W_hh, a projection's W_hr, and lengths.
 void check_gemm_rows() {
   const std::vector<Problem> problems = {
       {Cell::LSTM, 1, 3, 515, 512, 0, false, true, false},
@@ -595,6 +616,7 @@ void check_gemm_rows() {
       {Cell::RNN_TANH, 1, 1, 1024, 1024, 0, false, false, false},
   };
   const Isa initial = active_isa();
+  const bool rows_before = gemm_rows_enabled();
   SerialExecutor serial;
   ThreadExecutor two(2), three(3);
   const Executor* executors[] = {&serial, &two, &three};
@@ -607,18 +629,21 @@ void check_gemm_rows() {
       GradBuffers ref(p, t);
       layer_backward(backward_args(p, t, f, ref), serial);
       set_gemm_rows(true);
-      for (const Executor* ex : executors) {
-        GradBuffers g(p, t);
-        layer_backward(backward_args(p, t, f, g), *ex);
-        expect(g.dx == ref.dx && g.dh0 == ref.dh0 && g.dc0 == ref.dc0 && g.dwih == ref.dwih &&
-                   g.dwhh == ref.dwhh && g.dbih == ref.dbih && g.dbhh == ref.dbhh &&
-                   g.dwhr == ref.dwhr,
-               describe(p) + " isa=" + isa_name(isa) + " on " +
-                   std::to_string(ex->num_threads()) +
-                   " threads: gradients row by row equal the blocked GEMM's");
-      }
+      for (const Executor* ex : executors)
+        for (int64_t offset : {0, 1}) {
+          GradBuffers g(p, t);
+          backward_at_offset(p, t, f, g, *ex, offset);
+          expect(g.dx == ref.dx && g.dh0 == ref.dh0 && g.dc0 == ref.dc0 && g.dwih == ref.dwih &&
+                     g.dwhh == ref.dwhh && g.dbih == ref.dbih && g.dbhh == ref.dbhh &&
+                     g.dwhr == ref.dwhr,
+                 describe(p) + " isa=" + isa_name(isa) + " on " +
+                     std::to_string(ex->num_threads()) + " threads, outputs " +
+                     (offset ? "unaligned" : "aligned") +
+                     ": gradients row by row equal the blocked GEMM's");
+        }
     }
   }
+  set_gemm_rows(rows_before);
   set_isa(initial);
 }
 

@@ -318,18 +318,20 @@ void rows_all_strips(int64_t r0, int64_t r1, int64_t kc, const T* A, int64_t a_r
   if constexpr (Stream) store_fence();
 }
 
-// GEMMs of at most kFewK k steps (the weight gradients of a call of a few rows: a cell stepped
-// from Python has K = B) do little arithmetic per output, so their time is the time to write
-// C, and that depends on the order it is written in. The register tiles of the blocked path
-// write 6-row x NR-column pieces of 48 rows in turn, a new page for every row once rows are
-// long. Row by row instead is one sequential stream per thread, with non-temporal stores (when
-// C's rows are aligned to a vector) since C this large will not stay in cache. Measured on AMD
-// Zen 3: a rank-1 update of 8 MB of doubles out of cache took 0.50 ms streamed row by row,
-// 1.05 ms row by row with plain stores and 1.5-2.5 ms in tiles (rank1-writes-20261201.txt);
-// cells' training steps with 6-32 MB of weight gradients take 0.76-0.90 of the blocked path's
-// time, while below 4 MB the two were within this host's noise (gemm-rows-2026-12-01.md, in
-// bench/results). Each output is the same sum in the same order as in the tiles (k ascending
-// into one accumulator, then C), so the results do not change.
+// Weight gradients of a call of few rows (a cell stepped from Python: K = B) are GEMMs of few
+// k steps into a large C that nothing reads again soon: little arithmetic per output, so their
+// time is the time to write C, and that depends on the order it is written in. The register
+// tiles of the blocked path write MR-row x NR-column pieces (MR = 6 on AVX2) of 48-row blocks
+// in turn, a new page for nearly every row once rows are long. Row by row instead is one
+// sequential stream per thread, with non-temporal stores (when C's rows are aligned to a
+// vector). Measured on AMD Zen 3: a rank-1 update of 8 MB of doubles out of cache took 0.50 ms
+// streamed row by row, 1.05 ms row by row with plain stores and 1.5-2.5 ms in tiles
+// (rank1-writes-20261201.txt); cells' training steps with 6-32 MB of weight gradients took
+// 0.67-0.98 of the blocked path's time (most 0.80-0.87), while below 4 MB the two were within
+// this host's noise (gemm-rows-2026-12-01.md, in bench/results). Each output is the same sum in
+// the same order as in the tiles (k ascending into one accumulator, then C), so the results do
+// not change. Only callers that say C is cold (gemm's cold_output) take this path: an input
+// projection with few inputs is read back by the steps right away, better from cache.
 constexpr int64_t kFewK = 8;
 constexpr int64_t kFewKMinBytes = 4 << 20;  // smaller outputs keep the blocked path
 
@@ -337,9 +339,12 @@ constexpr int64_t kFewKMinBytes = 4 << 20;  // smaller outputs keep the blocked 
 //   A  element (m, k) at A[m * a_rs + k * a_cs]          read
 //   B  [K, N] row stride ldb, or [N, K] if b_trans      read
 //   C  [M, N] row stride ldc                            written (added to if accumulate)
+// cold_output: C is not read again soon (a weight gradient), so with few k steps and a large C
+// it is written row by row and streamed (kFewK above).
 template <class T>
 void gemm(const Executor& ex, int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs,
-          const T* B, int64_t ldb, bool b_trans, T* C, int64_t ldc, bool accumulate) {
+          const T* B, int64_t ldb, bool b_trans, T* C, int64_t ldc, bool accumulate,
+          bool cold_output = false) {
   constexpr int NR = kNR<T>;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -349,13 +354,14 @@ void gemm(const Executor& ex, int64_t M, int64_t N, int64_t K, const T* A, int64
     return;
   }
   const int64_t c_bytes = M * N * static_cast<int64_t>(sizeof(T));
-  if (K <= kFewK && c_bytes >= kFewKMinBytes && gemm_rows_enabled()) {
+  if (cold_output && K <= kFewK && c_bytes >= kFewKMinBytes && gemm_rows_enabled()) {
     RightOperand<T> rb(B, ldb, b_trans, 0, K, N, &ex, /*allow_direct=*/false);
     int64_t ld;
     const T* bp = rb.strip(0, &ld);
     const int64_t ns = rb.strips(), last = N - (ns - 1) * NR;
     constexpr uintptr_t kVecBytes = Vec<T>::W * sizeof(T);
-    const bool stream = reinterpret_cast<uintptr_t>(C) % kVecBytes == 0 &&
+    // (not when adding to C: it is read first, and streaming would then evict the lines read)
+    const bool stream = !accumulate && reinterpret_cast<uintptr_t>(C) % kVecBytes == 0 &&
                         (ldc * sizeof(T)) % kVecBytes == 0;
     parallel_for(ex, M, true, [&](int64_t b, int64_t e) {
       if (stream)

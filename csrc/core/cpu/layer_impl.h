@@ -914,10 +914,11 @@ void weight_gradients(const BackwardArgs<Real>& a, const LayerPlan& plan, const 
       });
   }
   if (a.dw_ih)
-    gemm<Real>(ex, GH, I, N, dgx_c, 1, GH, dense(a.x, I, I, x_b), I, false, a.dw_ih, I, false);
+    gemm<Real>(ex, GH, I, N, dgx_c, 1, GH, dense(a.x, I, I, x_b), I, false, a.dw_ih, I, false,
+               /*cold_output=*/true);
   if (a.dw_hh)
     gemm<Real>(ex, GH, S, N, dgh_c, 1, GH, dense(ws_cols(cell.hprev_col(H, P)), WS, S, hp_b),
-               compact ? S : WS, false, a.dw_hh, S, false);
+               compact ? S : WS, false, a.dw_hh, S, false, /*cold_output=*/true);
   Real* const db_out[2] = {a.db_ih, a.db_hh};
   for (int q = 0; q < 2; ++q) {
     if (!db_out[q]) continue;
@@ -926,7 +927,7 @@ void weight_gradients(const BackwardArgs<Real>& a, const LayerPlan& plan, const 
   if (a.dw_hr && P > 0)
     gemm<Real>(ex, P, H, N, dense(g.dproj, P, P, dr_b), 1, P,
                dense(ws_cols(cell.proj_input_col(H)), WS, H, hq_b), compact ? H : WS, false,
-               a.dw_hr, H, false);
+               a.dw_hr, H, false, /*cold_output=*/true);
 }
 
 // One layer backward: plan, the reverse step loop (phases 1 and 2 of each step), the final
