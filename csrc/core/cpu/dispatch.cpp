@@ -8,6 +8,7 @@
 
 #include "../random.h"
 #include "../rnn.h"
+#include "env_flag.h"
 
 namespace rnnfast {
 namespace core {
@@ -66,10 +67,7 @@ int64_t cpu_l2_cache_bytes() {
 
 namespace {
 std::atomic<bool>& gemm_rows_slot() {
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("RNNFAST_GEMM_ROWS");  // 0: off from the start (A/B timing)
-    return !(v && std::strcmp(v, "0") == 0);
-  }()};
+  static std::atomic<bool> on{env_flag("RNNFAST_GEMM_ROWS", true)};  // 0: off (A/B timing)
   return on;
 }
 }  // namespace

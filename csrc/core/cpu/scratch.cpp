@@ -19,6 +19,7 @@
 #endif
 
 #include "../rnn.h"
+#include "env_flag.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define RNNFAST_ASAN 1
@@ -50,12 +51,6 @@ void unpoison(const void*, size_t) {}
 #endif
 constexpr size_t kMaxCachedBytes = size_t(256) << 20;  // kept across calls, at most
 constexpr size_t kMaxCachedBlocks = 32;
-
-bool env_flag(const char* name, bool fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  return std::strcmp(v, "0") != 0;
-}
 
 std::atomic<bool>& cache_on() {
   static std::atomic<bool> on{env_flag("RNNFAST_SCRATCH_CACHE", kCacheByDefault)};
