@@ -16,7 +16,9 @@ A run-time switch of one build is timed the same way, the build given as both A 
 --a-env / --b-env setting the switch (e.g. --b python --a-env RNNFAST_GEMM_ROWS=0).
 
 Cases: --layer CELL,T,B,I,H[,LAYERS[,bi]] (the nn.LSTM/GRU/RNN-like modules) and
---cell CELL,B,H[,DTYPE] (LSTMCell/GRUCell one step, I = H), each in the --modes given.
+--cell CELL,B,H[,DTYPE] (LSTMCell/GRUCell one step, I = H), each in the --modes given:
+inference, training (the input requires grad), training_data (it does not; the cells' hx is
+a constant in both training modes).
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ def make(case):
 
 def call(case):
     m, args = make(case)
-    if case["mode"] == "training":
-        x = args[0].detach().requires_grad_(True)
+    if case["mode"] in ("training", "training_data"):
+        # training_data: the input is data (no gradient of its own), as for a first layer
+        x = args[0].detach().requires_grad_(case["mode"] == "training")
         out = m(x, *args[1:])
         y = out[0] if isinstance(out, tuple) else out
         y.sum().backward()
@@ -142,7 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--b", required=True, help="build B's python/ directory (the change)")
     ap.add_argument("--layer", type=parse_layer, action="append", default=[])
     ap.add_argument("--cell", type=parse_cell, action="append", default=[])
-    ap.add_argument("--modes", default="inference,training")
+    ap.add_argument("--modes", default="inference,training",
+                    help="comma-separated: inference, training, training_data")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--block-ms", type=float, default=150.0)
     ap.add_argument("--threads", type=int, default=2)
@@ -153,7 +157,12 @@ def main(argv=None) -> int:
                     help="NAME=VALUE in build B's environment (repeatable)")
     ap.add_argument("--out", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
-    cases = [dict(c, mode=m) for c in args.layer + args.cell for m in args.modes.split(",")]
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in ("inference", "training", "training_data")]
+    if unknown:
+        ap.error(f"--modes: unknown mode(s) {unknown}, expected inference, training, "
+                 "training_data")
+    cases = [dict(c, mode=m) for c in args.layer + args.cell for m in modes]
     if not cases:
         ap.error("give at least one --layer or --cell")
     workers = {"a": Worker(args.a, args.threads, args.a_env),

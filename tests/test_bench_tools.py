@@ -96,12 +96,14 @@ def test_build_ab_times_both_builds_and_refuses_a_path_without_rnnfast(tmp_path)
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "build_ab.py"), "--a", build, "--b", build,
          "--layer", "gru,3,2,4,5", "--cell", "lstm,2,8,float64", "--rounds", "2",
-         "--block-ms", "1", "--threads", "1", "--out", str(out_json)],
+         "--block-ms", "1", "--threads", "1", "--modes", "inference,training,training_data",
+         "--out", str(out_json)],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out_json.read_text())["rows"]
     assert [(r["case"]["kind"], r["case"]["mode"]) for r in rows] == [
-        ("layer", "inference"), ("layer", "training"), ("cell", "inference"), ("cell", "training")]
+        ("layer", "inference"), ("layer", "training"), ("layer", "training_data"),
+        ("cell", "inference"), ("cell", "training"), ("cell", "training_data")]
     for r in rows:
         assert len(r["a_ms"]) == len(r["b_ms"]) == 2
         assert abs(r["b_over_a"] - r["b_median_ms"] / r["a_median_ms"]) < 1e-12
@@ -117,6 +119,11 @@ def test_build_ab_times_both_builds_and_refuses_a_path_without_rnnfast(tmp_path)
     assert ab["a_env"] == {"RNNFAST_GEMM_ROWS": "0"}
     assert ab["b_env"] == {"RNNFAST_GEMM_ROWS": "1"}
     assert ab["a_info"]["cpu_gemm_rows"] is False and ab["b_info"]["cpu_gemm_rows"] is True
+    unknown = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "build_ab.py"), "--a", build, "--b", build,
+         "--cell", "gru,1,8", "--modes", "training,train"], capture_output=True, text=True,
+        timeout=300)
+    assert unknown.returncode == 2 and "unknown mode(s) ['train']" in unknown.stderr
     # a directory without a build: the worker would import another rnnfast, so it refuses
     bad = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "build_ab.py"), "--a", str(tmp_path),

@@ -13,10 +13,13 @@
 // mode on inside backward), the fused backward op would give gradients with no graph behind
 // them. The backward then calls rnnfast._reference.layer_backward instead, which recomputes
 // the layer with differentiable torch ops and differentiates it with create_graph=True. The
-// backward op itself is not differentiable: its Autograd kernel is torch's not-implemented
-// fallback, which raises if anything backpropagates through it.
+// backward op itself is not differentiable: its Autograd kernel (NotDifferentiable, at the
+// bottom) raises if anything backpropagates through it.
+//
+// The fused backward computes only the gradients autograd needs (the op's output_mask, from
+// needs_input_grad): no dx GEMM for an input that is data, no dh0 GEMM for initial states not
+// given or not requiring grad, no dW for a frozen weight.
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/extension.h>
 
 #include <string>
@@ -27,7 +30,6 @@ namespace rnnfast {
 namespace {
 
 namespace core = ::rnnfast::core;
-using glue::BackwardResult;
 using glue::ForwardResult;
 using OptTensor = c10::optional<at::Tensor>;
 using torch::autograd::AutogradContext;
@@ -36,10 +38,10 @@ using torch::autograd::variable_list;
 using ForwardSig = ForwardResult(c10::string_view, const at::Tensor&, at::TensorList,
                                  at::TensorList, const OptTensor&, bool, bool,
                                  glue::OptionalTensorList);
-using BackwardSig = BackwardResult(c10::string_view, const OptTensor&,
+using BackwardSig = glue::BackwardOpResult(c10::string_view, const OptTensor&,
                                    const c10::List<OptTensor>&, const at::Tensor&,
                                    at::TensorList, const OptTensor&, const at::Tensor&, bool,
-                                   glue::OptionalTensorList);
+                                   glue::OptionalTensorList, const glue::OptionalBoolList&);
 
 OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
@@ -185,10 +187,22 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
       c10::List<OptTensor> grad_state_out;
       grad_state_out.reserve(cell.states());
       for (int k = 0; k < cell.states(); ++k) grad_state_out.push_back(optional_of(grads[1 + k]));
-      std::tie(grad_input, grad_state, grad_weights) =
+      // only the gradients autograd needs (differentiable inputs: the input, the states if
+      // given, the weights, in that order; no state edges when no state list was given)
+      c10::List<bool> mask;
+      size_t edge = 0;
+      mask.push_back(ctx->needs_input_grad(edge++));
+      for (int k = 0; k < cell.states(); ++k)
+        mask.push_back(state_given && ctx->needs_input_grad(edge++));
+      for (size_t i = 0; i < weights.size(); ++i) mask.push_back(ctx->needs_input_grad(edge++));
+      auto [gi, gs, gw] =
           op.call(cell.name, optional_of(grads[0]), grad_state_out, input, weights,
                   optional_of(saved[kLengths]), ws, reverse,
-                  zoneout ? glue::OptionalTensorList(zoneout_list) : glue::OptionalTensorList());
+                  zoneout ? glue::OptionalTensorList(zoneout_list) : glue::OptionalTensorList(),
+                  mask);
+      grad_input = glue::undefined_if_none(std::move(gi));
+      grad_state = glue::undefined_if_none(std::move(gs));
+      grad_weights = glue::undefined_if_none(std::move(gw));
     }
     // One entry per flattened forward argument: none for the cell, the lengths and the flags
     // (not variables, or not differentiable), none for the states when no state list was
@@ -284,7 +298,7 @@ struct PairFunction : public torch::autograd::Function<PairFunction> {
         c10::string_view, const OptTensor&, const c10::List<OptTensor>&, const OptTensor&,
         const c10::List<OptTensor>&, const at::Tensor&, at::TensorList, at::TensorList,
         const OptTensor&, const at::Tensor&, const at::Tensor&, glue::OptionalTensorList,
-        glue::OptionalTensorList);
+        glue::OptionalTensorList, const glue::OptionalBoolList&);
     static const auto op = find_op<Sig>(glue::kPairBackwardOp);
     const variable_list saved = ctx->get_saved_variables();
     const core::CellInfo& cell = cell_of_code(ctx->saved_data[kCallKey].toInt());
@@ -332,13 +346,36 @@ struct PairFunction : public torch::autograd::Function<PairFunction> {
                                      zoneout_of[dir]))
                                : glue::OptionalTensorList();
       };
-      std::tie(grad_input, grad_state[0], grad_weights[0], grad_state[1], grad_weights[1]) =
+      // only the gradients autograd needs; its differentiable inputs: the input, the states
+      // given (forward direction's, then reverse's), the weights (the same order)
+      bool state_given[2];
+      size_t states_given = 0;
+      for (int dir = 0; dir < 2; ++dir) {
+        state_given[dir] = saved_of[dir][kFirstState].defined();
+        states_given += state_given[dir] ? states : 0;
+      }
+      c10::List<bool> mask;
+      mask.push_back(ctx->needs_input_grad(0));
+      for (int dir = 0; dir < 2; ++dir) {
+        size_t state_edge = 1 + (dir == 1 && state_given[0] ? states : 0);
+        size_t weight_edge = 1 + states_given + (dir == 1 ? weights_of[0] : 0);
+        for (int k = 0; k < states; ++k)
+          mask.push_back(state_given[dir] && ctx->needs_input_grad(state_edge++));
+        for (size_t i = 0; i < weights_of[dir]; ++i)
+          mask.push_back(ctx->needs_input_grad(weight_edge++));
+      }
+      auto [gi, gs, gw, gs_r, gw_r] =
           op.call(cell.name, optional_of(grads_of[0][0]), grad_state_in[0],
                   optional_of(grads_of[1][0]), grad_state_in[1], saved[kInput],
                   slice(saved_of[0], first_weight(cell), weights_of[0]),
                   slice(saved_of[1], first_weight(cell), weights_of[1]),
                   optional_of(saved[kLengths]), saved_of[0][kWorkspace],
-                  saved_of[1][kWorkspace], zoneout_list(0), zoneout_list(1));
+                  saved_of[1][kWorkspace], zoneout_list(0), zoneout_list(1), mask);
+      grad_input = glue::undefined_if_none(std::move(gi));
+      grad_state[0] = glue::undefined_if_none(std::move(gs));
+      grad_weights[0] = glue::undefined_if_none(std::move(gw));
+      grad_state[1] = glue::undefined_if_none(std::move(gs_r));
+      grad_weights[1] = glue::undefined_if_none(std::move(gw_r));
     }
     variable_list result;
     result.emplace_back();  // cell
@@ -374,14 +411,69 @@ glue::PairForwardResult pair_autograd(c10::string_view cell_name, const at::Tens
           std::vector<at::Tensor>(mid + 1, out.end() - 1), out.back()};
 }
 
+// The tensors among `n` values of a stack from `first` on, those inside lists included.
+variable_list tensors_on(const torch::jit::Stack& stack, size_t first, size_t n) {
+  variable_list out;
+  for (size_t i = first; i < first + n; ++i) {
+    const c10::IValue& v = stack[i];
+    if (v.isTensor()) {
+      out.push_back(v.toTensor());
+    } else if (v.isList()) {
+      for (const c10::IValue& e : v.toListRef())
+        if (e.isTensor()) out.push_back(e.toTensor());
+    }
+  }
+  return out;
+}
+
+// The backward ops are not differentiable: a graph through their outputs must raise when
+// differentiated, never give silent zeros. This Function runs the op below autograd (its
+// forward) and raises in its backward; its variables are the op's tensor arguments, so its
+// outputs, the op's, get it as their grad_fn whenever grad mode is on and an argument
+// requires grad. (torch's autogradNotImplementedFallback does not attach one to the Tensor?
+// and Tensor?[] outputs these ops have.)
+struct NotDifferentiable : public torch::autograd::Function<NotDifferentiable> {
+  static variable_list forward(AutogradContext* ctx, at::TensorList /*arguments*/,
+                               const c10::OperatorHandle* op, c10::DispatchKeySet keys,
+                               torch::jit::Stack* stack) {
+    const size_t returns = op->schema().returns().size();
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      op->redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+    }
+    ctx->saved_data["op"] = op->schema().operator_name().name;
+    variable_list out;  // the defined ones (a None output has no history to set)
+    for (at::Tensor& t : tensors_on(*stack, stack->size() - returns, returns))
+      if (t.defined()) out.push_back(std::move(t));
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list) {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, "the derivative of ", ctx->saved_data["op"].toStringRef(),
+                                " is not implemented (for gradients of gradients, call "
+                                "backward with create_graph=True on the layer's output)");
+  }
+};
+
+// The Autograd kernel of the backward ops (boxed: one for both).
+void not_differentiable_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                               torch::jit::Stack* stack) {
+  const size_t arguments = op.schema().arguments().size();
+  variable_list given;
+  for (at::Tensor& t : tensors_on(*stack, stack->size() - arguments, arguments))
+    if (t.defined()) given.push_back(std::move(t));
+  // the outputs on the stack are the tensors the Function returns, now with its grad_fn
+  NotDifferentiable::apply(at::TensorList(given), &op, keys, stack);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnfast, Autograd, m) {
   m.impl(glue::kForwardOp, &layer_autograd);
-  // not differentiable: an error, never a silent zero, if a graph goes through it
-  m.impl(glue::kBackwardOp, torch::autograd::autogradNotImplementedFallback());
+  m.impl(glue::kBackwardOp,
+         torch::CppFunction::makeFromBoxedFunction<&not_differentiable_kernel>());
   m.impl(glue::kPairForwardOp, &pair_autograd);
-  m.impl(glue::kPairBackwardOp, torch::autograd::autogradNotImplementedFallback());
+  m.impl(glue::kPairBackwardOp,
+         torch::CppFunction::makeFromBoxedFunction<&not_differentiable_kernel>());
 }
 
 }  // namespace rnnfast

@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 
 #include <array>
+#include <initializer_list>
 #include <ostream>
 #include <string>
 #include <tuple>
@@ -36,7 +37,8 @@ constexpr const char* kForwardSchema =
 constexpr const char* kBackwardSchema =
     "layer_backward(str cell, Tensor? grad_output, Tensor?[] grad_state, Tensor input, "
     "Tensor[] weights, Tensor? lengths, Tensor workspace, bool reverse, "
-    "Tensor[]? zoneout=None) -> (Tensor grad_input, Tensor[] grad_state, Tensor[] grad_weights)";
+    "Tensor[]? zoneout=None, bool[]? output_mask=None) -> "
+    "(Tensor? grad_input, Tensor?[] grad_state, Tensor?[] grad_weights)";
 
 // A bidirectional layer's two directions in one call (CPU): the forward direction's
 // arguments, then the reverse direction's; the input and lengths are shared, and the
@@ -53,9 +55,14 @@ constexpr const char* kPairBackwardSchema =
     "bidirectional_layer_backward(str cell, Tensor? grad_output, Tensor?[] grad_state, "
     "Tensor? grad_output_reverse, Tensor?[] grad_state_reverse, Tensor input, "
     "Tensor[] weights, Tensor[] weights_reverse, Tensor? lengths, Tensor workspace, "
-    "Tensor workspace_reverse, Tensor[]? zoneout=None, Tensor[]? zoneout_reverse=None) -> "
-    "(Tensor grad_input, Tensor[] grad_state, Tensor[] grad_weights, "
-    "Tensor[] grad_state_reverse, Tensor[] grad_weights_reverse)";
+    "Tensor workspace_reverse, Tensor[]? zoneout=None, Tensor[]? zoneout_reverse=None, "
+    "bool[]? output_mask=None) -> "
+    "(Tensor? grad_input, Tensor?[] grad_state, Tensor?[] grad_weights, "
+    "Tensor?[] grad_state_reverse, Tensor?[] grad_weights_reverse)";
+
+// The backward ops' output_mask says which gradients to compute and return: None = all, else
+// one bool per gradient in the order the op returns them (see OutputMask below). A gradient
+// not asked for comes back undefined (None in Python).
 
 // (output, state_out, workspace) and (grad_input, grad_state, grad_weights).
 using ForwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>;
@@ -64,9 +71,38 @@ using BackwardResult =
 // (output, state_out, workspace) of the forward direction, then of the reverse direction.
 using PairForwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor,
                                      std::vector<at::Tensor>, at::Tensor>;
+// What the backward ops return: the gradients, None where output_mask did not ask for one
+// (the schemas' Tensor? and Tensor?[]); inside the glue a BackwardResult holds them with
+// undefined tensors for None.
+using OptionalTensors = std::vector<c10::optional<at::Tensor>>;
+using BackwardOpResult = std::tuple<c10::optional<at::Tensor>, OptionalTensors, OptionalTensors>;
 // (grad_input, grad_state, grad_weights, grad_state_reverse, grad_weights_reverse).
-using PairBackwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
-                                      std::vector<at::Tensor>, std::vector<at::Tensor>>;
+using PairBackwardResult = std::tuple<c10::optional<at::Tensor>, OptionalTensors, OptionalTensors,
+                                      OptionalTensors, OptionalTensors>;
+
+// An undefined tensor as None, and back.
+inline c10::optional<at::Tensor> none_if_undefined(at::Tensor t) {
+  return t.defined() ? c10::optional<at::Tensor>(std::move(t)) : c10::nullopt;
+}
+inline OptionalTensors none_if_undefined(std::vector<at::Tensor> ts) {
+  OptionalTensors out;
+  out.reserve(ts.size());
+  for (at::Tensor& t : ts) out.push_back(none_if_undefined(std::move(t)));
+  return out;
+}
+inline at::Tensor undefined_if_none(c10::optional<at::Tensor> t) {
+  return t.has_value() ? std::move(*t) : at::Tensor();
+}
+inline std::vector<at::Tensor> undefined_if_none(OptionalTensors ts) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (c10::optional<at::Tensor>& t : ts) out.push_back(undefined_if_none(std::move(t)));
+  return out;
+}
+inline BackwardOpResult none_if_undefined(BackwardResult g) {
+  return {none_if_undefined(std::move(std::get<0>(g))), none_if_undefined(std::move(std::get<1>(g))),
+          none_if_undefined(std::move(std::get<2>(g)))};
+}
 
 // Names the op and its cell in error messages: "rnnfast::layer(lstm)".
 struct OpName {
@@ -520,6 +556,49 @@ inline BackwardInputs prepare_backward(
   return b;
 }
 
+// --- output_mask ---------------------------------------------------------------------------
+//
+// Which gradients one direction's backward computes: the input's, each state's, each given
+// weight's (by position in its weights list). The kernels skip what is not asked for: the
+// GEMM dx = dG W_ih over the whole sequence, dh0 = dG_0 W_hh at the last step, each dW; what
+// autograd does not need (an input that is data, initial states not given or not requiring
+// grad, frozen weights) is not computed.
+struct OutputMask {
+  bool input = true;
+  std::array<bool, 2> state{true, true};
+  std::vector<bool> weights;  // empty: all
+  bool weight(size_t pos) const { return weights.empty() || weights[pos]; }
+};
+
+using OptionalBoolList = c10::optional<c10::List<bool>>;
+
+// The mask of each direction of a backward call with `directions` directions (1, or 2 for a
+// pair, which share grad_input) from the op's output_mask: entry 0 is grad_input's, then per
+// direction one entry per state of the cell and one per weight (weight_counts[dir] of them).
+// A ValueError naming the op if the length is not that.
+inline std::vector<OutputMask> split_output_mask(const core::CellInfo& cell, const OpName& op,
+                                                 const OptionalBoolList& mask,
+                                                 std::initializer_list<int> weight_counts) {
+  std::vector<OutputMask> out(weight_counts.size());
+  if (!mask.has_value()) return out;
+  const c10::List<bool>& m = *mask;
+  size_t expected = 1;
+  for (int w : weight_counts) expected += cell.states() + w;
+  TORCH_CHECK_VALUE(m.size() == expected, op, ": output_mask must be None or hold ", expected,
+                    " bools (grad_input, then per direction one per state and one per weight, "
+                    "in the order the gradients are returned), got ", m.size());
+  size_t next = 1;
+  size_t dir = 0;
+  for (int w : weight_counts) {
+    OutputMask& o = out[dir++];
+    o.input = m.get(0);
+    for (int k = 0; k < cell.states(); ++k) o.state[k] = m.get(next++);
+    o.weights.resize(w);
+    for (int i = 0; i < w; ++i) o.weights[i] = m.get(next++);
+  }
+  return out;
+}
+
 // The outputs of one forward call (output, state_out, workspace), allocated with `opts`;
 // the workspace, saved only when training, with `ws_opts` (empty when not training).
 inline ForwardResult empty_outputs(const core::CellInfo& cell, const Dims& d,
@@ -534,15 +613,33 @@ inline ForwardResult empty_outputs(const core::CellInfo& cell, const Dims& d,
 }
 
 // The gradients of one backward call (grad_input, grad_state, grad_weights), allocated with
-// `opts`: grad_state has one per state of the cell, grad_weights one per given weight.
+// `opts`: grad_state has one per state of the cell, grad_weights one per given weight; those
+// `mask` does not ask for are left undefined.
 inline BackwardResult empty_grads(const core::CellInfo& cell, const Dims& d,
-                                  const at::TensorOptions& opts) {
+                                  const at::TensorOptions& opts, const OutputMask& mask) {
   std::vector<at::Tensor> grad_state, grad_weights;
   grad_state.reserve(cell.states());
-  for (int k = 0; k < cell.states(); ++k) grad_state.push_back(at::empty(d.state_shape(k), opts));
+  for (int k = 0; k < cell.states(); ++k)
+    grad_state.push_back(mask.state[k] ? at::empty(d.state_shape(k), opts) : at::Tensor());
   for (int i = 0; i < core::kLayerParamCount; ++i)
-    if (d.layout.has(i)) grad_weights.push_back(at::empty(d.shape_of(core::kLayerParams[i]), opts));
-  return {at::empty(d.rows_by(d.I), opts), std::move(grad_state), std::move(grad_weights)};
+    if (d.layout.has(i))
+      grad_weights.push_back(mask.weight(grad_weights.size())
+                                 ? at::empty(d.shape_of(core::kLayerParams[i]), opts)
+                                 : at::Tensor());
+  return {mask.input ? at::empty(d.rows_by(d.I), opts) : at::Tensor(), std::move(grad_state),
+          std::move(grad_weights)};
+}
+
+// Leaves undefined the gradients of `g` that `mask` does not ask for (a backend that computes
+// every gradient and returns only those asked for).
+inline void drop_unasked(BackwardResult& g, const OutputMask& mask) {
+  if (!mask.input) std::get<0>(g) = at::Tensor();
+  std::vector<at::Tensor>& state = std::get<1>(g);
+  for (size_t k = 0; k < state.size(); ++k)
+    if (!mask.state[k]) state[k] = at::Tensor();
+  std::vector<at::Tensor>& weights = std::get<2>(g);
+  for (size_t i = 0; i < weights.size(); ++i)
+    if (!mask.weight(i)) weights[i] = at::Tensor();
 }
 
 // The gradient of the parameter at kLayerParams position `index` in a grad_weights list

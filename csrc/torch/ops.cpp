@@ -173,9 +173,9 @@ core::BackwardArgs<Real> backward_args(const BackwardInputs& in, const BackwardR
   a.dy = data_or_null<Real>(in.grad_output);
   a.dhy = data_or_null<Real>(in.grad_state[kStateH]);
   a.dcy = data_or_null<Real>(in.grad_state[kStateC]);
-  a.dx = std::get<0>(g).data_ptr<Real>();
-  a.dh0 = dstate[kStateH].data_ptr<Real>();
-  a.dc0 = cell.cell_state ? dstate[kStateC].data_ptr<Real>() : nullptr;
+  a.dx = data_or_null<Real>(std::get<0>(g));  // null where not asked for: not computed
+  a.dh0 = data_or_null<Real>(dstate[kStateH]);
+  a.dc0 = cell.cell_state ? data_or_null<Real>(dstate[kStateC]) : nullptr;
   a.dw_ih = data_or_null<Real>(grad_of(dweights, d.layout, kWeightIh));
   a.dw_hh = data_or_null<Real>(grad_of(dweights, d.layout, kWeightHh));
   a.db_ih = data_or_null<Real>(grad_of(dweights, d.layout, kBiasIh));
@@ -184,9 +184,9 @@ core::BackwardArgs<Real> backward_args(const BackwardInputs& in, const BackwardR
   return a;
 }
 
-// The gradients of a backward call, NaN-filled in the debug mode.
-BackwardResult backward_outputs(const BackwardInputs& in) {
-  BackwardResult g = empty_grads(*in.cell, in.d, in.input.options());
+// The gradients of a backward call that `mask` asks for, NaN-filled in the debug mode.
+BackwardResult backward_outputs(const BackwardInputs& in, const OutputMask& mask) {
+  BackwardResult g = empty_grads(*in.cell, in.d, in.input.options(), mask);
   if (core::debug_nan_scratch()) {
     debug_fill_nan(std::get<0>(g));
     for (const at::Tensor& t : std::get<1>(g)) debug_fill_nan(t);
@@ -195,24 +195,26 @@ BackwardResult backward_outputs(const BackwardInputs& in) {
   return g;
 }
 
-BackwardResult backward_op(c10::string_view cell_name,
+BackwardOpResult backward_op(c10::string_view cell_name,
                            const c10::optional<at::Tensor>& grad_output,
                            const c10::List<c10::optional<at::Tensor>>& grad_state,
                            const at::Tensor& input_, at::TensorList weights_,
                            const c10::optional<at::Tensor>& lengths_,
                            const at::Tensor& workspace, bool reverse,
-                           OptionalTensorList zoneout_) {
+                           OptionalTensorList zoneout_, const OptionalBoolList& output_mask) {
   const BackwardInputs in = prepare_backward(
       cell_name, grad_output, grad_state, input_, weights_, lengths_, workspace,
       list_or_empty(zoneout_),
       input_.defined() ? input_.scalar_type() : at::kFloat, cpu_dtype_ok(input_),
       "float32 or float64", /*allow_packed=*/true);
-  BackwardResult g = backward_outputs(in);
+  const OutputMask mask = split_output_mask(*in.cell, OpName{kBackwardOp, in.cell->name},
+                                            output_mask, {in.d.layout.count()})[0];
+  BackwardResult g = backward_outputs(in, mask);
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(in.input.scalar_type(), "rnnfast_layer_backward", [&] {
     core::layer_backward(backward_args<scalar_t>(in, g, reverse), ex);
   });
-  return g;
+  return none_if_undefined(std::move(g));
 }
 
 // The op names the reverse direction's checks report: its state, weights and zoneout errors
@@ -253,7 +255,7 @@ PairBackwardResult pair_backward_op(
     at::TensorList weights_, at::TensorList weights_reverse_,
     const c10::optional<at::Tensor>& lengths_, const at::Tensor& workspace,
     const at::Tensor& workspace_reverse, OptionalTensorList zoneout_,
-    OptionalTensorList zoneout_reverse_) {
+    OptionalTensorList zoneout_reverse_, const OptionalBoolList& output_mask) {
   const at::ScalarType dtype = input_.defined() ? input_.scalar_type() : at::kFloat;
   const BackwardInputs in[2] = {
       prepare_backward(cell_name, grad_output, grad_state, input_, weights_, lengths_,
@@ -263,16 +265,24 @@ PairBackwardResult pair_backward_op(
                        weights_reverse_, lengths_, workspace_reverse,
                        list_or_empty(zoneout_reverse_), dtype, cpu_dtype_ok(input_),
                        "float32 or float64", /*allow_packed=*/true, kPairBackwardReverseOp)};
-  BackwardResult g[2] = {backward_outputs(in[0]), backward_outputs(in[1])};
+  const std::vector<OutputMask> mask =
+      split_output_mask(*in[0].cell, OpName{kPairBackwardOp, in[0].cell->name}, output_mask,
+                        {in[0].d.layout.count(), in[1].d.layout.count()});
+  // grad_input is the sum of the directions' input gradients, written by the forward one's
+  OutputMask reverse_mask = mask[1];
+  reverse_mask.input = false;
+  BackwardResult g[2] = {backward_outputs(in[0], mask[0]), backward_outputs(in[1], reverse_mask)};
   AtenExecutor ex;
   AT_DISPATCH_FLOATING_TYPES(in[0].input.scalar_type(), "rnnfast_bidirectional_backward", [&] {
     core::BackwardArgs<scalar_t> b = backward_args<scalar_t>(in[1], g[1], /*reverse=*/true);
-    b.dx = std::get<0>(g[0]).data_ptr<scalar_t>();  // the sum of both goes to one gradient
+    b.dx = data_or_null<scalar_t>(std::get<0>(g[0]));  // the sum of both goes to one gradient
     core::layer_backward_pair(backward_args<scalar_t>(in[0], g[0], /*reverse=*/false), b, ex);
   });
-  return {std::move(std::get<0>(g[0])), std::move(std::get<1>(g[0])),
-          std::move(std::get<2>(g[0])), std::move(std::get<1>(g[1])),
-          std::move(std::get<2>(g[1]))};
+  return {none_if_undefined(std::move(std::get<0>(g[0]))),
+          none_if_undefined(std::move(std::get<1>(g[0]))),
+          none_if_undefined(std::move(std::get<2>(g[0]))),
+          none_if_undefined(std::move(std::get<1>(g[1]))),
+          none_if_undefined(std::move(std::get<2>(g[1])))};
 }
 
 // keep_mask: a zoneout mask of `size` (core::fill_keep_mask), 1 with probability p, from the

@@ -6,7 +6,8 @@ backward op gives its gradients. Their schemas name no cell and no parameter:
     layer(cell, input[T,B,I], state, weights, lengths[B] int64?, reverse, training,
           zoneout=None) -> (output[T,B,S], state_out, workspace)
     layer_backward(cell, grad_output?, grad_state, input, weights, lengths?, workspace,
-                   reverse, zoneout=None) -> (grad_input, grad_state, grad_weights)
+                   reverse, zoneout=None, output_mask=None)
+        -> (grad_input, grad_state, grad_weights)
 
 ``cell`` is one of :data:`CELLS` (their descriptions come from the C++ core, see
 :mod:`rnnfast._cells`). ``state`` is empty (zero initial states) or the cell's states:
@@ -16,7 +17,9 @@ weight_ih[G*H,I], weight_hh[G*H,S], then bias_ih[G*H], bias_hh[G*H] if it has bi
 weight_hr[P,H] if it has a projection (LSTM proj_size), then the cell's own parameters
 (``_cells.cell(name).params``: the peephole cells' weight_ci, weight_cf, weight_co, each [H]);
 S = P with a projection, else H, and G is the cell's number of gates. ``grad_state`` has one entry per state (each may be None) and
-``grad_weights`` one gradient per weight. ``training=True`` saves the activations backward
+``grad_weights`` one gradient per weight. ``output_mask`` is None (every gradient) or one bool
+per gradient in that order (grad_input, each grad_state entry, each grad_weights entry): one
+not asked for is not computed and comes back None (autograd asks only for what it needs). ``training=True`` saves the activations backward
 needs in ``workspace``; with ``training=False`` it is empty. ``zoneout`` is None (or empty)
 or holds one tensor per state: a 0-D probability p (s_t = p s_{t-1} + (1 - p) s~_t, the
 expectation) or a mask m shaped like the state's rows, [T,B,S] for h and [T,B,H] for c, of the
@@ -33,13 +36,14 @@ forward direction's arguments first and then the reverse one's (same input and l
     bidirectional_layer_backward(cell, grad_output?, grad_state, grad_output_reverse?,
                                  grad_state_reverse, input, weights, weights_reverse, lengths,
                                  workspace, workspace_reverse, zoneout=None,
-                                 zoneout_reverse=None)
+                                 zoneout_reverse=None, output_mask=None)
         -> (grad_input, grad_state, grad_weights, grad_state_reverse, grad_weights_reverse)
 
 On two threads, while each direction's weight_hh fits twice the L2 cache, they run the
 directions at the same time, one core each (csrc/core/rnn.h: layer_forward_pair), else one
 after the other; the results are bit-identical to two ``layer`` calls either way, and
-grad_input is the sum of the two directions' input gradients.
+grad_input is the sum of the two directions' input gradients. The pair's output_mask: grad_input,
+then the forward direction's state and weight entries, then the reverse direction's.
 
 One more op, ``keep_mask(seed, p, size, dtype)``, makes zoneout's training masks on CPU (see
 :func:`keep_mask`).
@@ -136,14 +140,28 @@ def _fake(cell, input, state, weights, lengths, reverse, training, zoneout=None)
 
 @torch.library.register_fake("rnnfast::layer_backward")
 def _fake_backward(cell, grad_output, grad_state, input, weights, lengths, workspace, reverse,
-                   zoneout=None):
+                   zoneout=None, output_mask=None):
     info = _cells.cell(cell)
     w = dict(zip(_cells.weight_names(info, len(weights)), weights))
     _, B = _rows(input, lengths)
     H, P = _cells.layer_sizes(info, w)
-    return (input.new_empty(input.shape),
-            [input.new_empty(shape) for shape in _cells.state_shapes(info, B, H, P)],
-            [input.new_empty(t.shape) for t in weights])
+    shapes = ([input.shape] + list(_cells.state_shapes(info, B, H, P))
+              + [t.shape for t in weights])
+    mask = _check_output_mask(cell, "layer_backward", output_mask, len(shapes))
+    out = [input.new_empty(s) if m else None for s, m in zip(shapes, mask)]
+    return out[0], out[1:1 + info.states], out[1 + info.states:]
+
+
+def _check_output_mask(cell, op, output_mask, n):
+    """The output_mask of a backward op as n bools (all True for None); a ValueError as the
+    kernels' if its length is not n."""
+    if output_mask is None:
+        return [True] * n
+    if len(output_mask) != n:
+        raise ValueError(f"rnnfast::{op}({cell}): output_mask must be None or hold {n} bools "
+                         "(grad_input, then per direction one per state and one per weight, "
+                         f"in the order the gradients are returned), got {len(output_mask)}")
+    return list(output_mask)
 
 
 @torch.library.register_fake("rnnfast::bidirectional_layer")
@@ -157,12 +175,17 @@ def _fake_pair(cell, input, state, state_reverse, weights, weights_reverse, leng
 @torch.library.register_fake("rnnfast::bidirectional_layer_backward")
 def _fake_pair_backward(cell, grad_output, grad_state, grad_output_reverse, grad_state_reverse,
                         input, weights, weights_reverse, lengths, workspace, workspace_reverse,
-                        zoneout=None, zoneout_reverse=None):
+                        zoneout=None, zoneout_reverse=None, output_mask=None):
+    states = _cells.cell(cell).states
+    n = 1 + 2 * states + len(weights) + len(weights_reverse)
+    mask = _check_output_mask(cell, "bidirectional_layer_backward", output_mask, n)
+    split = 1 + states + len(weights)
     grad_input, grad_state, grad_weights = _fake_backward(
-        cell, grad_output, grad_state, input, weights, lengths, workspace, False, zoneout)
+        cell, grad_output, grad_state, input, weights, lengths, workspace, False, zoneout,
+        mask[:split])
     _, grad_state_r, grad_weights_r = _fake_backward(
         cell, grad_output_reverse, grad_state_reverse, input, weights_reverse, lengths,
-        workspace_reverse, True, zoneout_reverse)
+        workspace_reverse, True, zoneout_reverse, mask[:1] + mask[split:])
     return grad_input, grad_state, grad_weights, grad_state_r, grad_weights_r
 
 

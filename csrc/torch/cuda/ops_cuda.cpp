@@ -99,13 +99,13 @@ at::Tensor to_dtype(const at::Tensor& t, at::ScalarType dt) {
   return t.defined() ? t.to(dt).contiguous() : t;
 }
 
-BackwardResult backward_op(c10::string_view cell_name,
+BackwardOpResult backward_op(c10::string_view cell_name,
                            const c10::optional<at::Tensor>& grad_output,
                            const c10::List<c10::optional<at::Tensor>>& grad_state,
                            const at::Tensor& input_, at::TensorList weights_,
                            const c10::optional<at::Tensor>& lengths_,
                            const at::Tensor& workspace, bool reverse,
-                           OptionalTensorList zoneout_) {
+                           OptionalTensorList zoneout_, const OptionalBoolList& output_mask) {
   const bool ok = cuda_dtype_ok(input_);
   const auto dt = ok ? input_.scalar_type() : at::kFloat;
   const auto acc = accumulate_dtype(dt);
@@ -134,7 +134,11 @@ BackwardResult backward_op(c10::string_view cell_name,
                                                 to_dtype(in.zoneout.mask[1], acc)};
   const at::Tensor lengths = device_lengths(in.lengths, in.input.device());
   const auto acc_opts = in.input.options().dtype(acc);
-  BackwardResult g = empty_grads(cell, d, acc_opts);
+  // The CUDA kernels compute every gradient; those output_mask does not ask for are dropped
+  // at the end.
+  const OutputMask mask =
+      split_output_mask(cell, OpName{kBackwardOp, cell.name}, output_mask, {d.layout.count()})[0];
+  BackwardResult g = empty_grads(cell, d, acc_opts, OutputMask{});
   at::Tensor& dx = std::get<0>(g);
   std::vector<at::Tensor>& dstate = std::get<1>(g);
   std::vector<at::Tensor>& dweights = std::get<2>(g);
@@ -179,7 +183,8 @@ BackwardResult backward_op(c10::string_view cell_name,
     for (at::Tensor& t : dstate) t = t.to(dt);
     for (at::Tensor& t : dweights) t = t.to(dt);
   }
-  return g;
+  drop_unasked(g, mask);
+  return none_if_undefined(std::move(g));
 }
 
 }  // namespace
