@@ -130,20 +130,26 @@ def test_compile_fullgraph_inductor():
     _compare_eager_compiled(model, x, backend="inductor", atol=1e-5, cls="LSTM", kw=kw)
 
 
+@pytest.mark.parametrize("data_input", [False, True])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_compiled_autograd_matches_torch(kind):
+def test_compiled_autograd_matches_torch(kind, data_input):
     """The backward pass traced by compiled autograd (torch._dynamo.compiled_autograd) through
     the ops' C++ autograd: gradients of every parameter and of the input as torch's, float64.
     (A C++ autograd Function that marks an output non-differentiable fails compiled autograd's
-    internal asserts; the ops' workspace output is left unmarked for that reason.)"""
+    internal asserts; the ops' workspace output is left unmarked for that reason.)
+    data_input: the input requires no grad and one weight is frozen, so the backward ops are
+    asked for only some gradients (None for the rest, in the traced graph too)."""
     from torch._dynamo import compiled_autograd
     from rnn_testutils import make_pair
 
     ref, new = make_pair(kind, 4, 6, num_layers=2, bidirectional=True)
     x = torch.randn(5, 3, 4, dtype=torch.float64)
+    if data_input:
+        for m in (ref, new):
+            m.weight_hh_l0_reverse.requires_grad_(False)
 
     def grads(model, compiled):
-        xi = x.clone().requires_grad_()
+        xi = x.clone().requires_grad_(not data_input)
         y, h = model(xi)
         h = h[0] if isinstance(h, tuple) else h
         loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum() + h.sum()
@@ -159,7 +165,11 @@ def test_compiled_autograd_matches_torch(kind):
     got, want = grads(new, True), grads(ref, False)
     assert len(got) == len(want)
     for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+        if b is None:  # the input's, or the frozen weight's
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+    assert (got[0] is None) == data_input
 
 
 # ================================================================== opcheck of the raw ops

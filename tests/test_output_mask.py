@@ -41,30 +41,53 @@ def _check(got, full, mask, what):
             assert g is None, f"{what}: gradient {i} was not asked for but came back"
 
 
+def _zoneout_masks(cell, x, state):
+    """One keep mask per state, shaped like the state's rows over the steps."""
+    g = torch.Generator().manual_seed(7)
+    return [torch.bernoulli(torch.full((x.shape[0],) + tuple(t.shape), 0.3,
+                                       dtype=x.dtype), generator=g) for t in state]
+
+
+# (proj, lengths, reverse, layout): every combination of the first three dense, and packed
+# (2-D input rows, with lengths) and zoneout cases
+def _layouts(cell):
+    for proj, lengths, reverse in itertools.product(projections(cell), (False, True),
+                                                    (False, True)):
+        yield proj, lengths, reverse, "dense"
+    yield 0, True, False, "packed"
+    yield 0, True, True, "zoneout"
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_layer_backward_mask(cell):
-    for simd, proj, lengths, reverse in itertools.product(SIMD_PATHS, projections(cell),
-                                                          (False, True), (False, True)):
-        args = op_args(cell, proj=proj, lengths=lengths, reverse=reverse, requires_grad=False)
+    for simd, (proj, lengths, reverse, layout) in itertools.product(SIMD_PATHS,
+                                                                    list(_layouts(cell))):
+        args = list(op_args(cell, proj=proj, lengths=lengths, reverse=reverse,
+                            requires_grad=False))
         _, x, state, weights, L, _, _ = args
+        if layout == "packed":  # the active rows, [sum(lengths), I]
+            x = args[1] = torch.randn(int(L.sum()), x.shape[2], dtype=x.dtype)
+        zoneout = _zoneout_masks(cell, x, state) if layout == "zoneout" else None
         with simd_path(simd):
-            y, s, ws = torch.ops.rnnfast.layer(*args)
+            y, s, ws = torch.ops.rnnfast.layer(*args, zoneout)
             gy = torch.randn_like(y)
             gs = [torch.randn_like(t) for t in s]
-            call = (cell, gy, gs, x, weights, L, ws, reverse, None)
+            call = (cell, gy, gs, x, weights, L, ws, reverse, zoneout)
             full = _flat(torch.ops.rnnfast.layer_backward(*call))
             assert all(g is not None for g in full)
             for mask in _masks(len(full)):
                 got = _flat(torch.ops.rnnfast.layer_backward(*call, mask))
                 _check(got, full, mask, f"{simd} proj={proj} lengths={lengths} "
-                                        f"reverse={reverse} mask={mask}")
+                                        f"reverse={reverse} {layout} mask={mask}")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_peephole"])
-def test_bidirectional_layer_backward_mask(cell):
+@pytest.mark.parametrize("cell,proj", [("lstm", 0), ("lstm", 3), ("gru", 0),
+                                       ("lstm_peephole", 0)])
+def test_bidirectional_layer_backward_mask(cell, proj):
     for simd, lengths in itertools.product(SIMD_PATHS, (False, True)):
-        _, x, state, weights, L, _, _ = op_args(cell, lengths=lengths, requires_grad=False)
-        _, _, state_r, weights_r, _, _, _ = op_args(cell, lengths=lengths, seed=1,
+        _, x, state, weights, L, _, _ = op_args(cell, proj=proj, lengths=lengths,
+                                                requires_grad=False)
+        _, _, state_r, weights_r, _, _, _ = op_args(cell, proj=proj, lengths=lengths, seed=1,
                                                     requires_grad=False)
         with simd_path(simd):
             y, s, ws, y_r, s_r, ws_r = torch.ops.rnnfast.bidirectional_layer(
@@ -83,8 +106,7 @@ def test_mask_of_the_wrong_length_is_a_value_error():
     _, x, state, weights, L, reverse, _ = args
     y, s, ws = torch.ops.rnnfast.layer(*args)
     msg = (r"rnnfast::layer_backward\(lstm\): output_mask must be None or hold 7 bools "
-           r"\(grad_input, then per direction one per state and one per weight, in the order "
-           r"the gradients are returned\), got 3")
+           r"\(grad_input, 2 for grad_state, 4 for grad_weights\), got 3")
     with pytest.raises(ValueError, match=msg):
         torch.ops.rnnfast.layer_backward("lstm", y, s, x, weights, L, ws, reverse, None,
                                          [True] * 3)
@@ -94,11 +116,15 @@ def test_mask_of_the_wrong_length_is_a_value_error():
                                          [True] * 3)
     out = torch.ops.rnnfast.bidirectional_layer("lstm", x, state, state, weights, weights, L,
                                                 True)
-    with pytest.raises(ValueError, match=r"bidirectional_layer_backward\(lstm\): output_mask "
-                                         r"must be None or hold 13 bools"):
-        torch.ops.rnnfast.bidirectional_layer_backward(
-            "lstm", out[0], [], out[3], [], x, weights, weights, L, out[2], out[5], None, None,
+    msg = (r"bidirectional_layer_backward\(lstm\): output_mask must be None or hold 13 bools "
+           r"\(grad_input, 2 for grad_state, 4 for grad_weights, 2 for grad_state_reverse, 4 "
+           r"for grad_weights_reverse\), got 7")
+    call = ("lstm", out[0], [], out[3], [], x, weights, weights, L, out[2], out[5], None, None,
             [True] * 7)
+    with pytest.raises(ValueError, match=msg):
+        torch.ops.rnnfast.bidirectional_layer_backward(*call)
+    with FakeTensorMode(allow_non_fake_inputs=True), pytest.raises(ValueError, match=msg):
+        torch.ops.rnnfast.bidirectional_layer_backward(*call)
 
 
 def test_opcheck_with_a_mask():
@@ -200,13 +226,8 @@ def test_bidirectional_mask_and_gradients():
     want = _grads(ref, x, h0, [h0] + [p for p in ref.parameters() if p.requires_grad])
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-12, rtol=0)
-    if rec.masks[0][0] == "bidirectional_layer_backward":
-        assert rec.masks == [("bidirectional_layer_backward",
-                              [False, True] + [True] * 4 + [True] + [True, True, False, True])]
-    else:  # the directions one at a time (the pair op not used on this thread count)
-        assert sorted(rec.masks) == sorted([
-            ("layer_backward", [False, True] + [True] * 4),
-            ("layer_backward", [False, True] + [True, True, False, True])])
+    assert rec.masks == [("bidirectional_layer_backward",
+                          [False, True] + [True] * 4 + [True] + [True, True, False, True])]
 
 
 def test_cell_with_constant_state():
@@ -242,3 +263,75 @@ def test_packed_input_without_gradient():
         results.append(torch.autograd.grad(loss, list(m.parameters())))
     for g, w in zip(*results):
         torch.testing.assert_close(g, w, atol=1e-12, rtol=0)
+
+
+def test_pair_states_given_in_one_direction_only():
+    """The pair's mask positions: no states forward, h constant and c requiring grad in
+    reverse, a frozen weight in each direction; gradients == two layer calls'."""
+    _, x, _, weights, L, _, _ = op_args("lstm", requires_grad=False)
+    _, _, (h_r, c_r), weights_r, _, _, _ = op_args("lstm", seed=1, requires_grad=False)
+    x.requires_grad_(True)
+    c_r.requires_grad_(True)
+    for i, w in enumerate(weights):
+        w.requires_grad_(i != 1)
+    for i, w in enumerate(weights_r):
+        w.requires_grad_(i != 2)
+    targets = [x, c_r] + [w for w in weights + weights_r if w.requires_grad]
+
+    def loss(outs):
+        return sum((o * (k + 1)).sum() for k, (y, s) in enumerate(outs) for o in [y] + s)
+
+    with _Masks() as rec:
+        got = torch.autograd.grad(loss(rnnfast.ops.bidirectional_layer(
+            "lstm", x, [], [h_r, c_r], weights, weights_r, L)), targets)
+    assert rec.masks == [("bidirectional_layer_backward",
+                          [True, False, False, True, False, True, True, False, True,
+                           True, True, False, True])]
+    want = torch.autograd.grad(loss([rnnfast.ops.layer("lstm", x, [], weights, L),
+                                     rnnfast.ops.layer("lstm", x, [h_r, c_r], weights_r, L,
+                                                       reverse=True)]), targets)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+def test_only_the_gradients_asked_for():
+    """autograd.grad(loss, [x]) with trainable weights: only grad_input is computed."""
+    torch.manual_seed(5)
+    ref = nn.LSTM(4, 5, dtype=torch.float64)
+    new = rnnfast.LSTM(4, 5, dtype=torch.float64)
+    new.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
+    with _Masks() as rec:
+        got, = torch.autograd.grad(new(x)[0].square().sum(), [x])
+    want, = torch.autograd.grad(ref(x)[0].square().sum(), [x])
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert rec.masks == [("layer_backward", [True] + [False] * 6)]
+    for p in new.parameters():
+        assert p.grad is None
+
+
+def test_backward_op_outputs_are_not_differentiable():
+    """The backward ops' outputs, masked or not, raise when differentiated (both ops); with
+    grad mode off they carry no graph."""
+    args = op_args("lstm", requires_grad=False)
+    _, x, state, weights, L, reverse, _ = args
+    y, s, ws = torch.ops.rnnfast.layer(*args)
+    gy = torch.randn_like(y, requires_grad=True)
+    gi, gs, gw = torch.ops.rnnfast.layer_backward("lstm", gy, [], x, weights, L, ws, reverse,
+                                                  None, [False, True, False, True, False,
+                                                                    True, True])
+    assert gi is None and gs[1] is None and gw[1] is None
+    for g in [gs[0], gw[0], gw[2], gw[3]]:
+        with pytest.raises(RuntimeError, match="not implemented"):
+            g.sum().backward(retain_graph=True)
+    with torch.no_grad():
+        gi, gs, gw = torch.ops.rnnfast.layer_backward("lstm", gy, [], x, weights, L, ws,
+                                                      reverse)
+    assert not any(g.requires_grad for g in [gi, *gs, *gw])
+    out = torch.ops.rnnfast.bidirectional_layer("lstm", x, state, state, weights, weights, L,
+                                                True)
+    grads = torch.ops.rnnfast.bidirectional_layer_backward(
+        "lstm", gy, [], out[3], [], x, weights, weights, L, out[2], out[5])
+    for g in _flat(grads):
+        with pytest.raises(RuntimeError, match="not implemented"):
+            g.sum().backward(retain_graph=True)

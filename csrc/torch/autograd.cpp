@@ -459,8 +459,17 @@ void not_differentiable_kernel(const c10::OperatorHandle& op, c10::DispatchKeySe
                                torch::jit::Stack* stack) {
   const size_t arguments = op.schema().arguments().size();
   variable_list given;
+  bool any_requires_grad = false;
   for (at::Tensor& t : tensors_on(*stack, stack->size() - arguments, arguments))
-    if (t.defined()) given.push_back(std::move(t));
+    if (t.defined()) {
+      any_requires_grad = any_requires_grad || t.requires_grad();
+      given.push_back(std::move(t));
+    }
+  if (!any_requires_grad || !at::GradMode::is_enabled()) {  // no graph to record
+    at::AutoDispatchBelowADInplaceOrView below;
+    op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+    return;
+  }
   // the outputs on the stack are the tensors the Function returns, now with its grad_fn
   NotDifferentiable::apply(at::TensorList(given), &op, keys, stack);
 }

@@ -583,10 +583,16 @@ inline std::vector<OutputMask> split_output_mask(const core::CellInfo& cell, con
   if (!mask.has_value()) return out;
   const c10::List<bool>& m = *mask;
   size_t expected = 1;
-  for (int w : weight_counts) expected += cell.states() + w;
+  std::string parts = "grad_input";
+  size_t dir_index = 0;
+  for (int w : weight_counts) {
+    expected += cell.states() + w;
+    const char* suffix = dir_index++ ? "_reverse" : "";
+    parts += ", " + std::to_string(cell.states()) + " for grad_state" + suffix + ", " +
+             std::to_string(w) + " for grad_weights" + suffix;
+  }
   TORCH_CHECK_VALUE(m.size() == expected, op, ": output_mask must be None or hold ", expected,
-                    " bools (grad_input, then per direction one per state and one per weight, "
-                    "in the order the gradients are returned), got ", m.size());
+                    " bools (", parts, "), got ", m.size());
   size_t next = 1;
   size_t dir = 0;
   for (int w : weight_counts) {

@@ -141,27 +141,39 @@ def _fake(cell, input, state, weights, lengths, reverse, training, zoneout=None)
 @torch.library.register_fake("rnnfast::layer_backward")
 def _fake_backward(cell, grad_output, grad_state, input, weights, lengths, workspace, reverse,
                    zoneout=None, output_mask=None):
+    _check_output_mask(cell, "layer_backward", output_mask, [len(weights)])
+    return _fake_grads(cell, input, weights, lengths, output_mask)
+
+
+def _fake_grads(cell, input, weights, lengths, mask):
+    """One direction's gradients (grad_input, grad_state, grad_weights) as empty tensors, None
+    where ``mask`` (one bool per gradient; None: all) does not ask for one."""
     info = _cells.cell(cell)
     w = dict(zip(_cells.weight_names(info, len(weights)), weights))
     _, B = _rows(input, lengths)
     H, P = _cells.layer_sizes(info, w)
     shapes = ([input.shape] + list(_cells.state_shapes(info, B, H, P))
               + [t.shape for t in weights])
-    mask = _check_output_mask(cell, "layer_backward", output_mask, len(shapes))
+    if mask is None:
+        mask = [True] * len(shapes)
     out = [input.new_empty(s) if m else None for s, m in zip(shapes, mask)]
     return out[0], out[1:1 + info.states], out[1 + info.states:]
 
 
-def _check_output_mask(cell, op, output_mask, n):
-    """The output_mask of a backward op as n bools (all True for None); a ValueError as the
-    kernels' if its length is not n."""
+def _check_output_mask(cell, op, output_mask, weight_counts):
+    """A ValueError, as the kernels', if output_mask is neither None nor one bool per gradient
+    the op returns (grad_input, then per direction its states' and its weights')."""
     if output_mask is None:
-        return [True] * n
+        return
+    states = _cells.cell(cell).states
+    n = 1 + sum(states + w for w in weight_counts)
     if len(output_mask) != n:
+        parts = ["grad_input"]
+        for i, w in enumerate(weight_counts):
+            suffix = "_reverse" if i else ""
+            parts += [f"{states} for grad_state{suffix}", f"{w} for grad_weights{suffix}"]
         raise ValueError(f"rnnfast::{op}({cell}): output_mask must be None or hold {n} bools "
-                         "(grad_input, then per direction one per state and one per weight, "
-                         f"in the order the gradients are returned), got {len(output_mask)}")
-    return list(output_mask)
+                         f"({', '.join(parts)}), got {len(output_mask)}")
 
 
 @torch.library.register_fake("rnnfast::bidirectional_layer")
@@ -176,16 +188,15 @@ def _fake_pair(cell, input, state, state_reverse, weights, weights_reverse, leng
 def _fake_pair_backward(cell, grad_output, grad_state, grad_output_reverse, grad_state_reverse,
                         input, weights, weights_reverse, lengths, workspace, workspace_reverse,
                         zoneout=None, zoneout_reverse=None, output_mask=None):
-    states = _cells.cell(cell).states
-    n = 1 + 2 * states + len(weights) + len(weights_reverse)
-    mask = _check_output_mask(cell, "bidirectional_layer_backward", output_mask, n)
-    split = 1 + states + len(weights)
-    grad_input, grad_state, grad_weights = _fake_backward(
-        cell, grad_output, grad_state, input, weights, lengths, workspace, False, zoneout,
-        mask[:split])
-    _, grad_state_r, grad_weights_r = _fake_backward(
-        cell, grad_output_reverse, grad_state_reverse, input, weights_reverse, lengths,
-        workspace_reverse, True, zoneout_reverse, mask[:1] + mask[split:])
+    _check_output_mask(cell, "bidirectional_layer_backward", output_mask,
+                       [len(weights), len(weights_reverse)])
+    mask = r_mask = None
+    if output_mask is not None:
+        split = 1 + _cells.cell(cell).states + len(weights)
+        mask = list(output_mask[:split])
+        r_mask = [False] + list(output_mask[split:])  # grad_input: the forward direction's
+    grad_input, grad_state, grad_weights = _fake_grads(cell, input, weights, lengths, mask)
+    _, grad_state_r, grad_weights_r = _fake_grads(cell, input, weights_reverse, lengths, r_mask)
     return grad_input, grad_state, grad_weights, grad_state_r, grad_weights_r
 
 

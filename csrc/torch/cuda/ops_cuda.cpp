@@ -134,8 +134,8 @@ BackwardOpResult backward_op(c10::string_view cell_name,
                                                 to_dtype(in.zoneout.mask[1], acc)};
   const at::Tensor lengths = device_lengths(in.lengths, in.input.device());
   const auto acc_opts = in.input.options().dtype(acc);
-  // The CUDA kernels compute every gradient; those output_mask does not ask for are dropped
-  // at the end.
+  // The glue asks the CUDA kernels for every gradient and drops those output_mask does not
+  // ask for (the kernels skip null outputs, a path no GPU run has verified yet).
   const OutputMask mask =
       split_output_mask(cell, OpName{kBackwardOp, cell.name}, output_mask, {d.layout.count()})[0];
   BackwardResult g = empty_grads(cell, d, acc_opts, OutputMask{});
@@ -178,12 +178,14 @@ BackwardOpResult backward_op(c10::string_view cell_name,
                            in.input.options().dtype(at::kByte));
   kc::layer_backward(a, scratch.data_ptr(), at::cuda::getCurrentCUDAStream(),
                      at::cuda::getCurrentCUDABlasHandle());
-  if (acc != dt) {
-    dx = dx.to(dt);
-    for (at::Tensor& t : dstate) t = t.to(dt);
-    for (at::Tensor& t : dweights) t = t.to(dt);
-  }
   drop_unasked(g, mask);
+  if (acc != dt) {
+    if (dx.defined()) dx = dx.to(dt);
+    for (at::Tensor& t : dstate)
+      if (t.defined()) t = t.to(dt);
+    for (at::Tensor& t : dweights)
+      if (t.defined()) t = t.to(dt);
+  }
   return none_if_undefined(std::move(g));
 }
 
