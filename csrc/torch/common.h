@@ -559,10 +559,10 @@ inline BackwardInputs prepare_backward(
 // --- output_mask ---------------------------------------------------------------------------
 //
 // Which gradients one direction's backward computes: the input's, each state's, each given
-// weight's (by position in its weights list). The kernels skip what is not asked for: the
+// weight's (by position in its weights list). The CPU kernels skip what is not asked for: the
 // GEMM dx = dG W_ih over the whole sequence, dh0 = dG_0 W_hh at the last step, each dW; what
 // autograd does not need (an input that is data, initial states not given or not requiring
-// grad, frozen weights) is not computed.
+// grad, frozen weights) is not computed. (The CUDA glue computes all and drops the rest.)
 struct OutputMask {
   bool input = true;
   std::array<bool, 2> state{true, true};
