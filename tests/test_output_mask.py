@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import rnnfast
 from rnnfast import _cells
 from rnnfast.ops import CELLS
-from rnn_testutils import SIMD_PATHS, op_args, projections, simd_path
+from rnn_testutils import SIMD_PATHS, make_pair, op_args, projections, simd_path
 
 
 def _flat(grads):
@@ -170,14 +170,11 @@ def _grads(module, x, hx, targets):
     return torch.autograd.grad(loss, targets)
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH"])
 def test_autograd_asks_only_for_what_requires_grad(kind):
     """Input as data, no initial state, a frozen weight: the mask leaves those out, and the
     gradients that are computed equal torch's (float64)."""
-    torch.manual_seed(0)
-    ref = getattr(nn, kind)(4, 5, num_layers=2, dtype=torch.float64)
-    new = getattr(rnnfast, kind)(4, 5, num_layers=2, dtype=torch.float64)
-    new.load_state_dict(ref.state_dict())
+    ref, new = make_pair(kind, 4, 5, num_layers=2, seed=0)
     for m in (ref, new):
         m.weight_hh_l1.requires_grad_(False)
     x = torch.randn(6, 3, 4, dtype=torch.float64)  # data: no gradient wanted
@@ -196,10 +193,7 @@ def test_autograd_asks_only_for_what_requires_grad(kind):
 
 
 def test_states_that_require_grad_get_it_and_others_do_not():
-    torch.manual_seed(1)
-    ref = nn.LSTM(4, 5, dtype=torch.float64)
-    new = rnnfast.LSTM(4, 5, dtype=torch.float64)
-    new.load_state_dict(ref.state_dict())
+    ref, new = make_pair("LSTM", 4, 5, seed=1)
     x = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(1, 3, 5, dtype=torch.float64, requires_grad=True)
     c0 = torch.randn(1, 3, 5, dtype=torch.float64)  # a constant
@@ -212,10 +206,7 @@ def test_states_that_require_grad_get_it_and_others_do_not():
 
 
 def test_bidirectional_mask_and_gradients():
-    torch.manual_seed(2)
-    ref = nn.GRU(4, 5, bidirectional=True, dtype=torch.float64)
-    new = rnnfast.GRU(4, 5, bidirectional=True, dtype=torch.float64)
-    new.load_state_dict(ref.state_dict())
+    ref, new = make_pair("GRU", 4, 5, bidirectional=True, seed=2)
     for m in (ref, new):
         m.bias_ih_l0_reverse.requires_grad_(False)
     x = torch.randn(6, 3, 4, dtype=torch.float64)
@@ -233,10 +224,7 @@ def test_bidirectional_mask_and_gradients():
 def test_cell_with_constant_state():
     """A cell step whose hx is a constant (the first step of a loop): no dh0 GEMM, the same
     weight gradients as torch's."""
-    torch.manual_seed(3)
-    ref = nn.LSTMCell(4, 5, dtype=torch.float64)
-    new = rnnfast.LSTMCell(4, 5, dtype=torch.float64)
-    new.load_state_dict(ref.state_dict())
+    ref, new = make_pair("LSTMCell", 4, 5, seed=3)
     x = torch.randn(3, 4, dtype=torch.float64)
     hx = (torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64))
     with _Masks() as rec:
@@ -250,10 +238,7 @@ def test_cell_with_constant_state():
 
 
 def test_packed_input_without_gradient():
-    torch.manual_seed(4)
-    ref = nn.LSTM(4, 5, dtype=torch.float64)
-    new = rnnfast.LSTM(4, 5, dtype=torch.float64)
-    new.load_state_dict(ref.state_dict())
+    ref, new = make_pair("LSTM", 4, 5, seed=4)
     x = torch.randn(6, 3, 4, dtype=torch.float64)
     results = []
     for m in (new, ref):
@@ -296,10 +281,7 @@ def test_pair_states_given_in_one_direction_only():
 
 def test_only_the_gradients_asked_for():
     """autograd.grad(loss, [x]) with trainable weights: only grad_input is computed."""
-    torch.manual_seed(5)
-    ref = nn.LSTM(4, 5, dtype=torch.float64)
-    new = rnnfast.LSTM(4, 5, dtype=torch.float64)
-    new.load_state_dict(ref.state_dict())
+    ref, new = make_pair("LSTM", 4, 5, seed=5)
     x = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
     with _Masks() as rec:
         got, = torch.autograd.grad(new(x)[0].square().sum(), [x])

@@ -43,9 +43,8 @@ using BackwardSig = glue::BackwardOpResult(c10::string_view, const OptTensor&,
                                    at::TensorList, const OptTensor&, const at::Tensor&, bool,
                                    glue::OptionalTensorList, const glue::OptionalBoolList&);
 
-OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
-bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
-at::Tensor or_undefined(const OptTensor& t) { return given(t) ? *t : at::Tensor(); }
+using glue::none_if_undefined;
+using glue::undefined_if_none;
 
 // The forward's save_for_backward list: these three, then the cell's states() initial states
 // (undefined where the state list was empty), then the weights, then the zoneout list (its
@@ -136,7 +135,7 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
     variable_list saved;
     saved.reserve(kFirstState + cell->states() + weights.size() + zoneout.size());
     saved.push_back(input);
-    saved.push_back(or_undefined(lengths));
+    saved.push_back(undefined_if_none(lengths));
     saved.push_back(ws);
     for (int k = 0; k < cell->states(); ++k) saved.push_back(state.empty() ? at::Tensor() : state[k]);
     saved.insert(saved.end(), weights.begin(), weights.end());
@@ -186,7 +185,8 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
       at::AutoDispatchBelowADInplaceOrView below;
       c10::List<OptTensor> grad_state_out;
       grad_state_out.reserve(cell.states());
-      for (int k = 0; k < cell.states(); ++k) grad_state_out.push_back(optional_of(grads[1 + k]));
+      for (int k = 0; k < cell.states(); ++k)
+        grad_state_out.push_back(none_if_undefined(grads[1 + k]));
       // only the gradients autograd needs (differentiable inputs: the input, the states if
       // given, the weights, in that order; no state edges when no state list was given)
       c10::List<bool> mask;
@@ -196,13 +196,13 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
         mask.push_back(state_given && ctx->needs_input_grad(edge++));
       for (size_t i = 0; i < weights.size(); ++i) mask.push_back(ctx->needs_input_grad(edge++));
       auto [gi, gs, gw] =
-          op.call(cell.name, optional_of(grads[0]), grad_state_out, input, weights,
-                  optional_of(saved[kLengths]), ws, reverse,
+          op.call(cell.name, none_if_undefined(grads[0]), grad_state_out, input, weights,
+                  none_if_undefined(saved[kLengths]), ws, reverse,
                   zoneout ? glue::OptionalTensorList(zoneout_list) : glue::OptionalTensorList(),
                   mask);
-      grad_input = glue::undefined_if_none(std::move(gi));
-      grad_state = glue::undefined_if_none(std::move(gs));
-      grad_weights = glue::undefined_if_none(std::move(gw));
+      grad_input = undefined_if_none(std::move(gi));
+      grad_state = undefined_if_none(std::move(gs));
+      grad_weights = undefined_if_none(std::move(gw));
     }
     // One entry per flattened forward argument: none for the cell, the lengths and the flags
     // (not variables, or not differentiable), none for the states when no state list was
@@ -270,7 +270,7 @@ struct PairFunction : public torch::autograd::Function<PairFunction> {
     const at::Tensor ws_of[2] = {ws, ws_r};
     const at::TensorList weights_of[2] = {weights, weights_reverse};
     const at::TensorList zoneout_of[2] = {zoneout, zoneout_reverse};
-    variable_list saved{input, or_undefined(lengths)};
+    variable_list saved{input, undefined_if_none(lengths)};
     for (int dir = 0; dir < 2; ++dir) {
       saved.push_back(ws_of[dir]);
       for (int k = 0; k < cell->states(); ++k)
@@ -339,7 +339,8 @@ struct PairFunction : public torch::autograd::Function<PairFunction> {
       at::AutoDispatchBelowADInplaceOrView below;
       c10::List<OptTensor> grad_state_in[2];
       for (int dir = 0; dir < 2; ++dir)
-        for (int k = 0; k < states; ++k) grad_state_in[dir].push_back(optional_of(grads_of[dir][1 + k]));
+        for (int k = 0; k < states; ++k)
+          grad_state_in[dir].push_back(none_if_undefined(grads_of[dir][1 + k]));
       auto zoneout_list = [&](int dir) {
         return zoneout_of[dir] ? glue::OptionalTensorList(slice(
                                      saved_of[dir], saved_of[dir].size() - zoneout_of[dir],
@@ -365,17 +366,17 @@ struct PairFunction : public torch::autograd::Function<PairFunction> {
           mask.push_back(ctx->needs_input_grad(weight_edge++));
       }
       auto [gi, gs, gw, gs_r, gw_r] =
-          op.call(cell.name, optional_of(grads_of[0][0]), grad_state_in[0],
-                  optional_of(grads_of[1][0]), grad_state_in[1], saved[kInput],
+          op.call(cell.name, none_if_undefined(grads_of[0][0]), grad_state_in[0],
+                  none_if_undefined(grads_of[1][0]), grad_state_in[1], saved[kInput],
                   slice(saved_of[0], first_weight(cell), weights_of[0]),
                   slice(saved_of[1], first_weight(cell), weights_of[1]),
-                  optional_of(saved[kLengths]), saved_of[0][kWorkspace],
+                  none_if_undefined(saved[kLengths]), saved_of[0][kWorkspace],
                   saved_of[1][kWorkspace], zoneout_list(0), zoneout_list(1), mask);
-      grad_input = glue::undefined_if_none(std::move(gi));
-      grad_state[0] = glue::undefined_if_none(std::move(gs));
-      grad_weights[0] = glue::undefined_if_none(std::move(gw));
-      grad_state[1] = glue::undefined_if_none(std::move(gs_r));
-      grad_weights[1] = glue::undefined_if_none(std::move(gw_r));
+      grad_input = undefined_if_none(std::move(gi));
+      grad_state[0] = undefined_if_none(std::move(gs));
+      grad_weights[0] = undefined_if_none(std::move(gw));
+      grad_state[1] = undefined_if_none(std::move(gs_r));
+      grad_weights[1] = undefined_if_none(std::move(gw_r));
     }
     variable_list result;
     result.emplace_back();  // cell

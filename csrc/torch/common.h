@@ -100,7 +100,8 @@ inline std::vector<at::Tensor> undefined_if_none(OptionalTensors ts) {
   return out;
 }
 inline BackwardOpResult none_if_undefined(BackwardResult g) {
-  return {none_if_undefined(std::move(std::get<0>(g))), none_if_undefined(std::move(std::get<1>(g))),
+  return {none_if_undefined(std::move(std::get<0>(g))),
+          none_if_undefined(std::move(std::get<1>(g))),
           none_if_undefined(std::move(std::get<2>(g)))};
 }
 
