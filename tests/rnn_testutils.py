@@ -447,3 +447,16 @@ def weight_list(a):
 
 
 # ============================================================================================
+
+
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """Replaces owner.<name> (a function, which still runs) with one that appends its first
+    argument to the returned list at every call."""
+    calls = []
+    real = getattr(owner, name)
+
+    def counted(*args, **kw):
+        calls.append(args[0])
+        return real(*args, **kw)
+    monkeypatch.setattr(owner, name, counted)
+    return calls

@@ -13,8 +13,8 @@ import torch
 
 import rnnfast
 from rnnfast import ops
-from rnn_testutils import (CELL_MODULES, SIMD_PATHS, call_dense, call_packed, fwd_bwd,
-                           hx_shapes, op_args, randn, simd_path)
+from rnn_testutils import (CELL_MODULES, SIMD_PATHS, call_dense, call_packed, count_calls,
+                           fwd_bwd, hx_shapes, op_args, randn, simd_path)
 
 
 def _sequential(cell, input, state, state_reverse, weights, weights_reverse, lengths=None,
@@ -28,21 +28,7 @@ def _sequential(cell, input, state, state_reverse, weights, weights_reverse, len
 @pytest.fixture
 def pair_calls(monkeypatch):
     """Counts the modules' calls of the pair op (which still runs)."""
-    calls = []
-    real = ops.bidirectional_layer
-
-    def counted(*args, **kw):
-        calls.append(args[0])
-        return real(*args, **kw)
-    monkeypatch.setattr(ops, "bidirectional_layer", counted)
-    return calls
-
-
-@pytest.fixture
-def threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+    return count_calls(monkeypatch, ops, "bidirectional_layer")
 
 
 def _case(cell, dtype, packed, zoneout, proj):
@@ -94,7 +80,7 @@ def test_two_threads_take_the_concurrent_schedule():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", list(CELL_MODULES))
-def test_pair_equals_layer_by_layer_bitwise(cell, dtype, pair_calls, monkeypatch, threads):
+def test_pair_equals_layer_by_layer_bitwise(cell, dtype, pair_calls, monkeypatch):
     """Every cell, dense and packed, with and without zoneout (training masks) and, for LSTM,
     a projection: the modules' pair op against two layer calls per layer, at 1, 2, 3 threads."""
     variants = [(False, False, 0), (True, True, 0)]
@@ -116,7 +102,7 @@ def test_pair_equals_layer_by_layer_bitwise(cell, dtype, pair_calls, monkeypatch
 
 
 @pytest.mark.parametrize("simd", SIMD_PATHS)
-def test_pair_on_every_simd_path(simd, monkeypatch, threads):
+def test_pair_on_every_simd_path(simd, monkeypatch):
     """The concurrent schedule (2 threads) on each SIMD path this CPU has, LSTM and GRU."""
     torch.set_num_threads(2)
     with simd_path(simd):
@@ -129,7 +115,7 @@ def test_pair_on_every_simd_path(simd, monkeypatch, threads):
             _assert_bitwise(got, want, f"{cell} on {simd}")
 
 
-def test_inference_and_no_state(threads):
+def test_inference_and_no_state():
     """No grad (nothing saved) and no initial state: the op's outputs equal two layer calls."""
     torch.set_num_threads(2)
     for cell in ops.CELLS:
@@ -147,7 +133,7 @@ def test_inference_and_no_state(threads):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_one_direction_without_initial_state(cell, monkeypatch, threads):
+def test_one_direction_without_initial_state(cell, monkeypatch):
     """The forward direction given initial states, the reverse one none (and the other way
     round): gradients of the given states, the input and every weight equal two layer
     calls'."""
@@ -165,7 +151,7 @@ def test_one_direction_without_initial_state(cell, monkeypatch, threads):
             assert torch.equal(a, b)
 
 
-def test_float64_keeps_the_callers_denormal_mode(monkeypatch, threads):
+def test_float64_keeps_the_callers_denormal_mode(monkeypatch):
     """float64 keeps the calling thread's denormal handling (torch.set_flush_denormal): on the
     concurrent schedule the reverse direction runs on another thread, which must take the
     caller's mode, so that subnormal states are flushed (or kept) as layer by layer."""

@@ -65,6 +65,22 @@ class SerialExecutor final : public Executor {
 // "null = not needed", and is then neither written nor computed for its own sake. Every other
 // pointer the call uses must be valid (w_hr and dw_hr are used only with P > 0; c0, cy, dcy and
 // dc0 only for cells with a cell state).
+// The weights of a layer as its steps read them (packed), kept for several calls of that layer
+// over pieces of one sequence (ForwardArgs::plan_T; layer_forward_stack): the first call
+// given an empty cache packs the weights into it, the later ones read them from it. Owned by
+// the caller, who must give it only to calls of the same weights, sizes, element type and
+// instruction set; its blocks are freed with it.
+class PackedWeightsCache {
+ public:
+  PackedWeightsCache() = default;
+  PackedWeightsCache(const PackedWeightsCache&) = delete;
+  PackedWeightsCache& operator=(const PackedWeightsCache&) = delete;
+  ~PackedWeightsCache();
+  bool filled = false;
+  void* block[3] = {};             // the CPU driver's packed W_hh, W_ih and W_hr (or null)
+  bool from_scratch[3] = {};       // freed with scratch_free (else std::free)
+};
+
 template <class Real>
 struct ForwardArgs {
   Cell cell = Cell::LSTM;
@@ -105,6 +121,21 @@ struct ForwardArgs {
                                     //            needed
   Real* ws = nullptr;               // [T, B, WS] written, for the backward pass; null = not
                                     //            needed (inference: nothing saved)
+  // A call over a piece of a longer sequence (steps [t0, t0 + T) of plan_T; CPU kernels only;
+  // the stacked schedule runs a layer in such pieces, layer_forward_stack): the choices its
+  // plan makes from the number of steps are those of a call over plan_T steps. (Its other
+  // choices still follow its own rows and thread count; the stacked schedule checks that each
+  // piece's plan computes as the whole call's would.) 0 = T.
+  int64_t plan_T = 0;
+  // x W_ih^T of the call's input rows, computed by the caller (project_input), no bias, in the
+  // layout the call's plan gives its input projection: [T * B, G*H], or the active (t, b) only
+  // where the plan compacts rows ([N, G*H] packed); read, and overwritten by the steps. Only for
+  // a plan whose input projection is one GEMM (neither weights_in_place nor input_in_steps;
+  // otherwise ignored). Null = the call computes it.
+  Real* gx = nullptr;
+  // The packed weights kept across the pieces of one layer (see PackedWeightsCache); null =
+  // the call packs its own.
+  PackedWeightsCache* packed_weights = nullptr;
 };
 
 template <class Real>
@@ -204,6 +235,35 @@ void layer_backward_pair(const BackwardArgs<float>& a, const BackwardArgs<float>
                          const Executor& ex);
 void layer_backward_pair(const BackwardArgs<double>& a, const BackwardArgs<double>& b,
                          const Executor& ex);
+
+// Two stacked layers of one direction (a lower, b upper: b.x == a.y, b.I == a's S), forward
+// (CPU, not reversed). The stacked schedule runs them as a wavefront on a team of two: one
+// thread steps the lower layer through the sequence in pieces of a few steps while the other
+// steps the upper layer one piece behind, each piece a serial call (plan_T above); the upper
+// layer's input projection of a piece is split between the two. No barrier per step, no
+// exchange of h between the cores; one hand-over per piece. Otherwise (stack_concurrent
+// false, or plans the pieces cannot follow) the layers run one after the other on every
+// thread. The results are the same bits either way.
+// stack_concurrent: whether the stacked schedule is worth taking on `threads` threads for
+// layers whose W_hh take up to `w_hh_bytes` each, over T steps of B rows (exactly 2 threads, and
+// the sizes measured to gain: csrc/core/cpu/stack.cpp says which and why). Where it is, the
+// schedule still needs pieces whose plans compute as the whole calls' would (else it falls back).
+inline constexpr int64_t kStackMinSteps = 8;
+bool stack_concurrent(int threads, int64_t w_hh_bytes, int64_t T, int64_t B);
+// Whether layer_forward_stack(a, b) on `threads` threads takes the stacked schedule.
+bool stack_schedule(const ForwardArgs<float>& a, const ForwardArgs<float>& b, int threads);
+bool stack_schedule(const ForwardArgs<double>& a, const ForwardArgs<double>& b, int threads);
+void layer_forward_stack(const ForwardArgs<float>& a, const ForwardArgs<float>& b,
+                         const Executor& ex);
+void layer_forward_stack(const ForwardArgs<double>& a, const ForwardArgs<double>& b,
+                         const Executor& ex);
+// gx[rows, N] = x[rows, K] w[N, K]^T with the input projection's GEMM (a forward's phase 1),
+// each row the same bits whatever the rows around it (for rows > 8: a call of up to 8 rows
+// takes dot products instead).
+void project_input(const float* x, int64_t rows, int64_t K, const float* w, int64_t N, float* gx,
+                   const Executor& ex);
+void project_input(const double* x, int64_t rows, int64_t K, const double* w, int64_t N,
+                   double* gx, const Executor& ex);
 
 // The instruction set the entry points use. Chosen once: the best the CPU
 // supports among the verified ones, or the one named by the environment

@@ -455,7 +455,8 @@ struct NotDifferentiable : public torch::autograd::Function<NotDifferentiable> {
   }
 };
 
-// The Autograd kernel of the backward ops (boxed: one for both).
+// The Autograd kernel of the backward ops and of the inference-only stacked_layers (boxed: one
+// for all).
 void not_differentiable_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                                torch::jit::Stack* stack) {
   const size_t arguments = op.schema().arguments().size();
@@ -483,6 +484,8 @@ TORCH_LIBRARY_IMPL(rnnfast, Autograd, m) {
          torch::CppFunction::makeFromBoxedFunction<&not_differentiable_kernel>());
   m.impl(glue::kPairForwardOp, &pair_autograd);
   m.impl(glue::kPairBackwardOp,
+         torch::CppFunction::makeFromBoxedFunction<&not_differentiable_kernel>());
+  m.impl(glue::kStackForwardOp,
          torch::CppFunction::makeFromBoxedFunction<&not_differentiable_kernel>());
 }
 

@@ -60,6 +60,16 @@ constexpr const char* kPairBackwardSchema =
     "(Tensor? grad_input, Tensor?[] grad_state, Tensor?[] grad_weights, "
     "Tensor?[] grad_state_reverse, Tensor?[] grad_weights_reverse)";
 
+// Two stacked layers of one direction in one call (CPU, no gradients: grad mode off or
+// nothing requiring grad): the lower layer's arguments, then the upper one's, whose input is
+// the lower one's output (core::layer_forward_stack); the lengths are shared.
+constexpr const char* kStackForwardOp = "stacked_layers";
+constexpr const char* kStackForwardSchema =
+    "stacked_layers(str cell, Tensor input, Tensor[] state, Tensor[] state_upper, "
+    "Tensor[] weights, Tensor[] weights_upper, Tensor? lengths, Tensor[]? zoneout=None, "
+    "Tensor[]? zoneout_upper=None) -> "
+    "(Tensor output, Tensor[] state_out, Tensor output_upper, Tensor[] state_out_upper)";
+
 // The backward ops' output_mask says which gradients to compute and return: None = all, else
 // one bool per gradient in the order the op returns them (see OutputMask below). A gradient
 // not asked for comes back undefined (None in Python).
@@ -71,6 +81,9 @@ using BackwardResult =
 // (output, state_out, workspace) of the forward direction, then of the reverse direction.
 using PairForwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor,
                                      std::vector<at::Tensor>, at::Tensor>;
+// (output, state_out) of the lower layer, then of the upper one.
+using StackForwardResult =
+    std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>>;
 // What the backward ops return: the gradients, None where output_mask did not ask for one
 // (the schemas' Tensor? and Tensor?[]); inside the glue a BackwardResult holds them with
 // undefined tensors for None.

@@ -285,6 +285,36 @@ PairBackwardResult pair_backward_op(
           none_if_undefined(std::move(std::get<2>(g[1])))};
 }
 
+// The op names the upper layer's checks report (its state, weights and zoneout errors name
+// the arguments without the suffix _upper, after this name).
+constexpr const char* kStackUpperOp = "stacked_layers, upper layer";
+
+StackForwardResult stack_forward_op(c10::string_view cell_name, const at::Tensor& input_,
+                                    at::TensorList state_, at::TensorList state_upper_,
+                                    at::TensorList weights_, at::TensorList weights_upper_,
+                                    const c10::optional<at::Tensor>& lengths_,
+                                    OptionalTensorList zoneout_,
+                                    OptionalTensorList zoneout_upper_) {
+  const ForwardInputs lower =
+      prepare_forward(cell_name, input_, state_, weights_, lengths_, list_or_empty(zoneout_),
+                      cpu_dtype_ok(input_), "float32 or float64", /*allow_packed=*/true,
+                      kStackForwardOp);
+  ForwardResult out = forward_outputs(lower, /*training=*/false);
+  const ForwardInputs upper =
+      prepare_forward(cell_name, std::get<0>(out), state_upper_, weights_upper_, lengths_,
+                      list_or_empty(zoneout_upper_), /*dtype_ok=*/true, "float32 or float64",
+                      /*allow_packed=*/true, kStackUpperOp);
+  ForwardResult out_upper = forward_outputs(upper, /*training=*/false);
+  AtenExecutor ex;
+  AT_DISPATCH_FLOATING_TYPES(lower.input.scalar_type(), "rnnfast_stacked_layers", [&] {
+    core::layer_forward_stack(forward_args<scalar_t>(lower, out, /*reverse=*/false, false),
+                              forward_args<scalar_t>(upper, out_upper, /*reverse=*/false, false),
+                              ex);
+  });
+  return {std::move(std::get<0>(out)), std::move(std::get<1>(out)),
+          std::move(std::get<0>(out_upper)), std::move(std::get<1>(out_upper))};
+}
+
 // keep_mask: a zoneout mask of `size` (core::fill_keep_mask), 1 with probability p, from the
 // seed in the 0-D int64 tensor `seed`. Its elements depend only on (seed, index), so the
 // parallel split does not change them.
@@ -316,6 +346,7 @@ TORCH_LIBRARY(rnnfast, m) {
   m.def(glue::kBackwardSchema);
   m.def(glue::kPairForwardSchema);
   m.def(glue::kPairBackwardSchema);
+  m.def(glue::kStackForwardSchema);
   m.def("keep_mask(Tensor seed, float p, int[] size, ScalarType dtype) -> Tensor");
 }
 
@@ -323,6 +354,7 @@ TORCH_LIBRARY_IMPL(rnnfast, CPU, m) {
   m.impl("keep_mask", &keep_mask_op);
   m.impl(glue::kPairForwardOp, &pair_forward_op);
   m.impl(glue::kPairBackwardOp, &pair_backward_op);
+  m.impl(glue::kStackForwardOp, &stack_forward_op);
 }
 
 RNNFAST_REGISTER_BACKEND(CPU, forward_op, backward_op)

@@ -4,7 +4,9 @@ Same constructor arguments, parameter names, shapes, registration order and
 initialisation as torch, so ``state_dict`` moves both ways. Stacking, directions,
 inter-layer dropout, batch_first, unbatched input and PackedSequence are handled
 here; each (layer, direction) runs as one fused op from :mod:`rnnfast.ops`, or on CPU
-both directions of a bidirectional layer as one (``ops.bidirectional_layer``).
+both directions of a bidirectional layer as one (``ops.bidirectional_layer``), and two
+stacked layers of one direction with no dropout between them as one
+(``ops.stacked_layers``; the layer ops whenever a gradient is needed).
 
 These classes derive from ``nn.Module``, not from ``nn.RNNBase``: Dynamo refuses
 to trace ``nn.RNNBase`` subclasses, and ``torch.compile(fullgraph=True)`` must
@@ -421,9 +423,15 @@ class RNNBase(nn.Module):
         # on CPU both directions of a layer run in one op (on two threads and while W_hh fits
         # twice the L2, one core each: csrc/core/rnn.h, layer_forward_pair)
         pair = num_directions == 2 and run is ops.layer and x.device.type == "cpu"
-        finals = []
-        for layer in range(self.num_layers):
-            calls = []  # per direction: (state, weights, zoneout), drawn in direction order
+        # on CPU two stacked layers of one direction with no dropout between them run in one
+        # call (inference: on two threads, a wavefront, one core per layer; see
+        # ops.stacked_layers), the same bits as one after the other
+        stack = (num_directions == 1 and run is ops.layer and x.device.type == "cpu"
+                 and x.dtype in (torch.float32, torch.float64)
+                 and (self.dropout == 0 or not self.training))
+
+        def draw(layer):  # per direction: (state, weights, zoneout), drawn in direction order
+            calls = []
             for direction in range(num_directions):
                 idx = layer * num_directions + direction
                 # _all_weights lists the layer's parameters in the ops' weights order
@@ -435,6 +443,21 @@ class RNNBase(nn.Module):
                     [self.proj_size or self.hidden_size, self.hidden_size], x)
                 state = [s[idx] for s in stacked] if stacked is not None else []
                 calls.append((state, weights, zoneout))
+            return calls
+
+        finals = []
+        layer = 0
+        while layer < self.num_layers:
+            calls = draw(layer)
+            if stack and layer + 1 < self.num_layers:
+                (state, weights, zoneout), = calls
+                (state_u, weights_u, zoneout_u), = draw(layer + 1)
+                (_, final), (x, final_u) = ops.stacked_layers(
+                    cell.name, x, state, state_u, weights, weights_u, lengths, zoneout,
+                    zoneout_u)
+                finals.extend((final, final_u))
+                layer += 2
+                continue
             if pair:
                 (f_state, f_weights, f_zoneout), (r_state, r_weights, r_zoneout) = calls
                 results = ops.bidirectional_layer(cell.name, x, f_state, r_state, f_weights,
@@ -447,6 +470,7 @@ class RNNBase(nn.Module):
             x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
+            layer += 1
         # stacked copies even for one (layer, direction): a view would refuse an in-place
         # h_n.detach_(), which truncated-BPTT code calls on nn.LSTM's states
         states = [torch.stack(per_state, 0) for per_state in zip(*finals)]

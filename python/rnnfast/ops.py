@@ -45,6 +45,19 @@ after the other; the results are bit-identical to two ``layer`` calls either way
 grad_input is the sum of the two directions' input gradients. The pair's output_mask: grad_input,
 then the forward direction's state and weight entries, then the reverse direction's.
 
+On CPU a sixth op runs two stacked layers of one direction in one call, for inference (no
+gradients: it refuses to be differentiated), the lower layer's arguments first, then the
+upper one's, whose input is the lower one's output (same lengths):
+
+    stacked_layers(cell, input, state, state_upper, weights, weights_upper, lengths,
+                   zoneout=None, zoneout_upper=None)
+        -> (output, state_out, output_upper, state_out_upper)
+
+On two threads, for the small layers where it was measured to gain (csrc/core/cpu/stack.cpp:
+stack_concurrent), the layers run as a wavefront, one core each (csrc/core/rnn.h:
+layer_forward_stack), else one after the other; the results are bit-identical to two ``layer``
+calls either way.
+
 One more op, ``keep_mask(seed, p, size, dtype)``, makes zoneout's training masks on CPU (see
 :func:`keep_mask`).
 
@@ -184,6 +197,15 @@ def _fake_pair(cell, input, state, state_reverse, weights, weights_reverse, leng
                     zoneout_reverse))
 
 
+@torch.library.register_fake("rnnfast::stacked_layers")
+def _fake_stack(cell, input, state, state_upper, weights, weights_upper, lengths, zoneout=None,
+                zoneout_upper=None):
+    out, state_out, _ = _fake(cell, input, state, weights, lengths, False, False, zoneout)
+    out_u, state_out_u, _ = _fake(cell, out, state_upper, weights_upper, lengths, False, False,
+                                  zoneout_upper)
+    return out, state_out, out_u, state_out_u
+
+
 @torch.library.register_fake("rnnfast::bidirectional_layer_backward")
 def _fake_pair_backward(cell, grad_output, grad_state, grad_output_reverse, grad_state_reverse,
                         input, weights, weights_reverse, lengths, workspace, workspace_reverse,
@@ -229,8 +251,10 @@ def keep_mask(shape: Sequence[int], p: float, dtype: torch.dtype,
 # inputs, states and weights are cast up; float64 is left alone (autocast's own fp32 policy).
 torch.library.register_autocast("rnnfast::layer", "cpu", torch.float32)
 torch.library.register_autocast("rnnfast::bidirectional_layer", "cpu", torch.float32)
+torch.library.register_autocast("rnnfast::stacked_layers", "cpu", torch.float32)
 
 _PAIR = torch.ops.rnnfast.bidirectional_layer.default
+_STACK = torch.ops.rnnfast.stacked_layers.default
 
 
 def _reference_only() -> bool:
@@ -309,3 +333,25 @@ def bidirectional_layer(cell: str, input: torch.Tensor,
                                  list(zoneout) if zoneout else None,
                                  list(zoneout_reverse) if zoneout_reverse else None)
     return (y, s), (y_r, s_r)
+
+
+def stacked_layers(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]],
+                   state_upper: Optional[Sequence[torch.Tensor]],
+                   weights: Sequence[torch.Tensor], weights_upper: Sequence[torch.Tensor],
+                   lengths: Optional[torch.Tensor] = None, zoneout: Sequence[torch.Tensor] = (),
+                   zoneout_upper: Sequence[torch.Tensor] = ()):
+    """Two stacked layers of one direction over a CPU ``input``, the upper one reading the
+    lower one's output: returns ((output, final states), (output_upper, final
+    states_upper)), the same as ``layer(...)`` of the lower layer and then of the upper one,
+    bit for bit. One call of the inference op when no gradient is needed; otherwise (or under
+    a torch.func transform or forward-mode AD) the two ``layer`` calls."""
+    state = [] if state is None else state
+    state_upper = [] if state_upper is None else state_upper
+    if _reference_only() or _needs_grad(input, state, weights, state_upper, weights_upper):
+        lower = layer(cell, input, state, weights, lengths, False, zoneout)
+        return lower, layer(cell, lower[0], state_upper, weights_upper, lengths, False,
+                            zoneout_upper)
+    y, s, y_u, s_u = _STACK(cell, input, list(state), list(state_upper), list(weights),
+                            list(weights_upper), lengths, list(zoneout) if zoneout else None,
+                            list(zoneout_upper) if zoneout_upper else None)
+    return (y, s), (y_u, s_u)

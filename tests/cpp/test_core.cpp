@@ -78,6 +78,16 @@ class ThreadExecutor final : public Executor {
   int n_;
 };
 
+// Says it has two threads, but its teams have one member (as an OpenMP pool inside another
+// parallel region gives): a team schedule must then run every member's work on the one.
+class TeamOfOneExecutor final : public Executor {
+ public:
+  int num_threads() const override { return 2; }
+  void run(int64_t n, void (*fn)(void*, int64_t, int64_t), void* ctx) const override {
+    if (n > 0) fn(ctx, 0, n);
+  }
+};
+
 // Every cell of cells.h.
 std::vector<Cell> all_cells() {
   std::vector<Cell> cells;
@@ -578,6 +588,43 @@ void check_pair(Problem p) {
     expect(gb.dh0 == gr.dh0 && gb.dc0 == gr.dc0 && gb.dwih == gr.dwih && gb.dwhh == gr.dwhh &&
                gb.dbih == gr.dbih && gb.dbhh == gr.dbhh && gb.dwhr == gr.dwhr && gb.dcw == gr.dcw,
            tag + ": reverse direction's gradients");
+  }
+}
+
+// The stacked schedule of two layers (layer_forward_stack): lower layer p, upper layer q
+// (q.I = p's S), on one, two and three threads; both layers' outputs, final states and
+// workspaces are those of the two calls one after the other, bit for bit, and on two threads
+// the stacked schedule is taken.
+template <class Real>
+void check_stack(const Problem& p, const Problem& q) {
+  auto t = make<Real>(p, 7), u = make<Real>(q, 8);
+  SerialExecutor serial;
+  for (bool save : {false, true}) {
+    Result<Real> f = run_forward(p, t, serial, save);
+    u.x = f.y;
+    Result<Real> g = run_forward(q, u, serial, save);
+    for (int threads : {1, 2, 3, -2}) {  // -2: two threads in teams of one
+      ThreadExecutor team(threads);
+      TeamOfOneExecutor team_of_one;
+      const Executor& ex = threads == 1    ? static_cast<const Executor&>(serial)
+                           : threads == -2 ? static_cast<const Executor&>(team_of_one)
+                                           : team;
+      threads = ex.num_threads();
+      Result<Real> a, b;
+      ForwardArgs<Real> fa = forward_args(p, t, a, save);
+      auto v = u;
+      ForwardArgs<Real> fb = forward_args(q, v, b, save);
+      fb.x = a.y.data();
+      const bool stacked = stack_schedule(fa, fb, threads);
+      const std::string tag = describe(p) + " / " + describe(q) + " stacked on " +
+                              std::to_string(threads) + " threads" +
+                              (&ex == &team_of_one ? " in teams of one" : "") +
+                              (save ? ", saving" : "") + (stacked ? " (wavefront)" : "");
+      if (threads == 2) expect(stacked, tag + ": takes the stacked schedule");
+      layer_forward_stack(fa, fb, ex);
+      expect(a.y == f.y && a.hy == f.hy && a.cy == f.cy && a.ws == f.ws, tag + ": lower layer");
+      expect(b.y == g.y && b.hy == g.hy && b.cy == g.cy && b.ws == g.ws, tag + ": upper layer");
+    }
   }
 }
 
@@ -1102,6 +1149,28 @@ int main() {
       check_pair({cell, 9, 53, 37, 45, cell_info(cell).projection ? 20 : 0, false, true, true});
       check_pair({cell, 6, 7, 5, 7, 0, false, true, true, true, 1});
       check_pair({cell, 2, 5, 4, 6, 0, false, true, false});  // the dot-product path
+    }
+  }
+  expect(stack_concurrent(2, 64 << 10, 8, 2) && stack_concurrent(2, 1 << 10, 100, 16) &&
+             stack_concurrent(2, 1 << 10, 100, 1) && !stack_concurrent(1, 1 << 10, 100, 8) &&
+             !stack_concurrent(3, 1 << 10, 100, 8) &&
+             !stack_concurrent(2, (64 << 10) + 8, 100, 8) && !stack_concurrent(2, 1 << 10, 7, 8) &&
+             !stack_concurrent(2, 1 << 10, 100, 17),
+         "stacked schedule: on 2 threads, W_hh up to 64 KB, up to 16 rows, 8 steps or more");
+  // The stacked schedule on every path: every cell (with its projection), zoneout masks and
+  // probabilities, and steps that are no multiple of the pieces.
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+    if (!set_isa(isa)) continue;
+    for (Cell cell : all_cells()) {
+      const int64_t P = cell_info(cell).projection ? 6 : 0;
+      check_stack<double>({cell, 19, 5, 7, 12, P, false, true, false},
+                          {cell, 19, 5, P > 0 ? P : 12, 10, 0, false, true, false});
+      check_stack<float>({cell, 16, 9, 20, 16, 0, false, false, false, false, 1},
+                         {cell, 16, 9, 16, 24, 0, false, true, false, false, 1});
+      check_stack<double>({cell, 8, 3, 4, 8, 0, false, true, false, false, 2},
+                          {cell, 8, 3, 8, 8, 0, false, true, false, false, 2});
+      check_stack<float>({cell, 12, 1, 5, 9, 0, false, true, false},  // one row
+                         {cell, 12, 1, 9, 7, 0, false, true, false});
     }
   }
   for (const auto& p : big) {

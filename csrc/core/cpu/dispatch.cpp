@@ -24,6 +24,10 @@ namespace core {
   LayerPlan plan(const BackwardArgs<float>&, int);                \
   LayerPlan plan(const BackwardArgs<double>&, int);               \
   void fill_keep_mask(float*, int64_t, double, uint64_t, int64_t);  \
+  void project(const float*, int64_t, int64_t, const float*, int64_t, float*,           \
+               const Executor&);                                                      \
+  void project(const double*, int64_t, int64_t, const double*, int64_t, double*,        \
+               const Executor&);                                                      \
   void fill_keep_mask(double*, int64_t, double, uint64_t, int64_t); \
   }
 RNNFAST_DECLARE_ISA(scalar)
@@ -153,6 +157,26 @@ void fill_keep_mask(float* out, int64_t n, double p, uint64_t seed, int64_t firs
 }
 void fill_keep_mask(double* out, int64_t n, double p, uint64_t seed, int64_t first) {
   route_fill_keep_mask(out, n, p, seed, first);
+}
+
+template <class Real>
+static void route_project(const Real* x, int64_t rows, int64_t K, const Real* w, int64_t N,
+                          Real* gx, const Executor& ex) {
+  switch (active_isa()) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::Avx512: avx512::project(x, rows, K, w, N, gx, ex); return;
+    case Isa::Avx2: avx2::project(x, rows, K, w, N, gx, ex); return;
+#endif
+    default: scalar::project(x, rows, K, w, N, gx, ex); return;
+  }
+}
+void project_input(const float* x, int64_t rows, int64_t K, const float* w, int64_t N, float* gx,
+                   const Executor& ex) {
+  route_project(x, rows, K, w, N, gx, ex);
+}
+void project_input(const double* x, int64_t rows, int64_t K, const double* w, int64_t N,
+                   double* gx, const Executor& ex) {
+  route_project(x, rows, K, w, N, gx, ex);
 }
 
 LayerPlan plan_forward(const ForwardArgs<float>& a, int threads) { return route_plan(a, threads); }

@@ -31,6 +31,15 @@ LayerPlan plan(const ForwardArgs<float>& a, int threads) { return make_forward_p
 LayerPlan plan(const ForwardArgs<double>& a, int threads) { return make_forward_plan(a, threads); }
 LayerPlan plan(const BackwardArgs<float>& a, int threads) { return make_backward_plan(a, threads); }
 LayerPlan plan(const BackwardArgs<double>& a, int threads) { return make_backward_plan(a, threads); }
+// The input projection's GEMM (layer_impl.h, input_projection, for more than 8 rows).
+void project(const float* x, int64_t rows, int64_t K, const float* w, int64_t N, float* gx,
+             const Executor& ex) {
+  gemm<float>(ex, rows, N, K, x, K, 1, w, K, /*b_trans=*/true, gx, N, /*accumulate=*/false);
+}
+void project(const double* x, int64_t rows, int64_t K, const double* w, int64_t N, double* gx,
+             const Executor& ex) {
+  gemm<double>(ex, rows, N, K, x, K, 1, w, K, /*b_trans=*/true, gx, N, /*accumulate=*/false);
+}
 void fill_keep_mask(float* out, int64_t n, double p, uint64_t seed, int64_t first) {
   fill_keep_mask_impl(out, n, p, seed, first);
 }

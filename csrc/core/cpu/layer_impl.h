@@ -348,7 +348,8 @@ constexpr int64_t kMaxPartialLineStreams = 8;
 template <class Real>
 LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
   const CellInfo& cell = cell_info(a.cell);
-  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P;
+  // (a piece of a longer sequence plans as the whole: ForwardArgs::plan_T)
+  const int64_t T = a.plan_T > 0 ? a.plan_T : a.T, B = a.B, I = a.I, H = a.H, P = a.P;
   const int64_t S = P > 0 ? P : H, GH = cell.gates * H, WS = cell.workspace_cols(H, P);
   const int64_t bytes = sizeof(Real);
   LayerPlan p;
@@ -531,21 +532,35 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
   const bool input_in_steps = plan.input_in_steps;
   const bool step_input = in_place || input_in_steps;
 
-  // 1. x W_ih^T for every step (or, in the steps, one step at a time). The biases (b_ih and
-  //    the part of b_hh that folds in) are added by the steps.
+  // 1. x W_ih^T for every step (or, in the steps, one step at a time; or given by the caller,
+  //    ForwardArgs::gx). The biases (b_ih and the part of b_hh that folds in) are added by the
+  //    steps.
   const int64_t x_rows = compact ? active.total(T) : T * B;
-  Buffer<Real> gx(step_input ? B * GH : x_rows * GH), bias(GH), x_compact;
+  const bool gx_given = a.gx && !step_input;
+  Buffer<Real> gx_own(gx_given ? 0 : step_input ? B * GH : x_rows * GH), bias(GH), x_compact;
+  Real* const gx_base = gx_given ? a.gx : gx_own.get();
   for (int64_t n = 0; n < GH; ++n)
     bias.get()[n] = (a.b_ih ? a.b_ih[n] : Real(0)) +
                     (a.b_hh && !apart_gate<Math>(n / H) ? a.b_hh[n] : Real(0));
-  const Real* const x_rows_in = input_projection(a, plan, active, GH, ex, x_compact, gx.get());
+  const Real* const x_rows_in =
+      gx_given ? a.x : input_projection(a, plan, active, GH, ex, x_compact, gx_base);
 
-  // 2. The weights as the steps read them.
+  // 2. The weights as the steps read them (packed here, or by an earlier piece of the layer:
+  //    ForwardArgs::packed_weights).
   PackedWeights<Real> packed_weights;
-  pack_weights(a, plan, G, ex, packed_weights);
-  const Real* const whh = packed_weights.w_hh.get();
-  const Real* const wih = packed_weights.w_ih.get();
-  const Real* const whr = packed_weights.w_hr.get();
+  PackedWeightsCache* const cache = a.packed_weights;
+  if (!cache || !cache->filled) pack_weights(a, plan, G, ex, packed_weights);
+  if (cache && !cache->filled) {
+    Buffer<Real>* bufs[3] = {&packed_weights.w_hh, &packed_weights.w_ih, &packed_weights.w_hr};
+    for (int i = 0; i < 3; ++i) cache->block[i] = bufs[i]->detach(&cache->from_scratch[i]);
+    cache->filled = true;
+  }
+  const Real* const whh = cache ? static_cast<const Real*>(cache->block[0])
+                                : packed_weights.w_hh.get();
+  const Real* const wih = cache ? static_cast<const Real*>(cache->block[1])
+                                : packed_weights.w_ih.get();
+  const Real* const whr = cache ? static_cast<const Real*>(cache->block[2])
+                                : packed_weights.w_hr.get();
   const int64_t hidden_strips = ceil_div(H, NR), proj_strips = P > 0 ? ceil_div(P, NR) : 0;
 
   // 3. The step loop. States: h ping-pongs between two buffers, so that a step reads h_{t-1}
@@ -601,14 +616,14 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
     st.H = H; st.P = P; st.S = S; st.GH = GH; st.WS = WS;
     st.b_apart = Math::kApartGates ? a.b_hh : nullptr;
     const int64_t xrow = compact ? active.offset(t) : t * B;  // step t's first row of x and gx
-    st.gx = gx.get() + (step_input ? 0 : xrow * GH);  // rows b < active[t] if compact
+    st.gx = gx_base + (step_input ? 0 : xrow * GH);  // rows b < active[t] if compact
     // The next step's rows of x W_ih^T: this thread works on the same units then, and
     // asks for them into L2 one row at a time during this step's epilogue. Fetched only
     // when needed, their scattered (row, gate) pieces stalled the epilogue on memory.
     const int64_t tn = a.reverse ? t - 1 : t + 1;
     const bool has_next = step + 1 < T && !step_input;
     const Real* const gx_next =
-        has_next ? gx.get() + (compact ? active.offset(tn) : tn * B) * GH : nullptr;
+        has_next ? gx_base + (compact ? active.offset(tn) : tn * B) * GH : nullptr;
     const int64_t active_next = has_next ? active[tn] : 0;
     st.rg = rg.get();
     st.bias = bias.get();

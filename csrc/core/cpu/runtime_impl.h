@@ -34,6 +34,15 @@ class Buffer {
     debug_fill_nan(p_, bytes);  // (scratch_alloc fills its blocks itself)
   }
   T* get() const { return p_; }
+  // Hands the block over to the caller (null if none): *from_cache says how to free it
+  // (scratch_free, else std::free).
+  T* detach(bool* from_cache) {
+    T* p = p_;
+    *from_cache = from_cache_;
+    p_ = nullptr;
+    from_cache_ = false;
+    return p;
+  }
 
  private:
   void release() {
