@@ -9,8 +9,9 @@
 #      fuzz budget, determinism, threads) against the sanitized extension,
 #   3. the parity tests once per SIMD path the CPU has (RNNFAST_SIMD=scalar|avx2|avx512; not
 #      avx2 again where it is the default path, run by step 2: no AVX-512, RNNFAST_SIMD unset),
-#   4. parity, cells and the core guards with the scratch cache on and NaN scratch (kept
-#      blocks and the unused tail of a reused block are poisoned, so overflows still show).
+#   4. parity, cells, the core guards and the stacked schedule (its packed-weights cache) with
+#      the scratch cache on and NaN scratch (kept blocks and the unused tail of a reused block
+#      are poisoned, so overflows still show).
 # Exits non-zero if any step fails or if any sanitizer report was written, even by a
 # subprocess whose failure a test tolerated.
 #
@@ -202,9 +203,10 @@ if step "build rnnfast._C with ASan+UBSan (scratch copy)" build_ext; then
                   "skipped (CPU lacks it)")")
     fi
   done
-  step "parity + cells + guards, scratch cache on, NaN scratch" \
+  step "parity + cells + guards + stacked, scratch cache on, NaN scratch" \
     san env RNNFAST_SCRATCH_CACHE=1 RNNFAST_DEBUG_NAN_SCRATCH=1 "${PYTEST[@]}" \
       tests/test_parity.py tests/test_cells.py tests/test_core_guards.py \
+      tests/test_stacked_layers.py \
       "tests/test_threads_memory.py::test_scratch_blocks_reused_dirty_give_the_same_results"
 fi
 

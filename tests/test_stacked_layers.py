@@ -83,8 +83,12 @@ def test_stack_equals_layer_by_layer_bitwise(cell, dtype, stack_calls, monkeypat
             for n in (1, 2, 3):
                 torch.set_num_threads(n)
                 del stack_calls[:]
+                waves = rnnfast._C.stack_wavefronts()
                 got = _run(m, dtype, packed, with_hx)
                 assert len(stack_calls) == layers // 2, "each pair of layers should be one call"
+                # on 2 threads every call is a wavefront (these sizes are inside its rule)
+                assert rnnfast._C.stack_wavefronts() - waves == (len(stack_calls) if n == 2
+                                                                  else 0)
                 with monkeypatch.context() as mp:
                     mp.setattr(ops, "stacked_layers", _sequential)
                     want = _run(m, dtype, packed, with_hx)
@@ -101,12 +105,45 @@ def test_stack_on_every_simd_path(simd, monkeypatch):
     with simd_path(simd):
         for cell in ("lstm", "gru"):
             m = _module(cell, torch.float32, 2, False, 0).eval()
+            waves = rnnfast._C.stack_wavefronts()
             got = _run(m, torch.float32, False, True)
+            assert rnnfast._C.stack_wavefronts() == waves + 1
             with monkeypatch.context() as mp:
                 mp.setattr(ops, "stacked_layers", _sequential)
                 want = _run(m, torch.float32, False, True)
             for g, w in zip(got, want):
                 assert torch.equal(g, w), f"{cell} on {simd}"
+
+
+def test_rule():
+    """The sizes the stacked schedule is taken at (csrc/core/cpu/stack.cpp), and the tests'
+    sizes inside them."""
+    rule = rnnfast._C.stack_concurrent
+    assert rule(2, 64 << 10, 8, 16) and rule(2, 1024, 100, 1)
+    assert not rule(1, 1024, 100, 8) and not rule(3, 1024, 100, 8)
+    assert not rule(2, (64 << 10) + 1, 100, 8) and not rule(2, 1024, 7, 8)
+    assert not rule(2, 1024, 100, 17)
+    assert rule(2, 4 * H * H * 8, T, B)  # LSTM float64
+
+
+def test_long_packed_sequences_fall_back():
+    """A packed sequence whose pieces would plan otherwise than the whole (the input projection
+    per step for the whole, one GEMM for a piece's fewer rows) runs one layer after the other,
+    with the same results."""
+    torch.set_num_threads(2)
+    m = _module("gru", torch.float32, 2, False, 0).eval()
+    lengths = [2000] * 2 + [1500] * 14
+    x = pack_padded_sequence(randn(2000, 16, I, dtype=torch.float32, seed=4),
+                             torch.tensor(lengths))
+    waves = rnnfast._C.stack_wavefronts()
+    with torch.no_grad():
+        got = m(x)[0].data
+        assert rnnfast._C.stack_wavefronts() == waves
+        y, _ = ops.layer("gru", x.data, [], [getattr(m, n) for n in m._all_weights[0]],
+                         torch.tensor(lengths))
+        want, _ = ops.layer("gru", y, [], [getattr(m, n) for n in m._all_weights[1]],
+                            torch.tensor(lengths))
+    assert torch.equal(got, want)
 
 
 def test_gradients_take_the_layer_ops(stack_calls):

@@ -68,8 +68,10 @@ class SerialExecutor final : public Executor {
 // The weights of a layer as its steps read them (packed), kept for several calls of that layer
 // over pieces of one sequence (ForwardArgs::plan_T; layer_forward_stack): the first call
 // given an empty cache packs the weights into it, the later ones read them from it. Owned by
-// the caller, who must give it only to calls of the same weights, sizes, element type and
-// instruction set; its blocks are freed with it.
+// the caller, who must give it only to calls of the same weights and sizes; a call whose
+// packing differs from the one kept (another plan of what is packed, element type or
+// instruction set: `layout` says which) packs its own and leaves the cache as it is. Its blocks
+// are freed with it.
 class PackedWeightsCache {
  public:
   PackedWeightsCache() = default;
@@ -77,6 +79,7 @@ class PackedWeightsCache {
   PackedWeightsCache& operator=(const PackedWeightsCache&) = delete;
   ~PackedWeightsCache();
   bool filled = false;
+  unsigned layout = 0;             // the packing kept (the CPU driver's key of it)
   void* block[3] = {};             // the CPU driver's packed W_hh, W_ih and W_hr (or null)
   bool from_scratch[3] = {};       // freed with scratch_free (else std::free)
 };
@@ -127,6 +130,8 @@ struct ForwardArgs {
   // choices still follow its own rows and thread count; the stacked schedule checks that each
   // piece's plan computes as the whole call's would.) 0 = T.
   int64_t plan_T = 0;
+  // (With packed input a piece counts its own rows, so a long packed sequence's pieces may plan
+  // otherwise than the whole; layer_forward_stack then falls back.)
   // x W_ih^T of the call's input rows, computed by the caller (project_input), no bias, in the
   // layout the call's plan gives its input projection: [T * B, G*H], or the active (t, b) only
   // where the plan compacts rows ([N, G*H] packed); read, and overwritten by the steps. Only for
@@ -246,10 +251,12 @@ void layer_backward_pair(const BackwardArgs<double>& a, const BackwardArgs<doubl
 // thread. The results are the same bits either way.
 // stack_concurrent: whether the stacked schedule is worth taking on `threads` threads for
 // layers whose W_hh take up to `w_hh_bytes` each, over T steps of B rows (exactly 2 threads, and
-// the sizes measured to gain: csrc/core/cpu/stack.cpp says which and why). Where it is, the
-// schedule still needs pieces whose plans compute as the whole calls' would (else it falls back).
+// the sizes measured to gain: bench/results/stack-2026-12-02.md). Where it is, the schedule
+// still needs pieces whose plans compute as the whole calls' would (else it falls back).
+// stack_wavefronts: how many calls have taken the stacked schedule so far (for tests).
 inline constexpr int64_t kStackMinSteps = 8;
 bool stack_concurrent(int threads, int64_t w_hh_bytes, int64_t T, int64_t B);
+int64_t stack_wavefronts();
 // Whether layer_forward_stack(a, b) on `threads` threads takes the stacked schedule.
 bool stack_schedule(const ForwardArgs<float>& a, const ForwardArgs<float>& b, int threads);
 bool stack_schedule(const ForwardArgs<double>& a, const ForwardArgs<double>& b, int threads);
@@ -257,9 +264,9 @@ void layer_forward_stack(const ForwardArgs<float>& a, const ForwardArgs<float>& 
                          const Executor& ex);
 void layer_forward_stack(const ForwardArgs<double>& a, const ForwardArgs<double>& b,
                          const Executor& ex);
-// gx[rows, N] = x[rows, K] w[N, K]^T with the input projection's GEMM (a forward's phase 1),
-// each row the same bits whatever the rows around it (for rows > 8: a call of up to 8 rows
-// takes dot products instead).
+// gx[rows, N] = x[rows, K] w[N, K]^T with the GEMM a forward's phase 1 uses for its input
+// projection of more than 8 rows (for fewer, phase 1 takes dot products; this always runs the
+// GEMM), each row the same bits whatever the rows around it.
 void project_input(const float* x, int64_t rows, int64_t K, const float* w, int64_t N, float* gx,
                    const Executor& ex);
 void project_input(const double* x, int64_t rows, int64_t K, const double* w, int64_t N,

@@ -409,6 +409,14 @@ PYBIND11_MODULE(_C, m) {
         "on `threads` threads with a W_hh of `w_hh_bytes` bytes per direction "
         "(csrc/core/rnn.h: layer_forward_pair), rather than one after the other on every "
         "thread.");
+  m.def("stack_concurrent", [](int threads, int64_t w_hh_bytes, int64_t T, int64_t B) {
+    return core::stack_concurrent(threads, w_hh_bytes, T, B);
+  }, py::arg("threads"), py::arg("w_hh_bytes"), py::arg("T"), py::arg("B"),
+        "Whether two stacked layers take the stacked schedule (a wavefront, one core per layer) "
+        "on `threads` threads for W_hh of w_hh_bytes per layer, T steps of B rows "
+        "(csrc/core/rnn.h: stack_concurrent).");
+  m.def("stack_wavefronts", [] { return core::stack_wavefronts(); },
+        "How many stacked_layers calls have run as a wavefront so far (for tests).");
   m.def("l2_cache_bytes", [] { return core::cpu_l2_cache_bytes(); },
         "The per-core L2 cache the CPU kernels plan with, in bytes.");
   m.def("gemm_rows_enabled", [] { return core::gemm_rows_enabled(); },

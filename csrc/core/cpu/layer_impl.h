@@ -548,11 +548,18 @@ void layer_forward_impl(const ForwardArgs<Real>& a, const Executor& ex) {
   // 2. The weights as the steps read them (packed here, or by an earlier piece of the layer:
   //    ForwardArgs::packed_weights).
   PackedWeights<Real> packed_weights;
-  PackedWeightsCache* const cache = a.packed_weights;
+  // (what pack_weights packs, and its strips' width, which the instruction set and element
+  // type set: a cache filled otherwise is not used)
+  const unsigned layout = 1u | unsigned(plan.weights_in_place) << 1 |
+                          unsigned(plan.input_in_steps) << 2 | unsigned(P > 0) << 3 |
+                          unsigned(sizeof(Real)) << 4 | unsigned(NR) << 8;
+  PackedWeightsCache* cache = a.packed_weights;
+  if (cache && cache->filled && cache->layout != layout) cache = nullptr;
   if (!cache || !cache->filled) pack_weights(a, plan, G, ex, packed_weights);
   if (cache && !cache->filled) {
     Buffer<Real>* bufs[3] = {&packed_weights.w_hh, &packed_weights.w_ih, &packed_weights.w_hr};
     for (int i = 0; i < 3; ++i) cache->block[i] = bufs[i]->detach(&cache->from_scratch[i]);
+    cache->layout = layout;
     cache->filled = true;
   }
   const Real* const whh = cache ? static_cast<const Real*>(cache->block[0])

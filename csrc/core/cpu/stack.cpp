@@ -171,6 +171,8 @@ bool schedule(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b, int thread
   return pieces_follow(a, pieces, threads) && pieces_follow(b, pieces, threads);
 }
 
+std::atomic<int64_t> g_wavefronts{0};
+
 template <class Real>
 void forward_stack(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b, const Executor& ex) {
   const int threads = ex.num_threads();
@@ -179,6 +181,7 @@ void forward_stack(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b, const
     layer_forward(b, ex);
     return;
   }
+  g_wavefronts.fetch_add(1, std::memory_order_relaxed);
   const Pieces pieces = make_pieces(a);
   const int64_t gates = cell_info(a.cell).gates, rows = pieces.r.back();
   // The input projections computed here (where the plan has it as one GEMM over the rows, for
@@ -251,8 +254,11 @@ PackedWeightsCache::~PackedWeightsCache() {
   }
 }
 
-// Measured on an AVX2 Zen 3 with 512 KB of L2 per core (bench/results/stack-2026-12-02.md): see
-// there for the sizes; the rule admits those measured faster than one layer after the other.
+int64_t stack_wavefronts() { return g_wavefronts.load(std::memory_order_relaxed); }
+
+// Measured on an AVX2 Zen 3 with 512 KB of L2 per core (bench/results/stack-2026-12-02.md): the
+// wavefront was faster than one layer after the other with W_hh of 12-64 KB at 1-16 rows, and
+// no faster (mostly slower) from 108 KB, or at 64 rows.
 bool stack_concurrent(int threads, int64_t w_hh_bytes, int64_t T, int64_t B) {
   return threads == 2 && w_hh_bytes <= (int64_t(64) << 10) && B <= 16 && T >= kStackMinSteps;
 }
