@@ -20,3 +20,4 @@
 #include "../random.h"
 #include "../rnn.h"
 #include "denormal.h"
+#include "spin.h"

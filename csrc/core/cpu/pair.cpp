@@ -2,10 +2,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <exception>
-#include <memory>
 
 #include "../rnn.h"
 #include "denormal.h"
+#include "spin.h"
 
 namespace rnnfast {
 namespace core {
@@ -66,18 +66,14 @@ void forward_pair(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b, const 
   run_pair(a, b, ex, [](const ForwardArgs<Real>& x, const Executor& e) { layer_forward(x, e); });
 }
 
-struct ScratchFree {
-  void operator()(void* p) const { scratch_free(p); }
-};
-
 template <class Real>
 void backward_pair(const BackwardArgs<Real>& a, const BackwardArgs<Real>& b0,
                    const Executor& ex) {
   BackwardArgs<Real> b = b0;
   const int64_t n = a.dx ? input_rows(a) * a.I : 0;
   // b's input gradient goes to scratch, then is added to a's
-  std::unique_ptr<void, ScratchFree> dx_b(n > 0 ? scratch_alloc(sizeof(Real) * n) : nullptr);
-  b.dx = n > 0 ? static_cast<Real*>(dx_b.get()) : a.dx;  // (n == 0: nothing is written)
+  const ScratchBlock<Real> dx_b(n);
+  b.dx = n > 0 ? dx_b.get() : a.dx;  // (n == 0: nothing is written)
   run_pair(a, b, ex, [](const BackwardArgs<Real>& x, const Executor& e) { layer_backward(x, e); });
   if (n > 0) {
     struct Sum {

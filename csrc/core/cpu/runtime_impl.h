@@ -92,9 +92,7 @@ void parallel_for(const Executor& ex, int64_t n, bool worth_it, F&& f) {
       &ctx);
 }
 
-// A reusable barrier for the threads of one team: spins (the steps it separates
-// are microseconds apart), and yields the core after a while in case the team
-// shares it with other work.
+// A reusable barrier for the threads of one team; waits as spin.h's spin_pause says.
 class SpinBarrier {
  public:
   void join(int n) { n_.store(n, std::memory_order_relaxed); }
@@ -107,15 +105,7 @@ class SpinBarrier {
       gen_.store(gen + 1, std::memory_order_release);
       return;
     }
-    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
-      if (spins < 4000) {
-#if defined(RNNFAST_X86)
-        _mm_pause();
-#endif
-      } else {
-        std::this_thread::yield();
-      }
-    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) spin_pause(spins);
   }
 
  private:

@@ -4,15 +4,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
-#include <thread>
 #include <vector>
-
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#endif
 
 #include "../rnn.h"
 #include "denormal.h"
+#include "spin.h"
 
 namespace rnnfast {
 namespace core {
@@ -110,34 +106,21 @@ ForwardArgs<Real> piece(const ForwardArgs<Real>& a, const Pieces& p, int64_t k,
   return c;
 }
 
-// Scratch memory for n values (none for n = 0), given back at the end of its scope.
-template <class Real>
-struct Scratch {
-  Real* p;
-  explicit Scratch(int64_t n)
-      : p(n > 0 ? static_cast<Real*>(scratch_alloc(sizeof(Real) * size_t(n))) : nullptr) {}
-  ~Scratch() {
-    if (p) scratch_free(p);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
-
 bool same_steps(const LayerPlan& x, const LayerPlan& y) {
   return x.weights_in_place == y.weights_in_place && x.input_in_steps == y.input_in_steps &&
          x.compact_rows == y.compact_rows;
 }
 
-// Whether every piece of a, as a serial call, computes what a whole call of a on `threads`
-// threads would: the same choices of how the steps get their input and weights (the other
+// Whether every piece of a, as a serial call, computes what the whole call of a (planned as
+// `whole`) would: the same choices of how the steps get their input and weights (the other
 // choices of a plan split the work differently but leave every sum in its order).
 template <class Real>
-bool pieces_follow(const ForwardArgs<Real>& a, const Pieces& p, int threads) {
-  const LayerPlan whole = plan_forward(a, threads);
+bool pieces_follow(const ForwardArgs<Real>& a, const LayerPlan& whole, const Pieces& p) {
   if (whole.weights_in_place) return false;
   Carry<Real> none(ForwardArgs<Real>{});  // (plans read no state)
   for (int64_t k = 0; k < p.count(); ++k) {
-    if (!same_steps(whole, plan_forward(piece(a, p, k, none, static_cast<Real*>(nullptr)), 1))) return false;
+    const ForwardArgs<Real> one = piece(a, p, k, none, static_cast<Real*>(nullptr));
+    if (!same_steps(whole, plan_forward(one, 1))) return false;
   }
   return true;
 }
@@ -146,54 +129,61 @@ bool pieces_follow(const ForwardArgs<Real>& a, const Pieces& p, int threads) {
 bool wait_for(const std::atomic<int64_t>& done, int64_t k, const std::atomic<bool>& failed) {
   for (int spins = 0; done.load(std::memory_order_acquire) <= k; ++spins) {
     if (failed.load(std::memory_order_acquire)) return false;
-    if (spins < 4000) {
-#if defined(__x86_64__) || defined(_M_X64)
-      _mm_pause();
-#endif
-    } else {
-      std::this_thread::yield();
-    }
+    spin_pause(spins);
   }
   return true;
 }
 
 // RNNFAST_STACK=0 or 1 overrides the sizes' choice (stack_concurrent; for A/B runs:
 // bench/stack_probe.py). 1 still needs exactly 2 threads and kStackMinSteps steps.
+// How a call of two layers runs: as a wavefront (else one layer after the other), in which
+// pieces, and which layers' input projections the wavefront computes itself (where the
+// layer's plan has it as one GEMM over the rows, for more than 8 rows, as project_input
+// computes it; the other plans compute it in the steps).
+struct Schedule {
+  bool wavefront = false;
+  Pieces pieces;
+  bool project_a = false, project_b = false;
+};
+
 template <class Real>
-bool schedule(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b, int threads) {
-  if (a.reverse || b.reverse || (a.lengths && !a.packed)) return false;
+Schedule schedule(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b, int threads) {
+  Schedule s;
+  if (a.reverse || b.reverse || (a.lengths && !a.packed)) return s;
   bool want = stack_concurrent(threads, std::max(w_hh_bytes(a), w_hh_bytes(b)), a.T, a.B);
   if (const char* force = std::getenv("RNNFAST_STACK"))
     if (force[0] == '0' || force[0] == '1')
       want = force[0] == '1' && threads == 2 && a.T >= kStackMinSteps;
-  if (!want) return false;
-  const Pieces pieces = make_pieces(a);
-  return pieces_follow(a, pieces, threads) && pieces_follow(b, pieces, threads);
+  if (!want) return s;
+  s.pieces = make_pieces(a);
+  const LayerPlan whole_a = plan_forward(a, threads), whole_b = plan_forward(b, threads);
+  if (!pieces_follow(a, whole_a, s.pieces) || !pieces_follow(b, whole_b, s.pieces)) return s;
+  const int64_t rows = s.pieces.r.back();
+  s.project_a = !whole_a.input_in_steps && rows > 8;
+  s.project_b = !whole_b.input_in_steps && rows > 8;
+  s.wavefront = true;
+  return s;
 }
 
 std::atomic<int64_t> g_wavefronts{0};
 
 template <class Real>
 void forward_stack(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b, const Executor& ex) {
-  const int threads = ex.num_threads();
-  if (!schedule(a, b, threads)) {
+  const Schedule s = schedule(a, b, ex.num_threads());
+  if (!s.wavefront) {
     layer_forward(a, ex);
     layer_forward(b, ex);
     return;
   }
   g_wavefronts.fetch_add(1, std::memory_order_relaxed);
-  const Pieces pieces = make_pieces(a);
+  const Pieces& pieces = s.pieces;
   const int64_t gates = cell_info(a.cell).gates, rows = pieces.r.back();
-  // The input projections computed here (where the plan has it as one GEMM over the rows, for
-  // more than 8 rows, as project_input computes it): the lower layer's for all steps at once,
-  // on every thread, before the pipeline starts; the upper layer's piece by piece, each split
-  // between the two threads.
-  auto own_projection = [&](const ForwardArgs<Real>& x) {
-    return !plan_forward(x, threads).input_in_steps && rows > 8;
-  };
-  const Scratch<Real> gx_a(own_projection(a) ? rows * gates * a.H : 0),
-      gx_b(own_projection(b) ? rows * gates * b.H : 0);
-  if (gx_a.p) project_input(a.x, rows, a.I, a.w_ih, gates * a.H, gx_a.p, ex);
+  // The input projections computed here: the lower layer's for all steps at once, on every
+  // thread, before the pipeline starts; the upper layer's piece by piece, each split between
+  // the two threads.
+  const ScratchBlock<Real> gx_a(s.project_a ? rows * gates * a.H : 0),
+      gx_b(s.project_b ? rows * gates * b.H : 0);
+  if (gx_a.get()) project_input(a.x, rows, a.I, a.w_ih, gates * a.H, gx_a.get(), ex);
   Carry<Real> carry_a(a), carry_b(b);
   PackedWeightsCache packed_a, packed_b;  // each layer's weights, packed by its first piece
 
@@ -208,7 +198,7 @@ void forward_stack(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b, const
     std::atomic<int64_t> lower_done{0}, upper_input{0};
     std::atomic<bool> failed{false};
     std::exception_ptr error[2] = {};
-  } ctx{&a, &b, &pieces, &carry_a, &carry_b, &packed_a, &packed_b, gx_a.p, gx_b.p,
+  } ctx{&a, &b, &pieces, &carry_a, &carry_b, &packed_a, &packed_b, gx_a.get(), gx_b.get(),
         gates * b.H, denormal_mode()};
   ex.run_team(2, [](void* p, int tid, int nthreads) {
     Ctx& c = *static_cast<Ctx*>(p);
@@ -264,10 +254,10 @@ bool stack_concurrent(int threads, int64_t w_hh_bytes, int64_t T, int64_t B) {
 }
 
 bool stack_schedule(const ForwardArgs<float>& a, const ForwardArgs<float>& b, int threads) {
-  return schedule(a, b, threads);
+  return schedule(a, b, threads).wavefront;
 }
 bool stack_schedule(const ForwardArgs<double>& a, const ForwardArgs<double>& b, int threads) {
-  return schedule(a, b, threads);
+  return schedule(a, b, threads).wavefront;
 }
 void layer_forward_stack(const ForwardArgs<float>& a, const ForwardArgs<float>& b,
                          const Executor& ex) {
