@@ -1,6 +1,6 @@
 """The benchmark harness pieces that decide what a sample is (bench/harness/timing.py), the
-in-process A/B scripts (bench/variant_ab.py, bench/row_split_ab.py) and the two-build one
-(bench/build_ab.py): what they time, not how fast anything is."""
+in-process A/B scripts (bench/variant_ab.py, bench/row_split_ab.py, bench/stream_ab.py) and
+the two-build one (bench/build_ab.py): what they time, not how fast anything is."""
 from __future__ import annotations
 
 import os
@@ -129,3 +129,36 @@ def test_build_ab_times_both_builds_and_refuses_a_path_without_rnnfast(tmp_path)
         [sys.executable, os.path.join(ROOT, "bench", "build_ab.py"), "--a", str(tmp_path),
          "--b", build, "--layer", "gru,3,2,4,5"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "holds no rnnfast build" in bad.stderr + bad.stdout
+
+
+def test_stream_ab_times_only_the_rows_the_plan_streams():
+    import rnnfast
+    env = {k: v for k, v in os.environ.items() if k != "RNNFAST_STREAM_WS"}
+    script = os.path.join(ROOT, "bench", "stream_ab.py")
+    rows = ["lstm,4,2,4,8", "lstm,200,32,64,256"]  # 1.5 KB and 11 MB of workspace
+    ran = 0
+    for isa in ("avx2", "avx512"):
+        if not rnnfast._C.cpu_supports(isa):
+            continue
+        out = subprocess.run([sys.executable, script, "--rounds", "1", "--calls", "1", "--rows",
+                              *rows], capture_output=True, text=True, timeout=300,
+                             env={**env, "RNNFAST_SIMD": isa})
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].startswith(f"# {isa},"), out.stdout
+        assert lines[1] == "lstm 4,2,4,8: not streamed by the plan on this path", out.stdout
+        # only vectors that fill a cache line stream (layer_impl.h: make_forward_plan)
+        if isa == "avx2":
+            assert lines[2] == "lstm 200,32,64,256: not streamed by the plan on this path"
+        else:
+            assert "plain/streamed" in lines[2], out.stdout
+        ran += 1
+    forced = subprocess.run([sys.executable, script, "--rows", rows[0]], capture_output=True,
+                            text=True, timeout=300, env={**env, "RNNFAST_STREAM_WS": "0"})
+    assert forced.returncode == 2 and "RNNFAST_STREAM_WS" in forced.stderr
+    bad = subprocess.run([sys.executable, script, "--rows", "lstm,4,2"], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert bad.returncode == 2 and "expected cell,T,B,I,H" in bad.stderr
+    if ran == 0:
+        import pytest
+        pytest.skip("no AVX2 on this CPU: the plan of the portable path never streams")

@@ -1031,9 +1031,9 @@ void check_plans() {
          "plan: layer norm in training splits 4 rows (256 KB of W_hh) over 2 threads: " +
              to_string(ln_plan(false, true, 4, 128)));
   if (env) setenv("RNNFAST_ROW_SPLIT", saved_env.c_str(), 1);
-  // A training forward streams a large workspace with non-temporal stores; with vectors
-  // narrower than a cache line (AVX2, scalar) only while it writes at most 8 H-wide blocks
-  // per row (GRU: 4 saved + h_{t-1}; GRU with layer norm: 10 + h_{t-1}).
+  // A training forward streams a large workspace with non-temporal stores, only with vectors
+  // that fill a cache line (AVX-512; not AVX2 or scalar), whatever the cell; and not under
+  // RNNFAST_STREAM_WS=0.
   auto gru_ws = [&](Cell cell) {
     ForwardArgs<float> a;
     a.cell = cell;
@@ -1041,10 +1041,19 @@ void check_plans() {
     return plan_forward(a, 2);
   };
   const bool line_wide = active_isa() == Isa::Avx512;  // 16 floats = 64 bytes
-  expect(gru_ws(Cell::GRU).stream_workspace &&
+  const char* stream_env = std::getenv("RNNFAST_STREAM_WS");
+  const std::string saved_stream = stream_env ? stream_env : "";
+  unsetenv("RNNFAST_STREAM_WS");
+  expect(gru_ws(Cell::GRU).stream_workspace == line_wide &&
              gru_ws(Cell::GRU_LN).stream_workspace == line_wide,
          std::string("plan: workspace streaming on ") + isa_name(active_isa()) + ": GRU " +
              to_string(gru_ws(Cell::GRU)) + "; GRU_LN " + to_string(gru_ws(Cell::GRU_LN)));
+  setenv("RNNFAST_STREAM_WS", "0", 1);
+  expect(!gru_ws(Cell::GRU).stream_workspace, "plan: RNNFAST_STREAM_WS=0 turns streaming off");
+  if (stream_env)
+    setenv("RNNFAST_STREAM_WS", saved_stream.c_str(), 1);
+  else
+    unsetenv("RNNFAST_STREAM_WS");
   const LayerPlan rows = forward(10, 300, 8, 8, nullptr);
   expect(rows.row_blocks * rows.block_rows >= 300 && (rows.row_blocks - 1) * rows.block_rows < 300,
          "plan: the row blocks cover the batch: " + to_string(rows));

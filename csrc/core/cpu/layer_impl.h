@@ -340,10 +340,6 @@ struct PhaseTeam {
   }
 };
 
-// The most workspace blocks a forward streams (LayerPlan::stream_workspace) with vectors
-// narrower than a cache line; see make_forward_plan.
-constexpr int64_t kMaxPartialLineStreams = 8;
-
 // The forward strategy (rnn.h: LayerPlan).
 template <class Real>
 LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
@@ -390,21 +386,23 @@ LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
   // Non-temporal workspace stores, for a workspace too large to stay in cache until the
   // backward pass reads it (a smaller one is better read back from cache). They need every
   // vector of it aligned: a 64-byte aligned base (the glue's allocators give that) and
-  // widths that keep each row and block aligned. A vector narrower than a cache line (AVX2,
-  // scalar) fills only part of a line per store, and the epilogue writes one vector of each
-  // of the row's H-wide blocks before the next vector of the first: every block is then a
-  // partly filled line waiting in a write-combining buffer, and with more of them than the
-  // core keeps (10-16 line fill buffers on recent x86 cores) lines are flushed half-written.
-  // Measured on an Intel Xeon (family 6, model 207), AVX2, 100,32,128,128: GRU with layer
-  // normalisation (11 blocks) took 27 ms per training forward streamed and 5.4 ms not; the
-  // plain LSTM (7 blocks) streams at full speed. So narrow vectors stream only up to
-  // kMaxPartialLineStreams blocks.
+  // widths that keep each row and block aligned. Only with vectors that fill a cache line
+  // (AVX-512): a narrower store (AVX2, scalar) fills part of a line, and the epilogue writes
+  // one vector of each of the row's H-wide blocks before the next vector of the first, so
+  // every block is a partly written line waiting in a write-combining buffer. Measured:
+  // - Intel Xeon (family 6, model 207), AVX2, GRU with layer normalisation (11 blocks)
+  //   100,32,128,128: training forward 27 ms streamed, 5.4 ms not (lines flushed half-full);
+  // - AMD Zen 3, AVX2 (bench/results/stream-2026-12-02.md): a training step (forward and
+  //   backward) of the plain LSTM (7 blocks) took 3-5% longer streamed at every size tried,
+  //   the plain GRU the same either way.
+  // RNNFAST_STREAM_WS=0 turns the streaming off where it would be on (A/B runs only).
   const int64_t W = Vec<Real>::W;
-  const int64_t ws_blocks = cell.blocks_before_hprev(P) + 1;  // + h_{t-1}
-  p.stream_workspace = a.ws && rows * WS * bytes > (8 << 20) &&
+  p.stream_workspace = a.ws && W * bytes >= 64 && rows * WS * bytes > (8 << 20) &&
                        reinterpret_cast<uintptr_t>(a.ws) % (W * bytes) == 0 && H % W == 0 &&
-                       WS % W == 0 &&
-                       (W * bytes >= 64 || ws_blocks <= kMaxPartialLineStreams);
+                       WS % W == 0;
+  if (p.stream_workspace)
+    if (const char* force = std::getenv("RNNFAST_STREAM_WS"))
+      if (force[0] == '0') p.stream_workspace = false;
   choose_row_split(p, B, T, a.lengths, GH * S * bytes, threads, cell.layer_norm() && a.ws);
   return p;
 }
