@@ -1,6 +1,7 @@
 """Non-temporal workspace stores (LayerPlan::stream_workspace, csrc/core/cpu/layer_impl.h) on
 and off: one training step (forward, then backward of out.sum()) of a single float32 layer, with
-the plan's choice against RNNFAST_STREAM_WS=0, in one process, interleaved round by round.
+the plan's choice against RNNFAST_STREAM_WS=0, in one process, interleaved (the side that goes
+first alternates round by round), medians.
 
     python bench/stream_ab.py [--rounds 25] [--calls 3] [--threads 2] [--rows lstm,64,32,64,256 ...]
 
@@ -13,51 +14,82 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-import rnnfast  # noqa: E402
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from harness.machine import import_rnnfast, rnnfast_info  # noqa: E402
 
 ROWS = ["lstm,1000,4,64,256", "lstm,64,32,64,256", "gru,64,32,64,256", "lstm,100,16,256,256",
         "lstm,100,32,256,256", "gru,100,32,256,256", "lstm,50,64,512,512",
         "lstm,100,8,256,1024", "rnn_tanh,100,64,256,1024"]
-MODULES = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU, "rnn_tanh": rnnfast.RNN}
+CELLS = ("lstm", "gru", "rnn_tanh")
 ENV = "RNNFAST_STREAM_WS"
+
+
+def positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def parse_row(text):
     parts = text.split(",")
-    if len(parts) != 5 or parts[0] not in MODULES:
+    if len(parts) != 5 or parts[0] not in CELLS:
         raise argparse.ArgumentTypeError(
-            f"--rows: expected cell,T,B,I,H with cell in {sorted(MODULES)}, got {text!r}")
+            f"expected cell,T,B,I,H with cell in {list(CELLS)}, got {text!r}")
     try:
-        return (parts[0],) + tuple(int(p) for p in parts[1:])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--rows: T,B,I,H must be integers, got {text!r}")
+        sizes = tuple(positive(p) for p in parts[1:])
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"T,B,I,H must be positive integers, got {text!r}")
+    return (parts[0],) + sizes
 
 
-def main():
+def streams(rnnfast, cell, T, B, I, H, threads):
+    plan = rnnfast._C.plan(cell, False, T, B, I, H, threads=threads, training=True)
+    return "stream_workspace=1" in plan
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=25)
-    ap.add_argument("--calls", type=int, default=3, help="training steps per timed block")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=positive, default=25)
+    ap.add_argument("--calls", type=positive, default=3, help="training steps per timed block")
+    ap.add_argument("--threads", type=positive, default=2)
     ap.add_argument("--rows", type=parse_row, nargs="+", default=[parse_row(r) for r in ROWS])
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if ENV in os.environ:
         print(f"stream_ab.py: unset {ENV} first (it would force one side)", file=sys.stderr)
         return 2
+    rnnfast = import_rnnfast()
+    if rnnfast is None:
+        print(f"rnnfast cannot be imported: {rnnfast_info().get('error')}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    modules = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU, "rnn_tanh": rnnfast.RNN}
     print(f"# {rnnfast._C.simd()}, {args.threads} threads, {args.rounds} rounds of "
           f"{args.calls} steps, medians", flush=True)
     for cell, T, B, I, H in args.rows:
-        plan = rnnfast._C.plan(cell, False, T, B, I, H, threads=args.threads, training=True)
         label = f"{cell} {T},{B},{I},{H}"
-        if "stream_workspace=1" not in plan:
+        if not streams(rnnfast, cell, T, B, I, H, args.threads):
             print(f"{label}: not streamed by the plan on this path", flush=True)
             continue
-        m = MODULES[cell](I, H)
+        try:  # the override must turn it off, or both sides would time the same code
+            os.environ[ENV] = "0"
+            overridden = streams(rnnfast, cell, T, B, I, H, args.threads)
+        finally:
+            os.environ.pop(ENV, None)
+        if overridden:
+            print(f"stream_ab.py: {ENV}=0 did not turn streaming off ({label})", file=sys.stderr)
+            return 3
+        m = modules[cell](I, H)
         x = torch.randn(T, B, I, requires_grad=True)
 
         def step():
@@ -66,8 +98,8 @@ def main():
 
         times = {"streamed": [], "plain": []}
         try:
-            for _ in range(args.rounds):
-                for side in times:
+            for r in range(args.rounds):
+                for side in (("streamed", "plain") if r % 2 == 0 else ("plain", "streamed")):
                     if side == "plain":
                         os.environ[ENV] = "0"
                     step()  # (the first call after a switch is not timed)

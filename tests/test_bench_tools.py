@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
@@ -131,34 +133,40 @@ def test_build_ab_times_both_builds_and_refuses_a_path_without_rnnfast(tmp_path)
     assert bad.returncode != 0 and "holds no rnnfast build" in bad.stderr + bad.stdout
 
 
-def test_stream_ab_times_only_the_rows_the_plan_streams():
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_stream_ab_times_only_the_rows_the_plan_streams(isa):
     import rnnfast
+    if not rnnfast._C.cpu_supports(isa):
+        pytest.skip(f"this CPU has no {isa}")
+    env = {k: v for k, v in os.environ.items() if k != "RNNFAST_STREAM_WS"}
+    # 1.75 KB and 46 MB of float32 workspace (6,400 rows of 1,792 values)
+    rows = ["lstm,4,2,4,8", "lstm,200,32,64,256"]
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "stream_ab.py"),
+                          "--rounds", "2", "--calls", "1", "--rows", *rows],
+                         capture_output=True, text=True, timeout=300,
+                         env={**env, "RNNFAST_SIMD": isa})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"# {isa},"), out.stdout
+    assert lines[1] == "lstm 4,2,4,8: not streamed by the plan on this path", out.stdout
+    # only vectors that fill a cache line stream (layer_impl.h: make_forward_plan); there the
+    # script has checked that RNNFAST_STREAM_WS=0 turns the plan's streaming off (else exit 3)
+    if isa == "avx512":
+        assert lines[2].startswith("lstm 200,32,64,256: streamed ") and "plain/streamed" in lines[2]
+    else:
+        assert lines[2] == "lstm 200,32,64,256: not streamed by the plan on this path"
+
+
+def test_stream_ab_refuses_a_forced_side_and_bad_arguments():
     env = {k: v for k, v in os.environ.items() if k != "RNNFAST_STREAM_WS"}
     script = os.path.join(ROOT, "bench", "stream_ab.py")
-    rows = ["lstm,4,2,4,8", "lstm,200,32,64,256"]  # 1.5 KB and 11 MB of workspace
-    ran = 0
-    for isa in ("avx2", "avx512"):
-        if not rnnfast._C.cpu_supports(isa):
-            continue
-        out = subprocess.run([sys.executable, script, "--rounds", "1", "--calls", "1", "--rows",
-                              *rows], capture_output=True, text=True, timeout=300,
-                             env={**env, "RNNFAST_SIMD": isa})
-        assert out.returncode == 0, out.stderr
-        lines = out.stdout.splitlines()
-        assert lines[0].startswith(f"# {isa},"), out.stdout
-        assert lines[1] == "lstm 4,2,4,8: not streamed by the plan on this path", out.stdout
-        # only vectors that fill a cache line stream (layer_impl.h: make_forward_plan)
-        if isa == "avx2":
-            assert lines[2] == "lstm 200,32,64,256: not streamed by the plan on this path"
-        else:
-            assert "plain/streamed" in lines[2], out.stdout
-        ran += 1
-    forced = subprocess.run([sys.executable, script, "--rows", rows[0]], capture_output=True,
-                            text=True, timeout=300, env={**env, "RNNFAST_STREAM_WS": "0"})
+    forced = subprocess.run([sys.executable, script, "--rows", "lstm,4,2,4,8"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**env, "RNNFAST_STREAM_WS": "0"})
     assert forced.returncode == 2 and "RNNFAST_STREAM_WS" in forced.stderr
-    bad = subprocess.run([sys.executable, script, "--rows", "lstm,4,2"], capture_output=True,
-                         text=True, timeout=300, env=env)
-    assert bad.returncode == 2 and "expected cell,T,B,I,H" in bad.stderr
-    if ran == 0:
-        import pytest
-        pytest.skip("no AVX2 on this CPU: the plan of the portable path never streams")
+    for bad, says in ((["--rows", "lstm,4,2"], "expected cell,T,B,I,H"),
+                      (["--rows", "lstm,4,0,4,8"], "T,B,I,H must be positive integers"),
+                      (["--rounds", "0"], "expected a positive integer")):
+        out = subprocess.run([sys.executable, script, *bad], capture_output=True, text=True,
+                             timeout=300, env=env)
+        assert out.returncode == 2 and says in out.stderr, out.stderr

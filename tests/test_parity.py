@@ -207,7 +207,8 @@ def test_long_small_batch_input_projection_in_the_steps(kind, form):
     product inside each step (csrc/core/cpu/layer_impl.h, `fused`) instead of one GEMM over
     every step: the sizes here select that path (gx > 4 MB, weights < 768 KB per thread),
     bidirectional so that it also runs in reverse; LSTM with a projection too. Their saved
-    workspaces (> 8 MB each) are also written with non-temporal stores (`ws_nt`)."""
+    workspaces (> 8 MB each) are also written with non-temporal stores on AVX-512 (the plan's
+    stream_workspace; AVX2 and the portable path store them plainly)."""
     lstm = is_lstm(kind)
     # x W_ih^T of 4 rows per step must exceed 4 MB in float64: T * 4 * G * H * 8 bytes, and
     # the workspace 8 MB: T * 4 * WS * 8 bytes (WS = 7H + P, 4H + H, H + H)

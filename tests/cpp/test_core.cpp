@@ -184,8 +184,8 @@ Tensors<Real> make(const Problem& p, unsigned seed) {
   return t;
 }
 
-// 64-byte aligned storage, as the torch glue gives the kernels (a workspace over 8 MB is
-// then written with non-temporal stores wherever the widths keep its vectors aligned).
+// 64-byte aligned storage, as the torch glue gives the kernels (on AVX-512 a workspace over
+// 8 MB is then written with non-temporal stores wherever the widths keep its vectors aligned).
 template <class Real>
 struct Aligned64 {
   using value_type = Real;
@@ -1091,8 +1091,8 @@ int main() {
   problems.push_back({Cell::LSTM, 3, 0, 4, 5, 2, false, true, true});
   problems.push_back({Cell::GRU, 3, 0, 4, 5, 0, true, true, false});
   // Widths that keep every workspace vector aligned (H = 16 and 32: every SIMD path, float
-  // and double), as a workspace over 8 MB needs for its non-temporal stores (those larger
-  // sizes: test_parity.py::test_long_small_batch_input_projection_in_the_steps).
+  // and double), as a workspace over 8 MB needs for its non-temporal stores on AVX-512 (those
+  // larger sizes: test_parity.py::test_long_small_batch_input_projection_in_the_steps).
   problems.push_back({Cell::LSTM, 3, 5, 4, 16, 0, false, true, true});
   problems.push_back({Cell::GRU, 3, 13, 4, 32, 0, true, true, true, true});
   // Batches over 128 rows split each step into several row blocks.

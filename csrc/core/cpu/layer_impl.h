@@ -391,10 +391,11 @@ LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
   // one vector of each of the row's H-wide blocks before the next vector of the first, so
   // every block is a partly written line waiting in a write-combining buffer. Measured:
   // - Intel Xeon (family 6, model 207), AVX2, GRU with layer normalisation (11 blocks)
-  //   100,32,128,128: training forward 27 ms streamed, 5.4 ms not (lines flushed half-full);
+  //   100,32,128,128: training forward 27 ms streamed, against 5.4 ms for the plain GRU
+  //   (lines flushed half-full);
   // - AMD Zen 3, AVX2 (bench/results/stream-2026-12-02.md): a training step (forward and
-  //   backward) of the plain LSTM (7 blocks) took 3-5% longer streamed at every size tried,
-  //   the plain GRU the same either way.
+  //   backward) of the plain LSTM (7 blocks) took 2.5-5.6% longer streamed at every size
+  //   tried; GRU and RNN within 2.5% either way.
   // RNNFAST_STREAM_WS=0 turns the streaming off where it would be on (A/B runs only).
   const int64_t W = Vec<Real>::W;
   p.stream_workspace = a.ws && W * bytes >= 64 && rows * WS * bytes > (8 << 20) &&

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <thread>
 
 #if defined(__x86_64__) || defined(_M_X64)

@@ -134,8 +134,6 @@ bool wait_for(const std::atomic<int64_t>& done, int64_t k, const std::atomic<boo
   return true;
 }
 
-// RNNFAST_STACK=0 or 1 overrides the sizes' choice (stack_concurrent; for A/B runs:
-// bench/stack_probe.py). 1 still needs exactly 2 threads and kStackMinSteps steps.
 // How a call of two layers runs: as a wavefront (else one layer after the other), in which
 // pieces, and which layers' input projections the wavefront computes itself (where the
 // layer's plan has it as one GEMM over the rows, for more than 8 rows, as project_input
@@ -146,6 +144,8 @@ struct Schedule {
   bool project_a = false, project_b = false;
 };
 
+// RNNFAST_STACK=0 or 1 overrides the sizes' choice (stack_concurrent; for A/B runs:
+// bench/stack_probe.py). 1 still needs exactly 2 threads and kStackMinSteps steps.
 template <class Real>
 Schedule schedule(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b, int threads) {
   Schedule s;
