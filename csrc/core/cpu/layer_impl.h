@@ -394,7 +394,7 @@ LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
   //   100,32,128,128: training forward 27 ms streamed, against 5.4 ms for the plain GRU
   //   (lines flushed half-full);
   // - AMD Zen 3, AVX2 (bench/results/stream-2026-12-02.md): a training step (forward and
-  //   backward) of the plain LSTM (7 blocks) took 2.5-5.6% longer streamed at every size
+  //   backward) of the plain LSTM (7 blocks) took 2.6-5.6% longer streamed at every size
   //   tried; GRU and RNN within 2.5% either way.
   // RNNFAST_STREAM_WS=0 turns the streaming off where it would be on (A/B runs only).
   const int64_t W = Vec<Real>::W;
