@@ -20,4 +20,5 @@
 #include "../random.h"
 #include "../rnn.h"
 #include "denormal.h"
+#include "env_flag.h"
 #include "spin.h"

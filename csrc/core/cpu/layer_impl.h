@@ -401,9 +401,7 @@ LayerPlan make_forward_plan(const ForwardArgs<Real>& a, int threads) {
   p.stream_workspace = a.ws && W * bytes >= 64 && rows * WS * bytes > (8 << 20) &&
                        reinterpret_cast<uintptr_t>(a.ws) % (W * bytes) == 0 && H % W == 0 &&
                        WS % W == 0;
-  if (p.stream_workspace)
-    if (const char* force = std::getenv("RNNFAST_STREAM_WS"))
-      if (force[0] == '0') p.stream_workspace = false;
+  if (p.stream_workspace) p.stream_workspace = env_flag("RNNFAST_STREAM_WS", true);
   choose_row_split(p, B, T, a.lengths, GH * S * bytes, threads, cell.layer_norm() && a.ws);
   return p;
 }
