@@ -1,5 +1,6 @@
 """The benchmark harness pieces that decide what a sample is (bench/harness/timing.py), the
-in-process A/B scripts (bench/variant_ab.py, bench/row_split_ab.py, bench/stream_ab.py) and
+in-process A/B scripts (bench/variant_ab.py, bench/row_split_ab.py, bench/stream_ab.py,
+bench/straight_ab.py) and
 the two-build one (bench/build_ab.py): what they time, not how fast anything is."""
 from __future__ import annotations
 
@@ -170,3 +171,31 @@ def test_stream_ab_refuses_a_forced_side_and_bad_arguments():
         out = subprocess.run([sys.executable, script, *bad], capture_output=True, text=True,
                              timeout=300, env=env)
         assert out.returncode == 2 and says in out.stderr, out.stderr
+
+
+def test_straight_ab_times_both_routes_and_torch():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "straight_ab.py"),
+                          "--rounds", "2", "--block-ms", "0.5", "--dtypes", "float32,float64",
+                          "--rows", "lstm,1,8", "gru,3,8"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("# ") and "2 rounds" in lines[0], out.stdout
+    rows = lines[1:]
+    assert [r.split(":")[0] for r in rows] == [
+        "lstm float32 B=1 H=8", "gru float32 B=3 H=8", "lstm float64 B=1 H=8",
+        "gru float64 B=3 H=8"], out.stdout
+    for r in rows:
+        for key in ("straight ", "full ", "torch ", "straight/full ", "straight/torch "):
+            assert key in r, r
+
+
+def test_straight_ab_refuses_bad_arguments():
+    script = os.path.join(ROOT, "bench", "straight_ab.py")
+    for bad, says in ((["--rows", "lstm,1"], "expected cell,B,H"),
+                      (["--rows", "rnn,1,8"], "cell must be one of"),
+                      (["--rows", "gru,0,8"], "B and H must be positive integers"),
+                      (["--rounds", "0"], "--rounds must be >= 1")):
+        out = subprocess.run([sys.executable, script, *bad], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 2 and says in out.stderr, (bad, out.stderr)

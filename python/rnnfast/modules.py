@@ -701,10 +701,11 @@ class RNNCellBase(nn.Module):
                 f"{name}: input has inconsistent input_size: got {shape[-1]} "
                 f"expected {self.input_size}")
         dtype = input.dtype
-        if dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(input.device.type):
+        params = self._parameters  # (a dict lookup; see _weights_of)
+        w_dtype = (params["weight_ih"] if "weight_ih" in params else self.weight_ih).dtype
+        if dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):
             raise RuntimeError(
-                f"{name}: input dtype ({dtype}) does not match weight dtype "
-                f"({self.weight_ih.dtype})")
+                f"{name}: input dtype ({dtype}) does not match weight dtype ({w_dtype})")
         batch = shape[0] if ndim == 2 else None
         for label, s, sshape in given:
             if len(sshape) != ndim:
@@ -724,15 +725,16 @@ class RNNCellBase(nn.Module):
         """One fused step of ``cell`` from the given states ([h] or [h, c]; all None: zeros, a
         single None: zeros for that state); returns the new states."""
         run = ops.layer if input.is_cpu and not _onnx.exporting() else _layer_fn(input.device)
-        missing = [s is None for s in states]
-        if all(missing):
+        given = [s for s in states if s is not None]
+        if not given:
             states = []
-        elif any(missing):
-            given = next(s for s in states if s is not None)
-            states = [s if s is not None else given.new_zeros(input.shape[0], self.hidden_size)
+        elif len(given) < len(states):
+            states = [s if s is not None else given[0].new_zeros(input.shape[0],
+                                                                   self.hidden_size)
                       for s in states]
-        zoneout = _zoneout_tensors(self.__dict__.get("_zoneout_p", ()), self.training,
-                                   (1, input.shape[0]), [self.hidden_size] * 2, input)
+        probs = self.__dict__.get("_zoneout_p", ())
+        zoneout = _zoneout_tensors(probs, self.training, (1, input.shape[0]),
+                                   [self.hidden_size] * 2, input) if any(probs) else ()
         _, final = run(cell, input.unsqueeze(0), states,
                        _weights_of(self, _cell_weight_names(self._cell_name, self.bias)), None,
                        False, zoneout)

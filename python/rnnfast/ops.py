@@ -269,6 +269,37 @@ def _needs_grad(input, *lists) -> bool:
         input.requires_grad or any(t.requires_grad for l in lists for t in l))
 
 
+# A call that records no autograd, on plain CPU tensors, with nothing else that must see the
+# op (no torch.compile, TorchScript tracer, profiler, autocast, torch function or dispatch
+# mode, tensor subclass), reaches the CPU kernel with the same arguments whichever route it takes: the
+# dispatcher's Autograd kernel would only run the forward (autograd.cpp, LayerFunction). So
+# such a call goes to the CPU kernel straight (OpOverload.redispatch), which saves about 2.4
+# of the 8 us a one-step call costs through the full dispatch (a cell in a Python loop pays it
+# every step; bench/results/cpu-2026-12-02-zen5.md, bench/straight_ab.py).
+_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_profiling = torch._C._autograd._profiler_enabled
+_tracing = torch._C._get_tracing_state
+_function_mode = torch._C._is_torch_function_mode_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_compiling = torch.compiler.is_compiling
+_autocast = torch._C._is_any_autocast_enabled  # (the autocast kernels above cast bf16 up)
+
+
+def _straight_to_cpu(input, lengths, state, weights, zoneout) -> bool:
+    """Whether a call that records no autograd may skip the dispatcher (see above). (Loops
+    rather than all() over a generator: this runs on every step of a cell loop.)"""
+    if type(input) not in _PLAIN or not input.is_cpu or (
+            lengths is not None and type(lengths) not in _PLAIN):
+        return False
+    for group in (state, weights, zoneout):
+        for t in group:
+            if type(t) not in _PLAIN:
+                return False
+    return not (_compiling() or _tracing() is not None or _profiling() or _autocast()
+                or _function_mode() or _dispatch_modes())
+
+
 def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]],
           weights: Sequence[torch.Tensor], lengths: Optional[torch.Tensor] = None,
           reverse: bool = False, zoneout: Sequence[torch.Tensor] = ()
@@ -303,8 +334,13 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
         weights = [cast(t) for t in weights]
         zoneout = [cast(t) if t.dim() else t for t in zoneout]
     training = _needs_grad(input, state, weights)
-    out, state_out, _ = _LAYER(cell, input, state, weights, lengths, reverse, training,
-                               list(zoneout) if zoneout else None)
+    zoneout = list(zoneout) if zoneout else None
+    if not training and _straight_to_cpu(input, lengths, state, weights, zoneout or ()):
+        out, state_out, _ = _LAYER.redispatch(_CPU_KEYS, cell, input, state, weights, lengths,
+                                              reverse, False, zoneout)
+    else:
+        out, state_out, _ = _LAYER(cell, input, state, weights, lengths, reverse, training,
+                                   zoneout)
     return out, state_out
 
 

@@ -1,0 +1,199 @@
+"""The CPU shortcut of ops.layer (ops._straight_to_cpu): a call that records no autograd, on
+plain CPU tensors, with nothing else watching, goes to the CPU kernel through
+OpOverload.redispatch instead of the full dispatch; every other call keeps the full route.
+
+Checked here: which route each situation takes (a spy in place of ops._LAYER), that the
+shortcut's results are the full route's bit for bit, and that what watches the dispatcher
+(dispatch and torch function modes, the profiler, the TorchScript tracer, torch.compile,
+autocast, autograd, tensor subclasses) still sees the op."""
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import rnnfast
+from rnnfast import ops
+
+
+class _Spy:
+    """Stands in for ops._LAYER and records the route of each call."""
+
+    def __init__(self, real):
+        self.real = real
+        self.routes = []
+
+    def __call__(self, *args):
+        self.routes.append("full")
+        return self.real(*args)
+
+    def redispatch(self, keys, *args):
+        self.routes.append("straight")
+        return self.real.redispatch(keys, *args)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    s = _Spy(ops._LAYER)
+    monkeypatch.setattr(ops, "_LAYER", s)
+    return s
+
+
+def _cell_args(cls=rnnfast.LSTMCell, B=3, I=5, H=4, dtype=torch.float32):
+    torch.manual_seed(0)
+    cell = cls(I, H).to(dtype)
+    x = torch.randn(B, I, dtype=dtype)
+    h = torch.randn(B, H, dtype=dtype)
+    state = (h, torch.randn(B, H, dtype=dtype)) if cls is rnnfast.LSTMCell else h
+    return cell, x, state
+
+
+@pytest.mark.parametrize("cls", [rnnfast.LSTMCell, rnnfast.GRUCell, rnnfast.RNNCell])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plain_inference_goes_straight_with_the_same_bits(spy, cls, dtype):
+    cell, x, state = _cell_args(cls, dtype=dtype)
+    with torch.no_grad():
+        got = cell(x, state)
+    assert spy.routes == ["straight"]
+    # the full route, through the dispatcher's Autograd kernel
+    w = [getattr(cell, n) for n in rnnfast.modules._cell_weight_names(cell._cell_name, True)]
+    states = list(state) if isinstance(state, tuple) else [state]
+    with torch.no_grad():
+        _, full, _ = spy.real(cell._cell_name if cls is not rnnfast.RNNCell else "rnn_tanh",
+                              x.unsqueeze(0), states, w, None, False, False, None)
+    got = list(got) if isinstance(got, tuple) else [got]
+    assert len(got) == len(full)
+    for a, b in zip(got, full):
+        assert torch.equal(a, b)
+
+
+def test_grad_enabled_without_grads_goes_straight(spy):
+    # nothing requires grad: autograd would record nothing either way
+    cell, x, state = _cell_args()
+    cell.requires_grad_(False)
+    h, c = cell(x, state)
+    assert spy.routes == ["straight"] and not h.requires_grad
+
+
+def test_a_layer_module_in_eval_goes_straight(spy):
+    m = rnnfast.GRU(5, 4).eval()
+    with torch.no_grad():
+        m(torch.randn(6, 2, 5))
+    assert spy.routes == ["straight"]
+
+
+def test_autograd_takes_the_full_route(spy):
+    cell, x, state = _cell_args()
+    h, c = cell(x, state)
+    assert spy.routes == ["full"]
+    (h.sum() + c.sum()).backward()
+    assert cell.weight_hh.grad is not None and cell.weight_hh.grad.abs().sum() > 0
+
+
+def test_an_input_that_requires_grad_takes_the_full_route(spy):
+    cell, x, state = _cell_args()
+    cell.requires_grad_(False)
+    x.requires_grad_(True)
+    h, _ = cell(x, state)
+    assert spy.routes == ["full"] and h.requires_grad
+
+
+class _SeenOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_dispatch_mode_sees_the_op(spy):
+    cell, x, state = _cell_args()
+    mode = _SeenOps()
+    with torch.no_grad(), mode:
+        cell(x, state)
+    assert spy.routes == ["full"]
+    assert any(n.startswith("rnnfast.layer") for n in mode.names), mode.names
+
+
+class _SeenFunctions(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_torch_function_mode_sees_the_op(spy):
+    cell, x, state = _cell_args()
+    mode = _SeenFunctions()
+    with torch.no_grad(), mode:
+        cell(x, state)
+    assert spy.routes == ["full"]
+    assert any("rnnfast.layer" in n for n in mode.names), mode.names
+
+
+def test_the_profiler_sees_the_op(spy):
+    cell, x, state = _cell_args()
+    with torch.no_grad(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        cell(x, state)
+    assert spy.routes == ["full"]
+    assert "rnnfast::layer" in {e.name for e in prof.events()}
+
+
+def test_the_torchscript_tracer_records_the_op(spy):
+    cell, x, state = _cell_args(rnnfast.GRUCell)
+    with torch.no_grad():
+        traced = torch.jit.trace(cell, (x, state), check_trace=False)
+    assert spy.routes == ["full"]
+    assert "rnnfast::layer" in str(traced.graph)
+    with torch.no_grad():
+        assert torch.equal(traced(x, state), cell(x, state))
+
+
+def test_autocast_takes_the_full_route_and_casts(spy):
+    # under CPU autocast a bfloat16 input (say, from a Linear run under autocast) reaches the
+    # op; its autocast kernel (ops.py, register_autocast) casts it up to float32
+    cell, x, state = _cell_args(rnnfast.GRUCell)
+    with torch.no_grad():
+        want = cell(x.bfloat16().float(), state)
+    spy.routes.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = cell(x.bfloat16(), state)
+    assert spy.routes == ["full"]
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+class _Tagged(torch.Tensor):
+    """A subclass with torch's default __torch_function__: its type must survive the op."""
+
+
+def test_a_tensor_subclass_takes_the_full_route(spy):
+    cell, x, state = _cell_args(rnnfast.GRUCell)
+    with torch.no_grad():
+        out = cell(x.as_subclass(_Tagged), state)
+    assert spy.routes == ["full"]
+    assert type(out) is _Tagged
+
+
+def test_check_is_off_under_compile_and_for_other_devices():
+    x = torch.randn(1, 2, 3)
+    w = [torch.randn(4, 3)]
+    assert ops._straight_to_cpu(x, None, [], w, ())
+    assert not ops._straight_to_cpu(x.to("meta"), None, [], w, ())
+    assert not ops._straight_to_cpu(x, None, [x.as_subclass(_Tagged)], w, ())
+    assert not ops._straight_to_cpu(x, torch.ones(2, dtype=torch.long).as_subclass(_Tagged),
+                                    [], w, ())
+    assert not ops._straight_to_cpu(x, None, [], w, (torch.tensor(0.5).as_subclass(_Tagged),))
+
+    seen = []
+
+    def compiled(t):
+        seen.append(ops._straight_to_cpu(t, None, [], w, ()))
+        return t + 1
+
+    torch.compile(compiled, backend="eager")(x)
+    assert seen == [False]
