@@ -171,7 +171,7 @@ def demo_runs():
         runs.append((m[1], fast, ref, written))
     if not runs:
         raise ValueError(f"{CPU_NOTES_MD}: no demo runs found")
-    # later runs, one file each (bench/results/demo-YYYYMMDD.txt: the demo's own output)
+    # later runs, one file each (bench/results/demo-YYYYMMDD[-tag].txt: the demo's own output)
     for name in _demo_files():
         text = _read(name)
         commit = re.search(r"fresh clone of (\w+)", text)
@@ -187,19 +187,45 @@ def demo_runs():
 
 
 def _demo_files():
-    """The names of the demo runs' files in RESULTS (demo-YYYYMMDD.txt), oldest first."""
-    return sorted(n for n in os.listdir(RESULTS) if re.fullmatch(r"demo-\d{8}\.txt", n))
+    """The names of the demo runs' files in RESULTS, oldest first: demo-YYYYMMDD.txt, then that
+    day's further runs demo-YYYYMMDD-<tag>.txt (another host, another SIMD path) by name."""
+    names = [n for n in os.listdir(RESULTS) if re.fullmatch(r"demo-\d{8}(-[a-z0-9]+)*\.txt", n)]
+    return sorted(names, key=lambda n: (n[5:13], n[13] != ".", n))
+
+
+def demo_run_paths():
+    """For each run of demo_runs(), in its order: None for runs recorded only in the notes, else
+    (the SIMD path of its "rnnfast installed:" line or None, the path the header's command
+    forced with RNNFAST_SIMD=<path> or None)."""
+    paths = [None] * (len(demo_runs()) - len(_demo_files()))
+    for name in _demo_files():
+        text = _read(name)
+        simd = re.search(r'"simd": "(\w+)"', text)
+        forced = re.match(r"# (?:\S+=\S+ )*RNNFAST_SIMD=(\w+) ", text)
+        paths.append((simd[1] if simd else None, forced[1] if forced else None))
+    return paths
 
 
 def demo_run_simd(commit):
-    """The SIMD path rnnfast ran in the demo-*.txt run of `commit` (its "rnnfast installed:"
-    line), or None for runs recorded only in the notes."""
+    """The SIMD path rnnfast ran in the first demo-*.txt run of `commit` (its "rnnfast
+    installed:" line), or None for runs recorded only in the notes."""
     for name in _demo_files():
         text = _read(name)
         if re.search(rf"fresh clone of {commit}\b", text):
             m = re.search(r'"simd": "(\w+)"', text)
             return m[1] if m else None
     return None
+
+
+def _path_label(path):
+    """How README names a demo run's SIMD path: nothing for the native AVX-512 path or a run
+    kept only in the notes; a forced path as its setting; AVX2 unforced as the CPU's only one."""
+    if path is None or path[0] in (None, "avx512"):
+        return ""
+    simd, forced = path
+    if forced:
+        return f" (RNNFAST_SIMD={forced})"
+    return f" (an {simd.upper()}-only CPU)"
 
 
 def demo_shape_interleaved():
@@ -339,9 +365,8 @@ def cpu_block(c: Claims):
                     [f"{CPU_NOTES_MD}: targets table, \"the demo's shape (...) {lo}–{hi}\""])
     runs = demo_runs()
     run_text = c.add("cpu.demo.runs",
-                     ", ".join(f"{w:.2f}× at {k}" + (
-                         f" (an {simd.upper()}-only CPU)" if simd not in (None, "avx512") else "")
-                         for k, _, _, w in runs for simd in [demo_run_simd(k)]),
+                     ", ".join(f"{w:.2f}× at {k}" + _path_label(path)
+                               for (k, _, _, w), path in zip(runs, demo_run_paths())),
                      [f"{CPU_NOTES_MD} \"The demo\" or bench/results/demo-*.txt: at {k}: "
                       f"{a:,} against {b:,} tokens/s ({w:.2f}×)" for k, a, b, w in runs])
 

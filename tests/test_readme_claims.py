@@ -118,6 +118,20 @@ def test_demo_runs_name_the_simd_path_of_their_files():
     assert rn.demo_run_simd("0000000") is None
 
 
+def test_demo_runs_of_one_day_keep_their_order_and_name_a_forced_path(monkeypatch):
+    names = ["demo-20261202-zen5avx2.txt", "demo-20261201.txt", "demo-20261202.txt",
+             "demo-20261202-zen5.txt", "demo-notes.txt", "other-20261202.txt"]
+    monkeypatch.setattr(rn.os, "listdir", lambda _: names)
+    assert rn._demo_files() == ["demo-20261201.txt", "demo-20261202.txt",
+                                "demo-20261202-zen5.txt", "demo-20261202-zen5avx2.txt"]
+    monkeypatch.undo()
+    assert len(rn.demo_run_paths()) == len(rn.demo_runs())
+    assert rn._path_label(None) == ""
+    assert rn._path_label(("avx512", None)) == ""
+    assert rn._path_label(("avx2", None)) == " (an AVX2-only CPU)"
+    assert rn._path_label(("avx2", "avx2")) == " (RNNFAST_SIMD=avx2)"
+
+
 # ----------------------------------------------------------------------------- setup.sh
 
 def test_setup_sh_installs_the_versions_readme_names():
