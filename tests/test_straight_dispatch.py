@@ -6,6 +6,10 @@ Checked here: which route each situation takes (a spy in place of ops._LAYER), t
 shortcut's results are the full route's bit for bit, and that what watches the dispatcher
 (dispatch and torch function modes, the profiler, the TorchScript tracer, torch.compile,
 autocast, autograd, tensor subclasses) still sees the op."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -167,6 +171,31 @@ def test_autocast_takes_the_full_route_and_casts(spy):
     assert got.dtype == torch.float32 and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lazy_tensors_reach_the_kernel_materialized(spy, dtype):
+    # a negated view (its memory holds -x, it reads as x) and a ZeroTensor (no memory) are plain
+    # torch.Tensor objects; the dispatcher's fallbacks materialize them before a kernel, and
+    # the glue does the same for the straight route (common.h: materialized)
+    cell, x, (h, c) = _cell_args(rnnfast.LSTMCell, dtype=dtype)
+    neg_x = torch._neg_view(-x)
+    zero_c = torch._efficientzerotensor(c.shape, dtype=dtype)
+    assert neg_x.is_neg() and zero_c._is_zerotensor()
+    with torch.no_grad():
+        want = cell(x, (h, torch.zeros_like(c)))
+        got = cell(neg_x, (h, zero_c))
+    assert spy.routes == ["straight", "straight"]
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    w = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    lazy_w = [torch._neg_view(-t.detach()) for t in w]
+    with torch.no_grad():
+        out, states = ops.layer("lstm", x.unsqueeze(0), [h, c], lazy_w)
+        ref, ref_states = ops.layer("lstm", x.unsqueeze(0), [h, c], w)
+    assert torch.equal(out, ref)
+    for a, b in zip(states, ref_states):
+        assert torch.equal(a, b)
+
+
 class _Tagged(torch.Tensor):
     """A subclass with torch's default __torch_function__: its type must survive the op."""
 
@@ -197,3 +226,16 @@ def test_check_is_off_under_compile_and_for_other_devices():
 
     torch.compile(compiled, backend="eager")(x)
     assert seen == [False]
+
+
+def test_the_environment_turns_the_shortcut_off():
+    code = ("import torch, rnnfast; from rnnfast import ops; "
+            "x = torch.randn(1, 2, 3); w = [torch.randn(8, 3), torch.randn(8, 2)]; "
+            "print(ops._straight_to_cpu(x, None, [], w, ()))")
+    env = {k: v for k, v in os.environ.items() if k != "RNNFAST_STRAIGHT_DISPATCH"}
+    for value, want in (("0", "False"), ("1", "True"), (None, "True")):
+        e = dict(env) if value is None else {**env, "RNNFAST_STRAIGHT_DISPATCH": value}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, env=e)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == want, (value, out.stdout)

@@ -469,6 +469,24 @@ inline Zoneout check_zoneout(const core::CellInfo& cell, const OpName& op, const
   return z;
 }
 
+// Whether a tensor's values are not in its memory as they read: a lazily negated view (the
+// Negative dispatch key) or a ZeroTensor (no memory at all). A kernel reached through the
+// dispatcher never sees one (the dispatcher's fallbacks for those keys materialize them
+// first), but rnnfast.ops also calls the CPU kernel directly (ops._straight_to_cpu).
+inline bool lazy_values(const at::Tensor& t) {
+  return t.defined() && (t.is_neg() || t._is_zerotensor());
+}
+inline at::Tensor materialized(const at::Tensor& t) {
+  if (!lazy_values(t)) return t;
+  return t._is_zerotensor() ? at::zeros(t.sizes(), t.options()) : t.resolve_neg();
+}
+inline std::vector<at::Tensor> materialized(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (const at::Tensor& t : ts) out.push_back(materialized(t));
+  return out;
+}
+
 // The forward arguments, validated and made contiguous.
 struct ForwardInputs {
   const core::CellInfo* cell;
@@ -486,6 +504,16 @@ inline ForwardInputs prepare_forward(c10::string_view cell_name, const at::Tenso
                                      at::TensorList zoneout, bool dtype_ok,
                                      const char* dtypes, bool allow_packed,
                                      const char* op_name = kForwardOp) {
+  bool lazy = lazy_values(input) || (lengths && lazy_values(*lengths));
+  for (at::TensorList ts : {state, weights, zoneout})
+    for (const at::Tensor& t : ts) lazy = lazy || lazy_values(t);
+  if (lazy) {  // (rare: see lazy_values) the same call on materialized copies
+    const c10::optional<at::Tensor> l =
+        lengths ? c10::optional<at::Tensor>(materialized(*lengths)) : c10::nullopt;
+    return prepare_forward(cell_name, materialized(input), materialized(state),
+                           materialized(weights), l, materialized(zoneout), dtype_ok, dtypes,
+                           allow_packed, op_name);
+  }
   ForwardInputs f;
   f.cell = &find_cell(cell_name, op_name);
   const core::CellInfo& cell = *f.cell;

@@ -269,13 +269,20 @@ def _needs_grad(input, *lists) -> bool:
         input.requires_grad or any(t.requires_grad for l in lists for t in l))
 
 
-# A call that records no autograd, on plain CPU tensors, with nothing else that must see the
-# op (no torch.compile, TorchScript tracer, profiler, autocast, torch function or dispatch
-# mode, tensor subclass), reaches the CPU kernel with the same arguments whichever route it takes: the
-# dispatcher's Autograd kernel would only run the forward (autograd.cpp, LayerFunction). So
-# such a call goes to the CPU kernel straight (OpOverload.redispatch), which saves about 2.4
-# of the 8 us a one-step call costs through the full dispatch (a cell in a Python loop pays it
-# every step; bench/results/cpu-2026-12-02-zen5.md, bench/straight_ab.py).
+# A call that records no autograd, with a CPU input, every tensor a plain torch.Tensor or
+# nn.Parameter (no subclass) and nothing else that must see the op (no torch.compile,
+# TorchScript tracer, profiler, autocast, torch function or dispatch mode), reaches the CPU
+# kernel with the same arguments whichever route it takes: the dispatcher's Autograd kernel
+# would only run the forward (autograd.cpp, LayerFunction), and the glue materializes the
+# negated views and ZeroTensors the dispatcher's fallbacks would have (common.h: materialized).
+# So such a call goes to the CPU kernel straight (OpOverload.redispatch), which saves about
+# 2-3 of the 8-9 us a one-step call costs through the full dispatch (a cell in a Python loop pays
+# it every step; bench/results/cpu-2026-12-02-zen5.md, bench/straight_ab.py).
+# Not seen from here: observers of the dispatcher that do not turn the profiler flag on (an
+# ExecutionTraceObserver alone, on-demand profiling started from outside): under those the op
+# records no event on this route. RNNFAST_STRAIGHT_DISPATCH=0 (read at import) sends every call
+# through the full dispatch.
+_STRAIGHT = os.environ.get("RNNFAST_STRAIGHT_DISPATCH", "1") != "0"
 _CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _profiling = torch._C._autograd._profiler_enabled
@@ -289,7 +296,7 @@ _autocast = torch._C._is_any_autocast_enabled  # (the autocast kernels above cas
 def _straight_to_cpu(input, lengths, state, weights, zoneout) -> bool:
     """Whether a call that records no autograd may skip the dispatcher (see above). (Loops
     rather than all() over a generator: this runs on every step of a cell loop.)"""
-    if type(input) not in _PLAIN or not input.is_cpu or (
+    if not _STRAIGHT or type(input) not in _PLAIN or not input.is_cpu or (
             lengths is not None and type(lengths) not in _PLAIN):
         return False
     for group in (state, weights, zoneout):
