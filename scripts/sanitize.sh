@@ -173,7 +173,8 @@ FOCUSED=(tests/test_parity.py tests/test_special.py tests/test_errors.py tests/t
          tests/test_ops.py tests/test_gradcheck.py tests/test_dropout.py tests/test_fuzz_parity.py
          tests/test_fuzz_malformed.py tests/test_lstm_variants.py tests/test_zoneout.py
          tests/test_layer_norm.py tests/test_bidirectional_pair.py tests/test_output_mask.py
-         tests/test_stacked_layers.py tests/test_determinism.py tests/test_threads_memory.py)
+         tests/test_stacked_layers.py tests/test_determinism.py tests/test_threads_memory.py
+         tests/test_straight_dispatch.py)
 
 simd_supported() {
   case $1 in

@@ -425,3 +425,25 @@ def test_packed_input_argument_errors(lengths, match):
     with pytest.raises(RuntimeError, match=match):
         torch.ops.rnnfast.layer("gru", torch.randn(7, 4), [],
                                 [torch.randn(15, 4), torch.randn(15, 5)], lengths, False, False)
+
+
+@pytest.mark.parametrize("where", ["weight_hh", "state", "zoneout", "lengths"])
+def test_meta_tensor_beside_a_cpu_input_is_refused(where):
+    """A meta tensor among CPU arguments sends the call to the fake (meta) kernel, whatever
+    needs grad: it must make the kernels' device checks, not return uninitialised outputs."""
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    w = [torch.randn(9, 4), torch.randn(9, 3), torch.randn(9), torch.randn(9)]  # GRU, H = 3
+    state, zoneout, lengths = [torch.zeros(2, 3)], None, None
+    if where == "weight_hh":
+        w[1] = w[1].to("meta")
+    elif where == "state":
+        state = [state[0].to("meta")]
+    elif where == "zoneout":
+        zoneout = [torch.zeros(3, 2, 3, device="meta")]
+    else:
+        lengths = torch.tensor([3, 2], device="meta")
+    name = {"state": r"state\[0\] \(h\)", "zoneout": r"zoneout\[0\] \(h\)"}.get(where, where)
+    match = (f"{name} is on meta but the input is on cpu" if where != "lengths"
+             else "lengths must be .* on the CPU")
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.rnnfast.layer("gru", x, state, w, lengths, False, True, zoneout)

@@ -447,3 +447,34 @@ def test_training_masks_under_torch_func():
         torch.testing.assert_close(got[i], m(xs[i])[0], atol=1e-12, rtol=0)
     with pytest.raises(RuntimeError, match="random"):
         torch.func.vmap(lambda xx: m(xx)[0])(xs)
+
+
+@pytest.mark.parametrize("route", ["layer", "layer_input_grad", "pair", "stack", "op"])
+def test_a_mask_that_requires_grad_is_refused(route):
+    """Zoneout masks are constants to the kernels (the Functions return no gradient for
+    them): a mask that requires grad is refused with grad mode on, whether or not anything
+    else requires grad (with nothing else, the call would otherwise go straight to the
+    kernel and its output would not even require grad), and taken under no_grad."""
+    x = randn(3, 2, 4)
+    w = [randn(15, 4), randn(15, 5), randn(15), randn(15)]  # GRU, H = 5
+    mask = torch.bernoulli(torch.full((3, 2, 5), 0.5, dtype=x.dtype)).requires_grad_()
+    match = r"zoneout(_reverse|_upper)?\[0\] requires grad"
+
+    def call():
+        if route == "layer":
+            return rnnfast.ops.layer("gru", x, None, w, zoneout=[mask])
+        if route == "layer_input_grad":
+            return rnnfast.ops.layer("gru", x.requires_grad_(), None, w, zoneout=[mask])
+        if route == "pair":
+            return rnnfast.ops.bidirectional_layer("gru", x, None, None, w, w,
+                                                   zoneout_reverse=[mask])
+        if route == "stack":
+            w_u = [randn(15, 5), randn(15, 5), randn(15), randn(15)]
+            return rnnfast.ops.stacked_layers("gru", x, None, None, w, w_u,
+                                              zoneout_upper=[mask])
+        return torch.ops.rnnfast.layer("gru", x, [], w, None, False, True, [mask])
+
+    with pytest.raises(ValueError, match=match):
+        call()
+    with torch.no_grad():
+        call()

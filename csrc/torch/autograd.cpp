@@ -222,6 +222,19 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   }
 };
 
+// A zoneout mask is a constant to the kernels: the Functions give it no gradient. One that
+// requires grad, with grad mode on, would lose its gradient silently, so it is refused.
+void check_constant_masks(const glue::OpName& op, const char* list,
+                          const glue::OptionalTensorList& zoneout) {
+  if (!zoneout.has_value() || !at::GradMode::is_enabled()) return;
+  for (size_t k = 0; k < zoneout->size(); ++k) {
+    const at::Tensor& t = (*zoneout)[k];
+    TORCH_CHECK_VALUE(!t.defined() || !t.requires_grad(), op, ": ", list, "[", k,
+                      "] requires grad, but rnnfast differentiates no zoneout mask or "
+                      "probability (they are constants to its kernels); pass it detached");
+  }
+}
+
 // The Autograd kernel of rnnfast::layer: LayerFunction records the backward when grad mode is
 // on and an input requires grad; otherwise it only runs the forward.
 ForwardResult layer_autograd(c10::string_view cell_name, const at::Tensor& input,
@@ -230,8 +243,9 @@ ForwardResult layer_autograd(c10::string_view cell_name, const at::Tensor& input
                              glue::OptionalTensorList zoneout) {
   const core::CellInfo& cell = glue::find_cell(cell_name, glue::kForwardOp);
   // autograd needs the input (its device); the glue checks the rest
-  TORCH_CHECK(input.defined(), glue::OpName{glue::kForwardOp, cell.name},
-              ": input is required but was None");
+  const glue::OpName op{glue::kForwardOp, cell.name};
+  TORCH_CHECK(input.defined(), op, ": input is required but was None");
+  check_constant_masks(op, "zoneout", zoneout);
   variable_list out =
       LayerFunction::apply(&cell, input, state, weights, lengths, reverse, training,
                            glue::list_or_empty(zoneout));
@@ -402,8 +416,10 @@ glue::PairForwardResult pair_autograd(c10::string_view cell_name, const at::Tens
                                       glue::OptionalTensorList zoneout,
                                       glue::OptionalTensorList zoneout_reverse) {
   const core::CellInfo& cell = glue::find_cell(cell_name, glue::kPairForwardOp);
-  TORCH_CHECK(input.defined(), glue::OpName{glue::kPairForwardOp, cell.name},
-              ": input is required but was None");
+  const glue::OpName op{glue::kPairForwardOp, cell.name};
+  TORCH_CHECK(input.defined(), op, ": input is required but was None");
+  check_constant_masks(op, "zoneout", zoneout);
+  check_constant_masks(op, "zoneout_reverse", zoneout_reverse);
   variable_list out = PairFunction::apply(
       &cell, input, state, state_reverse, weights, weights_reverse, lengths, training,
       glue::list_or_empty(zoneout), glue::list_or_empty(zoneout_reverse));

@@ -136,10 +136,31 @@ _LAYER = torch.ops.rnnfast.layer.default
 _KEEP_MASK = torch.ops.rnnfast.keep_mask.default
 
 
+def _fake_check_devices(op, info, input, state, weights, lengths, zoneout):
+    """The kernels' device checks (common.h: check_tensor, the lengths' check), made by the
+    fake kernel too: under the Meta key (a meta weight with a CPU input dispatches there) it
+    would otherwise return empty outputs for a call the kernels refuse."""
+    def check(t, name):
+        if t.device != input.device:
+            raise RuntimeError(f"rnnfast::{op}({info.name}): {name} is on {t.device} but the "
+                               f"input is on {input.device}")
+    for k, t in enumerate(state):
+        check(t, f"state[{k}] ({_cells.STATE_NAMES[k]})")
+    for name, t in zip(_cells.weight_names(info, len(weights)), weights):
+        check(t, name)
+    for k, t in enumerate(zoneout or ()):
+        if t.dim():  # a mask (a 0-D probability is read as a number)
+            check(t, f"zoneout[{k}] ({_cells.STATE_NAMES[k]})")
+    if lengths is not None and lengths.device.type != "cpu":
+        raise RuntimeError(f"rnnfast::{op}({info.name}): lengths must be a 1-D int64 tensor on "
+                           f"the CPU, got one on {lengths.device}")
+
+
 @torch.library.register_fake("rnnfast::layer")
 def _fake(cell, input, state, weights, lengths, reverse, training, zoneout=None):
     info = _cells.cell(cell)
     _cells.check_state(info, state)
+    _fake_check_devices("layer", info, input, state, weights, lengths, zoneout)
     w = dict(zip(_cells.weight_names(info, len(weights)), weights))
     rows, B = _rows(input, lengths)
     H, P = _cells.layer_sizes(info, w)
@@ -265,8 +286,12 @@ def _reference_only() -> bool:
 
 
 def _needs_grad(input, *lists) -> bool:
+    """Whether autograd records the call. The callers pass the zoneout lists too: a mask
+    that requires grad must reach the Autograd kernel, which refuses it (zoneout masks are
+    constants to the kernels; autograd.cpp: check_constant_masks), rather than go straight to
+    the CPU kernel and lose its gradient silently."""
     return torch.is_grad_enabled() and (
-        input.requires_grad or any(t.requires_grad for l in lists for t in l))
+        input.requires_grad or any(t.requires_grad for l in lists if l for t in l))
 
 
 # A call that records no autograd, with a CPU input, every tensor a plain torch.Tensor or
@@ -340,7 +365,7 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
         state = [cast(t) for t in state]
         weights = [cast(t) for t in weights]
         zoneout = [cast(t) if t.dim() else t for t in zoneout]
-    training = _needs_grad(input, state, weights)
+    training = _needs_grad(input, state, weights, zoneout)
     zoneout = list(zoneout) if zoneout else None
     if not training and _straight_to_cpu(input, lengths, state, weights, zoneout or ()):
         out, state_out, _ = _LAYER.redispatch(_CPU_KEYS, cell, input, state, weights, lengths,
@@ -370,7 +395,8 @@ def bidirectional_layer(cell: str, input: torch.Tensor,
         return (_reference.layer(cell, input, state, weights, lengths, False, zoneout),
                 _reference.layer(cell, input, state_reverse, weights_reverse, lengths, True,
                                  zoneout_reverse))
-    training = _needs_grad(input, state, weights, state_reverse, weights_reverse)
+    training = _needs_grad(input, state, weights, state_reverse, weights_reverse, zoneout,
+                           zoneout_reverse)
     y, s, _, y_r, s_r, _ = _PAIR(cell, input, list(state), list(state_reverse), list(weights),
                                  list(weights_reverse), lengths, training,
                                  list(zoneout) if zoneout else None,
@@ -390,7 +416,8 @@ def stacked_layers(cell: str, input: torch.Tensor, state: Optional[Sequence[torc
     a torch.func transform or forward-mode AD) the two ``layer`` calls."""
     state = [] if state is None else state
     state_upper = [] if state_upper is None else state_upper
-    if _reference_only() or _needs_grad(input, state, weights, state_upper, weights_upper):
+    if _reference_only() or _needs_grad(input, state, weights, state_upper, weights_upper,
+                                        zoneout, zoneout_upper):
         lower = layer(cell, input, state, weights, lengths, False, zoneout)
         return lower, layer(cell, lower[0], state_upper, weights_upper, lengths, False,
                             zoneout_upper)
