@@ -1,8 +1,9 @@
 """The CPU shortcut of ops.layer (ops._straight_to_cpu): a call that records no autograd, on
-plain CPU tensors, with nothing else watching, goes to the CPU kernel through
-OpOverload.redispatch instead of the full dispatch; every other call keeps the full route.
+plain CPU tensors, with nothing else watching, goes to the CPU kernel through a pybind11 entry
+(_C.layer_cpu_inference) instead of the dispatcher; every other call keeps the full route.
 
-Checked here: which route each situation takes (a spy in place of ops._LAYER), that the
+Checked here: which route each situation takes (spies in place of ops._LAYER and
+ops._LAYER_CPU), that the
 shortcut's results are the full route's bit for bit, and that what watches the dispatcher
 (dispatch and torch function modes, the profiler, the TorchScript tracer, torch.compile,
 autocast, autograd, tensor subclasses) still sees the op."""
@@ -20,25 +21,28 @@ from rnnfast import ops
 
 
 class _Spy:
-    """Stands in for ops._LAYER and records the route of each call."""
+    """Stands in for ops._LAYER (the full route) and ops._LAYER_CPU (the straight one) and
+    records the route of each call."""
 
-    def __init__(self, real):
+    def __init__(self, real, straight):
         self.real = real
+        self.straight = straight
         self.routes = []
 
     def __call__(self, *args):
         self.routes.append("full")
         return self.real(*args)
 
-    def redispatch(self, keys, *args):
+    def straight_call(self, *args):
         self.routes.append("straight")
-        return self.real.redispatch(keys, *args)
+        return self.straight(*args)
 
 
 @pytest.fixture
 def spy(monkeypatch):
-    s = _Spy(ops._LAYER)
+    s = _Spy(ops._LAYER, ops._LAYER_CPU)
     monkeypatch.setattr(ops, "_LAYER", s)
+    monkeypatch.setattr(ops, "_LAYER_CPU", s.straight_call)
     return s
 
 

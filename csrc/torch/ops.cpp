@@ -364,6 +364,24 @@ RNNFAST_REGISTER_BACKEND(CPU, forward_op, backward_op)
 PYBIND11_MODULE(_C, m) {
   namespace core = ::rnnfast::core;
   m.doc() = "rnnfast native extension: registers torch.ops.rnnfast.* and reports build info";
+  // The straight route of rnnfast.ops.layer (ops._straight_to_cpu says when it may be taken):
+  // rnnfast::layer's CPU kernel with training=False, called from Python without the
+  // dispatcher's boxing (its arguments converted once by pybind11, no IValue stack). Returns
+  // (output, final states). The GIL is released while the kernel runs, as the op's.
+  m.def(
+      "layer_cpu_inference",
+      [](const std::string& cell, const at::Tensor& input, const std::vector<at::Tensor>& state,
+         const std::vector<at::Tensor>& weights, const c10::optional<at::Tensor>& lengths,
+         bool reverse, const c10::optional<std::vector<at::Tensor>>& zoneout) {
+        auto [y, state_out, ws] = ::rnnfast::forward_op(
+            cell, input, state, weights, lengths, reverse, /*training=*/false,
+            zoneout ? ::rnnfast::glue::OptionalTensorList(*zoneout)
+                    : ::rnnfast::glue::OptionalTensorList());
+        return std::make_tuple(std::move(y), std::move(state_out));
+      },
+      py::arg("cell"), py::arg("input"), py::arg("state"), py::arg("weights"),
+      py::arg("lengths"), py::arg("reverse"), py::arg("zoneout"),
+      py::call_guard<py::gil_scoped_release>());
   m.def("simd", [] { return std::string(core::isa_name(core::active_isa())); },
         "The SIMD instruction set the CPU kernels use now.");
   m.def("cpu_supports", [](const std::string& name) {

@@ -300,15 +300,18 @@ def _needs_grad(input, *lists) -> bool:
 # kernel with the same arguments whichever route it takes: the dispatcher's Autograd kernel
 # would only run the forward (autograd.cpp, LayerFunction), and the glue materializes the
 # negated views and ZeroTensors the dispatcher's fallbacks would have (common.h: materialized).
-# So such a call goes to the CPU kernel straight (OpOverload.redispatch), which saves about
-# 2-3 of the 8-9 us a one-step call costs through the full dispatch (a cell in a Python loop pays
-# it every step; bench/results/cpu-2026-12-02-zen5.md, bench/straight_ab.py).
+# So such a call goes to the CPU kernel straight: _C.layer_cpu_inference, a pybind11 entry to
+# the kernel (csrc/torch/ops.cpp: forward_op) that skips the dispatcher and its boxing of the
+# arguments into IValues. Of the 8-9 us a one-step call costs through the full dispatch it saves
+# about 2-3 through OpOverload.redispatch to the CPU key (the route's first form) and about
+# 2 more this way (a cell in a Python loop pays it every step; bench/results/
+# cpu-2026-12-02-zen5.md, cpu-2026-12-02b-zen5.md, bench/straight_ab.py).
 # Not seen from here: observers of the dispatcher that do not turn the profiler flag on (an
 # ExecutionTraceObserver alone, on-demand profiling started from outside): under those the op
 # records no event on this route. RNNFAST_STRAIGHT_DISPATCH=0 (read at import) sends every call
 # through the full dispatch.
 _STRAIGHT = os.environ.get("RNNFAST_STRAIGHT_DISPATCH", "1") != "0"
-_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+_LAYER_CPU = _C.layer_cpu_inference
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _profiling = torch._C._autograd._profiler_enabled
 _tracing = torch._C._get_tracing_state
@@ -368,8 +371,7 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
     training = _needs_grad(input, state, weights, zoneout)
     zoneout = list(zoneout) if zoneout else None
     if not training and _straight_to_cpu(input, lengths, state, weights, zoneout or ()):
-        out, state_out, _ = _LAYER.redispatch(_CPU_KEYS, cell, input, state, weights, lengths,
-                                              reverse, False, zoneout)
+        out, state_out = _LAYER_CPU(cell, input, state, weights, lengths, reverse, zoneout)
     else:
         out, state_out, _ = _LAYER(cell, input, state, weights, lengths, reverse, training,
                                    zoneout)
