@@ -427,7 +427,7 @@ def test_packed_input_argument_errors(lengths, match):
                                 [torch.randn(15, 4), torch.randn(15, 5)], lengths, False, False)
 
 
-@pytest.mark.parametrize("where", ["weight_hh", "state", "zoneout", "lengths"])
+@pytest.mark.parametrize("where", ["weight_hh", "state", "zoneout", "zoneout_p", "lengths"])
 def test_meta_tensor_beside_a_cpu_input_is_refused(where):
     """A meta tensor among CPU arguments sends the call to the fake (meta) kernel, whatever
     needs grad: it must make the kernels' device checks, not return uninitialised outputs."""
@@ -440,10 +440,27 @@ def test_meta_tensor_beside_a_cpu_input_is_refused(where):
         state = [state[0].to("meta")]
     elif where == "zoneout":
         zoneout = [torch.zeros(3, 2, 3, device="meta")]
+    elif where == "zoneout_p":  # a 0-D probability: no value to read on meta
+        zoneout = [torch.tensor(0.5, device="meta")]
     else:
         lengths = torch.tensor([3, 2], device="meta")
-    name = {"state": r"state\[0\] \(h\)", "zoneout": r"zoneout\[0\] \(h\)"}.get(where, where)
-    match = (f"{name} is on meta but the input is on cpu" if where != "lengths"
-             else "lengths must be .* on the CPU")
+    name = {"state": r"state\[0\] \(h\)", "zoneout": r"zoneout\[0\] \(h\)",
+            "zoneout_p": r"zoneout\[0\] \(h\)"}.get(where, where)
+    match = (f"{name} is on meta but the input is on cpu" if where not in ("lengths", "zoneout_p")
+             else "lengths must be .* on the CPU" if where == "lengths"
+             else rf"{name} \(a probability\) must be on the CPU or on the input's device "
+                  r"\(cpu\), got one on meta")
     with pytest.raises(RuntimeError, match=match):
         torch.ops.rnnfast.layer("gru", x, state, w, lengths, False, True, zoneout)
+
+
+def test_fake_kernel_checks_the_zoneout_count():
+    """Under torch.compile's fake tensors the fake kernel sees a wrong number of zoneout
+    entries first: the kernels' message, not an IndexError."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x = torch.randn(3, 2, 4)
+        w = [torch.randn(12, 4), torch.randn(12, 3), torch.randn(12), torch.randn(12)]  # LSTM
+        masks = [torch.zeros(3, 2, 3)] * 3
+        with pytest.raises(RuntimeError, match=r"hold one tensor per state \(\[h, c\]\), got 3"):
+            torch.ops.rnnfast.layer("lstm", x, [], w, None, False, False, masks)

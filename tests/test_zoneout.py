@@ -478,3 +478,14 @@ def test_a_mask_that_requires_grad_is_refused(route):
         call()
     with torch.no_grad():
         call()
+
+
+def test_a_number_in_the_zoneout_list_is_a_clear_error():
+    """The ops take tensors: a Python float in the zoneout list gets the schema's error, not an
+    AttributeError from the wrappers' requires-grad check."""
+    x = randn(3, 2, 4).requires_grad_()
+    w = [randn(15, 4), randn(15, 5), randn(15), randn(15)]  # GRU, H = 5
+    with pytest.raises(RuntimeError, match="zoneout"):
+        rnnfast.ops.layer("gru", x, None, w, zoneout=[0.1])
+    with pytest.raises(RuntimeError, match="zoneout"):
+        rnnfast.ops.bidirectional_layer("gru", x, None, None, w, w, zoneout=[0.1])

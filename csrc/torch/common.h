@@ -455,6 +455,9 @@ inline Zoneout check_zoneout(const core::CellInfo& cell, const OpName& op, const
     const StateName name{"zoneout", k};
     TORCH_CHECK(t.defined(), op, ": ", name, " is required but was None");
     if (t.dim() == 0) {
+      TORCH_CHECK(t.device().is_cpu() || t.device() == input.device(), op, ": ", name,
+                  " (a probability) must be on the CPU or on the input's device (",
+                  input.device(), "), got one on ", t.device());
       TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
                   " must be a floating probability or mask, got dtype ", t.scalar_type());
       z.p[k] = t.item<double>();

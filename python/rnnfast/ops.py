@@ -148,9 +148,19 @@ def _fake_check_devices(op, info, input, state, weights, lengths, zoneout):
         check(t, f"state[{k}] ({_cells.STATE_NAMES[k]})")
     for name, t in zip(_cells.weight_names(info, len(weights)), weights):
         check(t, name)
-    for k, t in enumerate(zoneout or ()):
-        if t.dim():  # a mask (a 0-D probability is read as a number)
-            check(t, f"zoneout[{k}] ({_cells.STATE_NAMES[k]})")
+    zoneout = zoneout or ()
+    if len(zoneout) not in (0, info.states):
+        want = "[" + ", ".join(_cells.STATE_NAMES[:info.states]) + "]"
+        raise RuntimeError(f"rnnfast::{op}({info.name}): zoneout must be empty (no zoneout) or "
+                           f"hold one tensor per state ({want}), got {len(zoneout)} tensors")
+    for k, t in enumerate(zoneout):
+        name = f"zoneout[{k}] ({_cells.STATE_NAMES[k]})"
+        if t.dim():  # a mask
+            check(t, name)
+        elif t.device.type != "cpu" and t.device != input.device:  # a probability (common.h)
+            raise RuntimeError(f"rnnfast::{op}({info.name}): {name} (a probability) must be on "
+                               f"the CPU or on the input's device ({input.device}), got one on "
+                               f"{t.device}")
     if lengths is not None and lengths.device.type != "cpu":
         raise RuntimeError(f"rnnfast::{op}({info.name}): lengths must be a 1-D int64 tensor on "
                            f"the CPU, got one on {lengths.device}")
@@ -290,8 +300,9 @@ def _needs_grad(input, *lists) -> bool:
     that requires grad must reach the Autograd kernel, which refuses it (zoneout masks are
     constants to the kernels; autograd.cpp: check_constant_masks), rather than go straight to
     the CPU kernel and lose its gradient silently."""
-    return torch.is_grad_enabled() and (
-        input.requires_grad or any(t.requires_grad for l in lists if l for t in l))
+    return torch.is_grad_enabled() and (  # (a non-tensor entry: the op's schema refuses it)
+        input.requires_grad
+        or any(getattr(t, "requires_grad", False) for l in lists if l for t in l))
 
 
 # A call that records no autograd, with a CPU input, every tensor a plain torch.Tensor or
