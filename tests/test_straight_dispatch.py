@@ -243,3 +243,15 @@ def test_the_environment_turns_the_shortcut_off():
                              timeout=120, env=e)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == want, (value, out.stdout)
+
+
+def test_the_direct_entry_refuses_a_tensor_not_on_the_cpu():
+    """_C.layer_cpu_inference is the CPU kernel without the dispatcher, which would have sent a
+    meta (or CUDA) input elsewhere: it must refuse one, not read its memory."""
+    x = torch.randn(3, 2, 4, device="meta")
+    w = [torch.randn(12, 4), torch.randn(12, 3), torch.randn(12), torch.randn(12)]  # RNN, H = 3
+    with pytest.raises(RuntimeError, match="the input must be a CPU tensor, got meta"):
+        rnnfast._C.layer_cpu_inference("rnn_tanh", x, [], w, None, False, None)
+    with pytest.raises(RuntimeError, match="weight_ih is on meta but the input is on cpu"):
+        rnnfast._C.layer_cpu_inference("rnn_tanh", torch.randn(3, 2, 4), [],
+                                       [w[0].to("meta")] + w[1:], None, False, None)

@@ -373,6 +373,10 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& cell, const at::Tensor& input, const std::vector<at::Tensor>& state,
          const std::vector<at::Tensor>& weights, const c10::optional<at::Tensor>& lengths,
          bool reverse, const c10::optional<std::vector<at::Tensor>>& zoneout) {
+        // (the dispatcher sends only CPU tensors to this kernel; here the caller must)
+        TORCH_CHECK(input.defined() && input.device().is_cpu(),
+                    "rnnfast._C.layer_cpu_inference: the input must be a CPU tensor, got ",
+                    input.defined() ? input.device().str() : std::string("None"));
         auto [y, state_out, ws] = ::rnnfast::forward_op(
             cell, input, state, weights, lengths, reverse, /*training=*/false,
             zoneout ? ::rnnfast::glue::OptionalTensorList(*zoneout)
