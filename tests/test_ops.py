@@ -464,3 +464,19 @@ def test_fake_kernel_checks_the_zoneout_count():
         masks = [torch.zeros(3, 2, 3)] * 3
         with pytest.raises(RuntimeError, match=r"hold one tensor per state \(\[h, c\]\), got 3"):
             torch.ops.rnnfast.layer("lstm", x, [], w, None, False, False, masks)
+
+
+def test_fake_kernels_name_the_op_and_direction_as_the_kernels_do():
+    """The pair's and the stack's fake kernels report a device error with the kernels' names
+    for the op and the direction or layer (csrc/torch/ops.cpp)."""
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    w = [torch.randn(9, 4), torch.randn(9, 3), torch.randn(9), torch.randn(9)]  # GRU, H = 3
+    w_meta = [w[0], w[1].to("meta")] + w[2:]
+    w_u = [torch.randn(9, 3), torch.randn(9, 3), torch.randn(9), torch.randn(9)]
+    w_u_meta = [w_u[0], w_u[1].to("meta")] + w_u[2:]
+    with pytest.raises(RuntimeError, match=r"rnnfast::bidirectional_layer, reverse direction"
+                                           r"\(gru\): weight_hh is on meta"):
+        torch.ops.rnnfast.bidirectional_layer("gru", x, [], [], w, w_meta, None, True)
+    with pytest.raises(RuntimeError, match=r"rnnfast::stacked_layers, upper layer\(gru\): "
+                                           r"weight_hh is on meta"):
+        torch.ops.rnnfast.stacked_layers("gru", x.detach(), [], [], w, w_u_meta, None)

@@ -167,10 +167,11 @@ def _fake_check_devices(op, info, input, state, weights, lengths, zoneout):
 
 
 @torch.library.register_fake("rnnfast::layer")
-def _fake(cell, input, state, weights, lengths, reverse, training, zoneout=None):
+def _fake(cell, input, state, weights, lengths, reverse, training, zoneout=None, op="layer"):
+    # (op: the name the kernels' messages give the call, as csrc/torch/ops.cpp names them)
     info = _cells.cell(cell)
     _cells.check_state(info, state)
-    _fake_check_devices("layer", info, input, state, weights, lengths, zoneout)
+    _fake_check_devices(op, info, input, state, weights, lengths, zoneout)
     w = dict(zip(_cells.weight_names(info, len(weights)), weights))
     rows, B = _rows(input, lengths)
     H, P = _cells.layer_sizes(info, w)
@@ -223,17 +224,19 @@ def _check_output_mask(cell, op, output_mask, weight_counts):
 @torch.library.register_fake("rnnfast::bidirectional_layer")
 def _fake_pair(cell, input, state, state_reverse, weights, weights_reverse, lengths, training,
                zoneout=None, zoneout_reverse=None):
-    return (_fake(cell, input, state, weights, lengths, False, training, zoneout)
+    return (_fake(cell, input, state, weights, lengths, False, training, zoneout,
+                  "bidirectional_layer")
             + _fake(cell, input, state_reverse, weights_reverse, lengths, True, training,
-                    zoneout_reverse))
+                    zoneout_reverse, "bidirectional_layer, reverse direction"))
 
 
 @torch.library.register_fake("rnnfast::stacked_layers")
 def _fake_stack(cell, input, state, state_upper, weights, weights_upper, lengths, zoneout=None,
                 zoneout_upper=None):
-    out, state_out, _ = _fake(cell, input, state, weights, lengths, False, False, zoneout)
+    out, state_out, _ = _fake(cell, input, state, weights, lengths, False, False, zoneout,
+                              "stacked_layers")
     out_u, state_out_u, _ = _fake(cell, out, state_upper, weights_upper, lengths, False, False,
-                                  zoneout_upper)
+                                  zoneout_upper, "stacked_layers, upper layer")
     return out, state_out, out_u, state_out_u
 
 
