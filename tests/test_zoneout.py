@@ -489,3 +489,72 @@ def test_a_number_in_the_zoneout_list_is_a_clear_error():
         rnnfast.ops.layer("gru", x, None, w, zoneout=[0.1])
     with pytest.raises(RuntimeError, match="zoneout"):
         rnnfast.ops.bidirectional_layer("gru", x, None, None, w, w, zoneout=[0.1])
+
+
+def test_eval_probability_made_under_inference_mode_serves_later_graphs():
+    """The 0-D probabilities an eval call passes are made once per value and kept: the first
+    one made under inference_mode must not be an inference tensor (autograd saves it when a
+    later call records a graph), and one made under a default-device context goes to the CPU."""
+    rnnfast.modules._PROBABILITIES.clear()
+    torch.manual_seed(0)
+    m = rnnfast.LSTM(4, 8, zoneout=(0.0, 0.3)).eval()
+    x = torch.randn(5, 2, 4)
+    with torch.inference_mode():
+        y_inf, _ = m(x)
+    y, _ = m(x)  # parameters require grad: the graph saves the probabilities
+    assert y.requires_grad and torch.equal(y.detach(), y_inf)
+    y.sum().backward()
+    rnnfast.modules._PROBABILITIES.clear()
+    with torch.device("meta"):  # a CPU model and input under another default device
+        y_meta_ctx, _ = m(x)
+    assert y_meta_ctx.device.type == "cpu" and torch.equal(y_meta_ctx.detach(), y_inf)
+    # and a probability made under that context was not kept for later calls
+    y_after, _ = m(x)
+    assert torch.equal(y_after.detach(), y_inf)
+
+
+@pytest.mark.parametrize("cls", [rnnfast.LSTM, rnnfast.GRU, rnnfast.LSTMCell, rnnfast.GRUCell])
+def test_assigning_zoneout_after_construction_takes_effect(cls):
+    """`m.zoneout = ...` after construction (a schedule, or switching it off) is validated and
+    used by the next call, as dropout is; the repr follows it."""
+    torch.manual_seed(0)
+    plain = cls(4, 6)
+    zoned = cls(4, 6, zoneout=0.4)
+    zoned.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 4) if "Cell" in cls.__name__ else torch.randn(5, 3, 4)
+    plain.eval(), zoned.eval()
+
+    def out(m):
+        r = m(x)
+        return r[0] if isinstance(r, tuple) else r
+
+    assert not torch.equal(out(zoned), out(plain))
+    zoned.zoneout = 0.0
+    assert torch.equal(out(zoned), out(plain)) and "zoneout" not in repr(zoned)
+    zoned.zoneout = 0.4
+    assert not torch.equal(out(zoned), out(plain)) and "zoneout=0.4" in repr(zoned)
+    with pytest.raises(ValueError, match="zoneout should be a probability"):
+        zoned.zoneout = 1.5
+    assert zoned.zoneout == 0.4  # a refused value changes nothing
+
+
+def test_module_pickled_before_the_zoneout_attribute_moved_still_loads():
+    """Modules pickled when `zoneout` lived in the instance's __dict__ keep working."""
+    m = rnnfast.GRU(4, 6, zoneout=0.2)
+    d = m.__dict__
+    d["zoneout"] = d.pop("_zoneout")  # the earlier layout
+    assert m.zoneout == 0.2 and "zoneout=0.2" in repr(m)
+    m.eval()(torch.randn(5, 3, 4))
+
+
+def test_training_masks_under_another_default_device():
+    """A CPU model in training under a default-device context draws its masks on the CPU from
+    the same seed (the seed tensor names its device)."""
+    m = rnnfast.GRU(4, 6, zoneout=0.3).train()
+    x = torch.randn(5, 3, 4)
+    torch.manual_seed(7)
+    ref, _ = m(x)
+    torch.manual_seed(7)
+    with torch.device("meta"):
+        got, _ = m(x)
+    assert got.device.type == "cpu" and torch.equal(got, ref)

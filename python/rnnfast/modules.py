@@ -135,13 +135,19 @@ _PROBABILITIES: Dict[float, Tensor] = {}
 
 
 def _probability(p: float) -> Tensor:
-    """p as a 0-D float64 CPU tensor, made once per value (the ops only read it)."""
+    """p as a 0-D float64 CPU tensor, made once per value (the ops only read it). It is made
+    on the CPU whatever the default device, and outside inference mode: autograd saves it
+    when a later call records a graph, which an inference tensor would refuse."""
     t = _PROBABILITIES.get(p)
     if t is None:
-        t = torch.tensor(p, dtype=torch.float64)
-        # not while torch.export traces: the tensor made then is a fake one, which later eager
-        # calls must not find (torch.compile replays the store with the real tensor)
-        if not torch.compiler.is_exporting():
+        with torch.inference_mode(False):
+            t = torch.tensor(p, dtype=torch.float64, device="cpu")
+        # Kept only when plain: not while torch.export traces or a torch function / dispatch
+        # mode is on (a FakeTensorMode would make a fake tensor, which later eager calls must
+        # not find; torch.compile replays the store with the real tensor).
+        if not torch.compiler.is_exporting() and (
+                torch.compiler.is_compiling() or not (torch._C._is_torch_function_mode_enabled()
+                                                      or torch._C._len_torch_dispatch_stack())):
             _PROBABILITIES[p] = t
     return t
 
@@ -155,6 +161,26 @@ def _init_parameters(m: nn.Module) -> None:
             init.constant_(weight, 1.0 if "_weight" in name else 0.0)
         else:
             init.uniform_(weight, -stdv, stdv)
+
+
+class _ZoneoutOption:
+    """The ``zoneout`` attribute of the modules and cells: assigning it (a schedule, or turning
+    zoneout off after construction) validates it and sets the probabilities per state the
+    forward reads (``_zoneout_p``). Modules pickled before this kept ``zoneout`` in their
+    ``__dict__``; it is read from there."""
+
+    @property
+    def zoneout(self):
+        d = self.__dict__
+        return d["_zoneout"] if "_zoneout" in d else d.get("zoneout", 0.0)
+
+    @zoneout.setter
+    def zoneout(self, value) -> None:
+        value = tuple(value) if isinstance(value, (tuple, list)) else value
+        cell = _cells.DESCRIPTIONS[self._cell_name]
+        probs = _zoneout_probs(type(self).__name__, value, cell.cell_state)
+        self.__dict__["_zoneout"] = value
+        self.__dict__["_zoneout_p"] = probs
 
 
 def _options_repr(m: nn.Module) -> str:
@@ -171,11 +197,11 @@ def _options_repr(m: nn.Module) -> str:
     if d.get("weight_drop"):
         s += f", weight_drop={d['weight_drop']}"
     if any(d.get("_zoneout_p", ())):
-        s += f", zoneout={d['zoneout']}"
+        s += f", zoneout={m.zoneout}"
     return s
 
 
-class RNNBase(nn.Module):
+class RNNBase(_ZoneoutOption, nn.Module):
     """Shared machinery of :class:`LSTM`, :class:`GRU` and :class:`RNN`."""
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -243,8 +269,7 @@ class RNNBase(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.weight_drop = float(weight_drop)
-        self.zoneout = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else zoneout
-        self._zoneout_p = _zoneout_probs(type(self).__name__, zoneout, cell.cell_state)
+        self.zoneout = zoneout  # (validated; see _ZoneoutOption)
         num_directions = 2 if bidirectional else 1
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
 
@@ -643,7 +668,7 @@ class RNN(RNNBase):
 # --- cells ------------------------------------------------------------------------------------
 
 
-class RNNCellBase(nn.Module):
+class RNNCellBase(_ZoneoutOption, nn.Module):
     """Shared machinery of :class:`LSTMCell`, :class:`GRUCell` and :class:`RNNCell`."""
 
     # The cell whose description gives the parameters (names, order, shapes).
@@ -659,8 +684,7 @@ class RNNCellBase(nn.Module):
         if cell is not None:  # a variant of the class's cell
             self._cell_name = _cells.cell(cell).name
         cell = _cells.DESCRIPTIONS[self._cell_name]
-        self.zoneout = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else zoneout
-        self._zoneout_p = _zoneout_probs(type(self).__name__, zoneout, cell.cell_state)
+        self.zoneout = zoneout  # (validated; see _ZoneoutOption)
         sizes = _cells.extent_sizes(cell, input_size, hidden_size, 0)
         # a cell takes no projection; without bias, torch registers the biases as None
         for p in _cells.params_of(cell, True, False):

@@ -276,7 +276,7 @@ def keep_mask(shape: Sequence[int], p: float, dtype: torch.dtype,
     shape = tuple(shape)
     if torch.device(device).type != "cpu" or dtype not in (torch.float32, torch.float64):
         return torch.bernoulli(torch.full(shape, p, dtype=dtype, device=device))
-    seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
+    seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64, device="cpu")
     return _KEEP_MASK(seed, float(p), list(shape), dtype)
 
 
