@@ -508,6 +508,7 @@ def test_eval_probability_made_under_inference_mode_serves_later_graphs():
     with torch.device("meta"):  # a CPU model and input under another default device
         y_meta_ctx, _ = m(x)
     assert y_meta_ctx.device.type == "cpu" and torch.equal(y_meta_ctx.detach(), y_inf)
+    assert not rnnfast.modules._PROBABILITIES  # made under a torch function mode: not kept
     # and a probability made under that context was not kept for later calls
     y_after, _ = m(x)
     assert torch.equal(y_after.detach(), y_inf)
@@ -545,6 +546,19 @@ def test_module_pickled_before_the_zoneout_attribute_moved_still_loads():
     d["zoneout"] = d.pop("_zoneout")  # the earlier layout
     assert m.zoneout == 0.2 and "zoneout=0.2" in repr(m)
     m.eval()(torch.randn(5, 3, 4))
+    del d["_cell_name"]  # older still: the layer's cell was torch's mode's
+    m.zoneout = 0.0
+    assert m.zoneout == 0.0 and m.__dict__["_zoneout_p"] == (0.0,)
+
+
+def test_zoneout_is_kept_as_plain_floats():
+    """A numpy number is taken and stored as a float (torch.load(weights_only=True) of the
+    whole module would refuse a numpy scalar)."""
+    np = pytest.importorskip("numpy")
+    m = rnnfast.LSTM(4, 6, zoneout=(np.float32(0.25), 0.5))
+    assert m.zoneout == (0.25, 0.5) and all(type(v) is float for v in m.zoneout)
+    c = rnnfast.GRUCell(4, 6, zoneout=np.float64(0.5))
+    assert type(c.zoneout) is float
 
 
 def test_training_masks_under_another_default_device():

@@ -142,12 +142,13 @@ def _probability(p: float) -> Tensor:
     if t is None:
         with torch.inference_mode(False):
             t = torch.tensor(p, dtype=torch.float64, device="cpu")
-        # Kept only when plain: not while torch.export traces or a torch function / dispatch
-        # mode is on (a FakeTensorMode would make a fake tensor, which later eager calls must
-        # not find; torch.compile replays the store with the real tensor).
-        if not torch.compiler.is_exporting() and (
-                torch.compiler.is_compiling() or not (torch._C._is_torch_function_mode_enabled()
-                                                      or torch._C._len_torch_dispatch_stack())):
+        # Kept only when made in plain eager mode: not while torch.compile or torch.export
+        # traces (the graph makes its own constant; one made there may be fake, or an
+        # inference tensor when the compiled call runs under inference_mode) nor under a torch
+        # function or dispatch mode (a FakeTensorMode makes fake tensors), which later eager
+        # calls must not find.
+        if not (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+                or torch._C._len_torch_dispatch_stack()):
             _PROBABILITIES[p] = t
     return t
 
@@ -177,9 +178,14 @@ class _ZoneoutOption:
     @zoneout.setter
     def zoneout(self, value) -> None:
         value = tuple(value) if isinstance(value, (tuple, list)) else value
-        cell = _cells.DESCRIPTIONS[self._cell_name]
-        probs = _zoneout_probs(type(self).__name__, value, cell.cell_state)
-        self.__dict__["_zoneout"] = value
+        # (the cells name their cell on the class; layers pickled before they stored it have
+        # torch's mode's cell, as RNNBase._cell reads it)
+        name = (self.__dict__.get("_cell_name") or getattr(type(self), "_cell_name", None)
+                or self.mode.lower())
+        probs = _zoneout_probs(type(self).__name__, value, _cells.DESCRIPTIONS[name].cell_state)
+        # kept as plain floats (a numpy number would stop torch.load(weights_only=True))
+        self.__dict__["_zoneout"] = (tuple(float(v) for v in value) if isinstance(value, tuple)
+                                     else float(value))
         self.__dict__["_zoneout_p"] = probs
 
 
