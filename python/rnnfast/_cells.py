@@ -146,9 +146,13 @@ def workspace_cols(info: Cell, hidden, proj):
     return hprev_col + (proj if proj > 0 else hidden) + info.stats_cols
 
 
+def state_list(info: Cell) -> str:
+    """The cell's state list as messages name it: "[h]" or "[h, c]"."""
+    return "[" + ", ".join(STATE_NAMES[:info.states]) + "]"
+
+
 def check_state(info: Cell, state: Sequence) -> None:
     """A state list is empty (zeros) or holds one tensor per state of the cell."""
     if len(state) not in (0, info.states):
-        want = "[" + ", ".join(STATE_NAMES[:info.states]) + "]"
         raise RuntimeError(f"rnnfast: the {info.name} cell's state must be empty (zero initial "
-                           f"states) or {want}, got {len(state)} tensors")
+                           f"states) or {state_list(info)}, got {len(state)} tensors")

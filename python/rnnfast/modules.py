@@ -168,7 +168,7 @@ class _ZoneoutOption:
     """The ``zoneout`` attribute of the modules and cells: assigning it (a schedule, or turning
     zoneout off after construction) validates it and sets the probabilities per state the
     forward reads (``_zoneout_p``). Modules pickled before this kept ``zoneout`` in their
-    ``__dict__``; it is read from there."""
+    ``__dict__``; it is read from there. The class gives ``_cell``, its cell's description."""
 
     @property
     def zoneout(self):
@@ -178,11 +178,7 @@ class _ZoneoutOption:
     @zoneout.setter
     def zoneout(self, value) -> None:
         value = tuple(value) if isinstance(value, (tuple, list)) else value
-        # (the cells name their cell on the class; layers pickled before they stored it have
-        # torch's mode's cell, as RNNBase._cell reads it)
-        name = (self.__dict__.get("_cell_name") or getattr(type(self), "_cell_name", None)
-                or self.mode.lower())
-        probs = _zoneout_probs(type(self).__name__, value, _cells.DESCRIPTIONS[name].cell_state)
+        probs = _zoneout_probs(type(self).__name__, value, self._cell.cell_state)
         # kept as plain floats (a numpy number would stop torch.load(weights_only=True))
         self.__dict__["_zoneout"] = (tuple(float(v) for v in value) if isinstance(value, tuple)
                                      else float(value))
@@ -680,6 +676,11 @@ class RNNCellBase(_ZoneoutOption, nn.Module):
     # The cell whose description gives the parameters (names, order, shapes).
     _cell_name = "lstm"
 
+    @property
+    def _cell(self) -> _cells.Cell:
+        """The description of this cell."""
+        return _cells.DESCRIPTIONS[self._cell_name]
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
                  dtype=None, *, cell: Optional[str] = None, zoneout=0.0) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
@@ -689,7 +690,7 @@ class RNNCellBase(_ZoneoutOption, nn.Module):
         self.bias = bias
         if cell is not None:  # a variant of the class's cell
             self._cell_name = _cells.cell(cell).name
-        cell = _cells.DESCRIPTIONS[self._cell_name]
+        cell = self._cell
         self.zoneout = zoneout  # (validated; see _ZoneoutOption)
         sizes = _cells.extent_sizes(cell, input_size, hidden_size, 0)
         # a cell takes no projection; without bias, torch registers the biases as None

@@ -150,9 +150,9 @@ def _fake_check_devices(op, info, input, state, weights, lengths, zoneout):
         check(t, name)
     zoneout = zoneout or ()
     if len(zoneout) not in (0, info.states):
-        want = "[" + ", ".join(_cells.STATE_NAMES[:info.states]) + "]"
         raise RuntimeError(f"rnnfast::{op}({info.name}): zoneout must be empty (no zoneout) or "
-                           f"hold one tensor per state ({want}), got {len(zoneout)} tensors")
+                           f"hold one tensor per state ({_cells.state_list(info)}), got "
+                           f"{len(zoneout)} tensors")
     for k, t in enumerate(zoneout):
         name = f"zoneout[{k}] ({_cells.STATE_NAMES[k]})"
         if t.dim():  # a mask
@@ -303,9 +303,11 @@ def _needs_grad(input, *lists) -> bool:
     that requires grad must reach the Autograd kernel, which refuses it (zoneout masks are
     constants to the kernels; autograd.cpp: check_constant_masks), rather than go straight to
     the CPU kernel and lose its gradient silently."""
-    return torch.is_grad_enabled() and (  # (a non-tensor entry: the op's schema refuses it)
-        input.requires_grad
-        or any(getattr(t, "requires_grad", False) for l in lists if l for t in l))
+    try:
+        return torch.is_grad_enabled() and (
+            input.requires_grad or any(t.requires_grad for l in lists if l for t in l))
+    except AttributeError:  # a non-tensor entry: the full route, whose schema refuses it
+        return True
 
 
 # A call that records no autograd, with a CPU input, every tensor a plain torch.Tensor or
