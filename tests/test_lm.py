@@ -1,10 +1,11 @@
 """RNNLM: shapes, state handling, weight tying, parity with the torch backend, the
-profiler showing rnnfast's ops, save/load, argument errors; and that ``import rnnfast``
-loads none of rnnfast.lm."""
+profiler showing rnnfast's ops, save/load, argument errors, dropout/weight_drop/zoneout set
+after construction; and that ``import rnnfast`` loads none of rnnfast.lm."""
 import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -305,6 +306,133 @@ def test_variants_peephole_and_weight_drop(tmp_path):
         RNNLM(V, E, H, cell="gru", peephole=True)
     with pytest.raises(ValueError, match="weight_drop"):
         RNNLM(V, E, H, weight_drop=1.5)
+
+
+def _train_logits(model, ids, seed):
+    model.train()
+    torch.manual_seed(seed)
+    return model(ids)[0].detach()
+
+
+@pytest.mark.parametrize("cell, name, value", [
+    ("lstm", "dropout", 0.5), ("gru", "dropout", 0.5),
+    ("lstm", "weight_drop", 0.3), ("gru", "weight_drop", 0.3),
+    ("lstm", "zoneout", 0.2), ("gru", "zoneout", 0.2), ("lstm", "zoneout", (0.1, 0.3))])
+def test_option_set_after_construction_reaches_forward(cell, name, value):
+    """dropout, weight_drop and zoneout set on a built model are what forward uses: in
+    training, under the same seed, the logits equal those of a model built with that value
+    (same state_dict) and differ from before; config and the attribute agree with that model's;
+    set back to 0 the model computes as before."""
+    torch.manual_seed(0)
+    model = RNNLM(V, E, H, 2, cell=cell).double()
+    ids = _ids()
+    before = _train_logits(model, ids, 5)
+    setattr(model, name, value)
+    built = RNNLM(V, E, H, 2, cell=cell, **{name: value}).double()
+    built.load_state_dict(model.state_dict())
+    got = _train_logits(model, ids, 5)
+    torch.testing.assert_close(got, _train_logits(built, ids, 5), atol=0, rtol=0)
+    assert not torch.allclose(got, before), f"{name}={value!r} set on the model had no effect"
+    assert getattr(model, name) == getattr(built, name) == value
+    assert model.config == built.config
+    setattr(model, name, 0.0)
+    torch.testing.assert_close(_train_logits(model, ids, 5), before, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_dropout_set_after_construction_goes_to_both_places(layers):
+    """lm.dropout = p sets the output dropout and, with more than one layer only, the
+    inter-layer dropout (one layer: no inter-layer dropout and no torch warning about it)."""
+    model = RNNLM(V, E, H, layers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.dropout = 0.4
+    assert model.dropout == model.drop.p == 0.4 and model.config["dropout"] == 0.4
+    assert model.rnn.dropout == (0.4 if layers > 1 else 0.0)
+
+
+def test_config_follows_changes_made_on_the_recurrent_module(tmp_path):
+    """A value set on lm.rnn (the single source of truth) is what lm reports: the attribute,
+    config (JSON-serialisable), repr, RNNLM(**config), twin and save/load rebuild it."""
+    torch.manual_seed(0)
+    tok = CharTokenizer.from_text("abcdefghijk")
+    model = RNNLM(tok.vocab_size, E, H, 2)
+    model.rnn.zoneout = (0.1, 0.2)
+    model.rnn.weight_drop = 0.25
+    assert model.zoneout == (0.1, 0.2) and model.weight_drop == 0.25
+    config = model.config
+    assert config["zoneout"] == (0.1, 0.2) and config["weight_drop"] == 0.25
+    assert json.loads(json.dumps(config))["zoneout"] == [0.1, 0.2]
+    assert "zoneout=(0.1, 0.2)" in repr(model) and "weight_drop=0.25" in repr(model)
+    rebuilt = RNNLM(**config)
+    assert rebuilt.rnn.zoneout == (0.1, 0.2) and rebuilt.rnn.weight_drop == 0.25
+    twin = model.twin("rnnfast")
+    assert twin.zoneout == (0.1, 0.2) and twin.weight_drop == 0.25
+    save_lm(tmp_path / "lm", model, tok)
+    loaded, _, _ = load_lm(tmp_path / "lm")
+    assert loaded.zoneout == (0.1, 0.2) and loaded.rnn.zoneout == (0.1, 0.2)
+    assert loaded.weight_drop == 0.25 and loaded.config == config
+    model.zoneout = [0.3, 0.4]      # a list (as JSON gives it) is kept as a pair
+    assert model.zoneout == model.rnn.zoneout == (0.3, 0.4)
+    assert RNNLM(**model.config).zoneout == (0.3, 0.4)
+
+
+def test_invalid_option_set_after_construction_raises_and_changes_nothing():
+    """Values the constructor refuses are refused when set, with its messages, and leave the
+    model as it was."""
+    model = RNNLM(V, E, H, 2, dropout=0.1, weight_drop=0.2, zoneout=0.3)
+    for name, value, match in [
+            ("dropout", 1.0, r"dropout must be a number in \[0, 1\), got 1.0"),
+            ("dropout", -0.1, r"dropout must be a number in \[0, 1\), got -0.1"),
+            ("dropout", True, r"dropout must be a number in \[0, 1\), got True"),
+            ("dropout", "0.5", r"dropout must be a number in \[0, 1\), got '0.5'"),
+            ("weight_drop", 1.5, r"weight_drop should be a number in range \[0, 1\) .*got 1.5"),
+            ("weight_drop", -0.2, r"weight_drop should be a number in range \[0, 1\)"),
+            ("weight_drop", True, r"weight_drop should be a number in range \[0, 1\)"),
+            ("zoneout", 1.5, r"zoneout should be a probability in \[0, 1\].*got 1.5"),
+            ("zoneout", (0.1, 0.2, 0.3), r"zoneout should be a probability or a pair"),
+            ("zoneout", "0.2", r"zoneout should be a probability")]:
+        with pytest.raises(ValueError, match=match):
+            setattr(model, name, value)
+        assert (model.dropout, model.weight_drop, model.zoneout) == (0.1, 0.2, 0.3), name
+        assert (model.drop.p, model.rnn.dropout, model.rnn.weight_drop, model.rnn.zoneout) == (
+            0.1, 0.1, 0.2, 0.3), name
+    gru = RNNLM(V, E, H, cell="gru")
+    with pytest.raises(ValueError, match=r"GRU: zoneout should be a probability in \[0, 1\], "
+                                         r"got \(0.1, 0.2\)"):
+        gru.zoneout = (0.1, 0.2)     # a pair (p_c, p_h) is for LSTM only
+    assert gru.zoneout == 0.0
+
+
+def test_torch_backend_options_set_after_construction():
+    """backend='torch': weight_drop and zoneout read 0.0, setting them on raises the
+    constructor's error (off is accepted), dropout set on the model reaches torch's module
+    and forward (equal to a model built with it, under the same seed)."""
+    torch.manual_seed(0)
+    model = RNNLM(V, E, H, 2, backend="torch").double()
+    assert model.weight_drop == 0.0 and model.zoneout == 0.0
+    with pytest.raises(ValueError, match="backend='torch' has no weight_drop"):
+        model.weight_drop = 0.3
+    with pytest.raises(ValueError, match="backend='torch' has no zoneout"):
+        model.zoneout = 0.2
+    with pytest.raises(ValueError, match="backend='torch' has no zoneout"):
+        model.zoneout = (0.1, 0.2)
+    model.weight_drop = 0.0
+    model.zoneout = (0, 0)
+    assert model.weight_drop == 0.0 and model.zoneout == 0.0
+    assert not hasattr(model.rnn, "weight_drop") and not hasattr(model.rnn, "zoneout")
+    ids = _ids()
+    before = _train_logits(model, ids, 5)
+    model.dropout = 0.5
+    assert model.rnn.dropout == model.drop.p == 0.5
+    built = RNNLM(V, E, H, 2, dropout=0.5, backend="torch").double()
+    built.load_state_dict(model.state_dict())
+    got = _train_logits(model, ids, 5)
+    torch.testing.assert_close(got, _train_logits(built, ids, 5), atol=0, rtol=0)
+    assert not torch.allclose(got, before)
+    assert model.config == built.config
+    assert RNNLM(**model.config).config == model.config
+    assert model.twin("rnnfast").dropout == 0.5
 
 
 def test_import_rnnfast_loads_no_lm_module():

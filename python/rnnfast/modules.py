@@ -203,6 +203,16 @@ def _options_repr(m: nn.Module) -> str:
     return s
 
 
+def check_weight_drop(value) -> float:
+    """``weight_drop`` (DropConnect on W_hh) as a float, checked to be a number in [0, 1)."""
+    if (not isinstance(value, numbers.Number) or isinstance(value, bool)
+            or not 0 <= value < 1):
+        raise ValueError(
+            "weight_drop should be a number in range [0, 1) representing the probability of "
+            f"an element of weight_hh being zeroed in training, got {value!r}")
+    return float(value)
+
+
 class RNNBase(_ZoneoutOption, nn.Module):
     """Shared machinery of :class:`LSTM`, :class:`GRU` and :class:`RNN`."""
 
@@ -226,11 +236,7 @@ class RNNBase(_ZoneoutOption, nn.Module):
             raise ValueError(
                 "dropout should be a number in range [0, 1] representing the probability of "
                 f"an element being zeroed, got {dropout!r}")
-        if (not isinstance(weight_drop, numbers.Number) or isinstance(weight_drop, bool)
-                or not 0 <= weight_drop < 1):
-            raise ValueError(
-                "weight_drop should be a number in range [0, 1) representing the probability of "
-                f"an element of weight_hh being zeroed in training, got {weight_drop!r}")
+        weight_drop = check_weight_drop(weight_drop)
         _check_type("bias", bias, bool, "bool")
         _check_type("batch_first", batch_first, bool, "bool")
         _check_type("input_size", input_size, int, "int")

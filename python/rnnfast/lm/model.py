@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _cells
-from ..modules import GRU, LSTM
+from ..modules import GRU, LSTM, check_weight_drop
 
 __all__ = ["RNNLM", "detach_state", "save_lm", "load_lm"]
 
@@ -51,6 +51,25 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive int, got {value}")
 
 
+def _check_dropout(value) -> float:
+    """``dropout`` as a float, checked to be a number in [0, 1)."""
+    if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+            or not 0.0 <= value < 1.0):
+        raise ValueError(f"dropout must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _torch_lacks(names) -> ValueError:
+    """The error for rnnfast-only options (``names``) asked of backend='torch'."""
+    return ValueError(f"backend='torch' has no {', '.join(names)}: torch.nn's recurrent "
+                      f"modules lack them; use backend='rnnfast'")
+
+
+def _is_on(value) -> bool:
+    """Whether an option's value turns it on (a zoneout pair (0, 0) is off)."""
+    return bool(value) and value != (0, 0)
+
+
 class RNNLM(nn.Module):
     """Embedding -> stacked LSTM/GRU -> dropout -> Linear to the vocabulary.
 
@@ -75,6 +94,10 @@ class RNNLM(nn.Module):
         layer_norm: layer normalisation inside the recurrent cell (LSTM or GRU;
             :class:`rnnfast.LSTM`'s ``layer_norm``).
 
+    ``dropout``, ``weight_drop`` and ``zoneout`` are also attributes, read from and set on the
+    submodules (``drop``, ``rnn``): a value set after construction (a schedule) is checked as
+    the constructor checks it, used by forward and reported by :attr:`config`.
+
     ``forward(input_ids, state=None) -> (logits, state)``: ``input_ids`` is a
     ``[B, T]`` integer tensor, ``logits`` is ``[B, T, V]``, ``state`` is the
     recurrent state after the last step (``None`` in: zeros).
@@ -92,9 +115,7 @@ class RNNLM(nn.Module):
             raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {list(_BACKENDS)}, got {backend!r}")
-        if (not isinstance(dropout, numbers.Real) or isinstance(dropout, bool)
-                or not 0.0 <= dropout < 1.0):
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        dropout = _check_dropout(dropout)
         if not isinstance(tie_weights, bool):
             raise TypeError(f"tie_weights must be a bool, got {type(tie_weights).__name__}")
         if tie_weights and embed_size != hidden_size:
@@ -113,31 +134,84 @@ class RNNLM(nn.Module):
             zoneout = tuple(zoneout)
         variants = {k: v for k, v in (("peephole", peephole), ("weight_drop", weight_drop),
                                       ("zoneout", zoneout), ("layer_norm", layer_norm))
-                    if v and v != (0, 0)}
+                    if _is_on(v)}
         if variants and backend == "torch":
-            raise ValueError(f"backend='torch' has no {', '.join(variants)}: torch.nn's "
-                             f"recurrent modules lack them; use backend='rnnfast'")
+            raise _torch_lacks(variants)
+        if "weight_drop" in variants:
+            variants["weight_drop"] = check_weight_drop(weight_drop)
         self.vocab_size = vocab_size
         self.embed_size = embed_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.cell = cell
-        self.dropout = float(dropout)
         self.tie_weights = tie_weights
         self.backend = backend
         self.peephole = peephole
-        self.weight_drop = weight_drop
-        self.zoneout = zoneout
         self.layer_norm = layer_norm
+        # dropout, weight_drop and zoneout live in the submodules only (the properties below
+        # read and set them there); the recurrent module validates zoneout
 
         rnn_cls = _CELLS[cell][0 if backend == "rnnfast" else 1]
         self.embedding = nn.Embedding(vocab_size, embed_size)
         # inter-layer dropout only exists between layers (torch warns for one layer)
         self.rnn = rnn_cls(embed_size, hidden_size, num_layers, batch_first=True,
-                           dropout=self.dropout if num_layers > 1 else 0.0, **variants)
-        self.drop = nn.Dropout(self.dropout)
+                           dropout=dropout if num_layers > 1 else 0.0, **variants)
+        self.drop = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.reset_parameters()
+
+    # --- regularisation options -----------------------------------------------------------
+    # Read from and written to the submodules, so that a value set after construction (a
+    # schedule, or turning an option off to fine-tune) is what forward uses and what config
+    # reports, whether set here or on self.rnn.
+
+    @property
+    def dropout(self) -> float:
+        """The dropout probability on the last recurrent layer's output (``self.drop.p``) and,
+        with more than one layer, between the layers (``self.rnn.dropout``)."""
+        return self.drop.p
+
+    @dropout.setter
+    def dropout(self, value) -> None:
+        value = _check_dropout(value)
+        self.drop.p = value
+        if self.num_layers > 1:   # inter-layer dropout only exists between layers
+            self.rnn.dropout = value
+
+    @property
+    def weight_drop(self) -> float:
+        """DropConnect on the recurrent weights (``self.rnn.weight_drop``; 0.0 on
+        backend='torch', which has none)."""
+        if self.backend == "torch":
+            return 0.0
+        # (read as the module's forward does: a module pickled before the option lacks it)
+        return self.rnn.__dict__.get("weight_drop", 0.0)
+
+    @weight_drop.setter
+    def weight_drop(self, value) -> None:
+        if self.backend == "torch":
+            if _is_on(value):
+                raise _torch_lacks(["weight_drop"])
+            return
+        self.rnn.weight_drop = check_weight_drop(value)
+
+    @property
+    def zoneout(self):
+        """The zoneout of the recurrent states (``self.rnn.zoneout``: p, or for LSTM
+        (p_c, p_h), as floats; 0.0 on backend='torch', which has none)."""
+        if self.backend == "torch":
+            return 0.0
+        return self.rnn.zoneout
+
+    @zoneout.setter
+    def zoneout(self, value) -> None:
+        if isinstance(value, list):
+            value = tuple(value)
+        if self.backend == "torch":
+            if _is_on(value):
+                raise _torch_lacks(["zoneout"])
+            return
+        self.rnn.zoneout = value   # validated by the module (_ZoneoutOption)
 
     def reset_parameters(self) -> None:
         """Small uniform embeddings, zero output bias (the recurrent layer keeps torch's
