@@ -14,6 +14,7 @@ import torch.autograd.forward_ad as fwAD
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, vjp, vmap
 from torch.nn.utils.rnn import pack_padded_sequence
 
+import rnnfast
 from rnn_testutils import CELL_KIND_NAMES, KIND_NAMES, make_pair
 
 ALL_KINDS = KIND_NAMES + CELL_KIND_NAMES
@@ -148,3 +149,119 @@ def test_forward_mode_ad_matches_torch(kind):
         got = fwAD.unpack_dual(_out(new(fwAD.make_dual(x, tangent)))).tangent
     torch.testing.assert_close(got, want, **TOL)
     assert want.abs().max() > 1e-6
+
+
+# --- lengths under the transforms --------------------------------------------------------------
+# ops.layer called directly with lengths: under a transform (grad, vmap, forward AD) it runs
+# rnnfast._reference.layer, which must check lengths as the kernels do (csrc/torch/common.h,
+# check_args) with the same messages: "rnnfast: ..." there, "rnnfast::layer(gru): ..." from the
+# kernels. A padded input [T=4, B=3, I=2]; a packed one of 6 rows ([3, 2, 1]).
+
+_T, _B, _I, _H = 4, 3, 2, 3
+
+
+def _gru_args(packed, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*((6, _I) if packed else (_T, _B, _I)), dtype=torch.float64, generator=g)
+    w = [torch.randn(3 * _H, n, dtype=torch.float64, generator=g) for n in (_I, _H)]
+    return x, w
+
+
+_BAD_LENGTHS = {
+    "padded-float": (False, torch.tensor([4., 2, 1]),
+                     r"lengths must be a 1-D int64 CPU tensor of size 3, got Float \[3\] on cpu"),
+    "padded-int32": (False, torch.tensor([4, 2, 1], dtype=torch.int32),
+                     r"lengths must be a 1-D int64 CPU tensor of size 3, got Int \[3\] on cpu"),
+    "padded-2d": (False, torch.tensor([[4, 2, 1]]),
+                  r"lengths must be a 1-D int64 CPU tensor of size 3, got Long \[1, 3\] on cpu"),
+    "padded-wrong-size": (False, torch.tensor([4, 2]),
+                          r"lengths must be a 1-D int64 CPU tensor of size 3, got Long \[2\] "
+                          r"on cpu"),
+    "padded-above-T": (False, torch.tensor([5, 2, 1]),
+                       r"lengths must lie in \[0, 4\], got values in \[1, 5\]"),
+    "padded-negative": (False, torch.tensor([4, -1, 1]),
+                        r"lengths must lie in \[0, 4\], got values in \[-1, 4\]"),
+    "packed-float": (True, torch.tensor([3., 2, 1]),
+                     r"lengths must be a 1-D int64 CPU tensor, got Float \[3\] on cpu"),
+    "packed-2d": (True, torch.tensor([[3, 2, 1]]),
+                  r"lengths must be a 1-D int64 CPU tensor, got Long \[1, 3\] on cpu"),
+    "packed-increasing": (True, torch.tensor([2, 3, 1]),
+                          r"with a packed 2-D input, lengths must be non-negative and "
+                          r"non-increasing, got \[3\] with lengths\[1\] = 3"),
+    "packed-negative": (True, torch.tensor([3, 2, -1]),
+                        r"with a packed 2-D input, lengths must be non-negative and "
+                        r"non-increasing, got \[3\] with lengths\[2\] = -1"),
+    "packed-sum-short": (True, torch.tensor([3, 2, 0]),
+                         r"a packed 2-D input has one row per active step, sum\(lengths\) = 5, "
+                         r"but it has 6 rows"),
+    "packed-sum-over": (True, torch.tensor([3, 3, 1]),
+                        r"a packed 2-D input has one row per active step, but lengths add up "
+                        r"to more than its 6 rows"),
+}
+
+
+def _run_layer(route, x, w, lengths):
+    """ops.layer("gru", ...) over x on one route: the kernels ("kernel"), or under a transform
+    (the reference loop): torch.func.grad, vmap over a batch of inputs (lengths not vmapped,
+    or "vmap-lengths": vmapped along, padded input only), per-sample grads vmap(grad) with
+    lengths vmapped along ("vmap-grad-lengths", padded only), forward-mode AD."""
+    def out(xx, ll=lengths):
+        return rnnfast.ops.layer("gru", xx, [], w, ll)[0]
+
+    if route == "kernel":
+        return out(x)
+    if route == "grad":
+        return grad(lambda xx: out(xx).square().sum())(x)
+    if route == "vmap":
+        return vmap(out)(torch.stack([x, 2 * x]))
+    if route == "vmap-lengths":
+        return vmap(out)(torch.stack([x, 2 * x]), torch.stack([lengths, lengths]))
+    if route == "vmap-grad-lengths":
+        return vmap(grad(lambda xx, ll: out(xx, ll).square().sum()))(
+            torch.stack([x, 2 * x]), torch.stack([lengths, lengths]))
+    assert route == "forward_ad"
+    with fwAD.dual_level():
+        return fwAD.unpack_dual(out(fwAD.make_dual(x, torch.ones_like(x)))).tangent
+
+
+@pytest.mark.parametrize("case, route", [
+    (case, route) for case, (packed, _, _) in _BAD_LENGTHS.items()
+    for route in ["kernel", "grad", "vmap", "forward_ad"]
+    + ([] if packed else ["vmap-lengths", "vmap-grad-lengths"])])
+def test_bad_lengths_raise_the_kernels_errors_under_transforms(case, route):
+    """Bad lengths (wrong dtype, rank or size; values outside [0, T]; packed: negative,
+    increasing or not summing to the rows) raise the same RuntimeError on the kernels' route
+    and under torch.func.grad, vmap, vmap(grad) and forward-mode AD (rnnfast._reference.layer),
+    not a wrong result or another error."""
+    packed, lengths, message = _BAD_LENGTHS[case]
+    x, w = _gru_args(packed)
+    prefix = r"^rnnfast::layer\(gru\): " if route == "kernel" else r"^rnnfast: "
+    with pytest.raises(RuntimeError, match=prefix + message):
+        _run_layer(route, x, w, lengths)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_valid_lengths_under_transforms_match_the_kernels(packed):
+    """Valid lengths (padded: unsorted, with a 0; packed: [3, 2, 1]) pass the checks under
+    every transform, with the kernels' results: grad (and padded, per-sample vmap(grad) with
+    lengths vmapped along) against torch.autograd on the kernels, vmap (padded: lengths
+    vmapped along too) and forward AD's primal against the kernels' outputs."""
+    lengths = torch.tensor([3, 2, 1]) if packed else torch.tensor([2, 4, 0])
+    x, w = _gru_args(packed)
+    y = _run_layer("kernel", x, w, lengths)
+
+    def kernel_grad(xx):
+        leaf = xx.clone().requires_grad_()
+        loss = rnnfast.ops.layer("gru", leaf, [], w, lengths)[0].square().sum()
+        return torch.autograd.grad(loss, leaf)[0]
+
+    torch.testing.assert_close(_run_layer("grad", x, w, lengths), kernel_grad(x), **TOL)
+    twice = torch.stack([y, _run_layer("kernel", 2 * x, w, lengths)])
+    torch.testing.assert_close(_run_layer("vmap", x, w, lengths), twice, **TOL)
+    if not packed:
+        torch.testing.assert_close(_run_layer("vmap-lengths", x, w, lengths), twice, **TOL)
+        torch.testing.assert_close(_run_layer("vmap-grad-lengths", x, w, lengths),
+                                   torch.stack([kernel_grad(x), kernel_grad(2 * x)]), **TOL)
+    with fwAD.dual_level():
+        dual = rnnfast.ops.layer("gru", fwAD.make_dual(x, torch.ones_like(x)), [], w, lengths)[0]
+        torch.testing.assert_close(fwAD.unpack_dual(dual).primal, y, **TOL)

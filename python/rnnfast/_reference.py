@@ -118,6 +118,69 @@ def _zoneout_at(z, t):
     return z if z.dim() == 0 else z[t]
 
 
+# c10's names of the dtypes, as the kernels' messages print them (e.g. "Float [3] on cpu")
+_DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
+                torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int",
+                torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+                torch.bool: "Bool"}
+
+
+def _described(t: torch.Tensor) -> str:
+    """A tensor's dtype, shape and device as the kernels' messages give them."""
+    return f"{_DTYPE_NAMES.get(t.dtype, t.dtype)} {list(t.shape)} on {t.device}"
+
+
+def _values(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor under ``t``'s torch.func wrappers: under vmap a batched ``t``
+    (lengths vmapped along with the input) holds every sample's values, which min/max then
+    read (.item() of a batched tensor is refused), e.g. per-sample grads vmap(grad(f))."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        t = functorch.get_unwrapped(t)
+    return t
+
+
+def _check_lengths(lengths: torch.Tensor, input: torch.Tensor) -> None:
+    """The kernels' checks of ``lengths`` (csrc/torch/common.h, check_args), with their
+    messages: a 1-D int64 CPU tensor (on every device); with a padded [T, B, I] input of size
+    B, values in [0, T]; with a packed [N, I] input non-negative and non-increasing, summing to
+    N. The values are not read while torch.compile traces (it has none to read)."""
+    well_formed = (lengths.device.type == "cpu" and lengths.dtype == torch.int64
+                   and lengths.dim() == 1)
+    if input.dim() == 2:
+        if not well_formed:
+            raise RuntimeError(f"rnnfast: lengths must be a 1-D int64 CPU tensor, got "
+                               f"{_described(lengths)}")
+        if torch.compiler.is_compiling():
+            return
+        N, total, previous = input.shape[0], 0, None
+        for b, n in enumerate(lengths.tolist()):
+            if n < 0 or (previous is not None and n > previous):
+                raise RuntimeError(
+                    "rnnfast: with a packed 2-D input, lengths must be non-negative and "
+                    f"non-increasing, got {list(lengths.shape)} with lengths[{b}] = {n}")
+            if n > N - total:
+                raise RuntimeError("rnnfast: a packed 2-D input has one row per active step, "
+                                   f"but lengths add up to more than its {N} rows")
+            total, previous = total + n, n
+        if total != N:
+            raise RuntimeError("rnnfast: a packed 2-D input has one row per active step, "
+                               f"sum(lengths) = {total}, but it has {N} rows")
+        return
+    if input.dim() != 3:
+        return  # (the layer refuses the input itself)
+    T, B = input.shape[0], input.shape[1]
+    if not well_formed or lengths.shape[0] != B:
+        raise RuntimeError(f"rnnfast: lengths must be a 1-D int64 CPU tensor of size {B}, got "
+                           f"{_described(lengths)}")
+    if B > 0 and not torch.compiler.is_compiling():
+        values = _values(lengths)
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi > T:
+            raise RuntimeError(f"rnnfast: lengths must lie in [0, {T}], got values in "
+                               f"[{lo}, {hi}]")
+
+
 def _padded_layer(info, step, input, state, w, lengths, reverse, zoneout=()):
     T, B, _ = input.shape
     H, P = _cells.layer_sizes(info, w)
@@ -158,8 +221,9 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
     [, weight_hr], then the cell's own, e.g. weight_ci, weight_cf, weight_co). ``input`` is [T, B, I], or the packed rows [N, I] of a PackedSequence with
     their non-increasing ``lengths``. With ``lengths``, steps past a sequence's end leave its
     state unchanged and give zero output rows; the reverse direction starts at each sequence's
-    end. ``zoneout`` is empty or one tensor per state, a 0-D probability or a mask shaped like
-    the state's rows (see :mod:`rnnfast.ops`).
+    end. ``lengths`` is a 1-D int64 CPU tensor, checked as the kernels check it (the same
+    RuntimeErrors). ``zoneout`` is empty or one tensor per state, a 0-D probability or a mask
+    shaped like the state's rows (see :mod:`rnnfast.ops`).
     """
     info = _cells.cell(cell)
     step = _step_of(info)
@@ -170,21 +234,20 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
     if zoneout and len(zoneout) != info.states:
         raise RuntimeError(f"rnnfast: zoneout must be empty (no zoneout) or hold one tensor per "
                            f"state of the {info.name} cell ({info.states}), got {len(zoneout)}")
+    if lengths is not None:
+        _check_lengths(lengths, input)
     if input.dim() != 2:
         return _padded_layer(info, step, input, state, w, lengths, reverse, zoneout)
     if lengths is None:
         raise RuntimeError("rnnfast: a packed 2-D input needs lengths (the sequence lengths, "
                            "non-increasing)")
-    # packed rows: (t, b) active iff lengths[b] > t; with non-increasing lengths the active
-    # pairs in row-major (t, b) order are exactly PackedSequence.data's order
-    lengths = lengths.to(device="cpu", dtype=torch.int64)
+    # packed rows: (t, b) active iff lengths[b] > t; with non-increasing lengths (checked,
+    # summing to the rows) the active pairs in row-major (t, b) order are exactly
+    # PackedSequence.data's order
     B = lengths.shape[0]
     T = int(lengths.max()) if B > 0 else 0
     active = lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)  # [T, B]
     tt, bb = (i.to(input.device) for i in active.nonzero(as_tuple=True))
-    if tt.numel() != input.shape[0]:
-        raise RuntimeError(f"rnnfast: a packed input of {input.shape[0]} rows needs lengths "
-                           f"summing to that, got sum(lengths) = {tt.numel()}")
     padded = input.new_zeros(T, B, input.shape[1]).index_put((tt, bb), input)
     zoneout = [z if z.dim() == 0 else z.new_zeros(T, B, z.shape[1]).index_put((tt, bb), z)
                for z in zoneout]
