@@ -112,6 +112,36 @@ def test_thread_count_invariant_bitwise(simd, dtype, restore_simd):
         _assert_bitwise(one, two, f"{name} {simd} {dtype}: 1 thread vs 2 threads")
 
 
+@pytest.mark.parametrize("simd", SIMD_PATHS)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_many_row_blocks_thread_count_invariant(kind, simd, restore_simd):
+    """The GEMMs over every step's rows with many row blocks (T * B = 3216 rows: 67 blocks of
+    48, an odd count, split unevenly between the threads): the same bits at 1, 2 and 3
+    threads, forward and backward (the input projection and the input's gradient are such
+    GEMMs)."""
+    rnnfast._C.set_simd(simd)
+    torch.manual_seed(0)
+    f32 = torch.float32
+    _, m = make_pair(kind, 24, 40, num_layers=1, dtype=f32)
+    T, B = 67, 48
+    leaves = {"x": randn(T, B, 24, dtype=f32, seed=1)}
+    hs, cs = hx_shapes(kind, 1, False, B, 40, 0)
+    leaves["h0"] = randn(*hs, dtype=f32, seed=2)
+    if cs is not None:
+        leaves["c0"] = randn(*cs, dtype=f32, seed=3)
+    call = call_dense(is_lstm(kind))
+    before = torch.get_num_threads()
+    try:
+        runs = {}
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs[n] = _run(m, leaves, call)
+    finally:
+        torch.set_num_threads(before)
+    for n in (2, 3):
+        _assert_bitwise(runs[1], runs[n], f"{kind} {simd}: 1 thread vs {n} threads")
+
+
 @pytest.mark.parametrize("kind", KIND_NAMES)
 def test_dropout_is_reproducible_under_a_seed(kind):
     m, leaves, call = _case(kind, dropout=0.3)
