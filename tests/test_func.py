@@ -265,3 +265,46 @@ def test_valid_lengths_under_transforms_match_the_kernels(packed):
     with fwAD.dual_level():
         dual = rnnfast.ops.layer("gru", fwAD.make_dual(x, torch.ones_like(x)), [], w, lengths)[0]
         torch.testing.assert_close(fwAD.unpack_dual(dual).primal, y, **TOL)
+
+
+@pytest.mark.parametrize("mode", ["real", "fake"])
+def test_lengths_checks_let_tracers_through(mode):
+    """Tracing a transform of ops.layer with padded lengths (make_fx over grad, real and fake
+    tensors) still works: the value checks are skipped while a tracer runs the call, which has
+    no values to read, and the traced graph computes the eager gradient."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    x, w = _gru_args(False)
+    lengths = torch.tensor([4, 2, 1])
+
+    def loss(xx, w_ih, w_hh, ll):
+        return rnnfast.ops.layer("gru", xx, [], [w_ih, w_hh], ll)[0].square().sum()
+
+    traced = make_fx(grad(loss), tracing_mode=mode)(x, *w, lengths)
+    torch.testing.assert_close(traced(x, *w, lengths), grad(loss)(x, *w, lengths), **TOL)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_lengths_checks_under_functionalize(packed):
+    """Under torch.func.functionalize the lengths' values are read through its wrapper: valid
+    lengths give the kernels' output, a bad one the kernels' message."""
+    x, w = _gru_args(packed)
+    good, bad, message = ((torch.tensor([3, 2, 1]), torch.tensor([3, 3, 1]), "add up to more")
+                          if packed else
+                          (torch.tensor([4, 2, 1]), torch.tensor([5, 2, 1]), r"lie in \[0, 4\]"))
+
+    def run(ll):
+        return rnnfast.ops.layer("gru", x, [], w, ll)[0]
+
+    torch.testing.assert_close(torch.func.functionalize(run)(good), run(good), **TOL)
+    with pytest.raises(RuntimeError, match="^rnnfast: .*" + message):
+        torch.func.functionalize(run)(bad)
+
+
+def test_vmap_over_packed_lengths_is_refused_clearly():
+    """The lengths of a packed input say which rows the input has: they cannot differ per
+    sample of a vmap, and saying so beats an error about storage."""
+    x, w = _gru_args(True)
+    lengths = torch.tensor([3, 2, 1])
+    with pytest.raises(RuntimeError, match="lengths of a packed 2-D input cannot be batched"):
+        vmap(lambda xx, ll: rnnfast.ops.layer("gru", xx, [], w, ll)[0])(
+            torch.stack([x, x]), torch.stack([lengths, lengths]))

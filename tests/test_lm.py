@@ -7,6 +7,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -398,10 +399,38 @@ def test_invalid_option_set_after_construction_raises_and_changes_nothing():
         assert (model.drop.p, model.rnn.dropout, model.rnn.weight_drop, model.rnn.zoneout) == (
             0.1, 0.1, 0.2, 0.3), name
     gru = RNNLM(V, E, H, cell="gru")
-    with pytest.raises(ValueError, match=r"GRU: zoneout should be a probability in \[0, 1\], "
+    with pytest.raises(ValueError, match=r"RNNLM: zoneout should be a probability in \[0, 1\], "
                                          r"got \(0.1, 0.2\)"):
         gru.zoneout = (0.1, 0.2)     # a pair (p_c, p_h) is for LSTM only
     assert gru.zoneout == 0.0
+    # the constructor accepts what the setters accept, and refuses what they refuse
+    for name, value in [("weight_drop", None), ("weight_drop", False), ("zoneout", None),
+                        ("zoneout", "0.2")]:
+        with pytest.raises(ValueError, match=f"{name} should be a"):
+            RNNLM(V, E, H, **{name: value})
+    with pytest.raises(ValueError, match="zoneout should be a probability in"):
+        RNNLM(V, E, H, cell="gru", zoneout=(0, 0))
+    # numpy numbers are numbers, stored as floats (the config stays JSON)
+    m = RNNLM(V, E, H, weight_drop=np.float64(0.1), zoneout=(np.float32(0.25), 0.5))
+    assert type(m.weight_drop) is float and m.zoneout == (0.25, 0.5)
+    m.zoneout = np.float64(0.2)
+    assert type(m.zoneout) is float and json.loads(json.dumps(m.config))["zoneout"] == 0.2
+
+
+def test_config_refuses_an_inter_layer_dropout_set_apart():
+    """One dropout argument is both the output's and the inter-layer one: a model whose
+    rnn.dropout was set on its own has no config (twin and save would rebuild another model),
+    so config raises, naming both values; setting the model's dropout makes them one again."""
+    model = RNNLM(V, E, H, 2, dropout=0.2)
+    model.rnn.dropout = 0.5
+    with pytest.raises(ValueError, match=r"rnn.dropout = 0.5 differs from drop.p = 0.2"):
+        model.config
+    with pytest.raises(ValueError, match=r"rnn.dropout = 0.5"):
+        model.twin("rnnfast")
+    model.dropout = 0.3
+    assert model.config["dropout"] == 0.3 and model.twin("rnnfast").rnn.dropout == 0.3
+    single = RNNLM(V, E, H, 1, dropout=0.2)   # one layer: rnn.dropout is not used
+    assert single.config["dropout"] == 0.2
 
 
 def test_torch_backend_options_set_after_construction():
@@ -417,6 +446,9 @@ def test_torch_backend_options_set_after_construction():
         model.zoneout = 0.2
     with pytest.raises(ValueError, match="backend='torch' has no zoneout"):
         model.zoneout = (0.1, 0.2)
+    for name, value in [("weight_drop", ""), ("weight_drop", None), ("zoneout", None)]:
+        with pytest.raises(ValueError, match=f"{name} should be a"):
+            setattr(model, name, value)       # checked on this backend too
     model.weight_drop = 0.0
     model.zoneout = (0, 0)
     assert model.weight_drop == 0.0 and model.zoneout == 0.0

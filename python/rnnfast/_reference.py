@@ -140,21 +140,35 @@ def _values(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _values_readable(values: torch.Tensor) -> bool:
+    """Whether lengths' values can be read here: not while torch.compile, make_fx or another
+    mode traces the call (a fake or proxy tensor has none), nor from a meta tensor."""
+    from torch._subclasses.fake_tensor import is_fake
+    return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+                or torch._C._is_torch_function_mode_enabled() or values.is_meta
+                or is_fake(values))
+
+
 def _check_lengths(lengths: torch.Tensor, input: torch.Tensor) -> None:
     """The kernels' checks of ``lengths`` (csrc/torch/common.h, check_args), with their
     messages: a 1-D int64 CPU tensor (on every device); with a padded [T, B, I] input of size
     B, values in [0, T]; with a packed [N, I] input non-negative and non-increasing, summing to
-    N. The values are not read while torch.compile traces (it has none to read)."""
+    N. The values are not read while a tracer runs the call (_values_readable)."""
     well_formed = (lengths.device.type == "cpu" and lengths.dtype == torch.int64
                    and lengths.dim() == 1)
     if input.dim() == 2:
         if not well_formed:
             raise RuntimeError(f"rnnfast: lengths must be a 1-D int64 CPU tensor, got "
                                f"{_described(lengths)}")
-        if torch.compiler.is_compiling():
+        values = _values(lengths)
+        if values.dim() != 1:
+            raise RuntimeError("rnnfast: the lengths of a packed 2-D input cannot be batched "
+                               "(vmap over them is not supported); vmap over padded input "
+                               "with its lengths instead")
+        if not _values_readable(values):
             return
         N, total, previous = input.shape[0], 0, None
-        for b, n in enumerate(lengths.tolist()):
+        for b, n in enumerate(values.tolist()):
             if n < 0 or (previous is not None and n > previous):
                 raise RuntimeError(
                     "rnnfast: with a packed 2-D input, lengths must be non-negative and "
@@ -173,8 +187,8 @@ def _check_lengths(lengths: torch.Tensor, input: torch.Tensor) -> None:
     if not well_formed or lengths.shape[0] != B:
         raise RuntimeError(f"rnnfast: lengths must be a 1-D int64 CPU tensor of size {B}, got "
                            f"{_described(lengths)}")
-    if B > 0 and not torch.compiler.is_compiling():
-        values = _values(lengths)
+    values = _values(lengths)
+    if B > 0 and _values_readable(values):
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi > T:
             raise RuntimeError(f"rnnfast: lengths must lie in [0, {T}], got values in "

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _cells
-from ..modules import GRU, LSTM, check_weight_drop
+from ..modules import GRU, LSTM, _zoneout_probs, check_weight_drop
 
 __all__ = ["RNNLM", "detach_state", "save_lm", "load_lm"]
 
@@ -65,9 +65,18 @@ def _torch_lacks(names) -> ValueError:
                       f"modules lack them; use backend='rnnfast'")
 
 
+def _zoneout_value(value, cell: str):
+    """``zoneout`` checked as rnnfast's modules check it (p, or for LSTM (p_c, p_h)), as
+    plain floats; a list (from a saved config: JSON has no tuples) as a tuple."""
+    _zoneout_probs("RNNLM", value, _cells.DESCRIPTIONS[cell].cell_state)
+    if isinstance(value, (tuple, list)):
+        return tuple(float(v) for v in value)
+    return float(value)
+
+
 def _is_on(value) -> bool:
-    """Whether an option's value turns it on (a zoneout pair (0, 0) is off)."""
-    return bool(value) and value != (0, 0)
+    """Whether a checked option's value turns it on (a bool, a float, or a zoneout pair)."""
+    return any(v != 0 for v in value) if isinstance(value, tuple) else bool(value)
 
 
 class RNNLM(nn.Module):
@@ -130,15 +139,13 @@ class RNNLM(nn.Module):
             raise ValueError(f"peephole=True needs cell='lstm', got cell={cell!r}")
         if not isinstance(layer_norm, bool):
             raise TypeError(f"layer_norm must be a bool, got {type(layer_norm).__name__}")
-        if isinstance(zoneout, list):  # from a saved config (JSON has no tuples)
-            zoneout = tuple(zoneout)
+        weight_drop = check_weight_drop(weight_drop)
+        zoneout = _zoneout_value(zoneout, cell)
         variants = {k: v for k, v in (("peephole", peephole), ("weight_drop", weight_drop),
                                       ("zoneout", zoneout), ("layer_norm", layer_norm))
                     if _is_on(v)}
         if variants and backend == "torch":
             raise _torch_lacks(variants)
-        if "weight_drop" in variants:
-            variants["weight_drop"] = check_weight_drop(weight_drop)
         self.vocab_size = vocab_size
         self.embed_size = embed_size
         self.hidden_size = hidden_size
@@ -189,11 +196,12 @@ class RNNLM(nn.Module):
 
     @weight_drop.setter
     def weight_drop(self, value) -> None:
+        value = check_weight_drop(value)
         if self.backend == "torch":
             if _is_on(value):
                 raise _torch_lacks(["weight_drop"])
             return
-        self.rnn.weight_drop = check_weight_drop(value)
+        self.rnn.weight_drop = value
 
     @property
     def zoneout(self):
@@ -205,13 +213,12 @@ class RNNLM(nn.Module):
 
     @zoneout.setter
     def zoneout(self, value) -> None:
-        if isinstance(value, list):
-            value = tuple(value)
+        value = _zoneout_value(value, self.cell)
         if self.backend == "torch":
             if _is_on(value):
                 raise _torch_lacks(["zoneout"])
             return
-        self.rnn.zoneout = value   # validated by the module (_ZoneoutOption)
+        self.rnn.zoneout = value
 
     def reset_parameters(self) -> None:
         """Small uniform embeddings, zero output bias (the recurrent layer keeps torch's
@@ -228,7 +235,13 @@ class RNNLM(nn.Module):
     @property
     def config(self) -> dict:
         """The constructor arguments (JSON-serialisable); ``RNNLM(**model.config)`` rebuilds
-        the architecture."""
+        the architecture. One ``dropout`` is both the output's and the inter-layer one: a
+        model whose ``rnn.dropout`` was set apart from it has no config (ValueError)."""
+        if self.num_layers > 1 and self.rnn.dropout != self.drop.p:
+            raise ValueError(
+                f"RNNLM's config has one dropout for the output and between the layers, but "
+                f"rnn.dropout = {self.rnn.dropout} differs from drop.p = {self.drop.p}; set "
+                f"both through the model's dropout attribute (model.dropout = p)")
         return dict(vocab_size=self.vocab_size, embed_size=self.embed_size,
                     hidden_size=self.hidden_size, num_layers=self.num_layers, cell=self.cell,
                     dropout=self.dropout, tie_weights=self.tie_weights, backend=self.backend,
