@@ -210,6 +210,12 @@ def test_empty_sequence_raises_in_the_raw_op_as_in_the_modules(cell, P):
         for training in (False, True):
             with pytest.raises(RuntimeError, match="at least one time step"):
                 torch.ops.rnnfast.layer(cell, x, state, weights, lengths, False, training)
+        # the plain-PyTorch loop (torch.func, forward AD, devices without kernels) as well
+        with pytest.raises(RuntimeError, match="^rnnfast: input must have at least one time"):
+            _reference.layer(cell, x, state, weights, lengths)
+    with pytest.raises(RuntimeError, match="^rnnfast: input must have at least one time"):
+        _reference.layer(cell, torch.zeros(0, 5, dtype=torch.float64), state, weights,
+                         torch.zeros(0, dtype=torch.long))   # no sequences
     for cls, kw in modules_for_cell(cell):
         kw = {**kw, "proj_size": P} if P else kw
         with pytest.raises(RuntimeError):

@@ -250,11 +250,17 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
                            f"state of the {info.name} cell ({info.states}), got {len(zoneout)}")
     if lengths is not None:
         _check_lengths(lengths, input)
+    no_steps = RuntimeError("rnnfast: input must have at least one time step")
     if input.dim() != 2:
+        if input.shape[0] == 0:
+            raise no_steps
         return _padded_layer(info, step, input, state, w, lengths, reverse, zoneout)
     if lengths is None:
         raise RuntimeError("rnnfast: a packed 2-D input needs lengths (the sequence lengths, "
                            "non-increasing)")
+    values = _values(lengths)  # (the steps are the longest sequence's, lengths[0])
+    if _values_readable(values) and (values.numel() == 0 or int(values[0]) == 0):
+        raise no_steps
     # packed rows: (t, b) active iff lengths[b] > t; with non-increasing lengths (checked,
     # summing to the rows) the active pairs in row-major (t, b) order are exactly
     # PackedSequence.data's order
