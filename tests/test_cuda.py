@@ -290,6 +290,28 @@ def test_autocast(dtype):
     assert _rel_err(outs["ours"][0], outs["torch"][0]) < 0.02
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_autocast_reference_loop_runs_in_the_autocast_dtype(cell, dtype):
+    """The plain-PyTorch loop (the modules' CUDA path while the kernels are off, torch.func
+    and forward AD) runs under CUDA autocast as the kernels do: outputs and final states in
+    the autocast dtype, close to the kernels'; it gave float32 where cuDNN gives float16."""
+    torch.manual_seed(0)
+    H = 32
+    G = _cells.cell(cell).gates
+    x = torch.randn(10, 8, 16, device=CUDA)
+    weights = [torch.randn(G * H, n, device=CUDA) * 0.2 for n in (16, H)]
+    weights += [torch.randn(G * H, device=CUDA) * 0.1 for _ in range(2)]
+    with torch.autocast("cuda", dtype=dtype):
+        y, final = _reference.layer(cell, x, [], weights)
+        y_k, final_k = ops.layer(cell, x, [], weights)
+    assert y.dtype == dtype and all(s.dtype == dtype for s in final)
+    assert _rel_err(y.float(), y_k.float()) < 0.02
+    with torch.autocast("cuda", dtype=dtype):   # float64 is left alone
+        assert _reference.layer(cell, x.double(), [], [w.double() for w in weights])[0].dtype \
+            == torch.float64
+
+
 @pytest.mark.parametrize("kind", KIND_NAMES)
 def test_deterministic_bits(kind):
     """Two runs on the same inputs give the same bits, gradients included."""

@@ -224,6 +224,22 @@ def _padded_layer(info, step, input, state, w, lengths, reverse, zoneout=()):
     return out, state
 
 
+def autocast_cuda(input, state, weights, zoneout):
+    """Under CUDA autocast, (input, state, weights, zoneout) in the autocast dtype (float64
+    and 0-D probabilities left alone), as the layers run there: rnnfast's CUDA kernels and
+    this loop in that dtype, as cuDNN's RNNs do (their outputs come in it). Otherwise the
+    arguments as they are."""
+    if not (input.is_cuda and torch.is_autocast_enabled("cuda")):
+        return input, state, weights, zoneout
+    dt = torch.get_autocast_dtype("cuda")
+
+    def cast(t):
+        return t.to(dt) if t.is_floating_point() and t.dtype != torch.float64 else t
+
+    return (cast(input), [cast(t) for t in state], [cast(t) for t in weights],
+            [cast(t) if t.dim() else t for t in zoneout])
+
+
 def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]],
           weights: Sequence[torch.Tensor], lengths: Optional[torch.Tensor] = None,
           reverse: bool = False, zoneout: Sequence[torch.Tensor] = ()
@@ -242,6 +258,7 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
     info = _cells.cell(cell)
     step = _step_of(info)
     state = list(state) if state is not None else []
+    input, state, weights, zoneout = autocast_cuda(input, state, weights, list(zoneout))
     _cells.check_state(info, state)
     w = dict(zip(_cells.weight_names(info, len(weights)), weights))
     zoneout = list(zoneout)

@@ -374,16 +374,9 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
         state = []
     if _reference_only():
         return _reference.layer(cell, input, state, weights, lengths, reverse, zoneout)
-    if input.is_cuda and torch.is_autocast_enabled("cuda"):
-        dt = torch.get_autocast_dtype("cuda")
-
-        def cast(t):
-            return t.to(dt) if t.is_floating_point() and t.dtype != torch.float64 else t
-
-        input = cast(input)
-        state = [cast(t) for t in state]
-        weights = [cast(t) for t in weights]
-        zoneout = [cast(t) if t.dim() else t for t in zoneout]
+    if input.is_cuda:
+        input, state, weights, zoneout = _reference.autocast_cuda(input, state, weights,
+                                                                  zoneout)
     training = _needs_grad(input, state, weights, zoneout)
     zoneout = list(zoneout) if zoneout else None
     if not training and _straight_to_cpu(input, lengths, state, weights, zoneout or ()):
