@@ -86,7 +86,9 @@ _STEPS: Dict[str, Step] = {
 def _normalized(v):
     """(v - mean(v)) / sqrt(var(v) + eps) over the last dimension, biased variance (the layer
     normalisation of the layer-normalised cells, without gain; csrc/core/cells.h)."""
-    return F.layer_norm(v, v.shape[-1:], eps=_cells.LAYER_NORM_EPS)
+    # (in v's dtype: under CUDA autocast layer_norm computes in float32, and its result would
+    # turn the rest of the cell float32 where the layer runs in the autocast dtype)
+    return F.layer_norm(v, v.shape[-1:], eps=_cells.LAYER_NORM_EPS).to(v.dtype)
 
 
 def _projections(x, h, w):
@@ -265,12 +267,12 @@ def layer(cell: str, input: torch.Tensor, state: Optional[Sequence[torch.Tensor]
     if zoneout and len(zoneout) != info.states:
         raise RuntimeError(f"rnnfast: zoneout must be empty (no zoneout) or hold one tensor per "
                            f"state of the {info.name} cell ({info.states}), got {len(zoneout)}")
+    no_steps = RuntimeError("rnnfast: input must have at least one time step")
+    if input.dim() == 3 and input.shape[0] == 0:  # (checked before lengths, as the kernels do)
+        raise no_steps
     if lengths is not None:
         _check_lengths(lengths, input)
-    no_steps = RuntimeError("rnnfast: input must have at least one time step")
     if input.dim() != 2:
-        if input.shape[0] == 0:
-            raise no_steps
         return _padded_layer(info, step, input, state, w, lengths, reverse, zoneout)
     if lengths is None:
         raise RuntimeError("rnnfast: a packed 2-D input needs lengths (the sequence lengths, "

@@ -615,8 +615,8 @@ class LSTM(RNNBase):
       z = LN(W_ih x_t) * ln_ih_weight + LN(W_hh h_{t-1}) * ln_hh_weight + b_ih + b_hh and
       h_t = o * tanh(LN(c_t) * ln_c_weight + ln_c_bias). Parameters ``ln_ih_weight_l{k}``,
       ``ln_hh_weight_l{k}`` [G * hidden_size] (G = 4, or 3 with coupled_gates; init 1),
-      ``ln_c_weight_l{k}`` (init 1) and ``ln_c_bias_l{k}`` (init 0) [hidden_size]. CPU kernels
-      only so far: on CUDA it runs the plain-PyTorch reference loop.
+      ``ln_c_weight_l{k}`` (init 1) and ``ln_c_bias_l{k}`` (init 0) [hidden_size]. CPU and CUDA
+      kernels (the CUDA ones while the CUDA kernels are on: see README's GPU section).
     - ``weight_drop=p`` is DropConnect on the recurrent weights (Merity et al. 2017, AWD-LSTM):
       in training each call drops W_hh with inverted dropout, one mask for all its steps;
       eval uses W_hh as is. No parameters are added.
