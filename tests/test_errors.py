@@ -127,6 +127,10 @@ def _cell_cases():
             r"hidden|negative|size")
         add("hidden-size-float", lambda lib, k=kind: getattr(lib, k)(3, 2.0),
             r"hidden|int|float|size")
+        if lstm:  # hx of another count of states, or one stacked tensor
+            add("hx-one-state", lambda lib, mk=mk: mk(lib)(x(2, 3), (x(2, 5),)), r"two")
+            add("hx-three-states", lambda lib, mk=mk: mk(lib)(x(2, 3), (x(2, 5),) * 3), r"two")
+            add("hx-stacked", lambda lib, mk=mk: mk(lib)(x(2, 3), x(2, 2, 5)), r"tuple")
         if kind == "RNNCell":
             add("bad-nonlinearity",
                 lambda lib, mk=mk: mk(lib, nonlinearity="sigmoid")(x(2, 3)), "nonlinearity")
@@ -195,6 +199,17 @@ def test_accepted_like_torch(fn):
     assert _shapes(actual) == _shapes(expected)
 
 
+@pytest.mark.parametrize("hx", [(None, None), "h-none"], ids=["none-none", "h-none"])
+def test_lstm_cell_hx_with_none_is_refused(hx):
+    """torch's LSTMCell fails on None inside hx (an AttributeError from deep inside); rnnfast's
+    said nothing and ran with zeros for it. Now a TypeError naming hx."""
+    if hx == "h-none":
+        hx = (x(2, 5), None)
+    with pytest.raises(TypeError, match=r"LSTMCell: hx must be a tuple \(h_0, c_0\) of two "
+                                        r"tensors, got \("):
+        rnnfast.LSTMCell(3, 5)(x(2, 3), hx)
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_dropout_single_layer_warns_like_torch(kind):
     with pytest.warns(UserWarning, match="dropout"):
@@ -211,3 +226,21 @@ def test_errors_do_not_poison_module(kind):
         m(x(4, 2, 7))
     out, _ = m(x(4, 2, 3))
     assert out.shape == (4, 2, 5) and torch.isfinite(out).all()
+
+
+def test_rnn_mode_set_after_construction_like_torch():
+    """torch's RNN reads mode at each call: RNN_TANH -> RNN_RELU changes the nonlinearity (the
+    same parameters); rnnfast kept tanh silently. A mode of another cell is refused, naming
+    both."""
+    ref = nn.RNN(3, 5)
+    ours = rnnfast.RNN(3, 5)
+    ours.load_state_dict(ref.state_dict())
+    inp = x(4, 2, 3)
+    for mode in ("RNN_RELU", "RNN_TANH"):
+        ref.mode = ours.mode = mode
+        torch.testing.assert_close(ours(inp)[0], ref(inp)[0])
+    assert ours(inp)[0].min() < 0   # tanh again
+    ours.mode = "GRU"
+    with pytest.raises(ValueError, match=r"mode 'GRU' does not match the module's cell "
+                                         r"'rnn_tanh'"):
+        ours(inp)

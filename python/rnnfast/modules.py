@@ -305,7 +305,19 @@ class RNNBase(_ZoneoutOption, nn.Module):
     def _cell(self) -> _cells.Cell:
         """The description of this module's cell."""
         # modules pickled before the cell was stored have torch's mode's cell
-        return _cells.DESCRIPTIONS[self.__dict__.get("_cell_name") or self.mode.lower()]
+        d = self.__dict__
+        mode = d.get("mode")
+        name = d.get("_cell_name") or mode.lower()
+        if mode is not None and not name.startswith(mode.lower()):
+            # torch's RNN reads its mode at each call: tanh and ReLU share their parameters
+            if {name, mode.lower()} == {"rnn_tanh", "rnn_relu"}:
+                name = mode.lower()
+            else:
+                raise ValueError(
+                    f"{type(self).__name__}: mode {mode!r} does not match the module's cell "
+                    f"{name!r}; after construction mode can only change between 'RNN_TANH' "
+                    f"and 'RNN_RELU' (the other cells have other parameters)")
+        return _cells.DESCRIPTIONS[name]
 
     # --- the nn.RNNBase surface -------------------------------------------------------------
 
@@ -798,7 +810,19 @@ class LSTMCell(RNNCellBase):
         self.layer_norm = layer_norm
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
-        h0, c0 = hx if hx is not None else (None, None)
+        if hx is None:
+            h0 = c0 = None
+        else:  # (torch refuses a stacked tensor, another count and None in it too)
+            if not isinstance(hx, (tuple, list)):
+                raise TypeError(f"LSTMCell: hx must be a tuple (h_0, c_0) of two tensors, got "
+                                f"{type(hx).__name__}")
+            if len(hx) != 2:
+                raise RuntimeError(f"LSTMCell: hx must be a tuple (h_0, c_0) of two tensors, "
+                                   f"got {len(hx)} of them")
+            h0, c0 = hx
+            if not (isinstance(h0, Tensor) and isinstance(c0, Tensor)):
+                raise TypeError(f"LSTMCell: hx must be a tuple (h_0, c_0) of two tensors, got "
+                                f"({type(h0).__name__}, {type(c0).__name__})")
         batched = self._check(input, [("hx[0]", h0), ("hx[1]", c0)], "LSTMCell")
         if not batched:
             input = input.unsqueeze(0)
