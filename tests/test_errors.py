@@ -71,6 +71,9 @@ def _module_cases():
             lambda lib, mk=mk, k=kind: mk(lib)(
                 pack_padded_sequence(x(4, 2, 3), torch.tensor([4, 2])), hx_for(k, x(1, 3, 5))), HX)
         # constructor arguments
+        for v in (None, 1, "yes"):   # torch's op refuses them at the call, rnnfast at once
+            add(f"bidirectional-{v}",
+                lambda lib, mk=mk, v=v: mk(lib, bidirectional=v)(x(2, 2, 3)), "bidirectional")
         add("dropout-above-1", lambda lib, mk=mk: mk(lib, num_layers=2, dropout=1.5), "dropout")
         add("dropout-negative", lambda lib, mk=mk: mk(lib, num_layers=2, dropout=-0.1), "dropout")
         add("hidden-size-zero", lambda lib, k=kind: getattr(lib, k)(3, 0), "hidden_size")

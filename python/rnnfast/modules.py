@@ -239,6 +239,7 @@ class RNNBase(_ZoneoutOption, nn.Module):
         weight_drop = check_weight_drop(weight_drop)
         _check_type("bias", bias, bool, "bool")
         _check_type("batch_first", batch_first, bool, "bool")
+        _check_type("bidirectional", bidirectional, bool, "bool")  # (torch's op refuses others)
         _check_type("input_size", input_size, int, "int")
         _check_type("hidden_size", hidden_size, int, "int")
         _check_type("num_layers", num_layers, int, "int")
