@@ -36,7 +36,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 from harness.cases import (CELLS, MODES, Case, default_grid, make_inputs,  # noqa: E402
                            make_reference, parse_config, quick_grid)
-from harness.checks import GRAD_ATOL, GRAD_RTOL, OUT_ATOL, check, describe_mismatch  # noqa: E402
+from harness.checks import TOLERANCES, check, describe_mismatch  # noqa: E402
 from harness.cpu_report import (format_header, format_legend, format_row,  # noqa: E402
                                 write_png)
 from harness.load import (OTHER_LOAD_LIMIT, cpu_busy_fraction, loadavg,  # noqa: E402
@@ -54,8 +54,8 @@ def run_one(cell: str, mode: str, case: Case, impl_names: Sequence[str], sgemm: 
             args) -> dict:
     """One row: build every implementation on the same weights and input, check each against
     BASELINE, time them in the same interleaved rounds, and compute the ratios."""
-    ref_mod = make_reference(cell, case, args.seed)
-    inputs = make_inputs(case, args.seed)
+    ref_mod = make_reference(cell, case, args.seed, args.torch_dtype)
+    inputs = make_inputs(case, args.seed, args.torch_dtype)
     flops = case.flops(cell, mode)
     row = {"cell": cell, "mode": mode, "tag": case.tag, "case": dataclasses.asdict(case),
            "flops": flops, "impls": {}, "ratio": {}, "ratio_vs_peers": {},
@@ -186,6 +186,9 @@ def parse_args(argv=None):
     p.add_argument("--noisy-iqr", type=float, default=40.0,
                    help="iqr%% above which a row counts as noisy (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="the models' and inputs' dtype (default float32; the ONNX peers run "
+                        "float32 only, n/a otherwise); %%sgemm is then against torch.mm in it")
     p.add_argument("--out-dir", type=Path, default=HERE / "results",
                    help="where cpu-<timestamp>.json/.png go (default bench/results)")
     p.add_argument("--no-json", action="store_true", help="do not write JSON")
@@ -195,6 +198,7 @@ def parse_args(argv=None):
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks")
     a = p.parse_args(argv)
     q = a.quick
+    a.torch_dtype = getattr(torch, a.dtype)
     fill_timing_defaults(a)
     a.retries = a.retries if a.retries is not None else (0 if q else 2)
     a.cells = [c.strip() for c in a.cells.split(",") if c.strip()]
@@ -250,7 +254,8 @@ def choose_implementations(args) -> Tuple[Optional[List[str]], List[str], List[s
             notes.append(f"{n} unavailable, column dropped: {why}")
     if any(IMPLEMENTATIONS[n].peer for n in impl_names):
         notes.append("peers (" + ", ".join(n for n in impl_names if IMPLEMENTATIONS[n].peer)
-                     + ") run inference only (n/a in training rows), float32, the torch model "
+                     + ") run inference only (n/a in training rows), float32 (n/a in a float64 run), "
+                       "the torch model "
                        "exported to ONNX; packed rows feed the ONNX ops' sequence_lens")
     return impl_names, notes, wanted
 
@@ -362,12 +367,14 @@ def main(argv=None) -> int:
               f"{threads} threads on {os.cpu_count()} CPUs, timings will be slow and noisy "
               f"(use --wait-idle SECONDS, or --threads 1).")
 
-    sg0 = sgemm_rate(seconds=0.3 if args.quick else 1.0)
-    print(f"SGEMM (torch.mm 1024x1024 fp32): {sg0['gflops']:.1f} GFLOP/s "
+    gemm = "SGEMM" if args.dtype == "float32" else "DGEMM"
+    sg0 = sgemm_rate(seconds=0.3 if args.quick else 1.0, dtype=args.torch_dtype)
+    print(f"{gemm} (torch.mm 1024x1024 {args.dtype}): {sg0['gflops']:.1f} GFLOP/s "
           f"(best of {len(sg0['window_medians'])} window medians "
           f"{', '.join(f'{m:.0f}' for m in sg0['window_medians'])}; max {sg0['max_gflops']:.0f})")
     sgemm = sg0["gflops"]
-    print(f"grid: {len(args.grid)} configs x cells {args.cells} x modes {args.modes}; "
+    print(f"grid: {len(args.grid)} configs x cells {args.cells} x modes {args.modes}, "
+          f"{args.dtype}; "
           f"budget {args.budget}s/config, reps in [{args.min_reps}, {args.max_reps}]")
     print()
     legend = format_legend(impl_names)
@@ -381,15 +388,15 @@ def main(argv=None) -> int:
 
     if args.wait_idle > 0:
         wait_for_idle(args.wait_idle, interval=0.5)
-    sg1 = sgemm_rate(seconds=0.3 if args.quick else 1.0)
+    sg1 = sgemm_rate(seconds=0.3 if args.quick else 1.0, dtype=args.torch_dtype)
     print()
     load_end = loadavg()
     machine["loadavg_end"] = load_end
-    print(f"SGEMM at end: {sg1['gflops']:.1f} GFLOP/s (start {sg0['gflops']:.1f}); "
+    print(f"{gemm} at end: {sg1['gflops']:.1f} GFLOP/s (start {sg0['gflops']:.1f}); "
           f"loadavg {load_end}")
     drift = sg1["gflops"] / sg0["gflops"] if sg0["gflops"] else 1.0
     if not 0.8 <= drift <= 1.25 or (load_end and load_end[0] > threads + 0.5):
-        print(f"WARNING: machine load changed or is high during the run (SGEMM end/start "
+        print(f"WARNING: machine load changed or is high during the run ({gemm} end/start "
               f"{drift:.2f}, loadavg {load_end}). Rows timed while other processes used the "
               f"CPUs are marked; unmarked rows were timed on a quiet machine.")
     # Other load can only lower a SGEMM measurement, so the higher of start/end is the better
@@ -401,7 +408,7 @@ def main(argv=None) -> int:
             for r in row["impls"].values():
                 if r.get("gflops") is not None:
                     r["pct_sgemm"] = 100.0 * r["gflops"] / sgemm_best
-        print(f"\nSGEMM at end was higher than at start; the table again with %sgemm relative to "
+        print(f"\n{gemm} at end was higher than at start; the table again with %sgemm relative to "
               f"{sgemm_best:.1f} GFLOP/s:\n")
         if legend:
             print(legend)
@@ -431,23 +438,26 @@ def main(argv=None) -> int:
                      "min_reps": args.min_reps, "max_reps": args.max_reps, "seed": args.seed,
                      "retries": args.retries, "noisy_iqr_pct": args.noisy_iqr,
                      "wait_idle_s": args.wait_idle,
-                     "dtype": "float32", "out_atol": OUT_ATOL, "grad_rtol": GRAD_RTOL,
-                     "grad_atol": GRAD_ATOL,
+                     "dtype": args.dtype, "out_atol": TOLERANCES[args.torch_dtype][0],
+                     "grad_rtol": TOLERANCES[args.torch_dtype][1],
+                     "grad_atol": TOLERANCES[args.torch_dtype][2],
                      "flops": "forward 2*steps*G*H*(I_l+H) per layer/direction; training 3x"},
         "sgemm": {"start": sg0, "end": sg1, "used_gflops": sgemm},
         "elapsed_s": elapsed,
         "results": rows,
     }
+    kind = "cpu" if args.dtype == "float32" else "cpu-f64"   # the files' names
     if not args.no_json or not args.no_png:
         args.out_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_json:
-        jpath = args.out_dir / f"cpu-{stamp}.json"
+        jpath = args.out_dir / f"{kind}-{stamp}.json"
         write_json(jpath, result)
         print(f"wrote {jpath}")
     if not args.no_png:
-        ppath = args.out_dir / f"cpu-{stamp}.png"
+        ppath = args.out_dir / f"{kind}-{stamp}.png"
         title = (f"rnnfast CPU benchmark {started:%Y-%m-%d %H:%M}, {machine['cpu_model']}, "
                  f"{threads} threads, torch {torch.__version__}"
+                 + (f", {args.dtype}" if args.dtype != "float32" else "")
                  + ("\n" + ", ".join(f"{n} {v}" for n, v in peer_versions.items() if v)
                     if any(peer_versions.values()) else ""))
         note = write_png(rows, impl_names, ppath, title)

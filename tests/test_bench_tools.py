@@ -199,3 +199,49 @@ def test_straight_ab_refuses_bad_arguments():
         out = subprocess.run([sys.executable, script, *bad], capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 2 and says in out.stderr, (bad, out.stderr)
+
+
+def test_bench_cpu_float64_grid_runs_both_in_float64(tmp_path):
+    """--dtype float64: both modules and the input in float64, checked with the float64
+    tolerances, the DGEMM rate, the ONNX peers n/a, and a results file of its own name."""
+    import json
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "bench_cpu.py"), "--dtype", "float64",
+         "--config", "6,2,5,7:2L+bi", "--cells", "lstm,gru", "--threads", "1", "--quick",
+         "--no-png", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "DGEMM (torch.mm 1024x1024 float64)" in out.stdout, out.stdout
+    files = list(tmp_path.glob("cpu-f64-*.json"))
+    assert len(files) == 1, list(tmp_path.iterdir())
+    res = json.loads(files[0].read_text())
+    assert res["settings"]["dtype"] == "float64" and res["settings"]["out_atol"] == 1e-10
+    assert res["sgemm"]["start"]["dtype"] == "float64"
+    assert len(res["results"]) == 4
+    for row in res["results"]:
+        assert row["check"]["status"] == "ok", row["check"]
+        for peer in ("onnxruntime", "openvino"):
+            if peer in row["impls"]:
+                assert "unsupported" in row["impls"][peer], row["impls"][peer]
+        # a float32 rnnfast would differ from float64 torch by about 1e-7
+        assert row["check"]["details"]["rnnfast"]["out"] < 1e-12, row["check"]
+
+
+def test_bench_check_refuses_another_dtype():
+    """The grid's check fails a runner whose outputs are in another dtype than torch's, however
+    close the values."""
+    import torch
+    from harness import cases, checks, registry
+    case = cases.Case(4, 2, 3, 5)
+    ref = cases.make_reference("lstm", case, 0, torch.float64)
+    inputs = cases.make_inputs(case, 0, torch.float64)
+    torch_runner = registry.torch_factory("lstm", case, "inference", ref)
+
+    class Float32(type(torch_runner)):
+        def infer(self, inputs):
+            return tuple(t.float() if t is not None else None for t in super().infer(inputs))
+
+    ok, det = checks.check(Float32(ref), torch_runner, inputs, "inference")
+    assert not ok and det["out_dtype"] == "torch.float32 against torch.float64", det
+    assert "out_dtype" in checks.describe_mismatch(det)
+    ok, det = checks.check(torch_runner, torch_runner, inputs, "inference")
+    assert ok, det

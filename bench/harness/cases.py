@@ -126,17 +126,19 @@ def parse_config(text: str, seed: int) -> List[Case]:
     return [Case(T, B, I, H, layers=layers, bidirectional=bidir)]
 
 
-def make_reference(cell: str, case: Case, seed: int) -> nn.Module:
-    """The torch module whose weights every implementation of the row gets."""
+def make_reference(cell: str, case: Case, seed: int,
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The torch module whose weights every implementation of the row gets (in `dtype`; the
+    float64 weights are the float32 draw, converted, so both grids time the same model)."""
     torch.manual_seed(seed)
     m = TORCH_CLASSES[cell](case.I, case.H, num_layers=case.layers,
                             bidirectional=case.bidirectional)
-    return m.float()
+    return m.float().to(dtype)
 
 
-def make_inputs(case: Case, seed: int) -> Inputs:
+def make_inputs(case: Case, seed: int, dtype: torch.dtype = torch.float32) -> Inputs:
     g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(case.T, case.B, case.I, generator=g)
+    x = torch.randn(case.T, case.B, case.I, generator=g).to(dtype)
     lengths = None
     if case.lengths is not None:
         lengths = torch.tensor(case.lengths, dtype=torch.int64)

@@ -268,6 +268,9 @@ def factory_for(cls):
     def factory(cell: str, case, mode: str, ref: nn.Module):
         if mode != "inference":
             raise Unsupported("inference only")
+        dtype = next(ref.parameters()).dtype
+        if dtype != torch.float32:
+            raise Unsupported(f"float32 only (the row is {dtype})")
         try:
             exported = export(cell, case, ref)
         except ValueError as e:

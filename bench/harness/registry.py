@@ -68,6 +68,7 @@ def rnnfast_factory(cell: str, case, mode: str, ref: nn.Module) -> Runner:
     rf = import_rnnfast()
     cls = getattr(rf, type(ref).__name__)
     m = cls(ref.input_size, ref.hidden_size, **same_module_kwargs(ref))
+    m.to(next(ref.parameters()).dtype)   # load_state_dict keeps the parameters' own dtype
     m.load_state_dict(ref.state_dict())
     m.train(ref.training)
     return ModuleRunner(m)

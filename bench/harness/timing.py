@@ -134,14 +134,16 @@ def summarize(ts: List[float]) -> dict:
             "reps": len(s)}
 
 
-def sgemm_rate(n: int = 1024, seconds: float = 1.0, windows: int = 3) -> dict:
-    """GFLOP/s of torch.mm on n x n float32 matrices: the median of each of `windows` windows of
-    seconds/windows; the best window median is the rate used (contention from other processes can
-    only lower a window, so the best one is the closest to the machine's real rate)."""
+def sgemm_rate(n: int = 1024, seconds: float = 1.0, windows: int = 3,
+               dtype: torch.dtype = torch.float32) -> dict:
+    """GFLOP/s of torch.mm on n x n matrices of `dtype` (float32: SGEMM, float64: DGEMM): the
+    median of each of `windows` windows of seconds/windows; the best window median is the rate
+    used (contention from other processes can only lower a window, so the best one is the
+    closest to the machine's real rate)."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g)
-    b = torch.randn(n, n, generator=g)
-    c = torch.empty(n, n)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
+    c = torch.empty(n, n, dtype=dtype)
     for _ in range(3):
         torch.mm(a, b, out=c)
     flop = 2.0 * n ** 3
@@ -156,6 +158,6 @@ def sgemm_rate(n: int = 1024, seconds: float = 1.0, windows: int = 3) -> dict:
         r = [flop / t / 1e9 for t in ts]
         medians.append(statistics.median(r))
         rates += r
-    return {"n": n, "gflops": max(medians), "window_medians": medians,
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "gflops": max(medians), "window_medians": medians,
             "median_gflops": statistics.median(rates), "max_gflops": max(rates),
             "min_gflops": min(rates), "reps": len(rates)}
