@@ -245,3 +245,77 @@ def test_bench_check_refuses_another_dtype():
     assert "out_dtype" in checks.describe_mismatch(det)
     ok, det = checks.check(torch_runner, torch_runner, inputs, "inference")
     assert ok, det
+
+
+def _grid_row(cell, mode, B, H, times, layers=1, bi=False, tag="-", flops=1e9):
+    return {"cell": cell, "mode": mode, "tag": tag, "flops": flops,
+            "case": {"T": 10, "B": B, "I": 8, "H": H, "layers": layers, "bidirectional": bi},
+            "impls": {k: {"median_ms": v} for k, v in times.items()}}
+
+
+def test_targets_sorts_rows_into_met_and_missed_with_the_needed_rate(tmp_path):
+    """bench/targets.py: each target's rows, met or missed, and for a miss the rate (GFLOP/s,
+    % of the run's GEMM rate, % of the given peak) that would meet it."""
+    import json
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import targets
+    run = {"schema": "rnnfast-bench-cpu/1", "threads": 2,
+           "implementations": ["rnnfast", "torch", "rnnfast-avx2", "onnxruntime"],
+           "peers": {"onnxruntime": {}}, "rnnfast": {"simd": "avx512"},
+           "machine": {"avx512f": True}, "settings": {"dtype": "float32"},
+           "sgemm": {"used_gflops": 200.0},
+           "results": [
+               # 2-layer: 0.7 met, 0.8 missed (1 GFLOP in 8 ms = 125 GFLOP/s; needs 125 * 0.8 /
+               # 0.75); the avx2 column at 0.74 meets it
+               _grid_row("lstm", "inference", 8, 64, {"rnnfast": 8.0, "torch": 10.0,
+                                                      "rnnfast-avx2": 7.4, "onnxruntime": 7.0},
+                         layers=2, tag="2L"),
+               _grid_row("gru", "training", 8, 64, {"rnnfast": 7.0, "torch": 10.0,
+                                                    "rnnfast-avx2": 4.1},
+                         bi=True, tag="bi"),
+               # single layer: only the avx2 targets; LSTM B <= 16 at 0.6 exactly is met
+               _grid_row("lstm", "training", 16, 256, {"rnnfast": 5.0, "torch": 10.0,
+                                                       "rnnfast-avx2": 6.0}),
+               _grid_row("lstm", "inference", 32, 256, {"rnnfast": 5.0, "torch": 10.0,
+                                                        "rnnfast-avx2": 10.5, "onnxruntime": 11}),
+           ]}
+    res = {t["target"]: t for t in targets.check_run(run, peak=400.0)}
+    two = res["avx512: 2-layer and bidirectional <= 0.75"]
+    assert two["met"] == 1 and [m["row"] for m in two["missed"]] == [
+        "lstm inference 10,8,8,64 2L"], two
+    miss = two["missed"][0]
+    assert miss["gflops"] == pytest.approx(125.0)
+    assert miss["need_gflops"] == pytest.approx(125.0 * 0.8 / 0.75)
+    assert miss["need_pct_gemm"] == pytest.approx(100 * 125.0 * 0.8 / 0.75 / 200.0)
+    assert miss["need_pct_peak"] == pytest.approx(100 * 125.0 * 0.8 / 0.75 / 400.0)
+    avx2_two = res["avx2: 2-layer and bidirectional <= 0.75"]
+    assert avx2_two["met"] == 2 and not avx2_two["missed"]
+    every = res["avx2: every row <= 1"]
+    assert every["met"] == 3 and [m["row"] for m in every["missed"]] == [
+        "lstm inference 10,32,8,256"]
+    # the avx2 column of an AVX-512 CPU against half the peak
+    assert every["missed"][0]["need_pct_peak"] == pytest.approx(
+        100 * (1e9 / 10.5e-3 / 1e9) * 1.05 / 200.0)
+    small = res["avx2: LSTM at B <= 16 or H <= 128 <= 0.6"]
+    assert small["met"] == 1 and len(small["missed"]) == 1     # 0.6 met, 0.74 missed
+    gru = res["avx2: GRU training <= 0.4"]
+    assert gru["met"] == 0 and gru["missed"][0]["ratio"] == pytest.approx(0.41)
+    ort = res["avx2: inference no slower than onnxruntime"]
+    assert ort["met"] == 1 and ort["missed"][0]["ratio"] == pytest.approx(7.4 / 7.0)
+    assert "avx512: every row <= 1" not in res   # the AVX2-only targets are the AVX2 path's
+
+    # float64 runs: every row <= 1 on each path
+    f64 = dict(run, settings={"dtype": "float64"}, peers={})
+    names = [t["target"] for t in targets.check_run(f64, peak=None)]
+    assert names == ["float64 avx512: every row <= 1", "float64 avx2: every row <= 1"]
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "targets.py"), str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "avx512: 2-layer and bidirectional <= 0.75: met 1 of 2" in out.stdout, out.stdout
+    path.write_text(json.dumps({"schema": "rnnfast-cells/1"}))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "targets.py"), str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "not a bench_cpu.py result" in out.stderr
