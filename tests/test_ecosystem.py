@@ -1,5 +1,7 @@
 """rnnfast inside the wider PyTorch ecosystem.
 
+* torch.jit.trace of models using every module: its check passes, and the traced model trains;
+  torch.jit.script refuses them with a clear RuntimeError.
 * torch.compile(fullgraph=True) on models using every module (LSTM, GRU, RNN tanh/relu, LSTMCell,
   GRUCell, RNNCell), forward and backward, aot_eager; one inductor case; dynamic shapes.
 * torch.autocast on CPU with bfloat16 (see the autocast section for the behaviour chosen).
@@ -77,6 +79,43 @@ def _torch_twin(model, **kw):
     twin = SeqModel(model.kind, lib=nn, dtype=model.inp.weight.dtype, **kw)
     twin.load_state_dict(model.state_dict())
     return twin
+
+
+# =========================================================================== torch.jit.trace
+
+@pytest.mark.parametrize("traced_under_no_grad", [False, True], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_jit_trace_every_module(kind, traced_under_no_grad):
+    """torch.jit.trace passes its own check (which traces again under no_grad and compares the
+    graphs), and the traced model gives the eager outputs and gradients, and torch's, whether
+    it was traced with autograd on or under no_grad, and run either way."""
+    torch.manual_seed(0)
+    kw = dict(num_layers=2, bidirectional=True) if kind in KIND_NAMES else {}
+    model = SeqModel(kind, **kw)
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    with torch.set_grad_enabled(not traced_under_no_grad):
+        traced = torch.jit.trace(model, (x,))   # check_trace=True (the default)
+    assert "rnnfast::" in str(traced.inlined_graph)
+    eager = _loss_and_grads(model, x)
+    got = _loss_and_grads(traced, x)
+    _assert_all_close(got, eager, 1e-12, f"{kind} traced")
+    _assert_all_close(got, _loss_and_grads(_torch_twin(model, **kw), x), ATOL[torch.float64],
+                      f"{kind} traced vs torch")
+    with torch.no_grad():
+        _assert_all_close(list(traced(x)), list(model(x)), 1e-12, f"{kind} traced, no_grad")
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_jit_script_refuses_clearly(kind):
+    """torch.jit.script cannot compile rnnfast's Python forward: a RuntimeError naming the
+    module and what to use instead, also for a model that holds one, not an error about some
+    line of rnnfast's code."""
+    model = SeqModel(kind)
+    name = fast_cls(kind).__name__
+    for m in (model.rnn, model):
+        with pytest.raises(RuntimeError, match=rf"rnnfast\.{name} cannot be compiled by "
+                                               r"torch\.jit\.script.*torch\.jit\.trace"):
+            torch.jit.script(m)
 
 
 # =========================================================================== torch.compile

@@ -213,8 +213,21 @@ def check_weight_drop(value) -> float:
     return float(value)
 
 
+def _refuse_script(self):
+    """torch.jit.script calls this on every module it compiles (nn.Module's hook
+    ``__prepare_scriptable__``): rnnfast's forward is Python around its ops that TorchScript's
+    compiler cannot read, so it says that and what works instead, rather than fail on some
+    line of it."""
+    raise RuntimeError(
+        f"rnnfast.{type(self).__name__} cannot be compiled by torch.jit.script (its forward is "
+        "Python that TorchScript cannot compile); use torch.jit.trace, torch.compile, "
+        "torch.export or torch.onnx.export, which support it")
+
+
 class RNNBase(_ZoneoutOption, nn.Module):
     """Shared machinery of :class:`LSTM`, :class:`GRU` and :class:`RNN`."""
+
+    __prepare_scriptable__ = _refuse_script
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -691,6 +704,8 @@ class RNN(RNNBase):
 
 class RNNCellBase(_ZoneoutOption, nn.Module):
     """Shared machinery of :class:`LSTMCell`, :class:`GRUCell` and :class:`RNNCell`."""
+
+    __prepare_scriptable__ = _refuse_script
 
     # The cell whose description gives the parameters (names, order, shapes).
     _cell_name = "lstm"

@@ -302,7 +302,15 @@ def _needs_grad(input, *lists) -> bool:
     """Whether autograd records the call. The callers pass the zoneout lists too: a mask
     that requires grad must reach the Autograd kernel, which refuses it (zoneout masks are
     constants to the kernels; autograd.cpp: check_constant_masks), rather than go straight to
-    the CPU kernel and lose its gradient silently."""
+    the CPU kernel and lose its gradient silently.
+
+    Under the TorchScript tracer, always: the tracer records the answer as a constant of the
+    graph, and a traced module must give gradients when run with autograd, as a traced
+    nn.LSTM does (torch.jit.trace's own check traces the module again under no_grad and
+    refuses a graph that differs). The traced graph then saves the backward's activations
+    on every call, also under no_grad."""
+    if _tracing() is not None:
+        return True
     try:
         return torch.is_grad_enabled() and (
             input.requires_grad or any(t.requires_grad for l in lists if l for t in l))
