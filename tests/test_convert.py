@@ -194,3 +194,78 @@ def test_converted_state_dict_loads_into_torch_model():
     x = torch.randn(5, 2, 3)
     _assert_same_outputs(conv[0], src[0], x, "LSTM")
     _assert_same_outputs(conv[1], src[1], x[0], "GRUCell")
+
+
+def _hooked(kind, seed):
+    """Twin torch modules (float64) with a pruning, weight-norm or spectral-norm hook: each
+    computes a weight from other parameters and buffers before every call."""
+    from torch.nn.utils import prune
+    torch.manual_seed(seed)
+    make, hook, remove = {
+        "LSTM prune": (lambda: nn.LSTM(4, 5, num_layers=2),
+                       lambda m: prune.l1_unstructured(m, "weight_hh_l1", 0.3),
+                       lambda m: prune.remove(m, "weight_hh_l1")),
+        "GRU prune bias": (lambda: nn.GRU(4, 5, bidirectional=True),
+                           lambda m: prune.random_unstructured(m, "bias_ih_l0_reverse", 0.5),
+                           lambda m: prune.remove(m, "bias_ih_l0_reverse")),
+        "GRUCell prune": (lambda: nn.GRUCell(4, 5),
+                          lambda m: prune.l1_unstructured(m, "weight_hh", 0.3),
+                          lambda m: prune.remove(m, "weight_hh")),
+        "LSTMCell weight_norm": (lambda: nn.LSTMCell(4, 5),
+                                 lambda m: nn.utils.weight_norm(m, "weight_ih"),
+                                 lambda m: nn.utils.remove_weight_norm(m, "weight_ih")),
+        "RNN weight_norm": (lambda: nn.RNN(4, 5),
+                            lambda m: nn.utils.weight_norm(m, "weight_hh_l0"),
+                            lambda m: nn.utils.remove_weight_norm(m, "weight_hh_l0")),
+        "LSTM spectral_norm": (lambda: nn.LSTM(4, 5),
+                               lambda m: nn.utils.spectral_norm(m, "weight_hh_l0"),
+                               lambda m: nn.utils.remove_spectral_norm(m, "weight_hh_l0")),
+    }[kind]
+    m = make().double()
+    torch.manual_seed(seed + 1)
+    hook(m)
+    return m, remove
+
+
+@pytest.mark.parametrize("kind", ["LSTM prune", "GRU prune bias", "GRUCell prune",
+                                  "LSTMCell weight_norm", "RNN weight_norm", "LSTM spectral_norm"])
+def test_convert_keeps_prune_and_norm_hooks(kind):
+    """A torch module under torch.nn.utils.prune / weight_norm / spectral_norm (hooks that
+    compute a weight before each call): the twin runs the same hooks on the same parameters
+    and buffers, so outputs, gradients of every parameter and the state_dict's keys are
+    torch's, before and after the hook's remove. (convert raised a TypeError on such a
+    module, and a converted cell kept a meta weight and lost the mask.)"""
+    ref, remove = _hooked(kind, 0)
+    twin, _ = _hooked(kind, 0)
+    twin = rnnfast.convert(twin)
+    assert type(twin) is FAST[type(ref)]
+    cell = isinstance(ref, nn.RNNCellBase)
+    x = torch.randn(*((2, 4) if cell else (3, 2, 4)), dtype=torch.float64)
+
+    def out(m):
+        y = m(x)
+        return y[0] if isinstance(y, tuple) else y
+
+    for step in range(2):   # spectral_norm's power iteration moves its buffers each call
+        yr, yt = out(ref), out(twin)
+        torch.testing.assert_close(yt, yr, atol=1e-12, rtol=0)
+        gr = torch.autograd.grad(yr.sum(), list(ref.parameters()))
+        gt = torch.autograd.grad(yt.sum(), list(twin.parameters()))
+        assert len(gt) == len(gr)
+        for a, b in zip(gt, gr):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert list(twin.state_dict()) == list(ref.state_dict())
+    remove(ref)
+    remove(twin)
+    assert list(dict(twin.named_parameters())) == list(dict(ref.named_parameters()))
+    torch.testing.assert_close(out(twin), out(ref), atol=1e-12, rtol=0)
+
+
+def test_convert_keeps_forward_hooks():
+    m = nn.Sequential(nn.GRU(4, 5), )
+    seen = []
+    m[0].register_forward_pre_hook(lambda mod, args: seen.append(("pre", type(mod))))
+    m[0].register_forward_hook(lambda mod, args, out: seen.append(("post", type(mod))))
+    rnnfast.convert(m)
+    m(torch.randn(3, 2, 4))
+    assert seen == [("pre", rnnfast.GRU), ("post", rnnfast.GRU)]

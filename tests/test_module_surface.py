@@ -389,3 +389,83 @@ def test_final_states_detach_in_place(kind, kw):
         s.detach_()
         assert not s.requires_grad and s.grad_fn is None
 
+
+
+class _Counting(nn.Module):
+    """A parametrization that counts its evaluations (and scales, so that it matters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, w):
+        self.calls += 1
+        return 0.5 * w
+
+
+@pytest.mark.parametrize("kind", CELL_KIND_NAMES)
+def test_cell_reads_a_parametrized_weight_once_per_call(kind):
+    """A parametrization on a cell's weight is evaluated once per call, as torch's cells do
+    (the dtype check read weight_ih through it a second time: spectral_norm then ran two power
+    iterations per call, a random parametrization drew twice)."""
+    from torch.nn.utils import parametrize
+    pair = []
+    for lib in (nn, rnnfast):
+        torch.manual_seed(0)
+        m = getattr(lib, torch_cls(kind).__name__)(4, 5, **kind_kwargs(kind)).double()
+        counters = {n: _Counting() for n in ("weight_ih", "weight_hh")}
+        for n, c in counters.items():
+            parametrize.register_parametrization(m, n, c)
+        pair.append((m, counters))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    (ref, ref_counts), (got, got_counts) = pair
+    for _ in range(2):
+        out_r, out_g = ref(x), got(x)
+    out_r = out_r[0] if isinstance(out_r, tuple) else out_r
+    out_g = out_g[0] if isinstance(out_g, tuple) else out_g
+    torch.testing.assert_close(out_g, out_r, atol=1e-12, rtol=0)
+    # one evaluation at registration (register_parametrization checks the output), one per call
+    assert {n: c.calls for n, c in ref_counts.items()} == {"weight_ih": 3, "weight_hh": 3}
+    assert {n: c.calls for n, c in got_counts.items()} == {"weight_ih": 3, "weight_hh": 3}
+    with pytest.raises(RuntimeError, match="input dtype .*float32.* does not match weight dtype"):
+        got(x.float())
+
+
+@pytest.mark.parametrize("kind", CELL_KIND_NAMES)
+def test_cell_spectral_norm_in_training_matches_torch(kind):
+    from torch.nn.utils import parametrizations
+    mods = []
+    for lib in (nn, rnnfast):
+        torch.manual_seed(0)
+        m = getattr(lib, torch_cls(kind).__name__)(4, 5, **kind_kwargs(kind)).double()
+        parametrizations.spectral_norm(m, "weight_ih")
+        mods.append(m)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    for _ in range(3):
+        outs = []
+        for m in mods:
+            y = m(x)
+            y = y[0] if isinstance(y, tuple) else y
+            outs.append((y.detach(), torch.autograd.grad(y.square().sum(),
+                                                         list(m.parameters()))))
+        (yr, gr), (yg, gg) = outs
+        torch.testing.assert_close(yg, yr, atol=1e-12, rtol=0)
+        for a, b in zip(gg, gr):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    u = [m.parametrizations.weight_ih[0]._u for m in mods]
+    torch.testing.assert_close(u[1], u[0], atol=1e-12, rtol=0)
+
+
+def test_reset_parameters_sets_parametrized_layer_norm_gains_and_shifts():
+    """reset_parameters gives a parametrized layer-norm gain 1 and shift 0 (their originals),
+    as without the parametrization; it drew them uniformly (the name did not start ln_)."""
+    from torch.nn.utils import parametrize
+    for m in (rnnfast.LSTM(4, 5, layer_norm=True), rnnfast.LSTMCell(4, 5, layer_norm=True)):
+        sfx = "_l0" if isinstance(m, rnnfast.LSTM) else ""
+        for n in (f"ln_c_weight{sfx}", f"ln_c_bias{sfx}", f"ln_ih_weight{sfx}"):
+            parametrize.register_parametrization(m, n, nn.Identity())
+        m.reset_parameters()
+        p = m.parametrizations
+        assert torch.equal(getattr(p, f"ln_c_weight{sfx}").original, torch.ones(5))
+        assert torch.equal(getattr(p, f"ln_c_bias{sfx}").original, torch.zeros(5))
+        assert torch.equal(getattr(p, f"ln_ih_weight{sfx}").original, torch.ones(20))

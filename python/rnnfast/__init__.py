@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _C, ops
+from . import _C, _cells, ops
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 
 __version__ = "0.1.0"
@@ -72,13 +72,35 @@ def _convert_one(module: nn.Module):
         extra = {"nonlinearity": module.nonlinearity} if kind is nn.RNNCell else {}
         new = _CELL_REPLACEMENTS[kind](module.input_size, module.hidden_size, bias=module.bias,
                                        device="meta", **extra)
-        names = [n for n, _ in module.named_parameters(recurse=False)]
+        names = [p.name for p in _cells.params_of(new._cell, module.bias, False)]
     else:
         return None
     # Reuse the very Parameter objects: values, requires_grad, and any optimizer
     # state keyed on them carry over.
     for name in names:
-        setattr(new, name, getattr(module, name))
+        value = getattr(module, name)
+        if not isinstance(value, nn.Parameter) and value is not None:
+            # computed before each call by a forward pre-hook (torch.nn.utils.prune,
+            # weight_norm, spectral_norm) from parameters of other names: a plain tensor here,
+            # recomputed by the same hook on the twin (below)
+            del new._parameters[name]
+        setattr(new, name, value)
+    # What such hooks compute the weights from (weight_hh_orig and weight_hh_mask, weight_g
+    # and weight_v, ...), and the hooks themselves: they take the module they run on as an
+    # argument, so they serve the twin as they served the original (and prune.remove,
+    # remove_weight_norm and the like find them there).
+    for name, param in module._parameters.items():
+        if name not in names:
+            new.register_parameter(name, param)
+    for name, buf in module._buffers.items():
+        new.register_buffer(name, buf, persistent=name not in module._non_persistent_buffers_set)
+    for hooks in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                  "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                  "_backward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
+                  "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+                  "_load_state_dict_post_hooks"):
+        if hasattr(module, hooks):
+            getattr(new, hooks).update(getattr(module, hooks))
     if isinstance(new, RNNBase):
         new._init_flat_weights()
     new.train(module.training)

@@ -49,6 +49,13 @@ def _weights_of(module: nn.Module, names: Sequence[str]) -> List[Tensor]:
 _CELL_WEIGHT_NAMES: Dict[Tuple[str, bool], Tuple[str, ...]] = {}
 
 
+def _check_weight_dtype(name: str, input: Tensor, w_dtype: torch.dtype) -> None:
+    """A cell's input in the dtype of its weights (any, under autocast), as torch's cells."""
+    if input.dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):
+        raise RuntimeError(
+            f"{name}: input dtype ({input.dtype}) does not match weight dtype ({w_dtype})")
+
+
 def _cell_weight_names(cell_name: str, bias: bool) -> Tuple[str, ...]:
     """The names of a cell module's weights in the ops' order, memoised per (cell, bias)."""
     key = (cell_name, bool(bias))
@@ -158,6 +165,8 @@ def _init_parameters(m: nn.Module) -> None:
     layer-norm ones: gains (ln_*_weight) 1, shifts (ln_*_bias) 0."""
     stdv = 1.0 / math.sqrt(m.hidden_size) if m.hidden_size > 0 else 0
     for name, weight in m.named_parameters():
+        if name.startswith("parametrizations."):  # the original of a parametrized parameter
+            name = name.split(".")[1]
         if name.startswith("ln_"):
             init.constant_(weight, 1.0 if "_weight" in name else 0.0)
         else:
@@ -766,11 +775,9 @@ class RNNCellBase(_ZoneoutOption, nn.Module):
                 f"{name}: input has inconsistent input_size: got {shape[-1]} "
                 f"expected {self.input_size}")
         dtype = input.dtype
-        params = self._parameters  # (a dict lookup; see _weights_of)
-        w_dtype = (params["weight_ih"] if "weight_ih" in params else self.weight_ih).dtype
-        if dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):
-            raise RuntimeError(
-                f"{name}: input dtype ({dtype}) does not match weight dtype ({w_dtype})")
+        w = self._parameters.get("weight_ih")  # (a dict lookup; see _weights_of)
+        if w is not None:  # else (parametrized, or replaced by a tensor) _step checks the value
+            _check_weight_dtype(name, input, w.dtype)
         batch = shape[0] if ndim == 2 else None
         for label, s, sshape in given:
             if len(sshape) != ndim:
@@ -786,9 +793,16 @@ class RNNCellBase(_ZoneoutOption, nn.Module):
                     f"({dtype})")
         return ndim == 2
 
-    def _step(self, input: Tensor, states: List[Optional[Tensor]], cell: str) -> List[Tensor]:
+    def _step(self, input: Tensor, states: List[Optional[Tensor]], cell: str,
+              name: str) -> List[Tensor]:
         """One fused step of ``cell`` from the given states ([h] or [h, c]; all None: zeros, a
-        single None: zeros for that state); returns the new states."""
+        single None: zeros for that state); returns the new states. ``name``: the class named
+        in errors."""
+        # Each weight is read once per call: a parametrized one (spectral_norm's power
+        # iteration, a random mask) is computed once, as torch's cells do.
+        weights = _weights_of(self, _cell_weight_names(self._cell_name, self.bias))
+        if "weight_ih" not in self._parameters:
+            _check_weight_dtype(name, input, weights[0].dtype)
         run = ops.layer if input.is_cpu and not _onnx.exporting() else _layer_fn(input.device)
         given = [s for s in states if s is not None]
         if not given:
@@ -800,9 +814,7 @@ class RNNCellBase(_ZoneoutOption, nn.Module):
         probs = self.__dict__.get("_zoneout_p", ())
         zoneout = _zoneout_tensors(probs, self.training, (1, input.shape[0]),
                                    [self.hidden_size] * 2, input) if any(probs) else ()
-        _, final = run(cell, input.unsqueeze(0), states,
-                       _weights_of(self, _cell_weight_names(self._cell_name, self.bias)), None,
-                       False, zoneout)
+        _, final = run(cell, input.unsqueeze(0), states, weights, None, False, zoneout)
         return final
 
 
@@ -844,7 +856,7 @@ class LSTMCell(RNNCellBase):
             input = input.unsqueeze(0)
             h0 = h0.unsqueeze(0) if h0 is not None else None
             c0 = c0.unsqueeze(0) if c0 is not None else None
-        h, c = self._step(input, [h0, c0], self._cell_name)
+        h, c = self._step(input, [h0, c0], self._cell_name, "LSTMCell")
         if not batched:
             return h.squeeze(0), c.squeeze(0)
         return h, c
@@ -867,7 +879,7 @@ class GRUCell(RNNCellBase):
         if not batched:
             input = input.unsqueeze(0)
             hx = hx.unsqueeze(0) if hx is not None else None
-        h, = self._step(input, [hx], self._cell_name)
+        h, = self._step(input, [hx], self._cell_name, "GRUCell")
         return h if batched else h.squeeze(0)
 
 
@@ -892,5 +904,5 @@ class RNNCell(RNNCellBase):
         if not batched:
             input = input.unsqueeze(0)
             hx = hx.unsqueeze(0) if hx is not None else None
-        h, = self._step(input, [hx], f"rnn_{self.nonlinearity}")
+        h, = self._step(input, [hx], f"rnn_{self.nonlinearity}", "RNNCell")
         return h if batched else h.squeeze(0)
