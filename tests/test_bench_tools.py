@@ -216,6 +216,9 @@ def test_bench_cpu_float64_grid_runs_both_in_float64(tmp_path):
     res = json.loads(files[0].read_text())
     assert res["settings"]["dtype"] == "float64" and res["settings"]["out_atol"] == 1e-10
     assert res["sgemm"]["start"]["dtype"] == "float64"
+    if os.path.abspath(res["rnnfast"]["file"]).startswith(ROOT + os.sep):  # timed this checkout
+        import re
+        assert re.fullmatch(r"[0-9a-f]{7,}(-dirty)?", res["rnnfast"]["commit"] or ""), res["rnnfast"]
     assert len(res["results"]) == 4
     for row in res["results"]:
         assert row["check"]["status"] == "ok", row["check"]

@@ -261,11 +261,27 @@ def test_convert_keeps_prune_and_norm_hooks(kind):
     torch.testing.assert_close(out(twin), out(ref), atol=1e-12, rtol=0)
 
 
-def test_convert_keeps_forward_hooks():
-    m = nn.Sequential(nn.GRU(4, 5), )
+def test_convert_keeps_the_modules_hooks():
+    """The twin runs the module's hooks (forward pre and post, full backward, load_state_dict
+    pre-hook bound to the module: given the twin), and a handle taken before convert still
+    removes its hook."""
+    import gc
+    m = nn.Sequential(nn.GRU(4, 5))
     seen = []
     m[0].register_forward_pre_hook(lambda mod, args: seen.append(("pre", type(mod))))
-    m[0].register_forward_hook(lambda mod, args, out: seen.append(("post", type(mod))))
+    post = m[0].register_forward_hook(lambda mod, args, out: seen.append(("post", type(mod))))
+    m[0].register_full_backward_hook(lambda mod, gi, go: seen.append(("backward", type(mod))))
+    m[0].register_load_state_dict_pre_hook(
+        lambda mod, sd, prefix, *args: seen.append(("load", type(mod))))
+    sd = m.state_dict()
     rnnfast.convert(m)
-    m(torch.randn(3, 2, 4))
-    assert seen == [("pre", rnnfast.GRU), ("post", rnnfast.GRU)]
+    gc.collect()   # the torch module is gone: its weak references with it
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    m(x)[0].sum().backward()
+    m.load_state_dict(sd)
+    assert seen == [("pre", rnnfast.GRU), ("post", rnnfast.GRU), ("backward", rnnfast.GRU),
+                    ("load", rnnfast.GRU)]
+    seen.clear()
+    post.remove()
+    m(x)
+    assert seen == [("pre", rnnfast.GRU)]

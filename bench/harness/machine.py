@@ -61,11 +61,30 @@ def rnnfast_error() -> Optional[str]:
     return _rnnfast_err
 
 
+def source_commit(path: Optional[str]) -> Optional[str]:
+    """The git commit of the checkout holding `path` (+ "-dirty" when tracked files differ
+    from it), or None outside a git checkout: which code a results file timed."""
+    if not path:
+        return None
+    cwd = os.path.dirname(os.path.abspath(path))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd,
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.strip() else "")
+
+
 def rnnfast_info() -> dict:
     rf = import_rnnfast()
     if rf is None:
         return {"error": _rnnfast_err}
     d: dict = {"file": getattr(rf, "__file__", None)}
+    d["commit"] = source_commit(d["file"])
     try:
         d.update(rf.info())
     except Exception as e:  # noqa: BLE001

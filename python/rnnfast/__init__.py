@@ -55,6 +55,14 @@ _REPLACEMENTS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
 _CELL_REPLACEMENTS = {nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
 
 
+# nn.Module's hook dicts, which convert hands to the twin.
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_backward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
+               "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+               "_load_state_dict_post_hooks")
+
+
 def _convert_one(module: nn.Module):
     """The rnnfast twin of one torch recurrent module, sharing its Parameter objects."""
     kind = type(module)
@@ -94,13 +102,15 @@ def _convert_one(module: nn.Module):
             new.register_parameter(name, param)
     for name, buf in module._buffers.items():
         new.register_buffer(name, buf, persistent=name not in module._non_persistent_buffers_set)
-    for hooks in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-                  "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-                  "_backward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
-                  "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-                  "_load_state_dict_post_hooks"):
-        if hasattr(module, hooks):
-            getattr(new, hooks).update(getattr(module, hooks))
+    # The same dicts, not copies: a handle taken before convert removes its hook from them.
+    for hooks in _HOOK_DICTS:
+        if hooks in module.__dict__:
+            object.__setattr__(new, hooks, module.__dict__[hooks])
+    # (whether _backward_hooks are full backward hooks: without it torch runs none of them)
+    object.__setattr__(new, "_is_full_backward_hook", module._is_full_backward_hook)
+    for key, hook in list(new._load_state_dict_pre_hooks.items()):
+        if getattr(hook, "with_module", False):  # bound to the module: now the twin
+            new._load_state_dict_pre_hooks[key] = type(hook)(hook.hook, new)
     if isinstance(new, RNNBase):
         new._init_flat_weights()
     new.train(module.training)
