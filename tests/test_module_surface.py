@@ -456,6 +456,17 @@ def test_cell_spectral_norm_in_training_matches_torch(kind):
     torch.testing.assert_close(u[1], u[0], atol=1e-12, rtol=0)
 
 
+class _Scale(nn.Module):
+    """A parametrization with a parameter of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.s = nn.Parameter(torch.ones(20))
+
+    def forward(self, w):
+        return w * self.s
+
+
 def test_reset_parameters_sets_parametrized_layer_norm_gains_and_shifts():
     """reset_parameters gives a parametrized layer-norm gain 1 and shift 0 (their originals),
     as without the parametrization; it drew them uniformly (the name did not start ln_)."""
@@ -464,8 +475,12 @@ def test_reset_parameters_sets_parametrized_layer_norm_gains_and_shifts():
         sfx = "_l0" if isinstance(m, rnnfast.LSTM) else ""
         for n in (f"ln_c_weight{sfx}", f"ln_c_bias{sfx}", f"ln_ih_weight{sfx}"):
             parametrize.register_parametrization(m, n, nn.Identity())
+        scale = _Scale()
+        parametrize.register_parametrization(m, f"ln_hh_weight{sfx}", scale)
         m.reset_parameters()
         p = m.parametrizations
+        # the parametrization's own parameter is drawn as every other one, not set to 1
+        assert not torch.equal(scale.s, torch.ones(20)) and scale.s.abs().max() <= 1 / 5 ** 0.5
         assert torch.equal(getattr(p, f"ln_c_weight{sfx}").original, torch.ones(5))
         assert torch.equal(getattr(p, f"ln_c_bias{sfx}").original, torch.zeros(5))
         assert torch.equal(getattr(p, f"ln_ih_weight{sfx}").original, torch.ones(20))

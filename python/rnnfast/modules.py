@@ -165,8 +165,10 @@ def _init_parameters(m: nn.Module) -> None:
     layer-norm ones: gains (ln_*_weight) 1, shifts (ln_*_bias) 0."""
     stdv = 1.0 / math.sqrt(m.hidden_size) if m.hidden_size > 0 else 0
     for name, weight in m.named_parameters():
-        if name.startswith("parametrizations."):  # the original of a parametrized parameter
-            name = name.split(".")[1]
+        parts = name.split(".")
+        if parts[0] == "parametrizations" and parts[-1].startswith("original"):
+            name = parts[1]  # the original of a parametrized parameter (not the
+            #                  parametrization's own parameters)
         if name.startswith("ln_"):
             init.constant_(weight, 1.0 if "_weight" in name else 0.0)
         else:
