@@ -158,6 +158,7 @@ def sgemm_rate(n: int = 1024, seconds: float = 1.0, windows: int = 3,
         r = [flop / t / 1e9 for t in ts]
         medians.append(statistics.median(r))
         rates += r
-    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "gflops": max(medians), "window_medians": medians,
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "gflops": max(medians),
+            "window_medians": medians,
             "median_gflops": statistics.median(rates), "max_gflops": max(rates),
             "min_gflops": min(rates), "reps": len(rates)}

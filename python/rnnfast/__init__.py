@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _C, _cells, ops
+from . import _C, ops
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
+from .modules import _cell_weight_names
 
 __version__ = "0.1.0"
 
@@ -80,7 +81,7 @@ def _convert_one(module: nn.Module):
         extra = {"nonlinearity": module.nonlinearity} if kind is nn.RNNCell else {}
         new = _CELL_REPLACEMENTS[kind](module.input_size, module.hidden_size, bias=module.bias,
                                        device="meta", **extra)
-        names = [p.name for p in _cells.params_of(new._cell, module.bias, False)]
+        names = _cell_weight_names(new._cell_name, module.bias)
     else:
         return None
     # Reuse the very Parameter objects: values, requires_grad, and any optimizer
